@@ -1,0 +1,352 @@
+//! The copy: walk the source (index, children, blobs), transfer blobs with bounded
+//! concurrency and digest verification, then push manifests bottom up, the tag last.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use sha2::Digest as _;
+
+use crate::client::{Client, ManifestData, Upload};
+use crate::error::{Error, Result};
+use crate::manifest::{Descriptor, Manifest};
+use crate::progress::{BlobAction, Progress, ProgressEvent};
+use crate::reference::{Digest, Reference};
+use crate::{Engine, Outcome, SyncOptions};
+
+struct Emit(Option<Arc<dyn Progress>>);
+
+impl Emit {
+    fn send(&self, e: ProgressEvent) {
+        if let Some(p) = &self.0 {
+            p.event(e);
+        }
+    }
+}
+
+/// A manifest of the source tree, children before parents.
+struct Node {
+    data: ManifestData,
+    manifest: Manifest,
+}
+
+pub(crate) async fn sync(
+    engine: &Engine,
+    source: &Reference,
+    destination: &Reference,
+    options: &SyncOptions,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let emit = Emit(options.progress.clone());
+    let src_client = engine.client(source);
+    let dst_client = engine.client(destination);
+
+    let source = match &options.expect_source_digest {
+        Some(d) => source.with_digest(d.clone()),
+        None => source.clone(),
+    };
+    let source_digest = match source.digest() {
+        Some(d) => d.clone(),
+        None => src_client.resolve(&source).await?,
+    };
+    if let Some(want) = destination.digest() {
+        if *want != source_digest {
+            return Err(Error::DigestMismatch {
+                reference: destination.to_string(),
+                expected: want.to_string(),
+                actual: source_digest.to_string(),
+            });
+        }
+    }
+    let id = destination.id(&source_digest);
+
+    // No-op check: HEAD only.
+    match dst_client.resolve(destination).await {
+        Ok(d) if d == source_digest => {
+            tracing::info!(%source, %destination, digest = %source_digest, "destination up to date");
+            return Ok(Outcome {
+                source_digest: source_digest.clone(),
+                destination_digest: source_digest,
+                id,
+                up_to_date: true,
+                bytes_uploaded: 0,
+                blobs_uploaded: 0,
+                blobs_skipped: 0,
+                blobs_mounted: 0,
+                manifests_pushed: 0,
+            });
+        }
+        Ok(d) => tracing::info!(%destination, current = %d, wanted = %source_digest, "destination differs"),
+        Err(e) if e.is_not_found() => tracing::debug!(%destination, "destination missing"),
+        Err(e) => return Err(e),
+    }
+
+    // Read the source tree (verified against digests).
+    let pinned = source.with_digest(source_digest.clone());
+    let top = src_client.get_manifest(&pinned).await?;
+    let top_manifest = Manifest::parse(&pinned.to_string(), &top.media_type, &top.bytes)?;
+    let mut children: Vec<Node> = Vec::new();
+    collect_children(&src_client, &source, &top_manifest, &mut children, 0).await?;
+
+    // Children already at the destination have all their blobs there.
+    let dst_repo = destination.repository().to_string();
+    let mut missing_children = Vec::new();
+    for child in children {
+        let r = destination.with_digest(child.data.digest.clone());
+        match dst_client.resolve(&r).await {
+            Ok(_) => tracing::debug!(digest = %child.data.digest, "child manifest already at destination"),
+            Err(e) if e.is_not_found() => missing_children.push(child),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut blobs: BTreeMap<Digest, Descriptor> = BTreeMap::new();
+    for d in top_manifest
+        .blobs()
+        .into_iter()
+        .chain(missing_children.iter().flat_map(|c| c.manifest.blobs()))
+    {
+        blobs.entry(d.digest.clone()).or_insert(d);
+    }
+    let total_bytes: u64 = blobs.values().map(|d| d.size).sum();
+    emit.send(ProgressEvent::Planned {
+        blobs: blobs.len(),
+        bytes: total_bytes,
+        manifests: missing_children.len() + 1,
+    });
+    tracing::info!(%source, %destination, blobs = blobs.len(), bytes = total_bytes, manifests = missing_children.len() + 1, "copying");
+
+    let same_registry = source.api_host() == destination.api_host() && source.repository() != dst_repo;
+    let stats = Arc::new(Mutex::new((0u64, 0usize, 0usize, 0usize)));
+    let jobs = engine.jobs();
+    futures::stream::iter(blobs.into_values().map(|desc| {
+        let src_client = src_client.clone();
+        let dst_client = dst_client.clone();
+        let src_repo = source.repository().to_string();
+        let dst_repo = dst_repo.clone();
+        let stats = stats.clone();
+        let emit = &emit;
+        async move {
+            let (action, bytes) =
+                copy_blob(&src_client, &dst_client, &src_repo, &dst_repo, &desc, same_registry, emit).await?;
+            let mut s = match stats.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            s.0 += bytes;
+            match action {
+                BlobAction::Uploaded => s.1 += 1,
+                BlobAction::Skipped => s.2 += 1,
+                BlobAction::Mounted => s.3 += 1,
+            }
+            drop(s);
+            emit.send(ProgressEvent::Blob { digest: desc.digest.clone(), size: desc.size, action });
+            Ok::<(), Error>(())
+        }
+    }))
+    .buffer_unordered(jobs)
+    .try_collect::<Vec<()>>()
+    .await?;
+
+    // Child manifests by digest, deepest first (collect_children pushes children before parents).
+    let mut pushed = 0;
+    for child in &missing_children {
+        let r = destination.with_digest(child.data.digest.clone());
+        dst_client.put_manifest(&r, &child.data.media_type, child.data.bytes.clone()).await?;
+        emit.send(ProgressEvent::Manifest { digest: child.data.digest.clone() });
+        pushed += 1;
+    }
+    // The tagged manifest last: the tag never points at an incomplete image.
+    let written = dst_client.put_manifest(destination, &top.media_type, top.bytes.clone()).await?;
+    if written != source_digest {
+        return Err(Error::DigestMismatch {
+            reference: destination.to_string(),
+            expected: source_digest.to_string(),
+            actual: written.to_string(),
+        });
+    }
+    emit.send(ProgressEvent::Manifest { digest: written.clone() });
+    pushed += 1;
+
+    let (bytes_uploaded, blobs_uploaded, blobs_skipped, blobs_mounted) = match stats.lock() {
+        Ok(g) => *g,
+        Err(p) => *p.into_inner(),
+    };
+    tracing::info!(
+        %source, %destination, digest = %written, bytes_uploaded, blobs_uploaded, blobs_skipped, blobs_mounted,
+        elapsed_ms = started.elapsed().as_millis() as u64, "synced"
+    );
+    Ok(Outcome {
+        source_digest,
+        destination_digest: written,
+        id,
+        up_to_date: false,
+        bytes_uploaded,
+        blobs_uploaded,
+        blobs_skipped,
+        blobs_mounted,
+        manifests_pushed: pushed,
+    })
+}
+
+/// Reads every child manifest of `manifest` (recursively), children before parents.
+fn collect_children<'a>(
+    client: &'a Client,
+    source: &'a Reference,
+    manifest: &'a Manifest,
+    out: &'a mut Vec<Node>,
+    depth: usize,
+) -> futures::future::BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        if depth > 4 {
+            return Err(Error::UnsupportedManifest {
+                reference: source.to_string(),
+                media_type: "index".into(),
+                reason: "indexes nested more than 4 levels deep".into(),
+            });
+        }
+        let mut seen: HashSet<Digest> = out.iter().map(|n| n.data.digest.clone()).collect();
+        for child in manifest.children() {
+            if !seen.insert(child.digest.clone()) {
+                continue;
+            }
+            let r = source.with_digest(child.digest.clone());
+            let data = client.get_manifest(&r).await?;
+            if data.bytes.len() as u64 != child.size {
+                return Err(Error::DigestMismatch {
+                    reference: r.to_string(),
+                    expected: format!("{} bytes", child.size),
+                    actual: format!("{} bytes", data.bytes.len()),
+                });
+            }
+            let media_type = if data.media_type.is_empty() { child.media_type.clone() } else { data.media_type.clone() };
+            let parsed = Manifest::parse(&r.to_string(), &media_type, &data.bytes)?;
+            collect_children(client, source, &parsed, out, depth + 1).await?;
+            out.push(Node { data: ManifestData { media_type, ..data }, manifest: parsed });
+        }
+        Ok(())
+    })
+}
+
+/// Copies one blob, retrying the whole transfer (fresh GET, fresh upload session) on
+/// transient failures. Returns how it got there and the bytes uploaded.
+async fn copy_blob(
+    src: &Client,
+    dst: &Client,
+    src_repo: &str,
+    dst_repo: &str,
+    desc: &Descriptor,
+    same_registry: bool,
+    emit: &Emit,
+) -> Result<(BlobAction, u64)> {
+    if dst.blob_exists(dst_repo, &desc.digest).await? {
+        return Ok((BlobAction::Skipped, 0));
+    }
+    let what = format!("{dst_repo}@{}", desc.digest);
+    let started = Instant::now();
+    let mut attempt = 0;
+    let mut try_mount = same_registry;
+    loop {
+        attempt += 1;
+        let mount_from = if try_mount { Some(src_repo) } else { None };
+        let result = async {
+            let (how, location) = dst.start_upload(dst_repo, &desc.digest, mount_from).await?;
+            if how == Upload::Mounted {
+                return Ok((BlobAction::Mounted, 0));
+            }
+            if mount_from.is_some() {
+                tracing::debug!(digest = %desc.digest, "mount not possible (202); uploading");
+            }
+            let location = location.unwrap_or_default();
+            let resp = src.get_blob(src_repo, &desc.digest).await?;
+            let mismatch = Arc::new(AtomicBool::new(false));
+            let body = verified_stream(resp, desc.clone(), mismatch.clone(), emit.0.clone());
+            let put = dst.put_blob(dst_repo, &location, &desc.digest, desc.size, body).await;
+            if mismatch.load(Ordering::Relaxed) {
+                return Err(Error::DigestMismatch {
+                    reference: format!("{src_repo}@{}", desc.digest),
+                    expected: format!("{} ({} bytes)", desc.digest, desc.size),
+                    actual: "different content from the source registry".into(),
+                });
+            }
+            put?;
+            Ok((BlobAction::Uploaded, desc.size))
+        }
+        .await;
+        match result {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                try_mount = false;
+                emit.send(ProgressEvent::Retry { what: what.clone(), error: e.to_string(), attempt });
+                dst.backoff("copy blob", &what, attempt, started, e).await?;
+            }
+        }
+    }
+}
+
+/// The blob body, hashed on the way through: the last chunk is replaced by an error if
+/// the bytes do not match the descriptor, so the upload fails instead of completing.
+fn verified_stream(
+    resp: reqwest::Response,
+    desc: Descriptor,
+    mismatch: Arc<AtomicBool>,
+    progress: Option<Arc<dyn Progress>>,
+) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    struct State {
+        inner: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        hasher: sha2::Sha256,
+        seen: u64,
+        desc: Descriptor,
+        mismatch: Arc<AtomicBool>,
+        progress: Option<Arc<dyn Progress>>,
+        done: bool,
+    }
+    let state = State {
+        inner: resp.bytes_stream().boxed(),
+        hasher: sha2::Sha256::new(),
+        seen: 0,
+        desc,
+        mismatch,
+        progress,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        match st.inner.next().await {
+            Some(Ok(chunk)) => {
+                st.hasher.update(&chunk);
+                st.seen += chunk.len() as u64;
+                if st.seen > st.desc.size {
+                    st.mismatch.store(true, Ordering::Relaxed);
+                    st.done = true;
+                    return Some((Err(std::io::Error::other("blob larger than its descriptor")), st));
+                }
+                if let Some(p) = &st.progress {
+                    p.event(ProgressEvent::Bytes(chunk.len() as u64));
+                }
+                Some((Ok(chunk), st))
+            }
+            Some(Err(e)) => {
+                st.done = true;
+                Some((Err(std::io::Error::other(e)), st))
+            }
+            None => {
+                st.done = true;
+                let hasher = std::mem::replace(&mut st.hasher, sha2::Sha256::new());
+                let got = Digest::from_hasher(hasher);
+                if st.seen < st.desc.size {
+                    // Truncated: a network problem, retried by the caller.
+                    return Some((Err(std::io::Error::other("blob body ended early")), st));
+                }
+                if got != st.desc.digest {
+                    st.mismatch.store(true, Ordering::Relaxed);
+                    return Some((Err(std::io::Error::other("blob digest mismatch")), st));
+                }
+                None
+            }
+        }
+    })
+}

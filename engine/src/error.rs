@@ -1,0 +1,300 @@
+//! The engine's error type. Every registry error carries the reference, the HTTP status
+//! and the registry's error code, and maps to an [`ErrorKind`] callers can match on.
+//!
+//! Only [`ErrorKind::NotFound`] may ever be read as "the image is gone".
+
+use std::time::Duration;
+
+/// What kind of failure an [`Error`] is. Front ends decide retries, conditions and exit
+/// codes from this alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// 404, `MANIFEST_UNKNOWN`, `NAME_UNKNOWN`, `BLOB_UNKNOWN`: the only "gone".
+    NotFound,
+    /// 401 or `UNAUTHORIZED`: missing or wrong credentials.
+    Unauthorized,
+    /// 403 or `DENIED`: authenticated but not allowed.
+    Denied,
+    /// 429 or `TOOMANYREQUESTS`.
+    RateLimited,
+    /// 405 or `UNSUPPORTED`: the registry does not implement the operation.
+    Unsupported,
+    /// Bad input from the caller: references, options, manifests we cannot handle.
+    InvalidInput,
+    /// Network failures, resets, 5xx, deadlines: worth retrying later.
+    Transient,
+    /// Content did not match its digest, or the registry stored something else.
+    Integrity,
+    /// Refused to act to avoid data loss (e.g. the tag now points elsewhere).
+    Conflict,
+}
+
+impl ErrorKind {
+    /// A short stable label for metrics and conditions.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Denied => "denied",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Conflict => "conflict",
+        }
+    }
+}
+
+/// Errors of the sync engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A reference (or digest) the caller gave could not be parsed.
+    #[error("invalid reference {input:?}: {reason}")]
+    InvalidReference {
+        /// What the caller wrote.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The registry answered with an error status.
+    #[error("{operation} {reference}: {}", registry_message(*status, code.as_deref(), message))]
+    Registry {
+        /// The classified kind.
+        kind: ErrorKind,
+        /// What we were doing, e.g. "HEAD manifest".
+        operation: &'static str,
+        /// The image or blob reference concerned.
+        reference: String,
+        /// HTTP status code.
+        status: u16,
+        /// The registry's error code (`MANIFEST_UNKNOWN`, ...), if it sent one.
+        code: Option<String>,
+        /// The registry's message, or the status text.
+        message: String,
+        /// `Retry-After` for 429/503 answers.
+        retry_after: Option<Duration>,
+    },
+
+    /// A network or TLS failure talking to the registry.
+    #[error("{operation} {reference}: {source}")]
+    Transport {
+        /// What we were doing.
+        operation: &'static str,
+        /// The image or blob reference concerned.
+        reference: String,
+        /// The underlying HTTP client error.
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// Content read or written did not match its digest.
+    #[error("{reference}: digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The image or blob reference concerned.
+        reference: String,
+        /// What the descriptor or reference said.
+        expected: String,
+        /// What the bytes hash to.
+        actual: String,
+    },
+
+    /// A manifest we will not copy (schema 1, unknown media type, malformed JSON).
+    #[error("{reference}: unsupported manifest ({media_type}): {reason}")]
+    UnsupportedManifest {
+        /// The manifest reference.
+        reference: String,
+        /// Its media type.
+        media_type: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+
+    /// Refused to delete: the tag points at another digest than the one we own.
+    #[error("refusing to delete {reference}: it points at {actual}, not {expected} (not ours)")]
+    NotOwned {
+        /// The tag reference.
+        reference: String,
+        /// The digest we own.
+        expected: String,
+        /// What the tag points at now.
+        actual: String,
+    },
+
+    /// Credentials could not be obtained (bad docker config, helper failure, ...).
+    #[error("credentials for {registry}: {message}")]
+    Credentials {
+        /// The registry host.
+        registry: String,
+        /// What went wrong (never the secret itself).
+        message: String,
+    },
+
+    /// Engine configuration problems (bad CA file, ...).
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// Retries ran out, or the overall deadline passed; wraps the last error.
+    #[error("{operation} {reference}: gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// What we were doing.
+        operation: &'static str,
+        /// The reference concerned.
+        reference: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error seen.
+        #[source]
+        last: Box<Error>,
+    },
+
+    /// Local I/O (reading a CA file, a docker config, ...).
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn registry_message(status: u16, code: Option<&str>, message: &str) -> String {
+    match code {
+        Some(c) => format!("HTTP {status} {c}: {message}"),
+        None => format!("HTTP {status}: {message}"),
+    }
+}
+
+impl Error {
+    /// The kind callers match on.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidReference { .. } | Error::UnsupportedManifest { .. } | Error::Config(_) => {
+                ErrorKind::InvalidInput
+            }
+            Error::Registry { kind, .. } => *kind,
+            Error::Transport { .. } | Error::Io { .. } => ErrorKind::Transient,
+            Error::DigestMismatch { .. } => ErrorKind::Integrity,
+            Error::NotOwned { .. } => ErrorKind::Conflict,
+            Error::Credentials { .. } => ErrorKind::Unauthorized,
+            Error::RetriesExhausted { last, .. } => last.kind(),
+        }
+    }
+
+    /// True only for "not found": the only error that may mean "the image is gone".
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == ErrorKind::NotFound
+    }
+
+    /// The HTTP status, when the registry answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Registry { status, .. } => Some(*status),
+            Error::RetriesExhausted { last, .. } => last.status(),
+            _ => None,
+        }
+    }
+
+    /// The registry's error code, when it sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Registry { code, .. } => code.as_deref(),
+            Error::RetriesExhausted { last, .. } => last.code(),
+            _ => None,
+        }
+    }
+
+    /// `Retry-After` from a 429 or 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Registry { retry_after, .. } => *retry_after,
+            Error::RetriesExhausted { last, .. } => last.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// Label for the `error` dimension of metrics.
+    pub fn metric_label(&self) -> &'static str {
+        self.kind().label()
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport { .. } => true,
+            Error::Registry { kind, status, .. } => {
+                *kind == ErrorKind::RateLimited
+                    || *kind == ErrorKind::Transient
+                    || *status >= 500
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Classifies a registry answer. `code` is the first error code of the JSON body.
+pub(crate) fn classify(status: u16, code: Option<&str>) -> ErrorKind {
+    match code {
+        Some("MANIFEST_UNKNOWN" | "NAME_UNKNOWN" | "BLOB_UNKNOWN" | "BLOB_UPLOAD_UNKNOWN") => {
+            return ErrorKind::NotFound
+        }
+        Some("UNAUTHORIZED") => return ErrorKind::Unauthorized,
+        Some("DENIED") => return ErrorKind::Denied,
+        Some("TOOMANYREQUESTS") => return ErrorKind::RateLimited,
+        Some("UNSUPPORTED") => return ErrorKind::Unsupported,
+        Some(
+            "DIGEST_INVALID" | "MANIFEST_INVALID" | "MANIFEST_BLOB_UNKNOWN" | "NAME_INVALID"
+            | "TAG_INVALID" | "SIZE_INVALID" | "MANIFEST_UNVERIFIED",
+        ) if status < 500 => return ErrorKind::InvalidInput,
+        _ => {}
+    }
+    match status {
+        404 => ErrorKind::NotFound,
+        401 => ErrorKind::Unauthorized,
+        403 => ErrorKind::Denied,
+        429 => ErrorKind::RateLimited,
+        405 => ErrorKind::Unsupported,
+        408 | 500..=599 => ErrorKind::Transient,
+        _ => ErrorKind::InvalidInput,
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_not_found_codes_are_gone() {
+        assert_eq!(classify(404, Some("MANIFEST_UNKNOWN")), ErrorKind::NotFound);
+        assert_eq!(classify(404, Some("NAME_UNKNOWN")), ErrorKind::NotFound);
+        assert_eq!(classify(404, None), ErrorKind::NotFound);
+        assert_eq!(classify(401, Some("UNAUTHORIZED")), ErrorKind::Unauthorized);
+        assert_eq!(classify(403, None), ErrorKind::Denied);
+        assert_eq!(classify(429, None), ErrorKind::RateLimited);
+        assert_eq!(classify(405, None), ErrorKind::Unsupported);
+        assert_eq!(classify(503, None), ErrorKind::Transient);
+        assert_eq!(classify(400, Some("UNSUPPORTED")), ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn registry_error_message_names_reference_status_and_code() {
+        let e = Error::Registry {
+            kind: ErrorKind::Unauthorized,
+            operation: "HEAD manifest",
+            reference: "127.0.0.1:5000/a:b".into(),
+            status: 401,
+            code: Some("UNAUTHORIZED".into()),
+            message: "authentication required".into(),
+            retry_after: None,
+        };
+        let s = e.to_string();
+        assert!(s.contains("127.0.0.1:5000/a:b") && s.contains("401") && s.contains("UNAUTHORIZED"), "{s}");
+        assert!(!e.is_not_found());
+    }
+}

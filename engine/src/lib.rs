@@ -1,0 +1,255 @@
+//! The imagesync engine: byte-exact copies of container images between OCI registries,
+//! HEAD-only digest checks, and safe deletion.
+//!
+//! Every front end (the `imagesync` CLI, the Kubernetes controller and the Terraform
+//! provider) goes through [`Engine`]; none of them talks to registries itself.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), imagesync_engine::Error> {
+//! use imagesync_engine::{Engine, EngineConfig, Reference, SyncOptions};
+//! let engine = Engine::new(EngineConfig::default())?;
+//! let src = Reference::parse("registry.hub.docker.com/library/busybox:1.32")?;
+//! let dst = Reference::parse("127.0.0.1:5000/mirror/busybox:1.32")?;
+//! let outcome = engine.sync(&src, &dst, &SyncOptions::default()).await?;
+//! println!("{}", outcome.id);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod client;
+mod copy;
+mod delete;
+pub mod error;
+pub mod manifest;
+pub mod progress;
+pub mod reference;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use auth::{Credential, CredentialProvider};
+pub use client::{Client, RetryPolicy};
+pub use error::{Error, ErrorKind, Result};
+pub use progress::{Progress, ProgressEvent};
+pub use reference::{Digest, Reference};
+
+/// Settings shared by every registry the engine talks to.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// `host:port` of registries reached over plain HTTP. Everything else uses HTTPS
+    /// with certificate verification.
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificates (PEM bundle) trusted in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Blobs transferred at once per image (default 4).
+    pub jobs: usize,
+    /// Where credentials come from.
+    pub credentials: Arc<dyn CredentialProvider>,
+    /// Retry and timeout behaviour.
+    pub retry: RetryPolicy,
+    /// `User-Agent` sent to registries.
+    pub user_agent: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            insecure_registries: Vec::new(),
+            ca_file: None,
+            jobs: 4,
+            credentials: Arc::new(auth::Anonymous),
+            retry: RetryPolicy::default(),
+            user_agent: format!("imagesync/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Per-call options of [`Engine::sync`].
+#[derive(Clone, Default)]
+pub struct SyncOptions {
+    /// Receives progress events (never printed by the engine).
+    pub progress: Option<Arc<dyn Progress>>,
+    /// When set, the source must resolve to this digest or the copy fails (copy what was
+    /// planned, not whatever the tag points at now).
+    pub expect_source_digest: Option<Digest>,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Digest of the source manifest (an index's own digest for multi-arch images).
+    pub source_digest: Digest,
+    /// Digest of the manifest now at the destination (equal to `source_digest`).
+    pub destination_digest: Digest,
+    /// `<normalised destination repository>@<digest>`.
+    pub id: String,
+    /// True when the destination already had the image and nothing was written.
+    pub up_to_date: bool,
+    /// Blob bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Blobs uploaded.
+    pub blobs_uploaded: usize,
+    /// Blobs the destination already had.
+    pub blobs_skipped: usize,
+    /// Blobs mounted from another repository of the same registry.
+    pub blobs_mounted: usize,
+    /// Manifests written (children and the tagged one).
+    pub manifests_pushed: usize,
+}
+
+/// Per-call options of [`Engine::delete`].
+#[derive(Clone, Debug)]
+pub struct DeleteOptions {
+    /// Delete only if the tag still points at this digest (the digest we wrote).
+    pub expect_digest: Option<Digest>,
+    /// Also delete blobs no remaining manifest in the repository references.
+    pub delete_layers: bool,
+}
+
+impl Default for DeleteOptions {
+    fn default() -> Self {
+        DeleteOptions {
+            expect_digest: None,
+            delete_layers: true,
+        }
+    }
+}
+
+/// What a delete did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeleteReport {
+    /// The tag (or digest) was already gone: nothing to do, counted as success.
+    pub already_gone: bool,
+    /// The digest the tag pointed at.
+    pub digest: Option<Digest>,
+    /// The tag no longer resolves.
+    pub tag_removed: bool,
+    /// The manifest itself was deleted (no other tag or index referenced it).
+    pub manifest_deleted: bool,
+    /// Other tags still pointing at the digest, which were kept.
+    pub kept_tags: Vec<String>,
+    /// Blobs deleted.
+    pub blobs_deleted: usize,
+    /// Blobs kept because another manifest uses them.
+    pub blobs_kept: usize,
+    /// Things that did not work but did not fail the delete (e.g. blob DELETE unsupported).
+    pub warnings: Vec<String>,
+}
+
+/// The sync engine. Cheap to clone; clones share HTTP connections and token caches.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    config: EngineConfig,
+    http: reqwest::Client,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("insecure_registries", &self.inner.config.insecure_registries)
+            .field("jobs", &self.inner.config.jobs)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Builds an engine. Fails on an unreadable or invalid CA file.
+    pub fn new(config: EngineConfig) -> Result<Engine> {
+        let http = client::build_http(&config)?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                config,
+                http,
+                clients: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The same engine (connections shared) with other credentials, e.g. a controller's
+    /// per-object Secrets chained before the defaults. Token caches are not shared.
+    pub fn with_credentials(&self, credentials: Arc<dyn CredentialProvider>) -> Engine {
+        let mut config = self.inner.config.clone();
+        config.credentials = credentials;
+        Engine {
+            inner: Arc::new(EngineInner {
+                config,
+                http: self.inner.http.clone(),
+                clients: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The registry client for the registry of `reference`.
+    pub fn client(&self, reference: &Reference) -> Client {
+        let host = reference.api_host().to_string();
+        let mut clients = match self.inner.clients.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients
+            .entry(host.clone())
+            .or_insert_with(|| {
+                let insecure = self
+                    .inner
+                    .config
+                    .insecure_registries
+                    .iter()
+                    .any(|r| r == reference.registry() || *r == host);
+                Client::new(
+                    self.inner.http.clone(),
+                    reference.registry().to_string(),
+                    host,
+                    insecure,
+                    self.inner.config.credentials.clone(),
+                    self.inner.config.retry.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// The digest `reference` resolves to, by HEAD (GET only if the registry omits
+    /// `Docker-Content-Digest`). `Ok(None)` only when the registry says "not found".
+    pub async fn digest(&self, reference: &Reference) -> Result<Option<Digest>> {
+        match self.client(reference).resolve(reference).await {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies `source` to `destination` byte for byte (index, children and blobs), the
+    /// tag last. Does nothing when the destination already has the source digest.
+    pub async fn sync(
+        &self,
+        source: &Reference,
+        destination: &Reference,
+        options: &SyncOptions,
+    ) -> Result<Outcome> {
+        copy::sync(self, source, destination, options).await
+    }
+
+    /// Removes `destination`'s tag safely, then (optionally) its unshared blobs.
+    pub async fn delete(&self, destination: &Reference, options: &DeleteOptions) -> Result<DeleteReport> {
+        delete::delete(self, destination, options).await
+    }
+
+    pub(crate) fn jobs(&self) -> usize {
+        self.inner.config.jobs.max(1)
+    }
+}
+
+/// How long the engine waits overall for one registry operation, by default.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
