@@ -1,1 +1,316 @@
-fn main() {}
+//! `imagesync`: copy, resolve and delete container images between registries.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use imagesync_engine::auth::{ChainProvider, StaticProvider};
+use imagesync_engine::progress::{BlobAction, ProgressEvent};
+use imagesync_engine::{
+    Credential, DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Reference, SyncOptions,
+};
+
+/// Exit codes, documented in the README.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const NOT_FOUND: u8 = 3;
+    pub const AUTH: u8 = 4;
+    pub const REFUSED: u8 = 5;
+}
+
+#[derive(Parser)]
+#[command(name = "imagesync", version, about = "Copy container images between OCI registries, byte for byte")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Registry (HOST:PORT) reached over plain HTTP instead of verified HTTPS. Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", global = true, env = "IMAGESYNC_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+
+    /// PEM bundle of extra CA certificates to trust.
+    #[arg(long, value_name = "PATH", global = true, env = "IMAGESYNC_CA_FILE")]
+    ca_file: Option<PathBuf>,
+
+    /// Blobs transferred at once.
+    #[arg(short = 'j', long, default_value_t = 4, global = true, env = "IMAGESYNC_JOBS")]
+    jobs: usize,
+
+    /// Credentials for every registry, USER:PASSWORD.
+    #[arg(long, value_name = "USER:PASS", global = true, env = "IMAGESYNC_CREDS", hide_env_values = true)]
+    creds: Option<String>,
+
+    /// Credentials for the source registry, USER:PASSWORD.
+    #[arg(long, value_name = "USER:PASS", global = true, env = "IMAGESYNC_SRC_CREDS", hide_env_values = true)]
+    src_creds: Option<String>,
+
+    /// Credentials for the destination registry, USER:PASSWORD.
+    #[arg(long, value_name = "USER:PASS", global = true, env = "IMAGESYNC_DEST_CREDS", hide_env_values = true)]
+    dest_creds: Option<String>,
+
+    /// Docker config file (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
+    #[arg(long, value_name = "PATH", global = true, env = "IMAGESYNC_DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+
+    /// Never draw a progress bar, even on a terminal.
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy SRC to DST (all platforms, digest preserved); prints the id `repo@sha256:...`.
+    Copy {
+        /// Source image reference.
+        source: String,
+        /// Destination image reference.
+        destination: String,
+    },
+    /// Print the digest REF resolves to (HEAD request only).
+    Digest {
+        /// Image reference.
+        reference: String,
+    },
+    /// Remove DST's tag safely (other tags on the same digest survive), then unshared layers.
+    Delete {
+        /// Destination image reference.
+        destination: String,
+        /// Only delete if the tag still points at this digest.
+        #[arg(long, value_name = "sha256:HEX")]
+        expect_digest: Option<String>,
+        /// Keep the layers (only remove the tag / manifest).
+        #[arg(long)]
+        keep_layers: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMAGESYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let Some(e) = err.chain().find_map(|c| c.downcast_ref::<imagesync_engine::Error>()) else {
+        return exit::FAILURE;
+    };
+    match e.kind() {
+        ErrorKind::NotFound => exit::NOT_FOUND,
+        ErrorKind::Unauthorized | ErrorKind::Denied => exit::AUTH,
+        ErrorKind::Conflict => exit::REFUSED,
+        _ => exit::FAILURE,
+    }
+}
+
+fn parse_ref(input: &str, what: &str) -> anyhow::Result<Reference> {
+    Reference::parse(input).with_context(|| format!("bad {what} reference"))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let Args {
+        command,
+        insecure_registries,
+        ca_file,
+        jobs,
+        creds,
+        src_creds,
+        dest_creds,
+        docker_config,
+        log_format: _,
+        no_progress,
+    } = args;
+
+    let (src_ref, dst_ref) = match &command {
+        Command::Copy { source, destination } => {
+            (Some(parse_ref(source, "source")?), Some(parse_ref(destination, "destination")?))
+        }
+        Command::Digest { reference } => (Some(parse_ref(reference, "image")?), None),
+        Command::Delete { destination, .. } => (None, Some(parse_ref(destination, "destination")?)),
+    };
+
+    let mut explicit = StaticProvider::new();
+    if let Some(c) = &creds {
+        explicit = explicit.with_default(Credential::parse_user_pass(c).context("--creds")?);
+    }
+    if let (Some(c), Some(r)) = (&src_creds, &src_ref) {
+        explicit = explicit.with(r.registry(), Credential::parse_user_pass(c).context("--src-creds")?);
+    }
+    if let (Some(c), Some(r)) = (&dest_creds, &dst_ref) {
+        explicit = explicit.with(r.registry(), Credential::parse_user_pass(c).context("--dest-creds")?);
+    }
+    let engine = Engine::new(EngineConfig {
+        insecure_registries,
+        ca_file,
+        jobs: jobs.max(1),
+        credentials: Arc::new(ChainProvider::standard(explicit, docker_config)),
+        ..EngineConfig::default()
+    })
+    .context("configuring the engine")?;
+
+    match command {
+        Command::Copy { .. } => {
+            let (Some(src), Some(dst)) = (src_ref, dst_ref) else {
+                anyhow::bail!("copy needs a source and a destination");
+            };
+            copy(&engine, &src, &dst, no_progress).await
+        }
+        Command::Digest { .. } => {
+            let Some(r) = src_ref else { anyhow::bail!("digest needs a reference") };
+            match engine.digest(&r).await.with_context(|| format!("resolving {r}"))? {
+                Some(d) => {
+                    println!("{d}");
+                    Ok(())
+                }
+                None => Err(anyhow::Error::new(imagesync_engine::Error::Registry {
+                    kind: ErrorKind::NotFound,
+                    operation: "HEAD manifest",
+                    reference: r.to_string(),
+                    status: 404,
+                    code: Some("MANIFEST_UNKNOWN".into()),
+                    message: "manifest unknown".into(),
+                    retry_after: None,
+                })),
+            }
+        }
+        Command::Delete { expect_digest, keep_layers, .. } => {
+            let Some(dst) = dst_ref else { anyhow::bail!("delete needs a destination") };
+            let expect_digest = expect_digest
+                .map(|d| d.parse::<Digest>())
+                .transpose()
+                .context("--expect-digest")?;
+            let report = engine
+                .delete(&dst, &DeleteOptions { expect_digest, delete_layers: !keep_layers })
+                .await
+                .with_context(|| format!("deleting {dst}"))?;
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            if report.already_gone {
+                eprintln!("{dst}: already gone");
+            } else {
+                eprintln!(
+                    "{dst}: tag removed; manifest {}; {} blob(s) deleted, {} kept{}",
+                    if report.manifest_deleted { "deleted" } else { "kept (still referenced)" },
+                    report.blobs_deleted,
+                    report.blobs_kept,
+                    if report.kept_tags.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; other tags kept: {}", report.kept_tags.join(", "))
+                    }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn copy(engine: &Engine, src: &Reference, dst: &Reference, no_progress: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal() && !no_progress;
+    let bar = if tty {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let bar_for_events = bar.clone();
+    let blobs_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let blobs_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (bt, bd) = (blobs_total.clone(), blobs_done.clone());
+    let progress = move |event: ProgressEvent| {
+        use std::sync::atomic::Ordering::Relaxed;
+        match (&bar_for_events, event) {
+            (Some(bar), ProgressEvent::Planned { blobs, bytes, .. }) => {
+                bt.store(blobs, Relaxed);
+                bar.set_length(bytes);
+                bar.set_message(format!("0/{blobs} blobs"));
+            }
+            (Some(bar), ProgressEvent::Bytes(n)) => bar.inc(n),
+            (Some(bar), ProgressEvent::Blob { size, action, .. }) => {
+                if action != BlobAction::Uploaded {
+                    bar.inc(size);
+                }
+                let done = bd.fetch_add(1, Relaxed) + 1;
+                bar.set_message(format!("{done}/{} blobs", bt.load(Relaxed)));
+            }
+            (Some(bar), ProgressEvent::Retry { what, error, attempt }) => {
+                bar.println(format!("retrying {what} (attempt {attempt} failed: {error})"));
+            }
+            (None, ProgressEvent::Planned { blobs, bytes, manifests }) => {
+                eprintln!("copying {blobs} blob(s), {bytes} bytes, {manifests} manifest(s)");
+            }
+            (None, ProgressEvent::Blob { digest, size, action }) => {
+                eprintln!("blob {digest} ({size} bytes): {action:?}");
+            }
+            (None, ProgressEvent::Retry { what, error, attempt }) => {
+                eprintln!("retrying {what} (attempt {attempt} failed: {error})");
+            }
+            _ => {}
+        }
+    };
+    let options = SyncOptions { progress: Some(Arc::new(progress)), ..SyncOptions::default() };
+    let result = engine.sync(src, dst, &options).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let outcome = result.with_context(|| format!("copying {src} to {dst}"))?;
+    if outcome.up_to_date {
+        eprintln!("{dst} already up to date ({})", outcome.destination_digest);
+    } else {
+        eprintln!(
+            "copied in {:.1}s: {} bytes uploaded, {} blob(s) uploaded, {} mounted, {} already present, {} manifest(s)",
+            started.elapsed().as_secs_f64(),
+            outcome.bytes_uploaded,
+            outcome.blobs_uploaded,
+            outcome.blobs_mounted,
+            outcome.blobs_skipped,
+            outcome.manifests_pushed
+        );
+    }
+    println!("{}", outcome.id);
+    Ok(())
+}
