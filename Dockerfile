@@ -1,0 +1,25 @@
+# Controller image: imagesync-controller on a distroless, non-root runtime.
+#
+#   docker build -t imagesync-controller:dev .
+#
+# Not built in this project's CI (no container engine there); kept minimal on purpose.
+
+# --- build ---------------------------------------------------------------------------------
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p imagesync-controller --bin imagesync-controller \
+ && install -D -m 0755 target/release/imagesync-controller /out/imagesync-controller
+
+# --- runtime -------------------------------------------------------------------------------
+# distroless "cc": glibc + CA certificates, no shell, no package manager, same Debian release
+# (bookworm, glibc 2.36) as the build stage. The nonroot tag runs as uid/gid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot
+LABEL org.opencontainers.image.title="imagesync-controller" \
+      org.opencontainers.image.source="https://github.com/imagesync/imagesync" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /out/imagesync-controller /usr/local/bin/imagesync-controller
+# Numeric user so Kubernetes' runAsNonRoot check can verify it without a passwd lookup.
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/imagesync-controller"]

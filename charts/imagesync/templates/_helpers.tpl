@@ -1,0 +1,54 @@
+{{/* Chart name. */}}
+{{- define "imagesync.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: release-chart, unless the release name already contains the chart name. */}}
+{{- define "imagesync.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "imagesync.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "imagesync.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "imagesync.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "imagesync.labels" -}}
+helm.sh/chart: {{ include "imagesync.chart" . }}
+{{ include "imagesync.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "imagesync.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "imagesync.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when leader election is on: asked for, or needed because replicas > 1. */}}
+{{- define "imagesync.leaderElect" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "imagesync.leaseName" -}}
+{{- default (include "imagesync.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
+{{- define "imagesync.caMountPath" -}}/etc/imagesync/ca{{- end -}}
