@@ -23,13 +23,23 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "imagesync", version, about = "Copy container images between OCI registries, byte for byte")]
+#[command(
+    name = "imagesync",
+    version,
+    about = "Copy container images between OCI registries, byte for byte"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
 
     /// Registry (HOST:PORT) reached over plain HTTP instead of verified HTTPS. Repeatable.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT", global = true, env = "IMAGESYNC_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        global = true,
+        env = "IMAGESYNC_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     insecure_registries: Vec<String>,
 
     /// PEM bundle of extra CA certificates to trust.
@@ -37,23 +47,52 @@ struct Args {
     ca_file: Option<PathBuf>,
 
     /// Blobs transferred at once.
-    #[arg(short = 'j', long, default_value_t = 4, global = true, env = "IMAGESYNC_JOBS")]
+    #[arg(
+        short = 'j',
+        long,
+        default_value_t = 4,
+        global = true,
+        env = "IMAGESYNC_JOBS"
+    )]
     jobs: usize,
 
     /// Credentials for every registry, USER:PASSWORD.
-    #[arg(long, value_name = "USER:PASS", global = true, env = "IMAGESYNC_CREDS", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        global = true,
+        env = "IMAGESYNC_CREDS",
+        hide_env_values = true
+    )]
     creds: Option<String>,
 
     /// Credentials for the source registry, USER:PASSWORD.
-    #[arg(long, value_name = "USER:PASS", global = true, env = "IMAGESYNC_SRC_CREDS", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        global = true,
+        env = "IMAGESYNC_SRC_CREDS",
+        hide_env_values = true
+    )]
     src_creds: Option<String>,
 
     /// Credentials for the destination registry, USER:PASSWORD.
-    #[arg(long, value_name = "USER:PASS", global = true, env = "IMAGESYNC_DEST_CREDS", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        global = true,
+        env = "IMAGESYNC_DEST_CREDS",
+        hide_env_values = true
+    )]
     dest_creds: Option<String>,
 
     /// Docker config file (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
-    #[arg(long, value_name = "PATH", global = true, env = "IMAGESYNC_DOCKER_CONFIG")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        global = true,
+        env = "IMAGESYNC_DOCKER_CONFIG"
+    )]
     docker_config: Option<PathBuf>,
 
     /// Log format on stderr.
@@ -101,7 +140,10 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -120,7 +162,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMAGESYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -128,7 +172,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
-    let Some(e) = err.chain().find_map(|c| c.downcast_ref::<imagesync_engine::Error>()) else {
+    let Some(e) = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<imagesync_engine::Error>())
+    else {
         return exit::FAILURE;
     };
     match e.kind() {
@@ -158,9 +205,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } = args;
 
     let (src_ref, dst_ref) = match &command {
-        Command::Copy { source, destination } => {
-            (Some(parse_ref(source, "source")?), Some(parse_ref(destination, "destination")?))
-        }
+        Command::Copy {
+            source,
+            destination,
+        } => (
+            Some(parse_ref(source, "source")?),
+            Some(parse_ref(destination, "destination")?),
+        ),
         Command::Digest { reference } => (Some(parse_ref(reference, "image")?), None),
         Command::Delete { destination, .. } => (None, Some(parse_ref(destination, "destination")?)),
     };
@@ -170,10 +221,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         explicit = explicit.with_default(Credential::parse_user_pass(c).context("--creds")?);
     }
     if let (Some(c), Some(r)) = (&src_creds, &src_ref) {
-        explicit = explicit.with(r.registry(), Credential::parse_user_pass(c).context("--src-creds")?);
+        explicit = explicit.with(
+            r.registry(),
+            Credential::parse_user_pass(c).context("--src-creds")?,
+        );
     }
     if let (Some(c), Some(r)) = (&dest_creds, &dst_ref) {
-        explicit = explicit.with(r.registry(), Credential::parse_user_pass(c).context("--dest-creds")?);
+        explicit = explicit.with(
+            r.registry(),
+            Credential::parse_user_pass(c).context("--dest-creds")?,
+        );
     }
     let engine = Engine::new(EngineConfig {
         insecure_registries,
@@ -192,8 +249,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             copy(&engine, &src, &dst, no_progress).await
         }
         Command::Digest { .. } => {
-            let Some(r) = src_ref else { anyhow::bail!("digest needs a reference") };
-            match engine.digest(&r).await.with_context(|| format!("resolving {r}"))? {
+            let Some(r) = src_ref else {
+                anyhow::bail!("digest needs a reference")
+            };
+            match engine
+                .digest(&r)
+                .await
+                .with_context(|| format!("resolving {r}"))?
+            {
                 Some(d) => {
                     println!("{d}");
                     Ok(())
@@ -209,14 +272,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 })),
             }
         }
-        Command::Delete { expect_digest, keep_layers, .. } => {
-            let Some(dst) = dst_ref else { anyhow::bail!("delete needs a destination") };
+        Command::Delete {
+            expect_digest,
+            keep_layers,
+            ..
+        } => {
+            let Some(dst) = dst_ref else {
+                anyhow::bail!("delete needs a destination")
+            };
             let expect_digest = expect_digest
                 .map(|d| d.parse::<Digest>())
                 .transpose()
                 .context("--expect-digest")?;
             let report = engine
-                .delete(&dst, &DeleteOptions { expect_digest, delete_layers: !keep_layers })
+                .delete(
+                    &dst,
+                    &DeleteOptions {
+                        expect_digest,
+                        delete_layers: !keep_layers,
+                    },
+                )
                 .await
                 .with_context(|| format!("deleting {dst}"))?;
             for w in &report.warnings {
@@ -227,7 +302,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 eprintln!(
                     "{dst}: tag removed; manifest {}; {} blob(s) deleted, {} kept{}",
-                    if report.manifest_deleted { "deleted" } else { "kept (still referenced)" },
+                    if report.manifest_deleted {
+                        "deleted"
+                    } else {
+                        "kept (still referenced)"
+                    },
                     report.blobs_deleted,
                     report.blobs_kept,
                     if report.kept_tags.is_empty() {
@@ -242,7 +321,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-async fn copy(engine: &Engine, src: &Reference, dst: &Reference, no_progress: bool) -> anyhow::Result<()> {
+async fn copy(
+    engine: &Engine,
+    src: &Reference,
+    dst: &Reference,
+    no_progress: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal() && !no_progress;
     let bar = if tty {
@@ -277,22 +361,55 @@ async fn copy(engine: &Engine, src: &Reference, dst: &Reference, no_progress: bo
                 let done = bd.fetch_add(1, Relaxed) + 1;
                 bar.set_message(format!("{done}/{} blobs", bt.load(Relaxed)));
             }
-            (Some(bar), ProgressEvent::Retry { what, error, attempt }) => {
-                bar.println(format!("retrying {what} (attempt {attempt} failed: {error})"));
+            (
+                Some(bar),
+                ProgressEvent::Retry {
+                    what,
+                    error,
+                    attempt,
+                },
+            ) => {
+                bar.println(format!(
+                    "retrying {what} (attempt {attempt} failed: {error})"
+                ));
             }
-            (None, ProgressEvent::Planned { blobs, bytes, manifests }) => {
+            (
+                None,
+                ProgressEvent::Planned {
+                    blobs,
+                    bytes,
+                    manifests,
+                },
+            ) => {
                 eprintln!("copying {blobs} blob(s), {bytes} bytes, {manifests} manifest(s)");
             }
-            (None, ProgressEvent::Blob { digest, size, action }) => {
+            (
+                None,
+                ProgressEvent::Blob {
+                    digest,
+                    size,
+                    action,
+                },
+            ) => {
                 eprintln!("blob {digest} ({size} bytes): {action:?}");
             }
-            (None, ProgressEvent::Retry { what, error, attempt }) => {
+            (
+                None,
+                ProgressEvent::Retry {
+                    what,
+                    error,
+                    attempt,
+                },
+            ) => {
                 eprintln!("retrying {what} (attempt {attempt} failed: {error})");
             }
             _ => {}
         }
     };
-    let options = SyncOptions { progress: Some(Arc::new(progress)), ..SyncOptions::default() };
+    let options = SyncOptions {
+        progress: Some(Arc::new(progress)),
+        ..SyncOptions::default()
+    };
     let result = engine.sync(src, dst, &options).await;
     if let Some(bar) = &bar {
         bar.finish_and_clear();

@@ -111,7 +111,8 @@ impl StaticProvider {
     }
     /// Adds a credential for one registry (`host[:port]`; Docker Hub aliases accepted).
     pub fn with(mut self, registry: &str, credential: Credential) -> StaticProvider {
-        self.by_registry.insert(normalise_registry(registry), credential);
+        self.by_registry
+            .insert(normalise_registry(registry), credential);
         self
     }
     /// A credential used for every registry not listed explicitly.
@@ -247,9 +248,12 @@ impl DockerConfigProvider {
 
     async fn load(&self, path: &Path) -> Result<Option<DockerConfigFile>> {
         match tokio::fs::read(path).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Config(
-                format!("docker config {}: invalid JSON: {e}", path.display()),
-            )),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Config(format!(
+                    "docker config {}: invalid JSON: {e}",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.path.is_none() => Ok(None),
             Err(e) => Err(Error::Io {
                 context: format!("reading docker config {}", path.display()),
@@ -290,10 +294,12 @@ fn auth_from_entries(
             registry: registry.into(),
             message: "docker config `auth` is not UTF-8".into(),
         })?;
-        return Credential::parse_user_pass(&text).map(Some).map_err(|_| Error::Credentials {
-            registry: registry.into(),
-            message: "docker config `auth` must decode to USER:PASSWORD".into(),
-        });
+        return Credential::parse_user_pass(&text)
+            .map(Some)
+            .map_err(|_| Error::Credentials {
+                registry: registry.into(),
+                message: "docker config `auth` must decode to USER:PASSWORD".into(),
+            });
     }
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
         return Ok(Some(Credential::basic(u.clone(), p.clone())));
@@ -325,7 +331,10 @@ async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> 
         stdin
             .write_all(server.as_bytes())
             .await
-            .map_err(|e| Error::Io { context: format!("writing to {program}"), source: e })?;
+            .map_err(|e| Error::Io {
+                context: format!("writing to {program}"),
+                source: e,
+            })?;
     }
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
@@ -333,7 +342,10 @@ async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> 
             registry: registry.into(),
             message: format!("credential helper {program} did not answer within 30s"),
         })?
-        .map_err(|e| Error::Io { context: format!("running {program}"), source: e })?;
+        .map_err(|e| Error::Io {
+            context: format!("running {program}"),
+            source: e,
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -346,10 +358,13 @@ async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> 
             message: format!("credential helper {program} failed ({})", out.status),
         });
     }
-    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|_| Error::Credentials {
-        registry: registry.into(),
-        message: format!("credential helper {program} printed something that is not its JSON answer"),
-    })?;
+    let answer: HelperAnswer =
+        serde_json::from_slice(&out.stdout).map_err(|_| Error::Credentials {
+            registry: registry.into(),
+            message: format!(
+                "credential helper {program} printed something that is not its JSON answer"
+            ),
+        })?;
     if answer.username == "<token>" {
         return Ok(Some(Credential::IdentityToken(Secret::new(answer.secret))));
     }
@@ -359,8 +374,12 @@ async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> 
 #[async_trait]
 impl CredentialProvider for DockerConfigProvider {
     async fn credential(&self, registry: &str) -> Result<Option<Credential>> {
-        let Some(path) = self.resolve_path() else { return Ok(None) };
-        let Some(cfg) = self.load(&path).await? else { return Ok(None) };
+        let Some(path) = self.resolve_path() else {
+            return Ok(None);
+        };
+        let Some(cfg) = self.load(&path).await? else {
+            return Ok(None);
+        };
         if let Some(helper) = cfg
             .cred_helpers
             .iter()
@@ -471,7 +490,9 @@ impl CredentialProvider for GoogleProvider {
         if !Self::is_google_registry(registry) {
             return Ok(None);
         }
-        let Some(source) = self.source().await else { return Ok(None) };
+        let Some(source) = self.source().await else {
+            return Ok(None);
+        };
         let token = source.access_token().await?;
         Ok(Some(Credential::Basic {
             username: "oauth2accesstoken".into(),
@@ -531,6 +552,9 @@ mod tests {
         let start = std::time::Instant::now();
         assert_eq!(p.credential("127.0.0.1:5000").await.unwrap(), None);
         assert!(start.elapsed() < Duration::from_millis(50));
-        assert!(!p.source.initialized(), "a non-Google registry must not trigger the ADC probe");
+        assert!(
+            !p.source.initialized(),
+            "a non-Google registry must not trigger the ADC probe"
+        );
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
+};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::Mutex;
 
@@ -90,7 +92,10 @@ pub(crate) fn build_http(config: &EngineConfig) -> Result<reqwest::Client> {
             source: e,
         })?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::Config(format!("CA file {}: not a PEM certificate bundle: {e}", path.display()))
+            Error::Config(format!(
+                "CA file {}: not a PEM certificate bundle: {e}",
+                path.display()
+            ))
         })?;
         if certs.is_empty() {
             return Err(Error::Config(format!(
@@ -109,7 +114,10 @@ pub(crate) fn build_http(config: &EngineConfig) -> Result<reqwest::Client> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Challenge {
     Basic,
-    Bearer { realm: String, service: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
 }
 
 pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
@@ -124,8 +132,14 @@ pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
     let mut params = HashMap::new();
     let mut s = rest.trim();
     while !s.is_empty() {
-        let Some((key, after)) = s.split_once('=') else { break };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let Some((key, after)) = s.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
             let mut value = String::new();
@@ -176,15 +190,24 @@ pub struct Scope {
 impl Scope {
     /// Pull access to `repository`.
     pub fn pull(repository: &str) -> Scope {
-        Scope { repository: repository.to_string(), actions: "pull" }
+        Scope {
+            repository: repository.to_string(),
+            actions: "pull",
+        }
     }
     /// Pull and push access to `repository`.
     pub fn push(repository: &str) -> Scope {
-        Scope { repository: repository.to_string(), actions: "pull,push" }
+        Scope {
+            repository: repository.to_string(),
+            actions: "pull,push",
+        }
     }
     /// Delete access (plus pull) to `repository`.
     pub fn delete(repository: &str) -> Scope {
-        Scope { repository: repository.to_string(), actions: "pull,push,delete" }
+        Scope {
+            repository: repository.to_string(),
+            actions: "pull,push,delete",
+        }
     }
     fn render(&self) -> String {
         format!("repository:{}:{}", self.repository, self.actions)
@@ -233,7 +256,9 @@ const CHUNK_SIZE: usize = 8 * 1024 * 1024;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("base", &self.inner.base).finish()
+        f.debug_struct("Client")
+            .field("base", &self.inner.base)
+            .finish()
     }
 }
 
@@ -276,10 +301,18 @@ impl Client {
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => {
-                match self.inner.credentials.credential(&self.inner.registry).await? {
+                match self
+                    .inner
+                    .credentials
+                    .credential(&self.inner.registry)
+                    .await?
+                {
                     Some(Credential::Basic { username, password }) => {
                         let raw = format!("{username}:{}", password.expose());
-                        let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw));
+                        let v = format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(raw)
+                        );
                         Ok(Some(sensitive(&v)?))
                     }
                     _ => Ok(None),
@@ -296,7 +329,11 @@ impl Client {
         let mut scopes: Vec<Scope> = scopes.to_vec();
         scopes.sort();
         scopes.dedup();
-        let key = scopes.iter().map(Scope::render).collect::<Vec<_>>().join(" ");
+        let key = scopes
+            .iter()
+            .map(Scope::render)
+            .collect::<Vec<_>>()
+            .join(" ");
         {
             let state = self.inner.auth.lock().await;
             if let Some((tok, exp)) = state.tokens.get(&key) {
@@ -305,7 +342,11 @@ impl Client {
                 }
             }
         }
-        let credential = self.inner.credentials.credential(&self.inner.registry).await?;
+        let credential = self
+            .inner
+            .credentials
+            .credential(&self.inner.registry)
+            .await?;
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(s) = service {
             query.push(("service", s.to_string()));
@@ -388,12 +429,13 @@ impl Client {
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(10));
         let margin = (lifetime / 10).max(Duration::from_secs(5));
         let secret = Secret::new(token);
-        self.inner
-            .auth
-            .lock()
-            .await
-            .tokens
-            .insert(key, (secret.clone(), Instant::now() + lifetime.saturating_sub(margin)));
+        self.inner.auth.lock().await.tokens.insert(
+            key,
+            (
+                secret.clone(),
+                Instant::now() + lifetime.saturating_sub(margin),
+            ),
+        );
         Ok(secret)
     }
 
@@ -449,16 +491,26 @@ impl Client {
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    if status == 429 || status == 502 || status == 503 || status == 504 || status == 500 {
+                    if status == 429
+                        || status == 502
+                        || status == 503
+                        || status == 504
+                        || status == 500
+                    {
                         let e = error_from_response(operation, reference, resp).await;
                         e
                     } else {
                         return Ok(resp);
                     }
                 }
-                Err(e) => Error::Transport { operation, reference: reference.to_string(), source: e },
+                Err(e) => Error::Transport {
+                    operation,
+                    reference: reference.to_string(),
+                    source: e,
+                },
             };
-            self.backoff(operation, reference, attempt, started, err).await?;
+            self.backoff(operation, reference, attempt, started, err)
+                .await?;
         }
     }
 
@@ -474,13 +526,21 @@ impl Client {
         loop {
             attempt += 1;
             let err = match build().send().await {
-                Ok(resp) if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                Ok(resp)
+                    if resp.status().is_server_error()
+                        || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
+                {
                     error_from_response(operation, reference, resp).await
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) => Error::Transport { operation, reference: reference.to_string(), source: e },
+                Err(e) => Error::Transport {
+                    operation,
+                    reference: reference.to_string(),
+                    source: e,
+                },
             };
-            self.backoff(operation, reference, attempt, started, err).await?;
+            self.backoff(operation, reference, attempt, started, err)
+                .await?;
         }
     }
 
@@ -518,10 +578,16 @@ impl Client {
     /// HEAD the manifest; returns its digest (GET if the header is missing).
     pub async fn resolve(&self, reference: &Reference) -> Result<Digest> {
         let what = reference.to_string();
-        let url = self.url(&format!("/v2/{}/manifests/{}", reference.repository(), reference.manifest_ref()));
+        let url = self.url(&format!(
+            "/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.manifest_ref()
+        ));
         let scopes = [Scope::pull(reference.repository())];
         let resp = self
-            .send("HEAD manifest", &what, &scopes, |h| h.head(&url).header(ACCEPT, MANIFEST_ACCEPT))
+            .send("HEAD manifest", &what, &scopes, |h| {
+                h.head(&url).header(ACCEPT, MANIFEST_ACCEPT)
+            })
             .await?;
         if !resp.status().is_success() {
             return Err(error_from_response("HEAD manifest", &what, resp).await);
@@ -535,7 +601,11 @@ impl Client {
             Some(d) => {
                 if let Some(pinned) = reference.digest() {
                     if *pinned != d {
-                        return Err(Error::DigestMismatch { reference: what, expected: pinned.to_string(), actual: d.to_string() });
+                        return Err(Error::DigestMismatch {
+                            reference: what,
+                            expected: pinned.to_string(),
+                            actual: d.to_string(),
+                        });
                     }
                 }
                 Ok(d)
@@ -547,14 +617,20 @@ impl Client {
     /// GET the manifest bytes. Verified against the reference's digest when pinned.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<ManifestData> {
         let what = reference.to_string();
-        let url = self.url(&format!("/v2/{}/manifests/{}", reference.repository(), reference.manifest_ref()));
+        let url = self.url(&format!(
+            "/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.manifest_ref()
+        ));
         let scopes = [Scope::pull(reference.repository())];
         let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let resp = self
-                .send("GET manifest", &what, &scopes, |h| h.get(&url).header(ACCEPT, MANIFEST_ACCEPT))
+                .send("GET manifest", &what, &scopes, |h| {
+                    h.get(&url).header(ACCEPT, MANIFEST_ACCEPT)
+                })
                 .await?;
             if !resp.status().is_success() {
                 return Err(error_from_response("GET manifest", &what, resp).await);
@@ -570,14 +646,27 @@ impl Client {
                     let digest = Digest::of(&bytes);
                     if let Some(pinned) = reference.digest() {
                         if *pinned != digest {
-                            return Err(Error::DigestMismatch { reference: what, expected: pinned.to_string(), actual: digest.to_string() });
+                            return Err(Error::DigestMismatch {
+                                reference: what,
+                                expected: pinned.to_string(),
+                                actual: digest.to_string(),
+                            });
                         }
                     }
-                    return Ok(ManifestData { bytes, media_type, digest });
+                    return Ok(ManifestData {
+                        bytes,
+                        media_type,
+                        digest,
+                    });
                 }
                 Err(e) => {
-                    let err = Error::Transport { operation: "GET manifest", reference: what.clone(), source: e };
-                    self.backoff("GET manifest", &what, attempt, started, err).await?;
+                    let err = Error::Transport {
+                        operation: "GET manifest",
+                        reference: what.clone(),
+                        source: e,
+                    };
+                    self.backoff("GET manifest", &what, attempt, started, err)
+                        .await?;
                 }
             }
         }
@@ -585,14 +674,25 @@ impl Client {
 
     /// PUT manifest bytes under `reference` (tag or digest); returns the digest the
     /// registry reports, checked against the bytes.
-    pub async fn put_manifest(&self, reference: &Reference, media_type: &str, bytes: Bytes) -> Result<Digest> {
+    pub async fn put_manifest(
+        &self,
+        reference: &Reference,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<Digest> {
         let what = reference.to_string();
-        let url = self.url(&format!("/v2/{}/manifests/{}", reference.repository(), reference.manifest_ref()));
+        let url = self.url(&format!(
+            "/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.manifest_ref()
+        ));
         let scopes = [Scope::push(reference.repository())];
         let expected = Digest::of(&bytes);
         let resp = self
             .send("PUT manifest", &what, &scopes, |h| {
-                h.put(&url).header(CONTENT_TYPE, media_type).body(bytes.clone())
+                h.put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
             })
             .await?;
         if !resp.status().is_success() {
@@ -605,7 +705,11 @@ impl Client {
             .and_then(|s| s.parse::<Digest>().ok())
         {
             if got != expected {
-                return Err(Error::DigestMismatch { reference: what, expected: expected.to_string(), actual: got.to_string() });
+                return Err(Error::DigestMismatch {
+                    reference: what,
+                    expected: expected.to_string(),
+                    actual: got.to_string(),
+                });
             }
         }
         Ok(expected)
@@ -614,9 +718,15 @@ impl Client {
     /// DELETE a manifest by tag or digest. `Ok(false)` when it was already gone.
     pub async fn delete_manifest(&self, reference: &Reference) -> Result<bool> {
         let what = reference.to_string();
-        let url = self.url(&format!("/v2/{}/manifests/{}", reference.repository(), reference.manifest_ref()));
+        let url = self.url(&format!(
+            "/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.manifest_ref()
+        ));
         let scopes = [Scope::delete(reference.repository())];
-        let resp = self.send("DELETE manifest", &what, &scopes, |h| h.delete(&url)).await?;
+        let resp = self
+            .send("DELETE manifest", &what, &scopes, |h| h.delete(&url))
+            .await?;
         if resp.status().is_success() {
             return Ok(true);
         }
@@ -634,7 +744,9 @@ impl Client {
         let what = format!("{}/{}@{}", self.inner.registry, repository, digest);
         let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
         let scopes = [Scope::pull(repository)];
-        let resp = self.send("HEAD blob", &what, &scopes, |h| h.head(&url)).await?;
+        let resp = self
+            .send("HEAD blob", &what, &scopes, |h| h.head(&url))
+            .await?;
         if resp.status().is_success() {
             return Ok(true);
         }
@@ -650,7 +762,9 @@ impl Client {
         let what = format!("{}/{}@{}", self.inner.registry, repository, digest);
         let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
         let scopes = [Scope::pull(repository)];
-        let resp = self.send("GET blob", &what, &scopes, |h| h.get(&url)).await?;
+        let resp = self
+            .send("GET blob", &what, &scopes, |h| h.get(&url))
+            .await?;
         if resp.status().is_redirection() {
             let target = resp
                 .headers()
@@ -666,7 +780,9 @@ impl Client {
                     message: "redirect without a Location".into(),
                     retry_after: None,
                 })?;
-            let resp = self.send_retrying("GET blob", &what, || self.inner.http.get(&target)).await?;
+            let resp = self
+                .send_retrying("GET blob", &what, || self.inner.http.get(&target))
+                .await?;
             if !resp.status().is_success() {
                 return Err(error_from_response("GET blob", &what, resp).await);
             }
@@ -695,7 +811,9 @@ impl Client {
         }
         let url = self.url(&path);
         let resp = self
-            .send("POST upload", &what, &scopes, |h| h.post(&url).header(CONTENT_LENGTH, 0))
+            .send("POST upload", &what, &scopes, |h| {
+                h.post(&url).header(CONTENT_LENGTH, 0)
+            })
             .await?;
         match resp.status() {
             StatusCode::CREATED if mount_from.is_some() => Ok((Upload::Mounted, None)),
@@ -744,7 +862,9 @@ impl Client {
     {
         let what = format!("{}/{}@{}", self.inner.registry, repository, digest);
         if self.inner.chunked_only.load(Ordering::Relaxed) {
-            return self.put_blob_chunked(repository, location, digest, body).await;
+            return self
+                .put_blob_chunked(repository, location, digest, body)
+                .await;
         }
         let url = with_digest_query(location, digest);
         let mut req = self
@@ -757,10 +877,11 @@ impl Client {
         if let Some(h) = self.auth_header(&[Scope::push(repository)]).await? {
             req = req.header(AUTHORIZATION, h);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::Transport { operation: "PUT blob", reference: what.clone(), source: e })?;
+        let resp = req.send().await.map_err(|e| Error::Transport {
+            operation: "PUT blob",
+            reference: what.clone(),
+            source: e,
+        })?;
         if resp.status().is_success() {
             return Ok(());
         }
@@ -779,7 +900,10 @@ impl Client {
                 retry_after: None,
             });
         }
-        if matches!(status, 400 | 405 | 411 | 413 | 416) && err.kind() != ErrorKind::Integrity && err.code() != Some("DIGEST_INVALID") {
+        if matches!(status, 400 | 405 | 411 | 413 | 416)
+            && err.kind() != ErrorKind::Integrity
+            && err.code() != Some("DIGEST_INVALID")
+        {
             tracing::info!(registry = %self.inner.registry, %status, "monolithic upload refused; switching to chunked uploads");
             self.inner.chunked_only.store(true, Ordering::Relaxed);
             return Err(Error::Registry {
@@ -795,7 +919,13 @@ impl Client {
         Err(err)
     }
 
-    async fn put_blob_chunked<S>(&self, repository: &str, location: &str, digest: &Digest, body: S) -> Result<()>
+    async fn put_blob_chunked<S>(
+        &self,
+        repository: &str,
+        location: &str,
+        digest: &Digest,
+        body: S,
+    ) -> Result<()>
     where
         S: Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static,
     {
@@ -809,7 +939,12 @@ impl Client {
         while !done {
             match body.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(Error::Io { context: format!("reading {what}"), source: e }),
+                Some(Err(e)) => {
+                    return Err(Error::Io {
+                        context: format!("reading {what}"),
+                        source: e,
+                    })
+                }
                 None => done = true,
             }
             if buf.len() >= CHUNK_SIZE || (done && !buf.is_empty()) {
@@ -836,7 +971,9 @@ impl Client {
         }
         let url = with_digest_query(&location, digest);
         let resp = self
-            .send("PUT blob", &what, &scopes, |h| h.put(&url).header(CONTENT_LENGTH, 0))
+            .send("PUT blob", &what, &scopes, |h| {
+                h.put(&url).header(CONTENT_LENGTH, 0)
+            })
             .await?;
         if !resp.status().is_success() {
             return Err(error_from_response("PUT blob", &what, resp).await);
@@ -849,7 +986,9 @@ impl Client {
         let what = format!("{}/{}@{}", self.inner.registry, repository, digest);
         let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
         let scopes = [Scope::delete(repository)];
-        let resp = self.send("DELETE blob", &what, &scopes, |h| h.delete(&url)).await?;
+        let resp = self
+            .send("DELETE blob", &what, &scopes, |h| h.delete(&url))
+            .await?;
         if resp.status().is_success() {
             return Ok(true);
         }
@@ -884,10 +1023,11 @@ impl Client {
                 #[serde(default)]
                 tags: Option<Vec<String>>,
             }
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| Error::Transport { operation: "GET tags", reference: what.clone(), source: e })?;
+            let body = resp.bytes().await.map_err(|e| Error::Transport {
+                operation: "GET tags",
+                reference: what.clone(),
+                source: e,
+            })?;
             let list: TagList = serde_json::from_slice(&body).map_err(|e| Error::Registry {
                 kind: ErrorKind::Transient,
                 operation: "GET tags",
@@ -907,7 +1047,9 @@ impl Client {
 }
 
 fn sensitive(v: &str) -> Result<HeaderValue> {
-    let mut h = HeaderValue::from_str(v).map_err(|_| Error::Config("credential contains characters not allowed in an HTTP header".into()))?;
+    let mut h = HeaderValue::from_str(v).map_err(|_| {
+        Error::Config("credential contains characters not allowed in an HTTP header".into())
+    })?;
     h.set_sensitive(true);
     Ok(h)
 }
@@ -932,12 +1074,18 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
 }
 
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate_parse(v)?;
-    when.duration_since(std::time::SystemTime::now()).ok().or(Some(Duration::ZERO))
+    when.duration_since(std::time::SystemTime::now())
+        .ok()
+        .or(Some(Duration::ZERO))
 }
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form registries send.
@@ -947,9 +1095,11 @@ fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
         return None;
     }
     let day: u64 = parts[1].parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == parts[2])? as u64
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as u64
         + 1;
     let year: i64 = parts[3].parse().ok()?;
     let hms: Vec<u64> = parts[4].split(':').filter_map(|x| x.parse().ok()).collect();
@@ -969,10 +1119,18 @@ fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
 }
 
 /// Turns an error response into an [`Error`], reading the distribution error body.
-pub(crate) async fn error_from_response(operation: &'static str, reference: &str, resp: Response) -> Error {
+pub(crate) async fn error_from_response(
+    operation: &'static str,
+    reference: &str,
+    resp: Response,
+) -> Error {
     let status = resp.status().as_u16();
     let retry_after = parse_retry_after(resp.headers());
-    let reason = resp.status().canonical_reason().unwrap_or("error").to_string();
+    let reason = resp
+        .status()
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_string();
     let body = resp.bytes().await.unwrap_or_default();
     #[derive(serde::Deserialize)]
     struct Body {
@@ -989,13 +1147,26 @@ pub(crate) async fn error_from_response(operation: &'static str, reference: &str
     let (code, message) = match serde_json::from_slice::<Body>(&body) {
         Ok(b) if !b.errors.is_empty() => {
             let code = b.errors[0].code.clone();
-            let msg = b.errors.iter().map(|e| e.message.as_str()).filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; ");
-            (Some(code).filter(|c| !c.is_empty()), if msg.is_empty() { reason } else { msg })
+            let msg = b
+                .errors
+                .iter()
+                .map(|e| e.message.as_str())
+                .filter(|m| !m.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            (
+                Some(code).filter(|c| !c.is_empty()),
+                if msg.is_empty() { reason } else { msg },
+            )
         }
         _ => {
             let text = String::from_utf8_lossy(&body);
             let text = text.trim();
-            let msg = if text.is_empty() || text.len() > 300 { reason } else { text.to_string() };
+            let msg = if text.is_empty() || text.len() > 300 {
+                reason
+            } else {
+                text.to_string()
+            };
             (None, msg)
         }
     };
@@ -1016,12 +1187,20 @@ mod tests {
 
     #[test]
     fn parses_bearer_challenge() {
-        let c = parse_challenge(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#);
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
+        );
         assert_eq!(
             c,
-            Some(Challenge::Bearer { realm: "https://auth.docker.io/token".into(), service: Some("registry.docker.io".into()) })
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into())
+            })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
     }
 
@@ -1030,21 +1209,33 @@ mod tests {
         let p = RetryPolicy::default();
         let d1 = p.delay(1, None);
         let d4 = p.delay(4, None);
-        assert!(d1 <= p.base_delay && d4 >= p.base_delay * 4, "{d1:?} {d4:?}");
-        assert_eq!(p.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert!(
+            d1 <= p.base_delay && d4 >= p.base_delay * 4,
+            "{d1:?} {d4:?}"
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
         assert!(p.delay(30, None) <= p.max_delay);
     }
 
     #[test]
     fn http_dates_parse() {
         let t = httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 784111777);
+        assert_eq!(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+            784111777
+        );
     }
 
     #[test]
     fn link_header_next() {
         let mut h = HeaderMap::new();
-        h.insert(reqwest::header::LINK, HeaderValue::from_static("</v2/a/tags/list?last=b&n=2>; rel=\"next\""));
+        h.insert(
+            reqwest::header::LINK,
+            HeaderValue::from_static("</v2/a/tags/list?last=b&n=2>; rel=\"next\""),
+        );
         assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?last=b&n=2"));
     }
 }

@@ -78,7 +78,9 @@ pub(crate) async fn sync(
                 manifests_pushed: 0,
             });
         }
-        Ok(d) => tracing::info!(%destination, current = %d, wanted = %source_digest, "destination differs"),
+        Ok(d) => {
+            tracing::info!(%destination, current = %d, wanted = %source_digest, "destination differs")
+        }
         Err(e) if e.is_not_found() => tracing::debug!(%destination, "destination missing"),
         Err(e) => return Err(e),
     }
@@ -96,7 +98,9 @@ pub(crate) async fn sync(
     for child in children {
         let r = destination.with_digest(child.data.digest.clone());
         match dst_client.resolve(&r).await {
-            Ok(_) => tracing::debug!(digest = %child.data.digest, "child manifest already at destination"),
+            Ok(_) => {
+                tracing::debug!(digest = %child.data.digest, "child manifest already at destination")
+            }
             Err(e) if e.is_not_found() => missing_children.push(child),
             Err(e) => return Err(e),
         }
@@ -117,7 +121,8 @@ pub(crate) async fn sync(
     });
     tracing::info!(%source, %destination, blobs = blobs.len(), bytes = total_bytes, manifests = missing_children.len() + 1, "copying");
 
-    let same_registry = source.api_host() == destination.api_host() && source.repository() != dst_repo;
+    let same_registry =
+        source.api_host() == destination.api_host() && source.repository() != dst_repo;
     let stats = Arc::new(Mutex::new((0u64, 0usize, 0usize, 0usize)));
     let jobs = engine.jobs();
     futures::stream::iter(blobs.into_values().map(|desc| {
@@ -128,8 +133,16 @@ pub(crate) async fn sync(
         let stats = stats.clone();
         let emit = &emit;
         async move {
-            let (action, bytes) =
-                copy_blob(&src_client, &dst_client, &src_repo, &dst_repo, &desc, same_registry, emit).await?;
+            let (action, bytes) = copy_blob(
+                &src_client,
+                &dst_client,
+                &src_repo,
+                &dst_repo,
+                &desc,
+                same_registry,
+                emit,
+            )
+            .await?;
             let mut s = match stats.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -141,7 +154,11 @@ pub(crate) async fn sync(
                 BlobAction::Mounted => s.3 += 1,
             }
             drop(s);
-            emit.send(ProgressEvent::Blob { digest: desc.digest.clone(), size: desc.size, action });
+            emit.send(ProgressEvent::Blob {
+                digest: desc.digest.clone(),
+                size: desc.size,
+                action,
+            });
             Ok::<(), Error>(())
         }
     }))
@@ -153,12 +170,18 @@ pub(crate) async fn sync(
     let mut pushed = 0;
     for child in &missing_children {
         let r = destination.with_digest(child.data.digest.clone());
-        dst_client.put_manifest(&r, &child.data.media_type, child.data.bytes.clone()).await?;
-        emit.send(ProgressEvent::Manifest { digest: child.data.digest.clone() });
+        dst_client
+            .put_manifest(&r, &child.data.media_type, child.data.bytes.clone())
+            .await?;
+        emit.send(ProgressEvent::Manifest {
+            digest: child.data.digest.clone(),
+        });
         pushed += 1;
     }
     // The tagged manifest last: the tag never points at an incomplete image.
-    let written = dst_client.put_manifest(destination, &top.media_type, top.bytes.clone()).await?;
+    let written = dst_client
+        .put_manifest(destination, &top.media_type, top.bytes.clone())
+        .await?;
     if written != source_digest {
         return Err(Error::DigestMismatch {
             reference: destination.to_string(),
@@ -166,7 +189,9 @@ pub(crate) async fn sync(
             actual: written.to_string(),
         });
     }
-    emit.send(ProgressEvent::Manifest { digest: written.clone() });
+    emit.send(ProgressEvent::Manifest {
+        digest: written.clone(),
+    });
     pushed += 1;
 
     let (bytes_uploaded, blobs_uploaded, blobs_skipped, blobs_mounted) = match stats.lock() {
@@ -220,10 +245,17 @@ fn collect_children<'a>(
                     actual: format!("{} bytes", data.bytes.len()),
                 });
             }
-            let media_type = if data.media_type.is_empty() { child.media_type.clone() } else { data.media_type.clone() };
+            let media_type = if data.media_type.is_empty() {
+                child.media_type.clone()
+            } else {
+                data.media_type.clone()
+            };
             let parsed = Manifest::parse(&r.to_string(), &media_type, &data.bytes)?;
             collect_children(client, source, &parsed, out, depth + 1).await?;
-            out.push(Node { data: ManifestData { media_type, ..data }, manifest: parsed });
+            out.push(Node {
+                data: ManifestData { media_type, ..data },
+                manifest: parsed,
+            });
         }
         Ok(())
     })
@@ -262,7 +294,9 @@ async fn copy_blob(
             let resp = src.get_blob(src_repo, &desc.digest).await?;
             let mismatch = Arc::new(AtomicBool::new(false));
             let body = verified_stream(resp, desc.clone(), mismatch.clone(), emit.0.clone());
-            let put = dst.put_blob(dst_repo, &location, &desc.digest, desc.size, body).await;
+            let put = dst
+                .put_blob(dst_repo, &location, &desc.digest, desc.size, body)
+                .await;
             if mismatch.load(Ordering::Relaxed) {
                 return Err(Error::DigestMismatch {
                     reference: format!("{src_repo}@{}", desc.digest),
@@ -278,7 +312,11 @@ async fn copy_blob(
             Ok(r) => return Ok(r),
             Err(e) => {
                 try_mount = false;
-                emit.send(ProgressEvent::Retry { what: what.clone(), error: e.to_string(), attempt });
+                emit.send(ProgressEvent::Retry {
+                    what: what.clone(),
+                    error: e.to_string(),
+                    attempt,
+                });
                 dst.backoff("copy blob", &what, attempt, started, e).await?;
             }
         }
@@ -292,7 +330,8 @@ fn verified_stream(
     desc: Descriptor,
     mismatch: Arc<AtomicBool>,
     progress: Option<Arc<dyn Progress>>,
-) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static
+{
     struct State {
         inner: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
         hasher: sha2::Sha256,
@@ -322,7 +361,10 @@ fn verified_stream(
                 if st.seen > st.desc.size {
                     st.mismatch.store(true, Ordering::Relaxed);
                     st.done = true;
-                    return Some((Err(std::io::Error::other("blob larger than its descriptor")), st));
+                    return Some((
+                        Err(std::io::Error::other("blob larger than its descriptor")),
+                        st,
+                    ));
                 }
                 if let Some(p) = &st.progress {
                     p.event(ProgressEvent::Bytes(chunk.len() as u64));

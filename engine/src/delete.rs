@@ -29,7 +29,12 @@ struct Tree {
     blobs: BTreeSet<Digest>,
 }
 
-async fn read_tree(client: &Client, base: &Reference, digest: &Digest, tree: &mut Tree) -> Result<()> {
+async fn read_tree(
+    client: &Client,
+    base: &Reference,
+    digest: &Digest,
+    tree: &mut Tree,
+) -> Result<()> {
     let mut stack = vec![digest.clone()];
     while let Some(d) = stack.pop() {
         if !tree.manifests.insert(d.clone()) {
@@ -49,7 +54,11 @@ async fn read_tree(client: &Client, base: &Reference, digest: &Digest, tree: &mu
     Ok(())
 }
 
-pub(crate) async fn delete(engine: &Engine, dst: &Reference, opts: &DeleteOptions) -> Result<DeleteReport> {
+pub(crate) async fn delete(
+    engine: &Engine,
+    dst: &Reference,
+    opts: &DeleteOptions,
+) -> Result<DeleteReport> {
     let client = engine.client(dst);
     let repo = dst.repository();
     let mut report = DeleteReport::default();
@@ -78,21 +87,22 @@ pub(crate) async fn delete(engine: &Engine, dst: &Reference, opts: &DeleteOption
     let mut ours = Tree::default();
     read_tree(&client, dst, &digest, &mut ours).await?;
 
-    let this_tag = dst.tag().filter(|_| dst.digest().is_none()).map(str::to_string);
+    let this_tag = dst
+        .tag()
+        .filter(|_| dst.digest().is_none())
+        .map(str::to_string);
 
     // 1. The OCI way: DELETE by tag removes only the tag.
     if let Some(tag) = &this_tag {
         match client.delete_manifest(dst).await {
-            Ok(_) => {
-                match client.resolve(dst).await {
-                    Err(e) if e.is_not_found() => {
-                        tracing::info!(%dst, "tag deleted");
-                        report.tag_removed = true;
-                    }
-                    Ok(_) => tracing::debug!(%dst, "tag still resolves after DELETE by tag"),
-                    Err(e) => return Err(e),
+            Ok(_) => match client.resolve(dst).await {
+                Err(e) if e.is_not_found() => {
+                    tracing::info!(%dst, "tag deleted");
+                    report.tag_removed = true;
                 }
-            }
+                Ok(_) => tracing::debug!(%dst, "tag still resolves after DELETE by tag"),
+                Err(e) => return Err(e),
+            },
             Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::InvalidInput) => {
                 tracing::debug!(%dst, tag, error = %e, "DELETE by tag not supported; scanning the repository");
             }
@@ -103,7 +113,10 @@ pub(crate) async fn delete(engine: &Engine, dst: &Reference, opts: &DeleteOption
     // 2. Scan the repository: other tags on the digest, indexes referencing it, and
     //    everything the remaining manifests reference.
     let tags = client.list_tags(repo).await?;
-    let others: Vec<String> = tags.into_iter().filter(|t| Some(t) != this_tag.as_ref()).collect();
+    let others: Vec<String> = tags
+        .into_iter()
+        .filter(|t| Some(t) != this_tag.as_ref())
+        .collect();
     let heads: Vec<(String, Result<Digest>)> = futures::stream::iter(others.into_iter().map(|t| {
         let client = client.clone();
         let r = dst.with_tag(&t);
@@ -131,10 +144,18 @@ pub(crate) async fn delete(engine: &Engine, dst: &Reference, opts: &DeleteOption
             Err(e) => unreadable.push(format!("{t}: {e}")),
         }
     }
-    report.kept_tags = tag_digests.iter().filter(|(_, d)| **d == digest).map(|(t, _)| t.clone()).collect();
+    report.kept_tags = tag_digests
+        .iter()
+        .filter(|(_, d)| **d == digest)
+        .map(|(t, _)| t.clone())
+        .collect();
     report.kept_tags.sort();
 
-    let distinct: BTreeSet<Digest> = tag_digests.values().filter(|d| **d != digest).cloned().collect();
+    let distinct: BTreeSet<Digest> = tag_digests
+        .values()
+        .filter(|d| **d != digest)
+        .cloned()
+        .collect();
     let trees: Vec<Result<Tree>> = futures::stream::iter(distinct.into_iter().map(|d| {
         let client = client.clone();
         async move {
@@ -158,12 +179,16 @@ pub(crate) async fn delete(engine: &Engine, dst: &Reference, opts: &DeleteOption
     let referenced = !report.kept_tags.is_empty() || remaining.manifests.contains(&digest);
     let complete_scan = unreadable.is_empty();
     for u in &unreadable {
-        report.warnings.push(format!("could not read {u}; kept everything it might reference"));
+        report.warnings.push(format!(
+            "could not read {u}; kept everything it might reference"
+        ));
     }
 
     if !referenced && complete_scan {
         // Nothing else uses the manifest: delete it by digest (this also drops our tag).
-        client.delete_manifest(&dst.with_digest(digest.clone())).await?;
+        client
+            .delete_manifest(&dst.with_digest(digest.clone()))
+            .await?;
         report.manifest_deleted = true;
         report.tag_removed = true;
         tracing::info!(%dst, %digest, "manifest deleted");
@@ -182,24 +207,34 @@ pub(crate) async fn delete(engine: &Engine, dst: &Reference, opts: &DeleteOption
 
     // 3. Blobs (and child manifests of a deleted index) nothing else references.
     if opts.delete_layers && report.manifest_deleted && complete_scan {
-        for child in ours.manifests.iter().filter(|m| **m != digest && !remaining.manifests.contains(m)) {
-            match client.delete_manifest(&dst.with_digest(child.clone())).await {
+        for child in ours
+            .manifests
+            .iter()
+            .filter(|m| **m != digest && !remaining.manifests.contains(m))
+        {
+            match client
+                .delete_manifest(&dst.with_digest(child.clone()))
+                .await
+            {
                 Ok(_) => {}
-                Err(e) => report.warnings.push(format!("child manifest {child} not deleted: {e}")),
+                Err(e) => report
+                    .warnings
+                    .push(format!("child manifest {child} not deleted: {e}")),
             }
         }
         let doomed: Vec<Digest> = ours.blobs.difference(&remaining.blobs).cloned().collect();
         report.blobs_kept = ours.blobs.len() - doomed.len();
-        let results: Vec<(Digest, Result<bool>)> = futures::stream::iter(doomed.into_iter().map(|b| {
-            let client = client.clone();
-            async move {
-                let r = client.delete_blob(repo, &b).await;
-                (b, r)
-            }
-        }))
-        .buffer_unordered(engine.jobs())
-        .collect()
-        .await;
+        let results: Vec<(Digest, Result<bool>)> =
+            futures::stream::iter(doomed.into_iter().map(|b| {
+                let client = client.clone();
+                async move {
+                    let r = client.delete_blob(repo, &b).await;
+                    (b, r)
+                }
+            }))
+            .buffer_unordered(engine.jobs())
+            .collect()
+            .await;
         let mut unsupported = false;
         for (b, r) in results {
             match r {
@@ -230,9 +265,17 @@ async fn detach_tag(client: &Client, dst: &Reference) -> Result<()> {
     let config = Digest::of(EMPTY_CONFIG);
     if !client.blob_exists(repo, &config).await? {
         let (_, location) = client.start_upload(repo, &config, None).await?;
-        let body = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(EMPTY_CONFIG)) });
+        let body = futures::stream::once(async {
+            Ok::<_, std::io::Error>(Bytes::from_static(EMPTY_CONFIG))
+        });
         client
-            .put_blob(repo, &location.unwrap_or_default(), &config, EMPTY_CONFIG.len() as u64, body)
+            .put_blob(
+                repo,
+                &location.unwrap_or_default(),
+                &config,
+                EMPTY_CONFIG.len() as u64,
+                body,
+            )
             .await?;
     }
     let nonce = std::time::SystemTime::now()
@@ -246,8 +289,11 @@ async fn detach_tag(client: &Client, dst: &Reference) -> Result<()> {
         "layers": [],
         "annotations": {"dev.imagesync.detached-tag": format!("{}:{}", dst.tag().unwrap_or(""), nonce)}
     });
-    let bytes = Bytes::from(serde_json::to_vec(&manifest).map_err(|e| Error::Config(e.to_string()))?);
-    let throwaway = client.put_manifest(dst, crate::manifest::OCI_MANIFEST, bytes).await?;
+    let bytes =
+        Bytes::from(serde_json::to_vec(&manifest).map_err(|e| Error::Config(e.to_string()))?);
+    let throwaway = client
+        .put_manifest(dst, crate::manifest::OCI_MANIFEST, bytes)
+        .await?;
     client.delete_manifest(&dst.with_digest(throwaway)).await?;
     Ok(())
 }

@@ -172,9 +172,9 @@ impl Error {
     /// The kind callers match on.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidReference { .. } | Error::UnsupportedManifest { .. } | Error::Config(_) => {
-                ErrorKind::InvalidInput
-            }
+            Error::InvalidReference { .. }
+            | Error::UnsupportedManifest { .. }
+            | Error::Config(_) => ErrorKind::InvalidInput,
             Error::Registry { kind, .. } => *kind,
             Error::Transport { .. } | Error::Io { .. } => ErrorKind::Transient,
             Error::DigestMismatch { .. } => ErrorKind::Integrity,
@@ -226,9 +226,7 @@ impl Error {
         match self {
             Error::Transport { .. } => true,
             Error::Registry { kind, status, .. } => {
-                *kind == ErrorKind::RateLimited
-                    || *kind == ErrorKind::Transient
-                    || *status >= 500
+                *kind == ErrorKind::RateLimited || *kind == ErrorKind::Transient || *status >= 500
             }
             _ => false,
         }
@@ -246,8 +244,13 @@ pub(crate) fn classify(status: u16, code: Option<&str>) -> ErrorKind {
         Some("TOOMANYREQUESTS") => return ErrorKind::RateLimited,
         Some("UNSUPPORTED") => return ErrorKind::Unsupported,
         Some(
-            "DIGEST_INVALID" | "MANIFEST_INVALID" | "MANIFEST_BLOB_UNKNOWN" | "NAME_INVALID"
-            | "TAG_INVALID" | "SIZE_INVALID" | "MANIFEST_UNVERIFIED",
+            "DIGEST_INVALID"
+            | "MANIFEST_INVALID"
+            | "MANIFEST_BLOB_UNKNOWN"
+            | "NAME_INVALID"
+            | "TAG_INVALID"
+            | "SIZE_INVALID"
+            | "MANIFEST_UNVERIFIED",
         ) if status < 500 => return ErrorKind::InvalidInput,
         _ => {}
     }
@@ -294,7 +297,10 @@ mod tests {
             retry_after: None,
         };
         let s = e.to_string();
-        assert!(s.contains("127.0.0.1:5000/a:b") && s.contains("401") && s.contains("UNAUTHORIZED"), "{s}");
+        assert!(
+            s.contains("127.0.0.1:5000/a:b") && s.contains("401") && s.contains("UNAUTHORIZED"),
+            "{s}"
+        );
         assert!(!e.is_not_found());
     }
 }

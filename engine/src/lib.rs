@@ -154,7 +154,10 @@ struct EngineInner {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("insecure_registries", &self.inner.config.insecure_registries)
+            .field(
+                "insecure_registries",
+                &self.inner.config.insecure_registries,
+            )
             .field("jobs", &self.inner.config.jobs)
             .finish()
     }
@@ -242,7 +245,11 @@ impl Engine {
     }
 
     /// Removes `destination`'s tag safely, then (optionally) its unshared blobs.
-    pub async fn delete(&self, destination: &Reference, options: &DeleteOptions) -> Result<DeleteReport> {
+    pub async fn delete(
+        &self,
+        destination: &Reference,
+        options: &DeleteOptions,
+    ) -> Result<DeleteReport> {
         delete::delete(self, destination, options).await
     }
 

@@ -103,13 +103,18 @@ impl Manifest {
                 layers,
             });
         }
-        Err(unsupported(&media_type, "neither an image manifest nor an index"))
+        Err(unsupported(
+            &media_type,
+            "neither an image manifest nor an index",
+        ))
     }
 
     /// Blobs referenced directly (config first).
     pub fn blobs(&self) -> Vec<Descriptor> {
         match self {
-            Manifest::Image { config, layers } => config.iter().chain(layers.iter()).cloned().collect(),
+            Manifest::Image { config, layers } => {
+                config.iter().chain(layers.iter()).cloned().collect()
+            }
             Manifest::Index { .. } => Vec::new(),
         }
     }
@@ -129,18 +134,38 @@ mod tests {
 
     #[test]
     fn schema1_is_rejected_clearly() {
-        let err = Manifest::parse("r", DOCKER_SCHEMA1_SIGNED, br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#)
-            .unwrap_err()
-            .to_string();
+        let err = Manifest::parse(
+            "r",
+            DOCKER_SCHEMA1_SIGNED,
+            br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("schema 1"), "{err}");
     }
 
     #[test]
     fn index_and_image_are_told_apart() {
         let d = format!("sha256:{}", "a".repeat(64));
-        let idx = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":7}}]}}"#);
-        assert_eq!(Manifest::parse("r", OCI_INDEX, idx.as_bytes()).unwrap().children().len(), 1);
-        let img = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":3}},"artifactType":"a/b"}}"#);
-        assert_eq!(Manifest::parse("r", OCI_MANIFEST, img.as_bytes()).unwrap().blobs().len(), 1);
+        let idx = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":7}}]}}"#
+        );
+        assert_eq!(
+            Manifest::parse("r", OCI_INDEX, idx.as_bytes())
+                .unwrap()
+                .children()
+                .len(),
+            1
+        );
+        let img = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":3}},"artifactType":"a/b"}}"#
+        );
+        assert_eq!(
+            Manifest::parse("r", OCI_MANIFEST, img.as_bytes())
+                .unwrap()
+                .blobs()
+                .len(),
+            1
+        );
     }
 }

@@ -29,7 +29,10 @@ impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
         use sha2::Digest as _;
-        Digest(format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))))
+        Digest(format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(bytes))
+        ))
     }
 
     /// Builds a digest from a finished hasher.
@@ -63,7 +66,10 @@ impl Digest {
                 hex.len()
             ));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err("a sha256 digest may only contain lowercase hex characters".into());
         }
         Ok(())
@@ -126,7 +132,9 @@ impl Reference {
             return Err(bad("the reference is empty"));
         }
         if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("a reference may not contain spaces or control characters"));
+            return Err(bad(
+                "a reference may not contain spaces or control characters",
+            ));
         }
         let (name_tag, digest) = match input.split_once('@') {
             Some((n, d)) => {
@@ -318,7 +326,9 @@ fn check_host(host: &str) -> Result<(), String> {
     };
     if let Some(p) = port {
         if p.parse::<u16>().is_err() {
-            return Err(format!("registry port {p:?} is not a number between 0 and 65535"));
+            return Err(format!(
+                "registry port {p:?} is not a number between 0 and 65535"
+            ));
         }
     }
     if name.is_empty()
@@ -340,7 +350,9 @@ fn check_path(path: &str) -> Result<(), String> {
     }
     for component in path.split('/') {
         if component.is_empty() {
-            return Err("the repository name has an empty path component ('//' or a trailing '/')".into());
+            return Err(
+                "the repository name has an empty path component ('//' or a trailing '/')".into(),
+            );
         }
         if component.contains("..") || component == "." {
             return Err(format!(
@@ -407,7 +419,10 @@ mod tests {
         let d: Digest = format!("sha256:{HEX}").parse().unwrap();
         assert_eq!(r.id(&d), format!("127.0.0.1:5000/repo@sha256:{HEX}"));
         let r = Reference::parse("localhost:5000/a/b:v1").unwrap();
-        assert_eq!((r.registry(), r.repository(), r.tag()), ("localhost:5000", "a/b", Some("v1")));
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("localhost:5000", "a/b", Some("v1"))
+        );
     }
 
     #[test]
