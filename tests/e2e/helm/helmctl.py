@@ -144,8 +144,11 @@ def cmd_values_doc(args: argparse.Namespace) -> Any:
     with open(args.doc, encoding="utf-8") as f:
         doc = f.read()
     row = re.compile(r"^\|\s*`([A-Za-z0-9_.]+)`\s*\|\s*`(.*?)`\s*\|\s*(.*?)\s*\|\s*$")
+    # Only the table under the "### Values" heading counts.
+    marker = "\n### Values\n"
+    section = doc.split(marker, 1)[1].split("\n### ", 1)[0] if marker in doc else ""
     rows: dict[str, str] = {}
-    for line in doc.splitlines():
+    for line in section.splitlines():
         m = row.match(line)
         if m:
             rows[m.group(1)] = m.group(2)

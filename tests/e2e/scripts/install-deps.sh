@@ -17,3 +17,19 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# --- Helm (chart tests) -------------------------------------------------------------------
+# The real Helm v4 library for Python (no helm binary exists on the registries we can reach):
+# PyPI helm-python-sdk bundles libhelm_c.so; PyYAML parses the rendered manifests.
+# Used by tests/e2e/helm/helmctl.py. Set IMAGESYNC_E2E_PYTHON to use another interpreter.
+PY="${IMAGESYNC_E2E_PYTHON:-python3}"
+if ! command -v "$PY" >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-pip >/dev/null
+fi
+if ! "$PY" -c 'import helm_python, yaml; assert helm_python.__version__ == "0.2.2"' 2>/dev/null; then
+  echo "installing: helm-python-sdk==0.2.2 PyYAML (pip)" >&2
+  "$PY" -m pip install --quiet --disable-pip-version-check "helm-python-sdk==0.2.2" PyYAML \
+    || "$PY" -m pip install --quiet --disable-pip-version-check --break-system-packages \
+         "helm-python-sdk==0.2.2" PyYAML
+fi
