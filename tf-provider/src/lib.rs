@@ -1,0 +1,18 @@
+//! `terraform-provider-imagesync`: the imagesync Terraform provider.
+//!
+//! - [`plugin`]: go-plugin handshake, AutoMTLS, side services.
+//! - [`codec`]: `DynamicValue` msgpack/JSON, unknowns included.
+//! - [`schema`]: provider and resource schemas.
+//! - [`resource`]: plan/apply/read/import logic against a [`backend::Backend`].
+//! - [`backend`]: the [`backend::Direct`] backend over the imagesync engine.
+//! - [`provider`]: the tfplugin5/tfplugin6 gRPC services.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod codec;
+pub mod diag;
+pub mod plugin;
+pub mod proto;
+pub mod provider;
+pub mod resource;
+pub mod schema;

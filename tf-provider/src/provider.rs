@@ -1,0 +1,607 @@
+//! The gRPC provider services. Protocols 5 and 6 share the message types (see
+//! `proto/tfplugin5.proto`) and are thin adapters over [`Core`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, RwLock};
+use tonic::{Request, Response, Status};
+
+use crate::backend::{Backend, Direct, DirectConfig};
+use crate::codec::Value;
+use crate::diag::{self, Diagnostic, PathStep};
+use crate::proto::tfplugin5;
+use crate::proto::tfplugin6::{self as pb, DynamicValue};
+use crate::resource::{self, Model, Private};
+use crate::schema;
+
+/// State shared by every RPC.
+#[derive(Debug, Default)]
+pub struct Core {
+    backend: RwLock<Option<Arc<dyn Backend>>>,
+    /// Notified by `GRPCController.Shutdown`.
+    pub shutdown: Arc<Notify>,
+}
+
+type Diags = Vec<Diagnostic>;
+
+fn decode(dv: Option<&DynamicValue>) -> Result<Value, Diagnostic> {
+    let (m, j) = dv.map_or((&[][..], &[][..]), |d| (&d.msgpack[..], &d.json[..]));
+    Value::from_dynamic(m, j)
+        .map_err(|e| Diagnostic::error("Cannot decode a value from Terraform", e.to_string()))
+}
+
+fn encode(v: &Value) -> Result<DynamicValue, Diagnostic> {
+    v.to_msgpack()
+        .map(|msgpack| DynamicValue {
+            msgpack,
+            json: Vec::new(),
+        })
+        .map_err(|e| Diagnostic::error("Cannot encode a value for Terraform", e.to_string()))
+}
+
+fn encode_model(m: &Option<Model>) -> Result<DynamicValue, Diagnostic> {
+    encode(&m.as_ref().map_or(Value::Null, Model::to_value))
+}
+
+fn check_type(type_name: &str) -> Result<(), Diagnostic> {
+    if type_name == schema::RESOURCE_TYPE {
+        Ok(())
+    } else {
+        Err(Diagnostic::error(
+            format!("Unknown resource type {type_name:?}"),
+            format!(
+                "This provider has one resource type, {:?}.",
+                schema::RESOURCE_TYPE
+            ),
+        ))
+    }
+}
+
+fn string_attr(config: &Value, name: &str, diags: &mut Diags) -> Option<String> {
+    match config.get(name) {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        Value::Unknown => {
+            diags.push(
+                Diagnostic::error(
+                    format!("{name} must be known when the provider is configured"),
+                    "Provider settings cannot depend on values only known after apply.",
+                )
+                .at(name),
+            );
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Reads the provider block. Errors carry attribute paths.
+pub fn provider_config(config: &Value) -> (DirectConfig, Diags) {
+    let mut diags = Vec::new();
+    let mut out = DirectConfig::default();
+    match config.get("insecure_registries") {
+        Value::List(items) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(s) if !s.is_empty() && !s.contains('/') && !s.contains(char::is_whitespace) => {
+                        out.insecure_registries.push(s.to_string())
+                    }
+                    Some(s) => diags.push(
+                        Diagnostic::error(
+                            "Invalid insecure registry",
+                            format!("{s:?} is not a registry address; write `host:port`, e.g. \"127.0.0.1:5000\"."),
+                        )
+                        .at_path(vec![PathStep::Attr("insecure_registries".into()), PathStep::Index(i as i64)]),
+                    ),
+                    None if item.is_unknown() => {}
+                    None => diags.push(
+                        Diagnostic::error("Invalid insecure registry", "Entries must be strings.")
+                            .at_path(vec![PathStep::Attr("insecure_registries".into()), PathStep::Index(i as i64)]),
+                    ),
+                }
+            }
+        }
+        Value::Unknown => diags.push(
+            Diagnostic::error(
+                "insecure_registries must be known when the provider is configured",
+                "",
+            )
+            .at("insecure_registries"),
+        ),
+        _ => {}
+    }
+    out.ca_file = string_attr(config, "ca_file", &mut diags).map(PathBuf::from);
+    out.docker_config = string_attr(config, "docker_config", &mut diags).map(PathBuf::from);
+    if let Some(blocks) = config.get("registry_auth").as_list() {
+        for (i, b) in blocks.iter().enumerate() {
+            let path = |a: &str| {
+                vec![
+                    PathStep::Attr("registry_auth".into()),
+                    PathStep::Index(i as i64),
+                    PathStep::Attr(a.into()),
+                ]
+            };
+            let mut field = |a: &str| match b.get(a) {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Unknown => None,
+                _ => {
+                    diags.push(
+                        Diagnostic::error(format!("registry_auth {a} is empty"), "")
+                            .at_path(path(a)),
+                    );
+                    None
+                }
+            };
+            if let (Some(address), Some(username), Some(password)) =
+                (field("address"), field("username"), field("password"))
+            {
+                out.registry_auth.push((address, username, password));
+            }
+        }
+    }
+    if config
+        .get("kubernetes")
+        .as_list()
+        .is_some_and(|l| !l.is_empty())
+    {
+        diags.push(
+            Diagnostic::error(
+                "Kubernetes mode is not yet supported",
+                "This version of terraform-provider-imagesync only has direct mode: remove the \
+                 `kubernetes` block and the provider copies images itself. Kubernetes mode (managing \
+                 `ImageSync` objects for the imagesync controller) comes in a later version.",
+            )
+            .at("kubernetes"),
+        );
+    }
+    (out, diags)
+}
+
+impl Core {
+    async fn backend(&self) -> Result<Arc<dyn Backend>, Diagnostic> {
+        self.backend.read().await.clone().ok_or_else(|| {
+            Diagnostic::error(
+                "Provider not configured",
+                "Terraform called the provider before configuring it; this is a bug.",
+            )
+        })
+    }
+
+    /// Installs a backend (tests use a fake one).
+    pub async fn set_backend(&self, backend: Arc<dyn Backend>) {
+        *self.backend.write().await = Some(backend);
+    }
+
+    fn schema() -> pb::get_provider_schema::Response {
+        pb::get_provider_schema::Response {
+            provider: Some(schema::provider()),
+            resource_schemas: [(schema::RESOURCE_TYPE.to_string(), schema::resource())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn validate_provider(config: Option<&DynamicValue>) -> Diags {
+        match decode(config) {
+            Ok(v) => {
+                let (_, diags) = provider_config(&v);
+                // Unknown values are fine at validation time.
+                diags
+                    .into_iter()
+                    .filter(|d| !d.summary.contains("must be known"))
+                    .collect()
+            }
+            Err(d) => vec![d],
+        }
+    }
+
+    async fn configure(&self, config: Option<&DynamicValue>) -> Diags {
+        let v = match decode(config) {
+            Ok(v) => v,
+            Err(d) => return vec![d],
+        };
+        let (cfg, mut diags) = provider_config(&v);
+        if diag::has_errors(&diags) {
+            return diags;
+        }
+        let ca_file = cfg.ca_file.clone();
+        match Direct::new(cfg) {
+            Ok(direct) => self.set_backend(Arc::new(direct)).await,
+            Err(e) => {
+                let d = Diagnostic::error("Cannot set up the registry client", e.to_string());
+                diags.push(if ca_file.is_some() {
+                    d.at("ca_file")
+                } else {
+                    d
+                });
+            }
+        }
+        diags
+    }
+
+    fn validate_resource(req: &pb::validate_resource_config::Request) -> Diags {
+        if let Err(d) = check_type(&req.type_name) {
+            return vec![d];
+        }
+        match decode(req.config.as_ref()) {
+            Ok(v) => resource::validate(&v),
+            Err(d) => vec![d],
+        }
+    }
+
+    fn upgrade(req: pb::upgrade_resource_state::Request) -> pb::upgrade_resource_state::Response {
+        let run = || -> Result<DynamicValue, Diagnostic> {
+            check_type(&req.type_name)?;
+            let raw = req.raw_state.unwrap_or_default();
+            let value = if !raw.json.is_empty() {
+                Value::from_json(&raw.json)
+                    .map_err(|e| Diagnostic::error("Cannot read the stored state", e.to_string()))?
+            } else {
+                Value::Object(
+                    raw.flatmap
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect(),
+                )
+            };
+            encode_model(&Some(resource::upgrade(value)))
+        };
+        match run() {
+            Ok(v) => pb::upgrade_resource_state::Response {
+                upgraded_state: Some(v),
+                diagnostics: Vec::new(),
+            },
+            Err(d) => pb::upgrade_resource_state::Response {
+                upgraded_state: None,
+                diagnostics: diag::to_proto(vec![d]),
+            },
+        }
+    }
+
+    async fn read(&self, req: pb::read_resource::Request) -> pb::read_resource::Response {
+        let run = async {
+            check_type(&req.type_name)?;
+            let current = Model::from_value(&decode(req.current_state.as_ref())?);
+            let Some(current) = current else {
+                return Ok((encode_model(&None)?, Vec::new()));
+            };
+            let backend = self.backend().await?;
+            let (state, diags) = resource::read(backend.as_ref(), current).await;
+            Ok::<_, Diagnostic>((encode_model(&state)?, diags))
+        };
+        match run.await {
+            Ok((state, diags)) => pb::read_resource::Response {
+                new_state: Some(state),
+                diagnostics: diag::to_proto(diags),
+                private: req.private,
+            },
+            Err(d) => pb::read_resource::Response {
+                new_state: req.current_state,
+                diagnostics: diag::to_proto(vec![d]),
+                private: req.private,
+            },
+        }
+    }
+
+    async fn plan(
+        &self,
+        req: pb::plan_resource_change::Request,
+    ) -> pb::plan_resource_change::Response {
+        let run = async {
+            check_type(&req.type_name)?;
+            let prior = Model::from_value(&decode(req.prior_state.as_ref())?);
+            let proposed = Model::from_value(&decode(req.proposed_new_state.as_ref())?);
+            if proposed.is_none() {
+                return Ok(resource::Planned::default());
+            }
+            let backend = self.backend().await?;
+            Ok::<_, Diagnostic>(resource::plan(backend.as_ref(), prior, proposed).await)
+        };
+        match run.await {
+            Ok(planned) => {
+                let state = if diag::has_errors(&planned.diags) {
+                    None
+                } else {
+                    planned
+                        .state
+                        .as_ref()
+                        .map(|m| encode_model(&Some(m.clone())))
+                };
+                let mut diags = planned.diags;
+                let planned_state = match state {
+                    Some(Ok(s)) => Some(s),
+                    Some(Err(d)) => {
+                        diags.push(d);
+                        None
+                    }
+                    None => encode_model(&None).ok(),
+                };
+                pb::plan_resource_change::Response {
+                    planned_state,
+                    requires_replace: planned
+                        .requires_replace
+                        .iter()
+                        .map(|a| diag::path_to_proto(&[PathStep::Attr(a.to_string())]))
+                        .collect(),
+                    planned_private: req.prior_private,
+                    diagnostics: diag::to_proto(diags),
+                }
+            }
+            Err(d) => pb::plan_resource_change::Response {
+                diagnostics: diag::to_proto(vec![d]),
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn apply(
+        &self,
+        req: pb::apply_resource_change::Request,
+    ) -> pb::apply_resource_change::Response {
+        let run = async {
+            check_type(&req.type_name)?;
+            let prior = Model::from_value(&decode(req.prior_state.as_ref())?);
+            let planned = Model::from_value(&decode(req.planned_state.as_ref())?);
+            let backend = self.backend().await?;
+            let applied = resource::apply(
+                backend.as_ref(),
+                prior,
+                planned,
+                Private::decode(&req.planned_private),
+            )
+            .await;
+            Ok::<_, Diagnostic>((encode_model(&applied.state)?, applied))
+        };
+        match run.await {
+            Ok((state, applied)) => pb::apply_resource_change::Response {
+                new_state: Some(state),
+                private: applied.private.encode(),
+                diagnostics: diag::to_proto(applied.diags),
+            },
+            Err(d) => pb::apply_resource_change::Response {
+                new_state: req.prior_state,
+                private: req.planned_private,
+                diagnostics: diag::to_proto(vec![d]),
+            },
+        }
+    }
+
+    fn import(req: pb::import_resource_state::Request) -> pb::import_resource_state::Response {
+        let run = || -> Result<DynamicValue, Diagnostic> {
+            check_type(&req.type_name)?;
+            encode_model(&Some(resource::import(&req.id)?))
+        };
+        match run() {
+            Ok(state) => pb::import_resource_state::Response {
+                imported_resources: vec![pb::import_resource_state::ImportedResource {
+                    type_name: req.type_name,
+                    state: Some(state),
+                    private: Vec::new(),
+                }],
+                diagnostics: Vec::new(),
+            },
+            Err(d) => pb::import_resource_state::Response {
+                imported_resources: Vec::new(),
+                diagnostics: diag::to_proto(vec![d]),
+            },
+        }
+    }
+
+    fn read_data_source(type_name: &str) -> pb::read_data_source::Response {
+        pb::read_data_source::Response {
+            state: None,
+            diagnostics: diag::to_proto(vec![Diagnostic::error(
+                format!("Unknown data source {type_name:?}"),
+                "This provider has no data sources.",
+            )]),
+        }
+    }
+}
+
+/// The provider service, for both protocol versions.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderService {
+    core: Arc<Core>,
+}
+
+impl ProviderService {
+    /// A service over `core`.
+    pub fn new(core: Arc<Core>) -> ProviderService {
+        ProviderService { core }
+    }
+}
+
+fn ok<T>(t: T) -> Result<Response<T>, Status> {
+    Ok(Response::new(t))
+}
+
+// === impl protocol 6 ===
+
+#[tonic::async_trait]
+impl pb::provider_server::Provider for ProviderService {
+    async fn get_provider_schema(
+        &self,
+        _: Request<pb::get_provider_schema::Request>,
+    ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
+        ok(Core::schema())
+    }
+
+    async fn validate_provider_config(
+        &self,
+        req: Request<pb::validate_provider_config::Request>,
+    ) -> Result<Response<pb::validate_provider_config::Response>, Status> {
+        ok(pb::validate_provider_config::Response {
+            diagnostics: diag::to_proto(Core::validate_provider(req.get_ref().config.as_ref())),
+        })
+    }
+
+    async fn validate_resource_config(
+        &self,
+        req: Request<pb::validate_resource_config::Request>,
+    ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
+        ok(pb::validate_resource_config::Response {
+            diagnostics: diag::to_proto(Core::validate_resource(req.get_ref())),
+        })
+    }
+
+    async fn validate_data_resource_config(
+        &self,
+        req: Request<pb::validate_data_resource_config::Request>,
+    ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
+        ok(pb::validate_data_resource_config::Response {
+            diagnostics: Core::read_data_source(&req.get_ref().type_name).diagnostics,
+        })
+    }
+
+    async fn upgrade_resource_state(
+        &self,
+        req: Request<pb::upgrade_resource_state::Request>,
+    ) -> Result<Response<pb::upgrade_resource_state::Response>, Status> {
+        ok(Core::upgrade(req.into_inner()))
+    }
+
+    async fn configure_provider(
+        &self,
+        req: Request<pb::configure_provider::Request>,
+    ) -> Result<Response<pb::configure_provider::Response>, Status> {
+        ok(pb::configure_provider::Response {
+            diagnostics: diag::to_proto(self.core.configure(req.get_ref().config.as_ref()).await),
+        })
+    }
+
+    async fn read_resource(
+        &self,
+        req: Request<pb::read_resource::Request>,
+    ) -> Result<Response<pb::read_resource::Response>, Status> {
+        ok(self.core.read(req.into_inner()).await)
+    }
+
+    async fn plan_resource_change(
+        &self,
+        req: Request<pb::plan_resource_change::Request>,
+    ) -> Result<Response<pb::plan_resource_change::Response>, Status> {
+        ok(self.core.plan(req.into_inner()).await)
+    }
+
+    async fn apply_resource_change(
+        &self,
+        req: Request<pb::apply_resource_change::Request>,
+    ) -> Result<Response<pb::apply_resource_change::Response>, Status> {
+        ok(self.core.apply(req.into_inner()).await)
+    }
+
+    async fn import_resource_state(
+        &self,
+        req: Request<pb::import_resource_state::Request>,
+    ) -> Result<Response<pb::import_resource_state::Response>, Status> {
+        ok(Core::import(req.into_inner()))
+    }
+
+    async fn read_data_source(
+        &self,
+        req: Request<pb::read_data_source::Request>,
+    ) -> Result<Response<pb::read_data_source::Response>, Status> {
+        ok(Core::read_data_source(&req.get_ref().type_name))
+    }
+
+    async fn stop_provider(
+        &self,
+        _: Request<pb::stop_provider::Request>,
+    ) -> Result<Response<pb::stop_provider::Response>, Status> {
+        ok(pb::stop_provider::Response::default())
+    }
+}
+
+// === impl protocol 5 ===
+
+#[tonic::async_trait]
+impl tfplugin5::provider_server::Provider for ProviderService {
+    async fn get_schema(
+        &self,
+        req: Request<pb::get_provider_schema::Request>,
+    ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
+        pb::provider_server::Provider::get_provider_schema(self, req).await
+    }
+
+    async fn prepare_provider_config(
+        &self,
+        req: Request<tfplugin5::prepare_provider_config::Request>,
+    ) -> Result<Response<tfplugin5::prepare_provider_config::Response>, Status> {
+        let config = req.into_inner().config;
+        let diagnostics = diag::to_proto(Core::validate_provider(config.as_ref()));
+        ok(tfplugin5::prepare_provider_config::Response {
+            prepared_config: config,
+            diagnostics,
+        })
+    }
+
+    async fn validate_resource_type_config(
+        &self,
+        req: Request<pb::validate_resource_config::Request>,
+    ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
+        pb::provider_server::Provider::validate_resource_config(self, req).await
+    }
+
+    async fn validate_data_source_config(
+        &self,
+        req: Request<pb::validate_data_resource_config::Request>,
+    ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
+        pb::provider_server::Provider::validate_data_resource_config(self, req).await
+    }
+
+    async fn upgrade_resource_state(
+        &self,
+        req: Request<pb::upgrade_resource_state::Request>,
+    ) -> Result<Response<pb::upgrade_resource_state::Response>, Status> {
+        pb::provider_server::Provider::upgrade_resource_state(self, req).await
+    }
+
+    async fn configure(
+        &self,
+        req: Request<pb::configure_provider::Request>,
+    ) -> Result<Response<pb::configure_provider::Response>, Status> {
+        pb::provider_server::Provider::configure_provider(self, req).await
+    }
+
+    async fn read_resource(
+        &self,
+        req: Request<pb::read_resource::Request>,
+    ) -> Result<Response<pb::read_resource::Response>, Status> {
+        pb::provider_server::Provider::read_resource(self, req).await
+    }
+
+    async fn plan_resource_change(
+        &self,
+        req: Request<pb::plan_resource_change::Request>,
+    ) -> Result<Response<pb::plan_resource_change::Response>, Status> {
+        pb::provider_server::Provider::plan_resource_change(self, req).await
+    }
+
+    async fn apply_resource_change(
+        &self,
+        req: Request<pb::apply_resource_change::Request>,
+    ) -> Result<Response<pb::apply_resource_change::Response>, Status> {
+        pb::provider_server::Provider::apply_resource_change(self, req).await
+    }
+
+    async fn import_resource_state(
+        &self,
+        req: Request<pb::import_resource_state::Request>,
+    ) -> Result<Response<pb::import_resource_state::Response>, Status> {
+        pb::provider_server::Provider::import_resource_state(self, req).await
+    }
+
+    async fn read_data_source(
+        &self,
+        req: Request<pb::read_data_source::Request>,
+    ) -> Result<Response<pb::read_data_source::Response>, Status> {
+        pb::provider_server::Provider::read_data_source(self, req).await
+    }
+
+    async fn stop(
+        &self,
+        req: Request<pb::stop_provider::Request>,
+    ) -> Result<Response<pb::stop_provider::Response>, Status> {
+        pb::provider_server::Provider::stop_provider(self, req).await
+    }
+}

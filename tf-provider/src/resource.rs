@@ -1,0 +1,568 @@
+//! The `imagesync` resource: validate, plan, apply, read, import and state upgrade,
+//! written once against [`Backend`] and shared by protocols 5 and 6.
+//!
+//! Semantics (see the README and `docs/resources/imagesync.md`):
+//! - Plan resolves the source tag by HEAD. A different digest than `source_digest` in
+//!   state plans a re-sync, shown as a replacement (`source_digest` forces it). A `source`
+//!   change that resolves to the same digest is an in-place update that copies nothing.
+//!   An unknown `source` does not fail the plan.
+//! - Read refreshes `id` from the destination (HEAD). Not found (and only that) removes
+//!   the resource from state; a destination pointing at another digest than
+//!   `source_digest` shows as drift and plans an in-place re-sync.
+//! - Create and re-sync copy `source@<planned digest>`, never the tag again.
+//! - Delete removes the tag only while it still points at the digest we wrote.
+
+use std::collections::BTreeMap;
+
+use imagesync_engine::{Digest, ErrorKind, Reference};
+
+use crate::backend::{Backend, BackendError};
+use crate::codec::Value;
+use crate::diag::Diagnostic;
+
+/// Attribute names.
+pub mod attr {
+    /// `id`.
+    pub const ID: &str = "id";
+    /// `source`.
+    pub const SOURCE: &str = "source";
+    /// `destination`.
+    pub const DESTINATION: &str = "destination";
+    /// `source_digest`.
+    pub const SOURCE_DIGEST: &str = "source_digest";
+    /// `delete_layers`.
+    pub const DELETE_LAYERS: &str = "delete_layers";
+}
+
+/// The resource's attributes. Each is a [`Value`] so null and unknown survive.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    /// `id`.
+    pub id: Value,
+    /// `source`.
+    pub source: Value,
+    /// `destination`.
+    pub destination: Value,
+    /// `source_digest`.
+    pub source_digest: Value,
+    /// `delete_layers`.
+    pub delete_layers: Value,
+}
+
+impl Model {
+    /// Reads an object value; `None` for a null object.
+    pub fn from_value(v: &Value) -> Option<Model> {
+        if v.is_null() {
+            return None;
+        }
+        Some(Model {
+            id: v.get(attr::ID).clone(),
+            source: v.get(attr::SOURCE).clone(),
+            destination: v.get(attr::DESTINATION).clone(),
+            source_digest: v.get(attr::SOURCE_DIGEST).clone(),
+            delete_layers: v.get(attr::DELETE_LAYERS).clone(),
+        })
+    }
+
+    /// The object value (every attribute of the schema present).
+    pub fn to_value(&self) -> Value {
+        let mut m = BTreeMap::new();
+        m.insert(attr::ID.to_string(), self.id.clone());
+        m.insert(attr::SOURCE.to_string(), self.source.clone());
+        m.insert(attr::DESTINATION.to_string(), self.destination.clone());
+        m.insert(attr::SOURCE_DIGEST.to_string(), self.source_digest.clone());
+        m.insert(attr::DELETE_LAYERS.to_string(), self.delete_layers.clone());
+        Value::Object(m)
+    }
+
+    fn delete_layers(&self) -> bool {
+        self.delete_layers.as_bool().unwrap_or(true)
+    }
+}
+
+/// Private state kept with the resource: the digest we wrote, for safe deletion.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Private {
+    /// Digest written to the destination by the last sync.
+    pub written: Option<Digest>,
+}
+
+impl Private {
+    /// Decodes (empty or malformed bytes give the default).
+    pub fn decode(bytes: &[u8]) -> Private {
+        let written = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| {
+                v.get("written")
+                    .and_then(|w| w.as_str())
+                    .map(str::to_string)
+            })
+            .and_then(|s| s.parse().ok());
+        Private { written }
+    }
+
+    /// Encodes (empty when there is nothing to keep).
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.written {
+            Some(d) => serde_json::json!({ "written": d.as_str() })
+                .to_string()
+                .into_bytes(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Parses a reference attribute; `Ok(None)` when the value is unknown or null.
+fn parse_ref(value: &Value, attribute: &str) -> Result<Option<Reference>, Diagnostic> {
+    match value {
+        Value::String(s) => Reference::parse(s).map(Some).map_err(|e| {
+            Diagnostic::error(
+                format!("Invalid image reference in {attribute:?}"),
+                format!(
+                    "{e}\n\nWrite a reference like \"registry.example.com/team/app:1.2\" or \
+                     \"docker.io/library/busybox@sha256:<64 hex>\" (lowercase repository)."
+                ),
+            )
+            .at(attribute)
+        }),
+        Value::Unknown | Value::Null => Ok(None),
+        _ => Err(Diagnostic::error(format!("{attribute:?} must be a string"), "").at(attribute)),
+    }
+}
+
+/// The `id` for `destination` holding `digest`.
+pub fn make_id(destination_text: &str, destination: &Reference, digest: &Digest) -> String {
+    if destination.digest().is_some() {
+        destination_text.to_string()
+    } else {
+        destination.id(digest)
+    }
+}
+
+/// The digest part of an `id`.
+pub fn id_digest(id: &str) -> Option<Digest> {
+    id.rsplit_once('@').and_then(|(_, d)| d.parse().ok())
+}
+
+/// Turns a backend error into a diagnostic with advice for its kind.
+pub fn error_diagnostic(what: &str, err: &BackendError, attribute: Option<&str>) -> Diagnostic {
+    let hint = match err.kind() {
+        ErrorKind::NotFound => "The image does not exist (the registry answered \"not found\").",
+        ErrorKind::Unauthorized => {
+            "The registry rejected the credentials. Configure a `registry_auth` block for it, \
+             or log in so the Docker config (`docker_config`) has credentials."
+        }
+        ErrorKind::Denied => "The credentials are valid but not allowed to do this (check the repository permissions).",
+        ErrorKind::RateLimited => "The registry is rate-limiting requests; try again later or authenticate.",
+        ErrorKind::Transient => {
+            "The registry could not be reached or failed. Check the address, the network, \
+             `insecure_registries` for plain-HTTP registries and `ca_file` for private CAs."
+        }
+        ErrorKind::Unsupported => "The registry does not support this operation.",
+        ErrorKind::InvalidInput => "Check the references and the provider configuration.",
+        ErrorKind::Integrity => "Content did not match its digest; nothing was tagged.",
+        ErrorKind::Conflict => "The destination changed meanwhile.",
+    };
+    let d = Diagnostic::error(
+        format!("{what}: {}", err.kind().label()),
+        format!("{err}\n\n{hint}"),
+    );
+    match attribute {
+        Some(a) => d.at(a),
+        None => d,
+    }
+}
+
+/// Checks a resource configuration (references must parse).
+pub fn validate(config: &Value) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for a in [attr::SOURCE, attr::DESTINATION] {
+        if let Err(d) = parse_ref(config.get(a), a) {
+            diags.push(d);
+        }
+    }
+    diags
+}
+
+/// The result of planning.
+#[derive(Debug, Default)]
+pub struct Planned {
+    /// Planned state (`None`: destroy).
+    pub state: Option<Model>,
+    /// Attributes whose change forces replacement.
+    pub requires_replace: Vec<&'static str>,
+    /// Diagnostics.
+    pub diags: Vec<Diagnostic>,
+}
+
+/// Resolves the source's digest at plan time. `Value::Unknown` when it cannot be known
+/// yet (unknown source, or a source that does not exist yet).
+async fn plan_source_digest(
+    backend: &dyn Backend,
+    source: &Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    let reference = match parse_ref(source, attr::SOURCE) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Some(Value::Unknown),
+        Err(d) => {
+            diags.push(d);
+            return None;
+        }
+    };
+    if let Some(d) = reference.digest() {
+        return Some(Value::String(d.to_string()));
+    }
+    match backend.digest(&reference).await {
+        Ok(Some(d)) => Some(Value::String(d.to_string())),
+        Ok(None) => None,
+        Err(e) => {
+            diags.push(error_diagnostic(
+                "Cannot resolve the source image",
+                &e,
+                Some(attr::SOURCE),
+            ));
+            None
+        }
+    }
+}
+
+/// Plans a change. `prior` is the refreshed state, `proposed` Terraform's proposal.
+pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<Model>) -> Planned {
+    let Some(mut planned) = proposed else {
+        return Planned::default();
+    };
+    let mut out = Planned::default();
+    if planned.delete_layers.is_null() {
+        planned.delete_layers = Value::Bool(true);
+    }
+    let destination = match parse_ref(&planned.destination, attr::DESTINATION) {
+        Ok(d) => d,
+        Err(d) => {
+            out.diags.push(d);
+            return out;
+        }
+    };
+    let resolved = plan_source_digest(backend, &planned.source, &mut out.diags).await;
+    if crate::diag::has_errors(&out.diags) {
+        return out;
+    }
+    let check_pinned = |digest: &Value, diags: &mut Vec<Diagnostic>| {
+        if let (Some(dst), Some(d)) = (&destination, digest.as_str()) {
+            if let Some(pinned) = dst.digest() {
+                if pinned.as_str() != d {
+                    diags.push(
+                        Diagnostic::error(
+                            "Destination digest does not match the source",
+                            format!(
+                                "The destination pins {pinned}, but the source resolves to {d}. A copy keeps \
+                                 the digest, so it could never match; drop the digest from the destination."
+                            ),
+                        )
+                        .at(attr::DESTINATION),
+                    );
+                }
+            }
+        }
+    };
+
+    match prior {
+        None => {
+            // Create. A source that does not exist yet (e.g. written by another resource
+            // in the same apply) is resolved at apply time.
+            planned.id = Value::Unknown;
+            planned.source_digest = resolved.unwrap_or(Value::Unknown);
+            check_pinned(&planned.source_digest, &mut out.diags);
+        }
+        Some(prior) => {
+            if planned.destination != prior.destination {
+                out.requires_replace.push(attr::DESTINATION);
+                planned.id = Value::Unknown;
+                planned.source_digest = resolved.unwrap_or(Value::Unknown);
+            } else {
+                let current = match resolved {
+                    Some(v) => v,
+                    None => {
+                        out.diags.push(
+                            Diagnostic::warning(
+                                "Source image not found",
+                                format!(
+                                    "{} does not exist (any more). The copy at the destination is kept; \
+                                     nothing is re-synced until the source exists again.",
+                                    planned.source.as_str().unwrap_or_default()
+                                ),
+                            )
+                            .at(attr::SOURCE),
+                        );
+                        prior.source_digest.clone()
+                    }
+                };
+                if current != prior.source_digest {
+                    // The tag moved (or cannot be known yet): re-sync, shown as a replacement.
+                    out.requires_replace.push(attr::SOURCE_DIGEST);
+                    planned.source_digest = current;
+                    planned.id = Value::Unknown;
+                } else {
+                    planned.source_digest = prior.source_digest.clone();
+                    let drifted = match (prior.id.as_str(), prior.source_digest.as_str()) {
+                        (Some(id), Some(sd)) => id_digest(id).is_none_or(|d| d.as_str() != sd),
+                        _ => true,
+                    };
+                    planned.id = if drifted {
+                        Value::Unknown
+                    } else {
+                        prior.id.clone()
+                    };
+                }
+            }
+            check_pinned(&planned.source_digest, &mut out.diags);
+        }
+    }
+    out.state = Some(planned);
+    out
+}
+
+/// The result of applying.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// New state (`None`: gone).
+    pub state: Option<Model>,
+    /// New private state.
+    pub private: Private,
+    /// Diagnostics.
+    pub diags: Vec<Diagnostic>,
+}
+
+/// Applies a planned change.
+pub async fn apply(
+    backend: &dyn Backend,
+    prior: Option<Model>,
+    planned: Option<Model>,
+    private: Private,
+) -> Applied {
+    match (prior, planned) {
+        (None, None) => Applied::default(),
+        (Some(prior), None) => destroy(backend, prior, private).await,
+        (None, Some(planned)) => sync(backend, None, planned).await,
+        (Some(prior), Some(planned)) => {
+            if planned.id.is_unknown() || planned.source_digest.is_unknown() {
+                sync(backend, Some(prior), planned).await
+            } else {
+                // Same digest: nothing to copy (e.g. `source` retagged).
+                Applied {
+                    state: Some(planned),
+                    private,
+                    diags: Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -> Applied {
+    let failed = |prior: Option<Model>, d: Diagnostic| Applied {
+        state: prior,
+        private: Private::default(),
+        diags: vec![d],
+    };
+    let (source, destination) = match (
+        parse_ref(&planned.source, attr::SOURCE),
+        parse_ref(&planned.destination, attr::DESTINATION),
+    ) {
+        (Ok(Some(s)), Ok(Some(d))) => (s, d),
+        (Err(e), _) | (_, Err(e)) => return failed(prior, e),
+        _ => {
+            return failed(
+                prior,
+                Diagnostic::error("source and destination must be known at apply time", ""),
+            )
+        }
+    };
+    let expect = planned
+        .source_digest
+        .as_str()
+        .and_then(|d| d.parse::<Digest>().ok());
+    let synced = match backend.sync(&source, &destination, expect.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            let what = if e.is_not_found() {
+                "Source image not found"
+            } else {
+                "Cannot copy the image"
+            };
+            return failed(prior, error_diagnostic(what, &e, Some(attr::SOURCE)));
+        }
+    };
+    if synced.destination_digest != synced.source_digest
+        || expect
+            .as_ref()
+            .is_some_and(|e| *e != synced.destination_digest)
+    {
+        return failed(
+            prior,
+            Diagnostic::error(
+                "Copied image has an unexpected digest",
+                format!(
+                    "Planned {}, source {}, destination now {}.",
+                    expect.map(|d| d.to_string()).unwrap_or_default(),
+                    synced.source_digest,
+                    synced.destination_digest
+                ),
+            ),
+        );
+    }
+    let dst_text = planned.destination.as_str().unwrap_or_default().to_string();
+    planned.id = Value::String(make_id(&dst_text, &destination, &synced.destination_digest));
+    planned.source_digest = Value::String(synced.source_digest.to_string());
+    if planned.delete_layers.is_unknown() || planned.delete_layers.is_null() {
+        planned.delete_layers = Value::Bool(true);
+    }
+    Applied {
+        state: Some(planned),
+        private: Private {
+            written: Some(synced.destination_digest),
+        },
+        diags: Vec::new(),
+    }
+}
+
+async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Applied {
+    let destination = match parse_ref(&prior.destination, attr::DESTINATION) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Applied::default(),
+        Err(d) => {
+            return Applied {
+                state: Some(prior),
+                private,
+                diags: vec![d],
+            }
+        }
+    };
+    let ours = private
+        .written
+        .clone()
+        .or_else(|| prior.source_digest.as_str().and_then(|d| d.parse().ok()))
+        .or_else(|| prior.id.as_str().and_then(id_digest));
+    match backend
+        .delete(&destination, ours, prior.delete_layers())
+        .await
+    {
+        Ok(report) => Applied {
+            state: None,
+            private: Private::default(),
+            diags: report
+                .warnings
+                .into_iter()
+                .map(|w| Diagnostic::warning(format!("While deleting {destination}"), w))
+                .collect(),
+        },
+        Err(e) if e.is_not_owned() => Applied {
+            state: None,
+            private: Private::default(),
+            diags: vec![Diagnostic::warning(
+                "Destination left in place: it is not ours any more",
+                format!("{e}\n\nSomething else now owns the tag, so destroy did not delete it."),
+            )],
+        },
+        Err(e) => Applied {
+            state: Some(prior),
+            private,
+            diags: vec![error_diagnostic(
+                "Cannot delete the destination image",
+                &e,
+                Some(attr::DESTINATION),
+            )],
+        },
+    }
+}
+
+/// Refreshes state from the destination.
+pub async fn read(backend: &dyn Backend, mut current: Model) -> (Option<Model>, Vec<Diagnostic>) {
+    let destination = match parse_ref(&current.destination, attr::DESTINATION) {
+        Ok(Some(d)) => d,
+        Ok(None) => return (Some(current), Vec::new()),
+        Err(d) => return (Some(current), vec![d]),
+    };
+    match backend.digest(&destination).await {
+        Ok(None) => {
+            tracing::info!(%destination, "destination gone; removing from state");
+            (None, Vec::new())
+        }
+        Ok(Some(digest)) => {
+            let text = current.destination.as_str().unwrap_or_default().to_string();
+            current.id = Value::String(make_id(&text, &destination, &digest));
+            if current.source_digest.is_null() {
+                // Just imported: what is at the destination is what we own.
+                current.source_digest = Value::String(digest.to_string());
+            }
+            if current.delete_layers.is_null() {
+                current.delete_layers = Value::Bool(true);
+            }
+            (Some(current), Vec::new())
+        }
+        Err(e) => (
+            Some(current),
+            vec![error_diagnostic(
+                "Cannot read the destination image",
+                &e,
+                Some(attr::DESTINATION),
+            )],
+        ),
+    }
+}
+
+/// `terraform import imagesync.NAME SOURCE,DESTINATION`.
+pub fn import(id: &str) -> Result<Model, Diagnostic> {
+    let bad = |detail: String| {
+        Diagnostic::error(
+            "Invalid import ID",
+            format!(
+                "{detail}\n\nImport with `terraform import imagesync.NAME SOURCE,DESTINATION`, for example \
+                 `terraform import imagesync.app docker.io/library/busybox:1.36,registry.example.com/mirror/busybox:1.36`."
+            ),
+        )
+    };
+    let Some((source, destination)) = id.split_once(',') else {
+        return Err(bad(format!("{id:?} has no comma.")));
+    };
+    let (source, destination) = (source.trim(), destination.trim());
+    for (what, r) in [("source", source), ("destination", destination)] {
+        if let Err(e) = Reference::parse(r) {
+            return Err(bad(format!("The {what} is not a valid reference: {e}")));
+        }
+    }
+    Ok(Model {
+        // Replaced by the read that follows the import.
+        id: Value::String(destination.to_string()),
+        source: Value::String(source.to_string()),
+        destination: Value::String(destination.to_string()),
+        source_digest: Value::Null,
+        delete_layers: Value::Bool(true),
+    })
+}
+
+/// Upgrades stored state (any earlier version, including the original Go provider's
+/// version 1 state, which has no `delete_layers`).
+pub fn upgrade(raw: Value) -> Model {
+    let mut m = Model::from_value(&raw).unwrap_or(Model {
+        id: Value::Null,
+        source: Value::Null,
+        destination: Value::Null,
+        source_digest: Value::Null,
+        delete_layers: Value::Null,
+    });
+    // The legacy flatmap form stores every value as a string.
+    if let Value::String(s) = &m.delete_layers {
+        m.delete_layers = Value::Bool(s != "false");
+    }
+    if m.delete_layers.is_null() {
+        m.delete_layers = Value::Bool(true);
+    }
+    if m.source_digest.as_str() == Some("") {
+        m.source_digest = Value::Null;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests;

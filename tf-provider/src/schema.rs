@@ -1,0 +1,189 @@
+//! The provider and resource schemas.
+
+use crate::proto::tfplugin6::{schema, Schema, StringKind};
+
+/// The resource type name (the same as the provider's, as in the original project).
+pub const RESOURCE_TYPE: &str = "imagesync";
+
+/// Version of the resource schema. Version 1 matches the original Go provider's state,
+/// so its states upgrade without a migration.
+pub const RESOURCE_SCHEMA_VERSION: i64 = 1;
+
+const STRING: &[u8] = br#""string""#;
+const BOOL: &[u8] = br#""bool""#;
+const LIST_OF_STRING: &[u8] = br#"["list","string"]"#;
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Required,
+    Optional,
+    Computed,
+    OptionalComputed,
+}
+
+fn attr(
+    name: &str,
+    ty: &[u8],
+    mode: Mode,
+    sensitive: bool,
+    description: &str,
+) -> schema::Attribute {
+    schema::Attribute {
+        name: name.to_string(),
+        r#type: ty.to_vec(),
+        description: description.to_string(),
+        required: matches!(mode, Mode::Required),
+        optional: matches!(mode, Mode::Optional | Mode::OptionalComputed),
+        computed: matches!(mode, Mode::Computed | Mode::OptionalComputed),
+        sensitive,
+        description_kind: StringKind::Markdown as i32,
+        deprecated: false,
+    }
+}
+
+fn block(
+    attributes: Vec<schema::Attribute>,
+    block_types: Vec<schema::NestedBlock>,
+    description: &str,
+) -> schema::Block {
+    schema::Block {
+        version: 0,
+        attributes,
+        block_types,
+        description: description.to_string(),
+        description_kind: StringKind::Markdown as i32,
+        deprecated: false,
+    }
+}
+
+fn list_block(name: &str, inner: schema::Block, max_items: i64) -> schema::NestedBlock {
+    schema::NestedBlock {
+        type_name: name.to_string(),
+        block: Some(inner),
+        nesting: schema::nested_block::NestingMode::List as i32,
+        min_items: 0,
+        max_items,
+    }
+}
+
+/// The provider configuration schema.
+pub fn provider() -> Schema {
+    use Mode::*;
+    let registry_auth = block(
+        vec![
+            attr(
+                "address",
+                STRING,
+                Required,
+                false,
+                "Registry host (`host[:port]`, e.g. `ghcr.io`).",
+            ),
+            attr("username", STRING, Required, false, "User name."),
+            attr(
+                "password",
+                STRING,
+                Required,
+                true,
+                "Password or access token.",
+            ),
+        ],
+        vec![],
+        "Credentials for one registry. Takes precedence over the Docker config.",
+    );
+    let kubernetes = block(
+        vec![
+            attr(
+                "config_path",
+                STRING,
+                Optional,
+                false,
+                "Path of a kubeconfig file.",
+            ),
+            attr(
+                "config_context",
+                STRING,
+                Optional,
+                false,
+                "Context of the kubeconfig to use.",
+            ),
+            attr(
+                "namespace",
+                STRING,
+                Optional,
+                false,
+                "Default namespace of the `ImageSync` objects.",
+            ),
+        ],
+        vec![],
+        "Kubernetes mode: manage `ImageSync` objects that the imagesync controller copies. \
+         Not supported yet by this version of the provider.",
+    );
+    Schema {
+        version: 0,
+        block: Some(block(
+            vec![
+                attr(
+                    "insecure_registries",
+                    LIST_OF_STRING,
+                    Optional,
+                    false,
+                    "Registries (`host:port`) reached over plain HTTP instead of HTTPS.",
+                ),
+                attr("ca_file", STRING, Optional, false, "PEM bundle of extra CA certificates to trust."),
+                attr(
+                    "docker_config",
+                    STRING,
+                    Optional,
+                    false,
+                    "Path of a Docker `config.json` (default: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).",
+                ),
+            ],
+            vec![list_block("registry_auth", registry_auth, 0), list_block("kubernetes", kubernetes, 1)],
+            "Copies container images between OCI registries byte for byte and tracks them by digest.",
+        )),
+    }
+}
+
+/// The `imagesync` resource schema.
+pub fn resource() -> Schema {
+    use Mode::*;
+    Schema {
+        version: RESOURCE_SCHEMA_VERSION,
+        block: Some(block(
+            vec![
+                attr(
+                    "id",
+                    STRING,
+                    Computed,
+                    false,
+                    "`<normalised destination repository>@sha256:<digest>` of the image at the destination \
+                     (or `destination` itself when it already pins a digest).",
+                ),
+                attr("source", STRING, Required, false, "Reference of the image to copy, e.g. `docker.io/library/busybox:1.36`."),
+                attr(
+                    "destination",
+                    STRING,
+                    Required,
+                    false,
+                    "Reference to copy the image to, e.g. `registry.example.com/mirror/busybox:1.36`. Changing it forces a new resource.",
+                ),
+                attr(
+                    "source_digest",
+                    STRING,
+                    Computed,
+                    false,
+                    "Digest the source resolved to when it was last synced. A different digest at plan time plans a re-sync.",
+                ),
+                attr(
+                    "delete_layers",
+                    BOOL,
+                    OptionalComputed,
+                    false,
+                    "On destroy, also delete the image's blobs that no other manifest in the repository uses (default `true`).",
+                ),
+            ],
+            vec![],
+            "Mirrors one image (all platforms of a multi-arch image) from `source` to `destination`.",
+        )),
+    }
+}
