@@ -1,0 +1,247 @@
+//! A small Docker-style token server run in-process, for registries started with
+//! `auth: token`. It checks Basic credentials and issues ES256 JWTs (with an `x5c`
+//! header the registry verifies against its `rootcertbundle`) granting the requested
+//! repository scopes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
+
+use crate::tls::SigningCert;
+
+/// One request the token server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The user name from Basic auth (None: anonymous).
+    pub user: Option<String>,
+    /// The `scope` parameters, as sent.
+    pub scopes: Vec<String>,
+    /// Whether a token was issued (false: wrong credentials, 401).
+    pub issued: bool,
+}
+
+/// The token server: issuer, service and the users it accepts.
+pub struct TokenServer {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<TokenRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The `issuer` claim (must match the registry's `auth.token.issuer`).
+pub const ISSUER: &str = "imagesync-e2e-token-issuer";
+/// The `service` (audience) the registry announces.
+pub const SERVICE: &str = "imagesync-e2e-registry";
+
+struct State {
+    signer: aws_lc_rs::signature::EcdsaKeyPair,
+    x5c: String,
+    user: Option<(String, String)>,
+    log: Arc<Mutex<Vec<TokenRequest>>>,
+}
+
+impl TokenServer {
+    /// Starts serving on a random loopback port. With `user`, only those credentials get
+    /// tokens (anonymous callers get a token with no access, like public token servers);
+    /// without, everyone gets what they ask for.
+    pub async fn start(
+        signing: &SigningCert,
+        user: Option<(String, String)>,
+    ) -> Result<TokenServer> {
+        let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &signing.key_pkcs8,
+        )
+        .map_err(|e| anyhow::anyhow!("loading the token signing key: {e}"))?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the token server")?;
+        let addr = listener.local_addr()?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(State {
+            signer,
+            x5c: STANDARD.encode(&signing.cert_der),
+            user,
+            log: log.clone(),
+        });
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(&state, req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(TokenServer { addr, log, task })
+    }
+
+    /// The realm URL for the registry config.
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// Every request answered so far.
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        lock(&self.log).clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn answer(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or("");
+    let mut scopes = Vec::new();
+    let mut service = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "scope" => scopes.extend(v.split(' ').filter(|s| !s.is_empty()).map(str::to_string)),
+            "service" => service = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let presented = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| STANDARD.decode(b.trim()).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            s.split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+        });
+    let (authorised, user) = match (&state.user, &presented) {
+        (None, p) => (true, p.as_ref().map(|(u, _)| u.clone())),
+        (Some(want), Some(got)) if want == got => (true, Some(got.0.clone())),
+        (Some(_), Some(got)) => {
+            lock(&state.log).push(TokenRequest {
+                user: Some(got.0.clone()),
+                scopes,
+                issued: false,
+            });
+            return json(
+                StatusCode::UNAUTHORIZED,
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"token server: invalid username or password"}]}"#.into(),
+            );
+        }
+        // Anonymous: a token without access.
+        (Some(_), None) => (false, None),
+    };
+    if service.as_deref().is_some_and(|s| s != SERVICE) {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"errors":[{"code":"DENIED","message":"unknown service"}]}"#.into(),
+        );
+    }
+    let access: Vec<serde_json::Value> = if authorised {
+        scopes
+            .iter()
+            .filter_map(|s| {
+                let (kind, rest) = s.split_once(':')?;
+                let (name, actions) = rest.rsplit_once(':')?;
+                Some(serde_json::json!({
+                    "type": kind,
+                    "name": name,
+                    "actions": actions.split(',').filter(|a| !a.is_empty()).collect::<Vec<_>>(),
+                }))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    lock(&state.log).push(TokenRequest {
+        user: user.clone(),
+        scopes,
+        issued: true,
+    });
+    match sign(state, user.as_deref().unwrap_or(""), access) {
+        Ok(token) => json(
+            StatusCode::OK,
+            serde_json::json!({"token": token, "access_token": token, "expires_in": 300})
+                .to_string(),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": e.to_string()}).to_string(),
+        ),
+    }
+}
+
+fn sign(state: &State, subject: &str, access: Vec<serde_json::Value>) -> Result<String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [state.x5c]});
+    let claims = serde_json::json!({
+        "iss": ISSUER,
+        "sub": subject,
+        "aud": SERVICE,
+        "exp": now + 300,
+        "nbf": now.saturating_sub(10),
+        "iat": now,
+        "jti": format!("{now}-{}", rand_u64()),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?)
+    );
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let sig = state
+        .signer
+        .sign(&rng, signing_input.as_bytes())
+        .map_err(|e| anyhow::anyhow!("signing the token: {e}"))?;
+    Ok(format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(sig.as_ref())
+    ))
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic realm=\"imagesync-e2e-token\""),
+        );
+    }
+    resp
+}
