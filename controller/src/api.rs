@@ -1,0 +1,165 @@
+//! The `ImageSync` custom resource (`imagesync.dev/v1alpha1`).
+//!
+//! The CRD YAML in `crds/` is generated from these types by the `crdgen` binary; a test
+//! fails when the committed file differs. Validation is OpenAPI schema only (no CEL), so
+//! the CRD works on Kubernetes 1.20.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The finalizer that makes deletion remove the destination tag first.
+pub const FINALIZER: &str = "imagesync.dev/cleanup";
+
+/// The condition type the controller maintains.
+pub const READY: &str = "Ready";
+
+/// `reason` values of the `Ready` condition.
+pub mod reasons {
+    /// The destination holds the source digest.
+    pub const SYNCED: &str = "Synced";
+    /// A copy is in progress.
+    pub const SYNCING: &str = "Syncing";
+    /// `spec.suspend` is true: nothing is checked or copied.
+    pub const SUSPENDED: &str = "Suspended";
+    /// The source tag or digest does not exist.
+    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    /// The registry rejected the credentials (401), or none were given.
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// The registry refused the operation for these credentials (403).
+    pub const DENIED: &str = "Denied";
+    /// The registry answered 429; the next attempt honours `Retry-After`.
+    pub const RATE_LIMITED: &str = "RateLimited";
+    /// `spec.source` or `spec.destination` is not a valid image reference.
+    pub const INVALID_REFERENCE: &str = "InvalidReference";
+    /// A referenced Secret is missing or is not a usable `kubernetes.io/dockerconfigjson`.
+    pub const INVALID_SECRET: &str = "InvalidSecret";
+    /// The image cannot be copied (unsupported manifest, digest mismatch, ...).
+    pub const SYNC_FAILED: &str = "SyncFailed";
+    /// Removing the previous destination failed.
+    pub const DELETE_FAILED: &str = "DeleteFailed";
+    /// A temporary failure (network, 5xx); retried with backoff.
+    pub const REGISTRY_ERROR: &str = "RegistryError";
+}
+
+/// Desired state: keep `destination` an exact copy of `source`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "imagesync.dev",
+    version = "v1alpha1",
+    kind = "ImageSync",
+    plural = "imagesyncs",
+    shortname = "isync",
+    namespaced,
+    status = "ImageSyncStatus",
+    doc = "Mirrors one container image (or index) from a source to a destination registry, byte for byte, and keeps it there.",
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source"}"#,
+    printcolumn = r#"{"name":"Destination","type":"string","jsonPath":".spec.destination"}"#,
+    printcolumn = r#"{"name":"Digest","type":"string","jsonPath":".status.destinationDigest"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSyncSpec {
+    /// Source image reference (`registry/repo:tag` or `registry/repo@sha256:...`).
+    #[schemars(length(min = 1))]
+    pub source: String,
+    /// Destination image reference (`registry/repo:tag`).
+    #[schemars(length(min = 1))]
+    pub destination: String,
+    /// How often the source and destination are re-checked (HEAD only), as a Go
+    /// duration such as `30s`, `5m` or `1h`. Defaults to the controller's
+    /// `--default-resync-interval` (5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub resync_interval: Option<String>,
+    /// What happens to the destination tag when this object is deleted or its
+    /// destination changes.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// On deletion, also delete blobs no other manifest in the repository uses.
+    #[serde(default = "default_true")]
+    pub delete_layers: bool,
+    /// A `kubernetes.io/dockerconfigjson` Secret in this namespace with credentials for
+    /// the source registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_secret_ref: Option<SecretRef>,
+    /// A `kubernetes.io/dockerconfigjson` Secret in this namespace with credentials for
+    /// the destination registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_secret_ref: Option<SecretRef>,
+    /// Stop checking and copying (deletion still cleans up).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What to do with the destination tag when it is no longer wanted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Remove the tag (only while it still points at `status.destinationDigest`).
+    #[default]
+    Delete,
+    /// Leave everything in the registry.
+    Orphan,
+}
+
+/// A Secret in the object's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// Observed state.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSyncStatus {
+    /// Digest the source resolved to at the last check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<String>,
+    /// Digest the controller wrote to (or found at) the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_digest: Option<String>,
+    /// `<normalised destination repository>@<digest>`, as the engine and the Terraform
+    /// provider print it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The destination reference `destinationDigest` belongs to (used to clean up the
+    /// old destination when `spec.destination` changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_destination: Option<String>,
+    /// `metadata.generation` of the spec last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the destination was last written (or found already up to date after a change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// When source and destination were last checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Time>,
+    /// `Ready`: `True` with reason `Synced`; `False` with `Syncing`, `Suspended`,
+    /// `SourceNotFound`, `Unauthorized`, `Denied`, `RateLimited`, `InvalidReference`,
+    /// `InvalidSecret`, `SyncFailed`, `DeleteFailed` or `RegistryError`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl ImageSync {
+    /// The `Ready` condition, if any.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+    }
+
+    /// True when `Ready` is `True`.
+    pub fn is_ready(&self) -> bool {
+        self.ready_condition().is_some_and(|c| c.status == "True")
+    }
+}

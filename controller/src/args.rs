@@ -1,0 +1,288 @@
+//! Command-line flags and process wiring.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use imagesync_engine::auth::{ChainProvider, StaticProvider};
+use imagesync_engine::{CredentialProvider, Engine, EngineConfig, RetryPolicy};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tracing::{error, info, warn};
+
+use crate::api::ImageSync;
+use crate::controller::{self, parse_duration, Context};
+use crate::events::Events;
+use crate::leader::{LeaderElector, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::server::{self, ServerState};
+use crate::telemetry::{self, LogFormat};
+
+/// A Go-style duration flag (`30s`, `5m`, `1h`).
+#[derive(Clone, Copy, Debug)]
+pub struct DurationArg(pub Duration);
+
+impl std::str::FromStr for DurationArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_duration(s)
+            .filter(|d| !d.is_zero())
+            .map(DurationArg)
+            .ok_or_else(|| format!("{s:?} is not a positive duration such as 30s, 5m or 1h"))
+    }
+}
+
+/// `imagesync-controller`: keeps `ImageSync` destinations in sync with their sources.
+///
+/// Connects with the in-cluster configuration or `KUBECONFIG`.
+#[derive(Parser, Debug)]
+#[command(name = "imagesync-controller", version, about)]
+pub struct Args {
+    /// Watch only this namespace (empty: all namespaces).
+    #[arg(long, env = "IMAGESYNC_NAMESPACE", default_value = "")]
+    namespace: String,
+
+    /// Objects reconciled at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+
+    /// Registry reached over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+
+    /// PEM bundle of extra CA certificates trusted for registries.
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+
+    /// Run only while holding a coordination.k8s.io/v1 Lease (for several replicas).
+    #[arg(long)]
+    leader_elect: bool,
+
+    /// Namespace of the Lease (default: the pod's namespace, else the kubeconfig's).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    leader_election_namespace: String,
+
+    /// Name of the Lease.
+    #[arg(long, default_value = "imagesync-controller")]
+    lease_name: String,
+
+    /// How long a Lease stays valid without renewal.
+    #[arg(long, default_value = "15s")]
+    lease_duration: DurationArg,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// resyncInterval of objects that do not set one.
+    #[arg(long, default_value = "5m")]
+    default_resync_interval: DurationArg,
+}
+
+fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "imagesync-controller".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{host}_{}_{nanos:08x}", std::process::id())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down");
+}
+
+impl Args {
+    /// Parses the command line and runs the controller until SIGTERM/SIGINT.
+    pub async fn parse_and_run() -> anyhow::Result<()> {
+        Args::parse().run().await
+    }
+
+    /// Runs the controller.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Args {
+            namespace,
+            concurrency,
+            insecure_registries,
+            ca_file,
+            metrics_addr,
+            leader_elect,
+            leader_election_namespace,
+            lease_name,
+            lease_duration,
+            log_format,
+            default_resync_interval,
+        } = self;
+        telemetry::init(log_format);
+        if concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+
+        let client = Client::try_default()
+            .await
+            .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+        let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = ServerState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        let listener_check = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("binding --metrics-addr {metrics_addr}"))?;
+        drop(listener_check);
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(metrics_addr, state).await {
+                error!(error = %e, "metrics server stopped");
+            }
+        });
+
+        let base_credentials: Arc<dyn CredentialProvider> =
+            Arc::new(ChainProvider::standard(StaticProvider::new(), None));
+        let engine = Engine::new(EngineConfig {
+            insecure_registries,
+            ca_file,
+            jobs: 4,
+            credentials: base_credentials.clone(),
+            // The controller requeues failed objects itself: fail fast and let long
+            // Retry-After waits surface as RateLimited instead of sleeping in a worker.
+            retry: RetryPolicy {
+                max_attempts: 3,
+                max_retry_after: Duration::from_secs(10),
+                ..RetryPolicy::default()
+            },
+            user_agent: format!("imagesync-controller/{}", env!("CARGO_PKG_VERSION")),
+        })
+        .context("configuring the registry client")?;
+
+        let api: Api<ImageSync> = if namespace.is_empty() {
+            Api::all(client.clone())
+        } else {
+            Api::namespaced(client.clone(), &namespace)
+        };
+        let identity = identity();
+        let events = Events::new(
+            client.clone(),
+            "imagesync.dev/imagesync-controller",
+            &identity,
+        );
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            engine,
+            base_credentials,
+            metrics.clone(),
+            events,
+            default_resync_interval.0,
+        ));
+
+        // Ready once the ImageSync API answers with our permissions.
+        {
+            let api = api.clone();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let mut logged = false;
+                loop {
+                    match api.list_metadata(&ListParams::default().limit(1)).await {
+                        Ok(_) => {
+                            ready.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) if !logged => {
+                            warn!(error = %e, "cannot list ImageSync objects yet (CRD installed? RBAC?)");
+                            logged = true;
+                        }
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            });
+        }
+
+        info!(
+            namespace = if namespace.is_empty() { "<all>" } else { namespace.as_str() },
+            concurrency,
+            leader_elect,
+            identity = %identity,
+            "starting imagesync-controller"
+        );
+
+        if !leader_elect {
+            metrics.leader.set(1);
+            controller::run(ctx, api, concurrency, shutdown_signal()).await;
+            return Ok(());
+        }
+
+        let lease_namespace = if !leader_election_namespace.is_empty() {
+            leader_election_namespace
+        } else {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| client.default_namespace().to_string())
+        };
+        let mut elector = LeaderElector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: lease_namespace,
+                name: lease_name,
+                identity,
+                lease_duration: lease_duration.0,
+            },
+        );
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        tokio::select! {
+            r = elector.acquire() => r.context("leader election")?,
+            _ = &mut shutdown => return Ok(()),
+        }
+        metrics.leader.set(1);
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let controller = tokio::spawn(controller::run(ctx, api, concurrency, async move {
+            let _ = stop_rx.await;
+        }));
+        let lost = tokio::select! {
+            lost = elector.hold() => Some(lost),
+            _ = &mut shutdown => None,
+        };
+        metrics.leader.set(0);
+        if let Some(lost) = lost {
+            // Another replica may already be acting: stop at once (client-go does the same).
+            error!(error = %lost, "lost leadership; exiting");
+            std::process::exit(1);
+        }
+        let _ = stop_tx.send(());
+        if let Err(e) = controller.await {
+            warn!(error = %e, "controller task ended abnormally");
+        }
+        elector.release().await;
+        Ok(())
+    }
+}

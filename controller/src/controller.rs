@@ -1,0 +1,1032 @@
+//! Reconcile and cleanup of `ImageSync` objects.
+//!
+//! - Apply: resolve the source digest (HEAD), resolve the destination digest (HEAD),
+//!   copy when the destination is missing or differs, then write status. Re-checks run
+//!   every `resyncInterval` and use HEAD only.
+//! - Cleanup (finalizer `imagesync.dev/cleanup`): remove the destination tag with the
+//!   engine's safe delete, only while it still points at `status.destinationDigest`.
+//!
+//! Our own status writes trigger watch events; a per-object gate skips those (no
+//! registry request, no API call) until the next check is due or the object really
+//! changed (generation, deletion, finalizers).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use imagesync_engine::{
+    CredentialProvider, DeleteOptions, Digest, Engine, ErrorKind, Reference, SyncOptions,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{debug, info, instrument, warn, Span};
+
+use crate::api::{
+    reasons, DeletionPolicy, ImageSync, ImageSyncStatus, SecretRef, FINALIZER, READY,
+};
+use crate::credentials::SecretCredentials;
+use crate::events::{EventType, Events};
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// The field manager of our status writes.
+pub const FIELD_MANAGER: &str = "imagesync-controller";
+
+/// Transient failures: first retry after this long, doubling per failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest wait between retries of a failing object.
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// Longest `Retry-After` honoured.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+/// Deletion retries transient failures for this long after `deletionTimestamp`, then
+/// releases the finalizer with a Warning event (never a stuck object).
+pub const DELETE_GIVE_UP: Duration = Duration::from_secs(600);
+
+/// Everything reconcile needs.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// The engine with the standard credential chain.
+    pub engine: Engine,
+    /// The standard credential chain (Secrets are chained before it).
+    pub base_credentials: Arc<dyn CredentialProvider>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event publisher.
+    pub events: Events,
+    /// `resyncInterval` for objects that do not set one.
+    pub default_resync: Duration,
+    gates: Mutex<HashMap<String, Gate>>,
+    engines: Mutex<HashMap<String, Engine>>,
+}
+
+/// What identifies "the object changed" for the gate: our own status writes change none
+/// of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct GateKey {
+    uid: Option<String>,
+    generation: Option<i64>,
+    deleting: bool,
+    finalized: bool,
+}
+
+impl GateKey {
+    fn of(obj: &ImageSync) -> GateKey {
+        GateKey {
+            uid: obj.metadata.uid.clone(),
+            generation: obj.metadata.generation,
+            deleting: obj.metadata.deletion_timestamp.is_some(),
+            finalized: obj.finalizers().iter().any(|f| f == FINALIZER),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Gate {
+    key: GateKey,
+    due: Instant,
+    failures: u32,
+}
+
+fn object_key(obj: &ImageSync) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+impl Context {
+    /// A context; `engine` must have been built with `base_credentials`.
+    pub fn new(
+        client: Client,
+        engine: Engine,
+        base_credentials: Arc<dyn CredentialProvider>,
+        metrics: Arc<Metrics>,
+        events: Events,
+        default_resync: Duration,
+    ) -> Context {
+        Context {
+            client,
+            engine,
+            base_credentials,
+            metrics,
+            events,
+            default_resync,
+            gates: Mutex::new(HashMap::new()),
+            engines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn gates(&self) -> std::sync::MutexGuard<'_, HashMap<String, Gate>> {
+        match self.gates.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// `Some(wait)` when nothing changed since the last reconcile and the next check is
+    /// not due yet.
+    fn not_due(&self, obj: &ImageSync) -> Option<Duration> {
+        let gates = self.gates();
+        let gate = gates.get(&object_key(obj))?;
+        if gate.key != GateKey::of(obj) {
+            return None;
+        }
+        let now = Instant::now();
+        (gate.due > now).then(|| gate.due - now)
+    }
+
+    fn schedule(&self, obj: &ImageSync, wait: Duration, failed: bool) -> u32 {
+        let mut gates = self.gates();
+        let key = GateKey::of(obj);
+        let entry = gates.entry(object_key(obj)).or_insert(Gate {
+            key: key.clone(),
+            due: Instant::now(),
+            failures: 0,
+        });
+        if entry.key != key {
+            entry.failures = 0;
+        }
+        entry.key = key;
+        entry.failures = if failed {
+            entry.failures.saturating_add(1)
+        } else {
+            0
+        };
+        entry.due = Instant::now() + wait;
+        entry.failures
+    }
+
+    fn failures(&self, obj: &ImageSync) -> u32 {
+        let gates = self.gates();
+        gates
+            .get(&object_key(obj))
+            .filter(|g| g.key == GateKey::of(obj))
+            .map_or(0, |g| g.failures)
+    }
+
+    fn forget(&self, obj: &ImageSync) {
+        self.gates().remove(&object_key(obj));
+        self.metrics.set_ready(&object_key(obj), None);
+    }
+
+    /// The resync interval of `obj`.
+    pub fn resync_interval(&self, obj: &ImageSync) -> Duration {
+        obj.spec
+            .resync_interval
+            .as_deref()
+            .and_then(parse_duration)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(self.default_resync)
+    }
+
+    /// The engine for `obj`: the shared one, or one with the object's Secrets (read now)
+    /// chained before the standard credentials.
+    async fn engine_for(&self, obj: &ImageSync) -> Result<Engine> {
+        let refs: Vec<&SecretRef> = [
+            &obj.spec.destination_secret_ref,
+            &obj.spec.source_secret_ref,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if refs.is_empty() {
+            return Ok(self.engine.clone());
+        }
+        let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+        let (creds, key) = SecretCredentials::load(&self.client, &namespace, &refs).await?;
+        let mut engines = match self.engines.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(e) = engines.get(&key) {
+            return Ok(e.clone());
+        }
+        if engines.len() > 256 {
+            engines.clear();
+        }
+        let engine = self
+            .engine
+            .with_credentials(creds.chained_before(self.base_credentials.clone()));
+        engines.insert(key, engine.clone());
+        Ok(engine)
+    }
+
+    async fn head(
+        &self,
+        engine: &Engine,
+        reference: &Reference,
+        what: &str,
+    ) -> Result<Option<Digest>> {
+        match engine.digest(reference).await {
+            Ok(d) => {
+                self.metrics
+                    .request("head", if d.is_some() { "200" } else { "404" });
+                Ok(d)
+            }
+            Err(source) => {
+                self.metrics.request("head", &status_label(&source));
+                Err(Error::Engine {
+                    context: format!("check {what} {reference}"),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+fn status_label(e: &imagesync_engine::Error) -> String {
+    e.status()
+        .map_or_else(|| "error".to_string(), |s| s.to_string())
+}
+
+/// Parses a Go-style duration (`90s`, `5m`, `1h30m`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    s.parse::<kube::core::Duration>()
+        .ok()
+        .filter(|d| !d.is_negative())
+        .map(Duration::from)
+}
+
+// === Decisions (pure, unit-tested) ===
+
+/// Drift found by a check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Drift {
+    /// The source tag now points at another digest.
+    SourceChanged {
+        /// Digest recorded in status.
+        from: String,
+        /// Digest found now.
+        to: String,
+    },
+    /// The destination tag we wrote is gone.
+    DestinationMissing,
+    /// The destination tag now points at a digest we did not write.
+    DestinationOverwritten {
+        /// What it points at now.
+        found: String,
+    },
+}
+
+/// What a check decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The destination holds the source digest: nothing to copy.
+    UpToDate,
+    /// Copy, reporting this drift.
+    Copy(Vec<Drift>),
+}
+
+/// Compares what HEAD found with what status recorded.
+pub fn decide(
+    status: &ImageSyncStatus,
+    destination: &str,
+    source_digest: &str,
+    destination_digest: Option<&str>,
+) -> Decision {
+    if destination_digest == Some(source_digest) {
+        return Decision::UpToDate;
+    }
+    let mut drift = Vec::new();
+    if let Some(from) = status
+        .source_digest
+        .as_deref()
+        .filter(|d| *d != source_digest)
+    {
+        drift.push(Drift::SourceChanged {
+            from: from.to_string(),
+            to: source_digest.to_string(),
+        });
+    }
+    let same_destination = status.synced_destination.as_deref() == Some(destination);
+    if let (true, Some(ours)) = (same_destination, status.destination_digest.as_deref()) {
+        match destination_digest {
+            None => drift.push(Drift::DestinationMissing),
+            Some(found) if found != ours => drift.push(Drift::DestinationOverwritten {
+                found: found.to_string(),
+            }),
+            Some(_) => {}
+        }
+    }
+    Decision::Copy(drift)
+}
+
+/// How long to wait before retrying after `failures` consecutive failures.
+pub fn backoff(
+    failures: u32,
+    permanent: bool,
+    retry_after: Option<Duration>,
+    interval: Duration,
+) -> Duration {
+    if let Some(ra) = retry_after {
+        return ra.min(RETRY_AFTER_CAP).max(Duration::from_millis(100));
+    }
+    if permanent {
+        // Needs a change elsewhere (spec changes trigger at once): retry slowly.
+        return interval.min(BACKOFF_CAP).max(Duration::from_secs(1));
+    }
+    let exp = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_CAP)
+}
+
+/// Sets the `Ready` condition, keeping `lastTransitionTime` when the status is unchanged.
+pub fn set_ready(
+    status: &mut ImageSyncStatus,
+    ready: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let value = if ready { "True" } else { "False" };
+    let previous = status.conditions.iter().find(|c| c.type_ == READY);
+    let last_transition_time = previous
+        .filter(|c| c.status == value)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(now);
+    let condition = Condition {
+        type_: READY.to_string(),
+        status: value.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+    };
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.push(condition);
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+fn ready_label(status: &ImageSyncStatus) -> &'static str {
+    match status.conditions.iter().find(|c| c.type_ == READY) {
+        Some(c) if c.status == "True" => "true",
+        Some(c) if c.status == "False" => "false",
+        _ => "unknown",
+    }
+}
+
+// === Reconcile ===
+
+/// Reconciles one object (called by the kube-runtime `Controller`).
+#[instrument(skip(obj, ctx), fields(namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), generation = ?obj.metadata.generation, source_digest = tracing::field::Empty))]
+pub async fn reconcile(obj: Arc<ImageSync>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some(wait) = ctx.not_due(&obj) {
+        // Our own status write, or a relist: nothing changed and no check is due.
+        return Ok(Action::requeue(wait));
+    }
+    ctx.metrics.reconciles.inc();
+    let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<ImageSync> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(obj) => apply(obj, ctx.clone(), &api).await,
+            Finalizer::Cleanup(obj) => cleanup(obj, ctx.clone(), &api).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Requeue policy after a failed reconcile: exponential capped backoff for transient
+/// errors, slow retries for permanent ones, `Retry-After` for 429.
+pub fn error_policy(obj: Arc<ImageSync>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.metric_label());
+    let failures = ctx.failures(&obj).saturating_add(1);
+    let retry_after = error.engine_error().and_then(|e| e.retry_after());
+    let wait = backoff(
+        failures,
+        error.is_permanent(),
+        retry_after,
+        ctx.resync_interval(&obj),
+    );
+    ctx.schedule(&obj, wait, true);
+    warn!(
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        %error,
+        retry_in = ?wait,
+        "reconcile failed"
+    );
+    Action::requeue(wait)
+}
+
+async fn patch_status(
+    api: &Api<ImageSync>,
+    obj: &ImageSync,
+    status: &ImageSyncStatus,
+) -> Result<()> {
+    if obj.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": ImageSync::api_version(&()),
+        "kind": ImageSync::kind(&()),
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            context: "patch status".into(),
+            source,
+        }),
+    }
+}
+
+async fn apply(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -> Result<Action> {
+    let interval = ctx.resync_interval(&obj);
+    let generation = obj.metadata.generation;
+    let mut status = obj.status.clone().unwrap_or_default();
+    let result = apply_inner(&obj, &ctx, api, &mut status).await;
+    match result {
+        Ok(()) => {
+            ctx.metrics
+                .set_ready(&object_key(&obj), Some(ready_label(&status)));
+            if obj.spec.suspend {
+                ctx.forget(&obj);
+                return Ok(Action::await_change());
+            }
+            ctx.schedule(&obj, interval, false);
+            Ok(Action::requeue(interval))
+        }
+        Err(error) => {
+            let reason = error.reason();
+            let message = error.to_string();
+            let changed = obj
+                .ready_condition()
+                .is_none_or(|c| c.reason != reason || c.message != message || c.status != "False");
+            status.observed_generation = generation;
+            set_ready(&mut status, false, reason, &message, generation);
+            ctx.metrics.set_ready(&object_key(&obj), Some("false"));
+            if changed {
+                ctx.events
+                    .publish(&obj, EventType::Warning, reason, "Sync", &message)
+                    .await;
+            }
+            if let Err(e) = patch_status(api, &obj, &status).await {
+                warn!(error = %e, "could not write the failure to status");
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn apply_inner(
+    obj: &ImageSync,
+    ctx: &Context,
+    api: &Api<ImageSync>,
+    status: &mut ImageSyncStatus,
+) -> Result<()> {
+    let spec = &obj.spec;
+    let generation = obj.metadata.generation;
+    if spec.suspend {
+        status.observed_generation = generation;
+        set_ready(
+            status,
+            false,
+            reasons::SUSPENDED,
+            "spec.suspend is true",
+            generation,
+        );
+        return patch_status(api, obj, status).await;
+    }
+    let source = Reference::parse(&spec.source).map_err(|source| Error::InvalidReference {
+        field: "source",
+        source,
+    })?;
+    let destination =
+        Reference::parse(&spec.destination).map_err(|source| Error::InvalidReference {
+            field: "destination",
+            source,
+        })?;
+    let engine = ctx.engine_for(obj).await?;
+
+    // The destination moved: clean up the old one (only if it still holds what we wrote).
+    if let (Some(old), Some(digest)) = (
+        status.synced_destination.clone(),
+        status.destination_digest.clone(),
+    ) {
+        if old != spec.destination {
+            release_old_destination(obj, ctx, &engine, &old, &digest).await?;
+            status.destination_digest = None;
+            status.id = None;
+            status.synced_destination = None;
+            status.last_sync_time = None;
+        }
+    }
+
+    let source_digest =
+        ctx.head(&engine, &source, "source")
+            .await?
+            .ok_or_else(|| Error::SourceNotFound {
+                reference: spec.source.clone(),
+            })?;
+    let destination_digest = ctx.head(&engine, &destination, "destination").await?;
+    Span::current().record("source_digest", source_digest.as_str());
+    let checked = now();
+
+    match decide(
+        status,
+        &spec.destination,
+        source_digest.as_str(),
+        destination_digest.as_ref().map(Digest::as_str),
+    ) {
+        Decision::UpToDate => {
+            ctx.metrics.check("up_to_date");
+            let first = status.destination_digest.as_deref() != Some(source_digest.as_str())
+                || status.synced_destination.as_deref() != Some(spec.destination.as_str());
+            if first {
+                status.last_sync_time = Some(checked.clone());
+                if !obj.is_ready() {
+                    info!(digest = %source_digest, "destination already up to date");
+                }
+            }
+        }
+        Decision::Copy(drift) => {
+            ctx.metrics
+                .check(if drift.is_empty() { "copy" } else { "drift" });
+            for d in &drift {
+                report_drift(obj, ctx, d, &spec.destination).await;
+            }
+            let mut syncing = status.clone();
+            syncing.observed_generation = generation;
+            set_ready(
+                &mut syncing,
+                false,
+                reasons::SYNCING,
+                &format!(
+                    "copying {} ({}) to {}",
+                    spec.source, source_digest, spec.destination
+                ),
+                generation,
+            );
+            patch_status(api, obj, &syncing).await?;
+            *status = syncing;
+
+            let started = Instant::now();
+            let outcome = engine
+                .sync(
+                    &source,
+                    &destination,
+                    &SyncOptions {
+                        progress: None,
+                        expect_source_digest: Some(source_digest.clone()),
+                    },
+                )
+                .await;
+            let outcome = match outcome {
+                Ok(o) => {
+                    ctx.metrics.request("sync", "200");
+                    ctx.metrics
+                        .sync_done("synced", o.bytes_uploaded, started.elapsed());
+                    o
+                }
+                Err(source) => {
+                    ctx.metrics.request("sync", &status_label(&source));
+                    ctx.metrics.sync_done("failed", 0, started.elapsed());
+                    return Err(Error::Engine {
+                        context: format!("copy {} to {}", spec.source, spec.destination),
+                        source,
+                    });
+                }
+            };
+            info!(
+                digest = %outcome.destination_digest,
+                bytes = outcome.bytes_uploaded,
+                blobs_uploaded = outcome.blobs_uploaded,
+                blobs_skipped = outcome.blobs_skipped,
+                blobs_mounted = outcome.blobs_mounted,
+                elapsed = ?started.elapsed(),
+                "synced"
+            );
+            ctx.events
+                .publish(
+                    obj,
+                    EventType::Normal,
+                    reasons::SYNCED,
+                    "Sync",
+                    &format!(
+                        "copied {} to {} ({}, {} bytes uploaded)",
+                        spec.source,
+                        spec.destination,
+                        outcome.destination_digest,
+                        outcome.bytes_uploaded
+                    ),
+                )
+                .await;
+            status.last_sync_time = Some(checked.clone());
+        }
+    }
+
+    status.source_digest = Some(source_digest.to_string());
+    status.destination_digest = Some(source_digest.to_string());
+    status.id = Some(destination.id(&source_digest));
+    status.synced_destination = Some(spec.destination.clone());
+    status.observed_generation = generation;
+    status.last_check_time = Some(checked);
+    set_ready(
+        status,
+        true,
+        reasons::SYNCED,
+        &format!("{} holds {}", spec.destination, source_digest),
+        generation,
+    );
+    patch_status(api, obj, status).await
+}
+
+async fn report_drift(obj: &ImageSync, ctx: &Context, drift: &Drift, destination: &str) {
+    let (kind, type_, reason, note) = match drift {
+        Drift::SourceChanged { from, to } => (
+            "source_changed",
+            EventType::Normal,
+            "SourceChanged",
+            format!(
+                "source {} moved from {from} to {to}; re-syncing",
+                obj.spec.source
+            ),
+        ),
+        Drift::DestinationMissing => (
+            "destination_missing",
+            EventType::Warning,
+            "DestinationMissing",
+            format!("destination {destination} was deleted outside the controller; re-syncing"),
+        ),
+        Drift::DestinationOverwritten { found } => (
+            "destination_overwritten",
+            EventType::Warning,
+            "DestinationOverwritten",
+            format!(
+                "destination {destination} was overwritten (now {found}, not {}); re-syncing",
+                obj.status
+                    .as_ref()
+                    .and_then(|s| s.destination_digest.as_deref())
+                    .unwrap_or("?")
+            ),
+        ),
+    };
+    info!(drift = kind, "{note}");
+    ctx.metrics.drift(kind);
+    ctx.events.publish(obj, type_, reason, "Check", &note).await;
+}
+
+/// Removes the previous destination after `spec.destination` changed.
+async fn release_old_destination(
+    obj: &ImageSync,
+    ctx: &Context,
+    engine: &Engine,
+    old: &str,
+    digest: &str,
+) -> Result<()> {
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        ctx.events
+            .publish(
+                obj,
+                EventType::Normal,
+                "DestinationChanged",
+                "Delete",
+                &format!("destination changed; {old} left in place (deletionPolicy Orphan)"),
+            )
+            .await;
+        return Ok(());
+    }
+    match delete_destination(obj, ctx, engine, old, digest).await {
+        DeleteResult::Done(note) => {
+            ctx.events
+                .publish(
+                    obj,
+                    EventType::Normal,
+                    "DestinationChanged",
+                    "Delete",
+                    &format!("destination changed; {note}"),
+                )
+                .await;
+            Ok(())
+        }
+        DeleteResult::Refused(note) => {
+            ctx.events
+                .publish(
+                    obj,
+                    EventType::Warning,
+                    reasons::DELETE_FAILED,
+                    "Delete",
+                    &note,
+                )
+                .await;
+            Ok(())
+        }
+        DeleteResult::Retry(error) => Err(error),
+    }
+}
+
+enum DeleteResult {
+    /// Deleted (or nothing to delete); the note says what happened.
+    Done(String),
+    /// Not deleted, and retrying will not help (not ours, registry refuses deletes, ...).
+    Refused(String),
+    /// Transient failure: retry.
+    Retry(Error),
+}
+
+async fn delete_destination(
+    obj: &ImageSync,
+    ctx: &Context,
+    engine: &Engine,
+    target: &str,
+    digest: &str,
+) -> DeleteResult {
+    let Ok(reference) = Reference::parse(target) else {
+        return DeleteResult::Done(format!(
+            "{target} is not a valid reference; nothing to delete"
+        ));
+    };
+    let Ok(expect) = digest.parse::<Digest>() else {
+        return DeleteResult::Done(format!(
+            "recorded digest {digest} is invalid; nothing deleted"
+        ));
+    };
+    let options = DeleteOptions {
+        expect_digest: Some(expect),
+        delete_layers: obj.spec.delete_layers,
+    };
+    match engine.delete(&reference, &options).await {
+        Ok(report) => {
+            ctx.metrics.request("delete", "200");
+            if !report.warnings.is_empty() {
+                ctx.events
+                    .publish(
+                        obj,
+                        EventType::Warning,
+                        "LayerCleanupIncomplete",
+                        "Delete",
+                        &format!("{target}: {}", report.warnings.join("; ")),
+                    )
+                    .await;
+            }
+            if report.already_gone {
+                DeleteResult::Done(format!("{target} was already gone"))
+            } else {
+                DeleteResult::Done(format!(
+                    "deleted {target} ({digest}; {} other tags kept, {} blobs deleted, {} kept)",
+                    report.kept_tags.len(),
+                    report.blobs_deleted,
+                    report.blobs_kept
+                ))
+            }
+        }
+        Err(e) => {
+            ctx.metrics.request("delete", &status_label(&e));
+            match e.kind() {
+                ErrorKind::Conflict => DeleteResult::Refused(format!("{target} not deleted: {e}")),
+                ErrorKind::Unsupported => DeleteResult::Refused(format!(
+                    "{target} not deleted: the registry does not allow deletes ({e}); the tag is left in place"
+                )),
+                ErrorKind::Unauthorized | ErrorKind::Denied | ErrorKind::InvalidInput => {
+                    DeleteResult::Refused(format!("{target} not deleted: {e}"))
+                }
+                _ => DeleteResult::Retry(Error::Engine {
+                    context: format!("delete {target}"),
+                    source: e,
+                }),
+            }
+        }
+    }
+}
+
+async fn cleanup(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -> Result<Action> {
+    let status = obj.status.clone().unwrap_or_default();
+    let done = |ctx: &Context| {
+        ctx.forget(&obj);
+        Action::await_change()
+    };
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        ctx.events
+            .publish(
+                &obj,
+                EventType::Normal,
+                "Orphaned",
+                "Delete",
+                "deletionPolicy Orphan: the destination is left in place",
+            )
+            .await;
+        return Ok(done(&ctx));
+    }
+    let (Some(target), Some(digest)) = (
+        status.synced_destination.clone(),
+        status.destination_digest.clone(),
+    ) else {
+        debug!("nothing was written; nothing to delete");
+        return Ok(done(&ctx));
+    };
+    let engine = match ctx.engine_for(&obj).await {
+        Ok(e) => e,
+        // Without the Secret, try the standard credentials.
+        Err(Error::Secret { .. }) => ctx.engine.clone(),
+        Err(e) => return Err(e),
+    };
+    match delete_destination(&obj, &ctx, &engine, &target, &digest).await {
+        DeleteResult::Done(note) => {
+            info!("{note}");
+            ctx.events
+                .publish(&obj, EventType::Normal, "Deleted", "Delete", &note)
+                .await;
+            Ok(done(&ctx))
+        }
+        DeleteResult::Refused(note) => {
+            warn!("{note}; releasing the finalizer");
+            ctx.events
+                .publish(
+                    &obj,
+                    EventType::Warning,
+                    reasons::DELETE_FAILED,
+                    "Delete",
+                    &note,
+                )
+                .await;
+            Ok(done(&ctx))
+        }
+        DeleteResult::Retry(error) => {
+            let deleting_for = obj
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .and_then(|t| Timestamp::now().duration_since(t.0).try_into().ok())
+                .unwrap_or(Duration::ZERO);
+            if deleting_for > DELETE_GIVE_UP {
+                let note = format!(
+                    "gave up deleting {target} after {}s: {error}; the tag is left in place",
+                    deleting_for.as_secs()
+                );
+                warn!("{note}");
+                ctx.events
+                    .publish(
+                        &obj,
+                        EventType::Warning,
+                        reasons::DELETE_FAILED,
+                        "Delete",
+                        &note,
+                    )
+                    .await;
+                return Ok(done(&ctx));
+            }
+            let mut failing = status.clone();
+            set_ready(
+                &mut failing,
+                false,
+                reasons::DELETE_FAILED,
+                &error.to_string(),
+                obj.metadata.generation,
+            );
+            if let Err(e) = patch_status(api, &obj, &failing).await {
+                warn!(error = %e, "could not write the failure to status");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    ctx: Arc<Context>,
+    api: Api<ImageSync>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    Controller::new(api, watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                Err(error) => debug!(%error, "controller event"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sha256:aaaa";
+    const B: &str = "sha256:bbbb";
+    const C: &str = "sha256:cccc";
+
+    fn synced(dst: &str, digest: &str) -> ImageSyncStatus {
+        ImageSyncStatus {
+            source_digest: Some(digest.into()),
+            destination_digest: Some(digest.into()),
+            synced_destination: Some(dst.into()),
+            ..ImageSyncStatus::default()
+        }
+    }
+
+    #[test]
+    fn destination_holding_the_source_digest_needs_no_copy() {
+        assert_eq!(
+            decide(&synced("d:1", A), "d:1", A, Some(A)),
+            Decision::UpToDate
+        );
+        assert_eq!(
+            decide(&ImageSyncStatus::default(), "d:1", A, Some(A)),
+            Decision::UpToDate
+        );
+    }
+
+    #[test]
+    fn first_sync_copies_without_reporting_drift() {
+        assert_eq!(
+            decide(&ImageSyncStatus::default(), "d:1", A, None),
+            Decision::Copy(vec![])
+        );
+    }
+
+    #[test]
+    fn deleted_destination_is_drift_and_copied_again() {
+        assert_eq!(
+            decide(&synced("d:1", A), "d:1", A, None),
+            Decision::Copy(vec![Drift::DestinationMissing])
+        );
+    }
+
+    #[test]
+    fn moved_source_is_reported_with_old_and_new_digest() {
+        assert_eq!(
+            decide(&synced("d:1", A), "d:1", B, Some(A)),
+            Decision::Copy(vec![Drift::SourceChanged {
+                from: A.into(),
+                to: B.into()
+            }])
+        );
+    }
+
+    #[test]
+    fn overwritten_destination_is_reported() {
+        assert_eq!(
+            decide(&synced("d:1", A), "d:1", A, Some(C)),
+            Decision::Copy(vec![Drift::DestinationOverwritten { found: C.into() }])
+        );
+    }
+
+    #[test]
+    fn a_new_destination_is_not_drift() {
+        assert_eq!(
+            decide(&synced("d:1", A), "d:2", A, None),
+            Decision::Copy(vec![])
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_honours_retry_after() {
+        let interval = Duration::from_secs(600);
+        assert_eq!(backoff(1, false, None, interval), Duration::from_secs(1));
+        assert_eq!(backoff(2, false, None, interval), Duration::from_secs(2));
+        assert_eq!(backoff(4, false, None, interval), Duration::from_secs(8));
+        assert_eq!(backoff(40, false, None, interval), BACKOFF_CAP);
+        assert_eq!(backoff(1, true, None, interval), BACKOFF_CAP);
+        assert_eq!(
+            backoff(1, true, None, Duration::from_secs(20)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            backoff(3, false, Some(Duration::from_secs(42)), interval),
+            Duration::from_secs(42)
+        );
+    }
+
+    #[test]
+    fn ready_transition_time_is_kept_while_status_is_unchanged() {
+        let mut s = ImageSyncStatus::default();
+        set_ready(&mut s, true, reasons::SYNCED, "ok", Some(1));
+        let first = s.conditions[0].last_transition_time.clone();
+        std::thread::sleep(Duration::from_millis(5));
+        set_ready(&mut s, true, reasons::SYNCED, "still ok", Some(2));
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions[0].last_transition_time, first);
+        assert_eq!(s.conditions[0].observed_generation, Some(2));
+        set_ready(&mut s, false, reasons::SOURCE_NOT_FOUND, "gone", Some(2));
+        assert_ne!(s.conditions[0].last_transition_time, first);
+        assert_eq!(s.conditions[0].reason, "SourceNotFound");
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}

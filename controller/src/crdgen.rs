@@ -1,0 +1,6 @@
+//! Prints the `ImageSync` CustomResourceDefinition as YAML (the source of `crds/`).
+
+fn main() -> anyhow::Result<()> {
+    print!("{}", imagesync_controller::crd_yaml()?);
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Prometheus metrics (served on `/metrics` in the OpenMetrics text format).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `synced`, `up_to_date`, `failed`, ...
+    pub result: String,
+}
+
+/// `error` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// [`crate::Error::metric_label`].
+    pub error: String,
+}
+
+/// `kind` label of drift.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// `source_changed`, `destination_missing`, `destination_overwritten`.
+    pub kind: String,
+}
+
+/// `ready` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    /// `true`, `false`, `unknown`.
+    pub ready: String,
+}
+
+/// Registry operations by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `head`, `sync`, `delete`.
+    pub operation: String,
+    /// HTTP status of the answer (`200`, `404`, `401`, ...) or `error` for transport errors.
+    pub status: String,
+}
+
+/// The controller's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles started (after the not-due gate).
+    pub reconciles: Counter,
+    /// Reconcile failures by error label.
+    pub failures: Family<ErrorLabels, Counter>,
+    /// Copies attempted, by result (`synced`, `failed`).
+    pub syncs: Family<ResultLabels, Counter>,
+    /// Re-checks, by result (`up_to_date`, `drift`, `failed`).
+    pub checks: Family<ResultLabels, Counter>,
+    /// Blob bytes uploaded to destinations.
+    pub bytes_copied: Counter,
+    /// Duration of copies.
+    pub sync_duration: Histogram,
+    /// Drift detected, by kind.
+    pub drift: Family<DriftLabels, Counter>,
+    /// Objects by `Ready` state.
+    pub objects: Family<ReadyLabels, Gauge>,
+    /// Registry operations by status.
+    pub registry_requests: Family<RequestLabels, Counter>,
+    /// 1 while this process holds the leader lease (or runs without leader election).
+    pub leader: Gauge,
+    ready_by_object: Mutex<HashMap<String, &'static str>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `imagesync` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("imagesync");
+        let m = Metrics {
+            reconciles: Counter::default(),
+            failures: Family::default(),
+            syncs: Family::default(),
+            checks: Family::default(),
+            bytes_copied: Counter::default(),
+            sync_duration: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            drift: Family::default(),
+            objects: Family::default(),
+            registry_requests: Family::default(),
+            leader: Gauge::default(),
+            ready_by_object: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register("reconciles", "Reconciles run", m.reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconcile failures by error",
+            m.failures.clone(),
+        );
+        registry.register("syncs", "Image copies by result", m.syncs.clone());
+        registry.register("checks", "HEAD-only re-checks by result", m.checks.clone());
+        registry.register(
+            "bytes_copied",
+            "Blob bytes uploaded to destinations",
+            m.bytes_copied.clone(),
+        );
+        registry.register(
+            "sync_duration_seconds",
+            "Duration of image copies",
+            m.sync_duration.clone(),
+        );
+        registry.register("drift_detected", "Drift detected, by kind", m.drift.clone());
+        registry.register(
+            "objects",
+            "ImageSync objects by Ready state",
+            m.objects.clone(),
+        );
+        registry.register(
+            "registry_requests",
+            "Registry operations by HTTP status",
+            m.registry_requests.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the leader",
+            m.leader.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Counts a copy and its size and duration.
+    pub fn sync_done(&self, result: &str, bytes: u64, elapsed: Duration) {
+        self.syncs
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.bytes_copied.inc_by(bytes);
+        self.sync_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one re-check.
+    pub fn check(&self, result: &str) {
+        self.checks
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts drift.
+    pub fn drift(&self, kind: &str) {
+        self.drift
+            .get_or_create(&DriftLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// Counts a failure.
+    pub fn failure(&self, label: &str) {
+        self.failures
+            .get_or_create(&ErrorLabels {
+                error: label.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a registry operation answered with `status`.
+    pub fn request(&self, operation: &str, status: &str) {
+        self.registry_requests
+            .get_or_create(&RequestLabels {
+                operation: operation.into(),
+                status: status.into(),
+            })
+            .inc();
+    }
+
+    /// Records the `Ready` state of an object (`None` removes it).
+    pub fn set_ready(&self, object: &str, ready: Option<&'static str>) {
+        let mut map = match self.ready_by_object.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let old = match ready {
+            Some(r) => map.insert(object.to_string(), r),
+            None => map.remove(object),
+        };
+        if old == ready {
+            return;
+        }
+        if let Some(o) = old {
+            self.objects
+                .get_or_create(&ReadyLabels { ready: o.into() })
+                .dec();
+        }
+        if let Some(r) = ready {
+            self.objects
+                .get_or_create(&ReadyLabels { ready: r.into() })
+                .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_gauge_follows_ready_changes() {
+        let m = Metrics::new();
+        m.set_ready("ns/a", Some("false"));
+        m.set_ready("ns/a", Some("true"));
+        m.set_ready("ns/b", Some("true"));
+        m.set_ready("ns/b", None);
+        let text = m.encode();
+        assert!(
+            text.contains("imagesync_objects{ready=\"true\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagesync_objects{ready=\"false\"} 0"),
+            "{text}"
+        );
+    }
+}
