@@ -178,6 +178,8 @@ struct AuthState {
     challenge: Option<Challenge>,
     /// Bearer tokens by scope set.
     tokens: HashMap<String, (Secret, Instant)>,
+    /// The credential from the provider, and when it was looked up.
+    credential: Option<(Option<Credential>, Instant)>,
 }
 
 /// An access scope for a token request.
@@ -251,6 +253,9 @@ pub enum Upload {
     Session,
 }
 
+/// How long a looked-up credential is reused.
+const CREDENTIAL_TTL: Duration = Duration::from_secs(300);
+
 /// Chunk size used when a registry refuses monolithic uploads (ECR needs >= 5 MiB).
 const CHUNK_SIZE: usize = 8 * 1024 * 1024;
 
@@ -300,29 +305,41 @@ impl Client {
         let challenge = self.inner.auth.lock().await.challenge.clone();
         match challenge {
             None => Ok(None),
-            Some(Challenge::Basic) => {
-                match self
-                    .inner
-                    .credentials
-                    .credential(&self.inner.registry)
-                    .await?
-                {
-                    Some(Credential::Basic { username, password }) => {
-                        let raw = format!("{username}:{}", password.expose());
-                        let v = format!(
-                            "Basic {}",
-                            base64::engine::general_purpose::STANDARD.encode(raw)
-                        );
-                        Ok(Some(sensitive(&v)?))
-                    }
-                    _ => Ok(None),
+            Some(Challenge::Basic) => match self.credential().await? {
+                Some(Credential::Basic { username, password }) => {
+                    let raw = format!("{username}:{}", password.expose());
+                    let v = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(raw)
+                    );
+                    Ok(Some(sensitive(&v)?))
                 }
-            }
+                _ => Ok(None),
+            },
             Some(Challenge::Bearer { realm, service }) => {
                 let token = self.token(&realm, service.as_deref(), scopes).await?;
                 Ok(Some(sensitive(&format!("Bearer {}", token.expose()))?))
             }
         }
+    }
+
+    /// The credential for this registry, looked up at most once per
+    /// [`CREDENTIAL_TTL`] (Docker config reads and credential helpers are not free;
+    /// Google access tokens expire, so the cache must not outlive them).
+    async fn credential(&self) -> Result<Option<Credential>> {
+        let mut state = self.inner.auth.lock().await;
+        if let Some((c, at)) = &state.credential {
+            if at.elapsed() < CREDENTIAL_TTL {
+                return Ok(c.clone());
+            }
+        }
+        let c = self
+            .inner
+            .credentials
+            .credential(&self.inner.registry)
+            .await?;
+        state.credential = Some((c.clone(), Instant::now()));
+        Ok(c)
     }
 
     async fn token(&self, realm: &str, service: Option<&str>, scopes: &[Scope]) -> Result<Secret> {
@@ -342,11 +359,7 @@ impl Client {
                 }
             }
         }
-        let credential = self
-            .inner
-            .credentials
-            .credential(&self.inner.registry)
-            .await?;
+        let credential = self.credential().await?;
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(s) = service {
             query.push(("service", s.to_string()));
