@@ -1,1 +1,438 @@
-//! End-to-end tests: terraform.
+//! End-to-end tests: the Terraform provider under the real Terraform CLI (1.11.4 through
+//! `dev_overrides`, 1.0.3 and 0.13.4 through a filesystem mirror; 0.13 speaks plugin
+//! protocol 5, the others 6) against real registries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use imagesync_e2e::fixtures::{self, FixtureSpec, Pushed, Target};
+use imagesync_e2e::registry::Registry;
+
+const PROVIDER: &str = "terraform-provider-imagesync";
+const PROVIDER_VERSION: &str = "0.1.0";
+
+static FETCH: Mutex<()> = Mutex::new(());
+
+/// The Terraform binary of `version` (fetched once into the e2e cache by the script).
+fn terraform_bin(version: &str) -> PathBuf {
+    let _serial = FETCH.lock().unwrap_or_else(|p| p.into_inner());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/terraform-fetch.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(version)
+        .output()
+        .expect("run terraform-fetch.sh");
+    assert!(
+        out.status.success(),
+        "terraform-fetch.sh {version} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    PathBuf::from(path)
+}
+
+/// How Terraform finds the locally built provider.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Install {
+    DevOverrides,
+    FilesystemMirror,
+}
+
+/// One Terraform working directory with its own CLI config.
+struct Tf {
+    version: &'static str,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    cli_config: PathBuf,
+    install: Install,
+}
+
+impl Tf {
+    fn new(version: &'static str) -> Tf {
+        let bin = terraform_bin(version);
+        let provider = imagesync_e2e::bin(PROVIDER);
+        let dir = tempfile::Builder::new().prefix("imagesync-tf-").tempdir().unwrap();
+        let cli_config = dir.path().join("terraformrc");
+        // 0.13 has no dev_overrides (0.14+); test both installation methods.
+        let install = if version == "1.11.4" { Install::DevOverrides } else { Install::FilesystemMirror };
+        let rc = match install {
+            Install::DevOverrides => format!(
+                "provider_installation {{\n  dev_overrides {{\n    \"imagesync/imagesync\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
+                provider.parent().unwrap().display()
+            ),
+            Install::FilesystemMirror => {
+                let mirror = dir.path().join("mirror");
+                let platform = mirror
+                    .join("registry.terraform.io/imagesync/imagesync")
+                    .join(PROVIDER_VERSION)
+                    .join("linux_amd64");
+                std::fs::create_dir_all(&platform).unwrap();
+                std::os::unix::fs::symlink(&provider, platform.join(format!("{PROVIDER}_v{PROVIDER_VERSION}"))).unwrap();
+                format!(
+                    "provider_installation {{\n  filesystem_mirror {{\n    path    = \"{}\"\n    include = [\"imagesync/imagesync\"]\n  }}\n}}\n",
+                    mirror.display()
+                )
+            }
+        };
+        std::fs::write(&cli_config, rc).unwrap();
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        Tf { version, bin, dir, cli_config, install }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// Writes `main.tf`: the provider block for `registries` plus `resources`.
+    fn config(&self, registries: &[&Registry], resources: &str) {
+        let insecure: Vec<String> = registries.iter().map(|r| format!("\"{}\"", r.addr())).collect();
+        let text = format!(
+            r#"terraform {{
+  required_providers {{
+    imagesync = {{ source = "imagesync/imagesync" }}
+  }}
+}}
+
+provider "imagesync" {{
+  insecure_registries = [{}]
+}}
+
+{resources}
+"#,
+            insecure.join(", ")
+        );
+        std::fs::write(self.work().join("main.tf"), text).unwrap();
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .current_dir(self.work())
+            .env("TF_CLI_CONFIG_FILE", &self.cli_config)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_IN_AUTOMATION", "1")
+            .env("DOCKER_CONFIG", "/nonexistent-imagesync-test")
+            .env("RUST_LOG", "info")
+            .env_remove("TF_LOG")
+            .env_remove("TF_PLUGIN_CACHE_DIR")
+            .env_remove("TF_REATTACH_PROVIDERS")
+            .env_remove("TF_DATA_DIR")
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(300), cmd.output()).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => panic!("terraform {args:?}: {e}"),
+            Err(_) => panic!("terraform {} {args:?} timed out", self.version),
+        }
+    }
+
+    /// Runs and asserts success.
+    async fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "terraform {} {args:?} failed:\n--- stdout\n{}\n--- stderr\n{}",
+            self.version,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    async fn init(&self) {
+        if self.install == Install::FilesystemMirror {
+            self.ok(&["init", "-input=false", "-no-color"]).await;
+        }
+    }
+
+    async fn apply(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", "-auto-approve", "-input=false", "-no-color"];
+        args.extend_from_slice(extra);
+        self.ok(&args).await
+    }
+
+    /// Plans into a file and returns each resource's actions (`terraform show -json`).
+    async fn plan_actions(&self) -> BTreeMap<String, Vec<String>> {
+        self.ok(&["plan", "-input=false", "-no-color", "-out=tfplan"]).await;
+        let shown = self.ok(&["show", "-json", "tfplan"]).await;
+        let json = json_in(&shown.stdout);
+        let mut out = BTreeMap::new();
+        for rc in json["resource_changes"].as_array().cloned().unwrap_or_default() {
+            let actions = rc["change"]["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            out.insert(rc["address"].as_str().unwrap().to_string(), actions);
+        }
+        out
+    }
+
+    async fn output(&self, name: &str) -> String {
+        let out = self.ok(&["output", "-json"]).await;
+        json_in(&out.stdout)[name]["value"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Attribute values of `address` in the state.
+    async fn state_values(&self, address: &str) -> serde_json::Value {
+        let out = self.ok(&["show", "-json"]).await;
+        let json = json_in(&out.stdout);
+        json["values"]["root_module"]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == address)
+            .unwrap_or_else(|| panic!("{address} not in state: {json}"))["values"]
+            .clone()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The JSON document in Terraform's stdout (the 0.13 vendor build prefixes stdout).
+fn json_in(stdout: &[u8]) -> serde_json::Value {
+    let s = text(stdout);
+    let start = s.find('{').unwrap_or_else(|| panic!("no JSON in: {s}"));
+    serde_json::from_str(s[start..].trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+fn actions(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The digest the tag `repo:tag` on `reg` points at (None when absent).
+async fn tag_digest(reg: &Registry, repo: &str, tag: &str) -> Option<String> {
+    fixtures::get_manifest(reg.addr(), repo, tag).await.map(|(_, bytes)| fixtures::sha256(&bytes))
+}
+
+fn spec(seed: u64) -> FixtureSpec {
+    // One layer shared by every image of this test (for the shared-layer check).
+    FixtureSpec { seed, layers: 2, layer_size: 16 * 1024, shared_layers: 1, ..FixtureSpec::default() }
+}
+
+fn resource(name: &str, source: &str, destination: &str) -> String {
+    format!("resource \"imagesync\" \"{name}\" {{\n  source      = \"{source}\"\n  destination = \"{destination}\"\n}}\n")
+}
+
+async fn writes(reg: &Registry) -> Vec<String> {
+    reg.access_log_settled()
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.method.as_str(), "PUT" | "POST" | "PATCH" | "DELETE"))
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect()
+}
+
+/// The scenario from the issue, on one Terraform version.
+async fn scenario(version: &'static str) {
+    let a = Registry::start().await;
+    let b = Registry::start().await;
+    let tf = Tf::new(version);
+    let src1 = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(11)).await;
+    let output = "output \"id\" {\n  value = imagesync.app.id\n}\n";
+    let app = |source: &str| {
+        format!("{}{output}", resource("app", &a.reference(source), &b.reference("dst/app:v1")))
+    };
+    tf.config(&[&a, &b], &app("src/app:v1"));
+    tf.init().await;
+
+    // Create: id is the destination repository at the multi-arch index digest.
+    tf.apply(&[]).await;
+    let id = tf.output("id").await;
+    assert_eq!(id, format!("{}/dst/app@{}", b.addr(), src1.digest));
+    assert_eq!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src1.digest.as_str()));
+    for child in &src1.children {
+        assert_eq!(fixtures::manifest_status(b.addr(), "dst/app", child).await, 200);
+    }
+    let values = tf.state_values("imagesync.app").await;
+    assert_eq!(values["source_digest"], src1.digest.as_str());
+    assert_eq!(values["delete_layers"], true);
+
+    // Plan right after: no changes, and only HEAD requests for manifests.
+    a.clear_access_log();
+    b.clear_access_log();
+    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["no-op"]));
+    for reg in [&a, &b] {
+        let log = reg.access_log_settled().await;
+        assert!(log.iter().any(|e| e.is_manifest()), "no manifest request seen: {log:?}");
+        assert!(
+            log.iter().filter(|e| e.is_manifest()).all(|e| e.method == "HEAD"),
+            "plan made non-HEAD manifest requests: {log:?}"
+        );
+    }
+
+    // Destination deleted out of band: the plan shows a create; apply heals.
+    let del = reqwest::Client::new()
+        .delete(format!("http://{}/v2/dst/app/manifests/{}", b.addr(), src1.digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status().as_u16(), 202);
+    assert_eq!(tag_digest(&b, "dst/app", "v1").await, None);
+    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["create"]));
+    tf.apply(&[]).await;
+    assert_eq!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src1.digest.as_str()));
+
+    // Destination tag now points elsewhere: drift, re-synced in place.
+    fixtures::push_index_with(b.addr(), "dst/app", "v1", spec(99)).await;
+    assert_ne!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src1.digest.as_str()));
+    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["update"]));
+    tf.apply(&[]).await;
+    assert_eq!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src1.digest.as_str()));
+    assert_eq!(tf.output("id").await, id);
+
+    // A new image pushed to the source tag: the plan shows the re-sync (replacement).
+    let src2 = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(12)).await;
+    assert_ne!(src2.digest, src1.digest);
+    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["delete", "create"]));
+    tf.apply(&[]).await;
+    assert_eq!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src2.digest.as_str()));
+    let id2 = tf.output("id").await;
+    assert_eq!(id2, format!("{}/dst/app@{}", b.addr(), src2.digest));
+    assert_eq!(tf.state_values("imagesync.app").await["source_digest"], src2.digest.as_str());
+
+    // The source retagged to the same digest: in-place update, nothing copied.
+    Target::plain(a.addr())
+        .put_manifest("src/app", "v2", &src2.media_type, &src2.manifest)
+        .await
+        .unwrap();
+    tf.config(&[&a, &b], &app("src/app:v2"));
+    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["update"]));
+    b.clear_access_log();
+    tf.apply(&[]).await;
+    assert_eq!(writes(&b).await, Vec::<String>::new(), "the in-place update wrote to the destination");
+    assert_eq!(tf.output("id").await, id2);
+    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["no-op"]));
+
+    // Destroy: our tag goes; another tag on the same digest and shared layers stay.
+    Target::plain(b.addr())
+        .put_manifest("dst/app", "keep", &src2.media_type, &src2.manifest)
+        .await
+        .unwrap();
+    let other = fixtures::push_index_with(b.addr(), "dst/app", "other", spec(13)).await;
+    let shared: Vec<&String> = src2.layers.iter().filter(|l| other.layers.contains(l)).collect();
+    assert!(!shared.is_empty(), "fixtures should share a layer");
+    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]).await;
+    assert_eq!(fixtures::manifest_status(b.addr(), "dst/app", "v1").await, 404);
+    assert_eq!(tag_digest(&b, "dst/app", "keep").await.as_deref(), Some(src2.digest.as_str()));
+    assert_eq!(tag_digest(&b, "dst/app", "other").await.as_deref(), Some(other.digest.as_str()));
+    for layer in shared {
+        assert_eq!(fixtures::blob_status(b.addr(), "dst/app", layer).await, 200);
+    }
+
+    // Import SOURCE,DESTINATION, then a plan with no changes.
+    Target::plain(b.addr())
+        .put_manifest("dst/app", "imported", &src2.media_type, &src2.manifest)
+        .await
+        .unwrap();
+    let imported = format!(
+        "{}output \"id\" {{\n  value = imagesync.app.id\n}}\n",
+        resource("app", &a.reference("src/app:v2"), &b.reference("dst/app:imported"))
+    );
+    tf.config(&[&a, &b], &imported);
+    let bad = tf.run(&["import", "-input=false", "-no-color", "imagesync.app", "no-comma-here"]).await;
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("Invalid import ID"), "{}", text(&bad.stderr));
+    let import_id = format!("{},{}", a.reference("src/app:v2"), b.reference("dst/app:imported"));
+    tf.ok(&["import", "-input=false", "-no-color", "imagesync.app", &import_id]).await;
+    let values = tf.state_values("imagesync.app").await;
+    assert_eq!(values["id"], format!("{}/dst/app@{}", b.addr(), src2.digest).as_str());
+    assert_eq!(values["source_digest"], src2.digest.as_str());
+    assert_eq!(values["destination"], b.reference("dst/app:imported").as_str());
+    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["no-op"]));
+
+    // An invalid reference: an error diagnostic that names the attribute.
+    let invalid = format!(
+        "{imported}{}",
+        resource("bad", &format!("{}/src/App:v1", a.addr()), &b.reference("dst/bad:v1"))
+    );
+    tf.config(&[&a, &b], &invalid);
+    let out = tf.run(&["plan", "-input=false", "-no-color"]).await;
+    assert!(!out.status.success(), "plan with an invalid reference succeeded");
+    let err = text(&out.stderr);
+    assert!(err.contains("Invalid image reference in \"source\""), "{err}");
+    assert!(err.contains("in resource \"imagesync\" \"bad\""), "{err}");
+    assert!(err.contains("src/App:v1"), "{err}");
+}
+
+/// 30 resources with -parallelism=10, plus one whose source is unknown at plan time.
+async fn parallel(version: &'static str) {
+    let a = Registry::start().await;
+    let b = Registry::start().await;
+    let tf = Tf::new(version);
+    let src: Pushed = fixtures::push_index_with(a.addr(), "src/many", "v1", spec(21)).await;
+    let resources = format!(
+        r#"resource "imagesync" "many" {{
+  count       = 30
+  source      = "{}"
+  destination = "{}/dst/many${{count.index}}:v1"
+}}
+
+# Its source is the id of another resource: unknown when planning the first apply.
+resource "imagesync" "chained" {{
+  source      = imagesync.many[0].id
+  destination = "{}"
+}}
+"#,
+        a.reference("src/many:v1"),
+        b.addr(),
+        b.reference("dst/chained:v1")
+    );
+    tf.config(&[&a, &b], &resources);
+    tf.init().await;
+    let planned = tf.plan_actions().await;
+    assert_eq!(planned.len(), 31);
+    assert!(planned.values().all(|a| *a == actions(&["create"])), "{planned:?}");
+    tf.apply(&["-parallelism=10"]).await;
+    for i in 0..30 {
+        assert_eq!(
+            tag_digest(&b, &format!("dst/many{i}"), "v1").await.as_deref(),
+            Some(src.digest.as_str()),
+            "dst/many{i}"
+        );
+    }
+    assert_eq!(tag_digest(&b, "dst/chained", "v1").await.as_deref(), Some(src.digest.as_str()));
+    let planned = tf.plan_actions().await;
+    assert!(planned.values().all(|a| *a == actions(&["no-op"])), "{planned:?}");
+    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color", "-parallelism=10"]).await;
+    for i in 0..30 {
+        assert_eq!(fixtures::manifest_status(b.addr(), &format!("dst/many{i}"), "v1").await, 404);
+    }
+    // The source is never touched.
+    assert_eq!(tag_digest(&a, "src/many", "v1").await.as_deref(), Some(src.digest.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_11_4_scenario() {
+    scenario("1.11.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_0_3_scenario() {
+    scenario("1.0.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_0_13_4_scenario_protocol_5() {
+    scenario("0.13.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_11_4_parallel_30() {
+    parallel("1.11.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_0_3_parallel_30() {
+    parallel("1.0.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_0_13_4_parallel_30() {
+    parallel("0.13.4").await;
+}
