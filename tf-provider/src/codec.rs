@@ -282,7 +282,9 @@ mod tests {
 
     #[test]
     fn malformed_input_is_an_error() {
-        assert!(Value::from_msgpack(&[0xc1]).is_err());
+        // A 2-element array with one element, and a string cut short.
+        assert!(Value::from_msgpack(&[0x92, 0x01]).is_err());
+        assert!(Value::from_msgpack(&[0xa3, b"a"[0]]).is_err());
         assert!(Value::from_json(b"{").is_err());
     }
 }
