@@ -340,6 +340,7 @@ fn verified_stream(
         mismatch: Arc<AtomicBool>,
         progress: Option<Arc<dyn Progress>>,
         done: bool,
+        verified: bool,
     }
     let state = State {
         inner: resp.bytes_stream().boxed(),
@@ -349,6 +350,7 @@ fn verified_stream(
         mismatch,
         progress,
         done: false,
+        verified: false,
     };
     futures::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -366,6 +368,18 @@ fn verified_stream(
                         st,
                     ));
                 }
+                if st.seen == st.desc.size {
+                    // Verify before the last byte goes out: with a Content-Length upload the
+                    // registry commits (or rejects) as soon as it has every byte, so a
+                    // check at end-of-stream would come too late to flag the mismatch.
+                    let hasher = std::mem::replace(&mut st.hasher, sha2::Sha256::new());
+                    if Digest::from_hasher(hasher) != st.desc.digest {
+                        st.mismatch.store(true, Ordering::Relaxed);
+                        st.done = true;
+                        return Some((Err(std::io::Error::other("blob digest mismatch")), st));
+                    }
+                    st.verified = true;
+                }
                 if let Some(p) = &st.progress {
                     p.event(ProgressEvent::Bytes(chunk.len() as u64));
                 }
@@ -377,6 +391,9 @@ fn verified_stream(
             }
             None => {
                 st.done = true;
+                if st.verified {
+                    return None;
+                }
                 let hasher = std::mem::replace(&mut st.hasher, sha2::Sha256::new());
                 let got = Digest::from_hasher(hasher);
                 if st.seen < st.desc.size {

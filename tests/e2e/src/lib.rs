@@ -6,6 +6,7 @@
 //! Helpers panic with context when the environment is broken: they are for tests.
 
 pub mod fixtures;
+pub mod kube;
 pub mod proxy;
 pub mod registry;
 pub mod tls;

@@ -28,6 +28,9 @@ pub enum Fault {
     /// Forward, then close the connection after half of the response body (blob GETs;
     /// other requests are forwarded untouched).
     ResetMidBody,
+    /// Forward, flipping one byte in the middle of the response body (blob GETs: the
+    /// content no longer matches its digest).
+    Corrupt,
 }
 
 /// Which requests count as candidates for a fault.
@@ -255,6 +258,7 @@ async fn handle(s: &Shared, req: Request<hyper::body::Incoming>) -> Response<Bod
     let fault = matches(plan.target, req.method(), &path)
         && should_fault(s, &plan, req.method(), req.uri());
     let mut cut = false;
+    let mut corrupt = false;
     if fault {
         match plan.fault {
             Fault::Status(code) => {
@@ -265,6 +269,12 @@ async fn handle(s: &Shared, req: Request<hyper::body::Incoming>) -> Response<Bod
                 s.injected.fetch_add(1, Ordering::SeqCst);
                 return status(429, Some(retry_after_secs));
             }
+            Fault::Corrupt => {
+                corrupt = req.method() == hyper::Method::GET;
+                if corrupt {
+                    s.injected.fetch_add(1, Ordering::SeqCst);
+                }
+            }
             Fault::ResetMidBody => {
                 cut = req.method() == hyper::Method::GET;
                 if cut {
@@ -273,7 +283,7 @@ async fn handle(s: &Shared, req: Request<hyper::body::Incoming>) -> Response<Bod
             }
         }
     }
-    match forward(s, req, cut).await {
+    match forward(s, req, cut, corrupt).await {
         Ok(r) => r,
         Err(e) => {
             let mut r = Response::new(full(format!("proxy: {e:#}")));
@@ -324,6 +334,7 @@ async fn forward(
     s: &Shared,
     req: Request<hyper::body::Incoming>,
     cut: bool,
+    corrupt: bool,
 ) -> Result<Response<Body>> {
     let (parts, body) = req.into_parts();
     let pq = parts
@@ -370,6 +381,11 @@ async fn forward(
         } else {
             u64::MAX
         };
+        let flip_at = if corrupt {
+            resp.content_length().map(|n| n / 2)
+        } else {
+            None
+        };
         let mut sent: u64 = 0;
         let stream = resp
             .bytes_stream()
@@ -384,6 +400,14 @@ async fn forward(
                     chunk.slice(..room as usize)
                 } else {
                     chunk
+                };
+                let chunk = match flip_at {
+                    Some(at) if at >= sent && at < sent + chunk.len() as u64 => {
+                        let mut bytes = chunk.to_vec();
+                        bytes[(at - sent) as usize] ^= 0xFF;
+                        Bytes::from(bytes)
+                    }
+                    _ => chunk,
                 };
                 sent += chunk.len() as u64;
                 Ok(Frame::data(chunk))

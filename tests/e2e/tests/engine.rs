@@ -419,6 +419,81 @@ async fn permanent_faults_fail_the_copy_and_leave_no_tag() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_blob_fails_with_integrity_and_leaves_no_tag() {
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    fixtures::push_image(src.addr(), "app", "1", FixtureSpec::seeded(75)).await;
+    let proxy = FaultProxy::start(
+        src.addr(),
+        FaultPlan {
+            fault: Fault::Corrupt,
+            target: FaultTarget::BlobGets,
+            mode: Mode::Always,
+        },
+    )
+    .await;
+    let e = engine(&[&proxy.addr(), dst.addr()]);
+    let err = e
+        .sync(
+            &r(&format!("{}/app:1", proxy.addr())),
+            &r(&dst.reference("app:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+    assert!(proxy.faults_injected() > 0);
+    assert_eq!(fixtures::manifest_status(dst.addr(), "app", "1").await, 404);
+    // No corrupted blob was committed at the destination.
+    let log = dst.access_log_settled().await;
+    assert!(
+        !log.iter().any(|e| e.method == "PUT" && e.status == 201),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_tag_pointing_elsewhere_is_overwritten() {
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let want = fixtures::push_index(src.addr(), "app", "1", 77).await;
+    let stale = fixtures::push_image(dst.addr(), "app", "1", FixtureSpec::seeded(78)).await;
+    let e = engine(&[src.addr(), dst.addr()]);
+    assert_eq!(
+        e.digest(&r(&dst.reference("app:1")))
+            .await
+            .unwrap()
+            .unwrap()
+            .as_str(),
+        stale.digest
+    );
+    let out = e
+        .sync(
+            &r(&src.reference("app:1")),
+            &r(&dst.reference("app:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!out.up_to_date);
+    assert_identical(dst.addr(), "app", "1", &want).await;
+    // A pinned source digest that no longer matches the tag refuses to copy.
+    let err = e
+        .sync(
+            &r(&src.reference("app:1")),
+            &r(&dst.reference("app:2")),
+            &SyncOptions {
+                expect_source_digest: Some(stale.digest.parse().unwrap()),
+                ..SyncOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(fixtures::manifest_status(dst.addr(), "app", "2").await, 404);
+}
+
 // === references and errors ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
