@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): imagesync-controller in steady state with N ImageSync objects
+# (default 1000) on a real kube-apiserver v1.20.2 + etcd, against one local
+# docker-registry. Prints a table:
+#
+#   converge N        time until all N objects are Ready=True (initial copy, mostly skips)
+#   requests/cycle    registry requests during one resync interval once steady:
+#                     manifest HEAD (expect 2 per object), manifest GET (expect 0), other
+#   CPU/cycle         controller CPU seconds (user+sys) during that interval
+#   peak RSS          controller VmHWM (target under 100 MB)
+#   converge 100 new  time until 100 objects created afterwards are Ready=True
+#
+# Environment: OBJECTS (default 1000), INTERVAL (resyncInterval, default 60s),
+# CONCURRENCY (default 16), PROFILE (release|debug, default release; SKIP_BUILD=1 to use
+# an existing binary).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../../.." && pwd)"
+OBJECTS="${OBJECTS:-1000}"
+INTERVAL="${INTERVAL:-60}"
+CONCURRENCY="${CONCURRENCY:-16}"
+PROFILE="${PROFILE:-release}"
+
+bash "$ROOT/tests/e2e/scripts/install-deps.sh" >&2
+APISERVER="$(bash "$ROOT/tests/e2e/scripts/build-kube-apiserver.sh")"
+if [ -z "${SKIP_BUILD:-}" ]; then
+  if [ "$PROFILE" = release ]; then
+    (cd "$ROOT" && cargo build --release -p imagesync-controller >&2)
+  else
+    (cd "$ROOT" && cargo build -p imagesync-controller >&2)
+  fi
+fi
+CONTROLLER="$ROOT/target/$PROFILE/imagesync-controller"
+[ -x "$CONTROLLER" ] || { echo "missing $CONTROLLER" >&2; exit 1; }
+
+W="$(mktemp -d /tmp/imagesync-controller-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.1f} s')" "$1" "$(now)"; }
+
+# --- etcd + kube-apiserver ---------------------------------------------------------------
+EP=$(port); PP=$(port); KP=$(port); RP=$(port); MP=$(port)
+etcd --data-dir "$W/etcd" --listen-client-urls "http://127.0.0.1:$EP" \
+  --advertise-client-urls "http://127.0.0.1:$EP" --listen-peer-urls "http://127.0.0.1:$PP" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$PP" --initial-cluster "default=http://127.0.0.1:$PP" \
+  --log-level warn --unsafe-no-fsync 2>"$W/etcd.log" &
+PIDS+=($!)
+openssl genrsa -out "$W/sa.key" 2048 2>/dev/null
+openssl rsa -in "$W/sa.key" -pubout -out "$W/sa.pub" 2>/dev/null
+TOKEN="$(openssl rand -hex 16)"
+echo "$TOKEN,admin,admin,\"system:masters\"" >"$W/tokens.csv"
+"$APISERVER" --etcd-servers "http://127.0.0.1:$EP" --secure-port "$KP" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --cert-dir "$W/certs" \
+  --token-auth-file "$W/tokens.csv" --authorization-mode RBAC \
+  --service-account-key-file "$W/sa.pub" --service-account-signing-key-file "$W/sa.key" \
+  --service-account-issuer https://kubernetes.default.svc \
+  --service-cluster-ip-range 10.0.0.0/24 --disable-admission-plugins ServiceAccount \
+  --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
+  2>"$W/apiserver.log" &
+PIDS+=($!)
+cat >"$W/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: b, cluster: {server: "https://127.0.0.1:$KP", insecure-skip-tls-verify: true}}]
+users: [{name: admin, user: {token: "$TOKEN"}}]
+contexts: [{name: b, context: {cluster: b, user: admin, namespace: default}}]
+current-context: b
+EOF
+export KUBECONFIG="$W/kubeconfig"
+for _ in $(seq 1 240); do
+  kubectl get --raw /readyz >/dev/null 2>&1 && break
+  sleep 0.5
+done
+kubectl get --raw /readyz >/dev/null
+until kubectl get namespace default >/dev/null 2>&1; do sleep 0.3; done
+kubectl apply -f "$ROOT/crds/imagesyncs.imagesync.dev.yaml" >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/imagesyncs.imagesync.dev >/dev/null
+
+# --- registry with an access log ----------------------------------------------------------
+cat >"$W/registry.yml" <<EOF
+version: 0.1
+storage: {filesystem: {rootdirectory: $W/registry}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$RP}
+log: {level: error, accesslog: {disabled: false}}
+EOF
+docker-registry serve "$W/registry.yml" >"$W/access.log" 2>"$W/registry.err" &
+PIDS+=($!)
+until curl -fs "http://127.0.0.1:$RP/v2/" >/dev/null; do sleep 0.2; done
+python3 "$ROOT/tests/e2e/scripts/oci-layout.py" "$W/layout" 1 7 >/dev/null
+skopeo copy -q --all --dest-tls-verify=false "oci:$W/layout:1" "docker://127.0.0.1:$RP/src/app:1"
+REG="127.0.0.1:$RP"
+
+objects() { # FIRST LAST
+  for i in $(seq "$1" "$2"); do
+    cat <<EOF
+---
+apiVersion: imagesync.dev/v1alpha1
+kind: ImageSync
+metadata: {name: b$i, namespace: default}
+spec: {source: "$REG/src/app:1", destination: "$REG/mirror/b$i:1", resyncInterval: "${INTERVAL}s"}
+EOF
+  done
+}
+ready_count() {
+  kubectl get isync -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true
+}
+wait_ready() { # N
+  while [ "$(ready_count)" -lt "$1" ]; do sleep 1; done
+}
+
+echo "creating $OBJECTS ImageSync objects..." >&2
+objects 1 "$OBJECTS" >"$W/objects.yaml"
+kubectl apply -f "$W/objects.yaml" >/dev/null
+
+"$CONTROLLER" --metrics-addr "127.0.0.1:$MP" --insecure-registry "$REG" \
+  --concurrency "$CONCURRENCY" --default-resync-interval "${INTERVAL}s" 2>"$W/controller.log" &
+CPID=$!
+PIDS+=($CPID)
+T0=$(now)
+wait_ready "$OBJECTS"
+CONVERGE_ALL="$(since "$T0")"
+
+cpu() { awk '{print $14+$15}' "/proc/$CPID/stat"; }
+TICKS=$(getconf CLK_TCK)
+# Steady state: skip one interval (initial checks spread over it), then measure one.
+sleep "$INTERVAL"
+L0=$(wc -l <"$W/access.log"); C0=$(cpu)
+sleep "$INTERVAL"
+L1=$(wc -l <"$W/access.log"); C1=$(cpu)
+WINDOW="$(sed -n "$((L0 + 1)),${L1}p" "$W/access.log")"
+HEADS=$(grep -c '"HEAD /v2/[^ ]*/manifests/' <<<"$WINDOW" || true)
+GETS=$(grep -c '"GET /v2/[^ ]*/manifests/' <<<"$WINDOW" || true)
+OTHER=$(grep '"[A-Z]* /v2/' <<<"$WINDOW" | grep -vc '/manifests/' || true)
+CPU_CYCLE=$(python3 -c "print(f'{($C1-$C0)/$TICKS:.2f} s')")
+
+T1=$(now)
+objects "$((OBJECTS + 1))" "$((OBJECTS + 100))" | kubectl apply -f - >/dev/null
+wait_ready "$((OBJECTS + 100))"
+CONVERGE_NEW="$(since "$T1")"
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$CPID/status")
+
+printf '\n%-34s %s\n' "metric" "value"
+printf '%-34s %s\n' "----------------------------------" "--------------------"
+printf '%-34s %s\n' "objects" "$OBJECTS (resyncInterval ${INTERVAL}s, concurrency $CONCURRENCY, $PROFILE)"
+printf '%-34s %s\n' "converge $OBJECTS (initial)" "$CONVERGE_ALL"
+printf '%-34s %s\n' "manifest HEAD per cycle" "$HEADS (expect $((2 * OBJECTS)))"
+printf '%-34s %s\n' "manifest GET per cycle" "$GETS (expect 0)"
+printf '%-34s %s\n' "other registry requests per cycle" "$OTHER"
+printf '%-34s %s\n' "controller CPU per cycle" "$CPU_CYCLE"
+printf '%-34s %s\n' "controller peak RSS" "$((RSS_KB / 1024)) MB (target < 100 MB)"
+printf '%-34s %s\n' "converge 100 new objects" "$CONVERGE_NEW"
