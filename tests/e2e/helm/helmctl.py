@@ -96,15 +96,22 @@ def cmd_install(args: argparse.Namespace) -> Any:
         )
     return {
         "objects": _manifest_objects(release.get("manifest", "")),
-        "notes": release.get("info", {}).get("notes", ""),
+        "notes": release.get("notes", ""),
         "release": {k: v for k, v in release.items() if k not in ("manifest", "chart")},
     }
 
 
 def cmd_upgrade(args: argparse.Namespace) -> Any:
     with _config(args) as cfg, helm.Chart.load(args.chart) as chart:
+        # The values given replace the release's values (Helm would reuse the old ones when
+        # none are given).
         release = cfg.upgrade(
-            chart, args.name, _values(args), namespace=args.namespace, timeout=args.timeout
+            chart,
+            args.name,
+            _values(args),
+            namespace=args.namespace,
+            timeout=args.timeout,
+            reset_values=True,
         )
     return {
         "objects": _manifest_objects(release.get("manifest", "")),

@@ -1,9 +1,14 @@
 //! End-to-end tests: the Helm chart in `charts/imagesync`, driven by the real Helm library
 //! (PyPI `helm-python-sdk`, Helm v4's Go SDK) through `tests/e2e/helm/helmctl.py`.
 
+// Test helpers outside #[test] functions panic with context by design (clippy's
+// allow-*-in-tests only covers the test functions themselves).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imagesync_e2e::kube::ApiServer;
 use serde_json::{json, Value};
 
 const RELEASE: &str = "isync";
@@ -522,8 +527,7 @@ fn invalid_values_are_rejected_with_a_message_naming_the_key() {
         "--values-json",
         r#"{"caBundle": {"configMapName": "a", "secretName": "b"}}"#,
     ])
-    .err()
-    .expect("two CA sources must be rejected");
+    .expect_err("two CA sources must be rejected");
     assert!(
         failure
             .stderr
@@ -597,4 +601,705 @@ fn chart_crds_are_byte_identical_to_the_generated_crds() {
             "charts/imagesync/crds/{name} differs from crds/{name}: copy crds/ into the chart"
         );
     }
+}
+
+// === against the real kube-apiserver v1.20.2 ===
+
+/// The test API server (the shared harness), with raw JSON requests as admin or as a
+/// ServiceAccount.
+struct Kube {
+    server: ApiServer,
+    admin: kube::Client,
+}
+
+/// A raw request; `(status, body)` with status 200 for any success.
+async fn raw(
+    client: &kube::Client,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(bytes)
+        .expect("request");
+    match client.request_text(req).await {
+        Ok(text) => (200, serde_json::from_str(&text).unwrap_or(Value::Null)),
+        Err(kube::Error::Api(status)) => (
+            status.code,
+            json!({"message": status.message, "reason": status.reason}),
+        ),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+impl Kube {
+    async fn start() -> Kube {
+        let server = ApiServer::start().await;
+        let admin = server.client().await;
+        Kube { server, admin }
+    }
+
+    fn kubeconfig_arg(&self) -> String {
+        self.server.kubeconfig().display().to_string()
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        raw(&self.admin, http::Method::GET, path, None).await
+    }
+
+    async fn create(&self, path: &str, body: Value) -> Value {
+        let (status, out) = raw(&self.admin, http::Method::POST, path, Some(&body)).await;
+        assert_eq!(status, 200, "POST {path}: {out}");
+        out
+    }
+
+    async fn create_namespace(&self, name: &str) {
+        self.server.create_namespace(name).await;
+    }
+}
+
+/// Whether `client` may do `verb` on `resource` (`res` or `res/sub`) in `namespace`
+/// (SelfSubjectAccessReview, answered by the server's RBAC authorizer).
+async fn can_i(
+    client: &kube::Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+) -> bool {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource,
+                                        "subresource": subresource, "namespace": namespace}}});
+    let (status, out) = raw(
+        client,
+        http::Method::POST,
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        Some(&review),
+    )
+    .await;
+    assert_eq!(status, 200, "SelfSubjectAccessReview: {out}");
+    out["status"]["allowed"] == true
+}
+
+/// The REST path of a rendered object.
+fn object_path(obj: &Value) -> String {
+    let api_version = obj["apiVersion"].as_str().expect("apiVersion");
+    let name = obj["metadata"]["name"].as_str().expect("name");
+    let plural = match obj["kind"].as_str().expect("kind") {
+        "Deployment" => "deployments",
+        "Service" => "services",
+        "ServiceAccount" => "serviceaccounts",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
+        "ClusterRole" => "clusterroles",
+        "ClusterRoleBinding" => "clusterrolebindings",
+        "ServiceMonitor" => "servicemonitors",
+        "CustomResourceDefinition" => "customresourcedefinitions",
+        other => panic!("object_path: unexpected kind {other}"),
+    };
+    let prefix = if api_version == "v1" {
+        "/api/v1".to_owned()
+    } else {
+        format!("/apis/{api_version}")
+    };
+    match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{prefix}/namespaces/{ns}/{plural}/{name}"),
+        None => format!("{prefix}/{plural}/{name}"),
+    }
+}
+
+/// `want` is contained in `have` (objects: every key of `want`, recursively; arrays: same
+/// length, element-wise). Returns the first difference.
+fn contained(want: &Value, have: &Value, at: &str) -> Result<(), String> {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => {
+            for (k, v) in w {
+                let child = h
+                    .get(k)
+                    .ok_or_else(|| format!("{at}.{k} dropped by the server"))?;
+                contained(v, child, &format!("{at}.{k}"))?;
+            }
+            Ok(())
+        }
+        (Value::Array(w), Value::Array(h)) if w.len() == h.len() => w
+            .iter()
+            .zip(h)
+            .enumerate()
+            .try_for_each(|(i, (w, h))| contained(w, h, &format!("{at}[{i}]"))),
+        _ if want == have => Ok(()),
+        _ => Err(format!("{at}: rendered {want}, server has {have}")),
+    }
+}
+
+/// Every object of the release exists on the server with every rendered field intact (a
+/// 1.20 server silently drops fields it does not know).
+async fn assert_release_stored(kube: &Kube, objects: &[Value]) {
+    assert!(!objects.is_empty(), "release has no objects");
+    for obj in objects {
+        let path = object_path(obj);
+        let (status, stored) = kube.get(&path).await;
+        assert_eq!(status, 200, "{path} not on the server: {stored}");
+        let mut want = obj.clone();
+        if let Some(m) = want.as_object_mut() {
+            m.remove("__template");
+        }
+        if let Err(diff) = contained(&want, &stored, &path) {
+            panic!("server changed the object: {diff}");
+        }
+    }
+}
+
+async fn assert_release_gone(kube: &Kube, objects: &[Value]) {
+    for obj in objects {
+        let path = object_path(obj);
+        let (status, _) = kube.get(&path).await;
+        assert_eq!(status, 404, "{path} survived helm uninstall");
+    }
+}
+
+fn helm_install(
+    kube: &Kube,
+    release: &str,
+    namespace: &str,
+    values: &Value,
+) -> Result<Value, HelmFailure> {
+    helmctl(&[
+        "install",
+        &chart_arg(),
+        "--kubeconfig",
+        &kube.kubeconfig_arg(),
+        "--name",
+        release,
+        "--namespace",
+        namespace,
+        "--values-json",
+        &values.to_string(),
+    ])
+}
+
+fn helm_upgrade(kube: &Kube, release: &str, namespace: &str, values: &Value) -> Value {
+    helmctl(&[
+        "upgrade",
+        &chart_arg(),
+        "--kubeconfig",
+        &kube.kubeconfig_arg(),
+        "--name",
+        release,
+        "--namespace",
+        namespace,
+        "--values-json",
+        &values.to_string(),
+    ])
+    .unwrap_or_else(|f| panic!("helm upgrade {release} {values}: {f:?}"))
+}
+
+fn helm_uninstall(kube: &Kube, release: &str, namespace: &str) {
+    helmctl(&[
+        "uninstall",
+        "--kubeconfig",
+        &kube.kubeconfig_arg(),
+        "--name",
+        release,
+        "--namespace",
+        namespace,
+    ])
+    .unwrap_or_else(|f| panic!("helm uninstall {release}: {f:?}"));
+}
+
+fn objects(out: &Value) -> Vec<Value> {
+    out["objects"].as_array().cloned().unwrap_or_default()
+}
+
+/// Names of Helm's release records (Secrets `sh.helm.release.v1.<release>.v<N>`).
+async fn release_records(kube: &Kube, namespace: &str) -> Vec<String> {
+    let (status, list) = kube
+        .get(&format!(
+            "/api/v1/namespaces/{namespace}/secrets?labelSelector=owner%3Dhelm"
+        ))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A minimal stand-in for the Prometheus Operator's ServiceMonitor CRD (kind and group
+/// only, any fields accepted): enough to show the chart's ServiceMonitor is accepted where
+/// the CRD exists.
+fn service_monitor_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                 "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor", "listKind": "ServiceMonitorList"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chart_installs_upgrades_and_uninstalls_on_kube_apiserver_1_20() {
+    let kube = Kube::start().await;
+    let ns = "imagesync-system";
+    let crd_path =
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/imagesyncs.imagesync.dev";
+    assert_eq!(
+        kube.get(crd_path).await.0,
+        404,
+        "fresh server has no ImageSync CRD"
+    );
+
+    // 1. Default values: every object accepted as rendered, CRD installed from crds/.
+    let installed =
+        helm_install(&kube, "isync", ns, &json!({})).unwrap_or_else(|f| panic!("install: {f:?}"));
+    let default_objects = objects(&installed);
+    assert_eq!(default_objects.len(), 5, "{default_objects:?}");
+    assert_release_stored(&kube, &default_objects).await;
+    let (status, crd) = kube.get(crd_path).await;
+    assert_eq!(status, 200, "helm installed the CRD from crds/: {crd}");
+    assert_eq!(crd["spec"]["versions"][0]["name"], "v1alpha1");
+    assert_eq!(installed["release"]["status"], "deployed");
+    assert!(
+        installed["notes"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kind: ImageSync"),
+        "{installed}"
+    );
+
+    // 2. Upgrade to single-namespace + 2 replicas: Role instead of ClusterRole, Lease Role,
+    //    rolling strategy; the ClusterRole and its binding are removed.
+    kube.create_namespace("team-a").await;
+    let variant = json!({"watchNamespace": "team-a", "replicas": 2,
+                         "caBundle": {"secretName": "registry-ca"},
+                         "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "m@p.iam.gserviceaccount.com"}}});
+    let upgraded = objects(&helm_upgrade(&kube, "isync", ns, &variant));
+    assert_release_stored(&kube, &upgraded).await;
+    let kinds: Vec<&str> = upgraded.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert!(!kinds.contains(&"ClusterRole"), "{kinds:?}");
+    assert_eq!(
+        kube.get("/apis/rbac.authorization.k8s.io/v1/clusterroles/isync-imagesync")
+            .await
+            .0,
+        404
+    );
+    let (_, deploy) = kube
+        .get("/apis/apps/v1/namespaces/imagesync-system/deployments/isync-imagesync")
+        .await;
+    assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+
+    // 3. And back (Recreate again: the server must accept the strategy switch).
+    let back = objects(&helm_upgrade(&kube, "isync", ns, &json!({})));
+    assert_release_stored(&kube, &back).await;
+    let (_, deploy) = kube
+        .get("/apis/apps/v1/namespaces/imagesync-system/deployments/isync-imagesync")
+        .await;
+    assert_eq!(deploy["spec"]["strategy"], json!({"type": "Recreate"}));
+    for o in &upgraded {
+        if o["kind"] == "Role" || o["kind"] == "RoleBinding" {
+            assert_eq!(
+                kube.get(&object_path(o)).await.0,
+                404,
+                "{} left behind by the upgrade",
+                object_path(o)
+            );
+        }
+    }
+
+    // 4. ServiceMonitor on a server without the Prometheus Operator CRDs: a clear failure,
+    //    nothing created.
+    kube.create_namespace("monitoring-test").await;
+    let sm_values = json!({"metrics": {"serviceMonitor": {"enabled": true}}});
+    let failure = helm_install(&kube, "isync-sm", "monitoring-test", &sm_values)
+        .expect_err("ServiceMonitor without its CRD must fail");
+    assert!(
+        failure.stderr.contains("ServiceMonitor"),
+        "unclear failure: {failure:?}"
+    );
+    let sm_render = render(sm_values.clone());
+    for o in &sm_render.objects {
+        let mut o = o.clone();
+        o["metadata"]["namespace"] = json!("monitoring-test");
+        if o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding" {
+            continue;
+        }
+        assert_eq!(
+            kube.get(&object_path(&o)).await.0,
+            404,
+            "failed install created {}",
+            object_path(&o)
+        );
+    }
+    let _ = helmctl(&[
+        "uninstall",
+        "--kubeconfig",
+        &kube.kubeconfig_arg(),
+        "--name",
+        "isync-sm",
+        "--namespace",
+        "monitoring-test",
+    ]);
+
+    // ... and accepted once the ServiceMonitor CRD exists.
+    kube.create(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        service_monitor_crd(),
+    )
+    .await;
+    kube.server
+        .wait_crd_established("servicemonitors.monitoring.coreos.com")
+        .await;
+    let sm_objects = objects(
+        &helm_install(&kube, "isync-sm", "monitoring-test", &sm_values)
+            .unwrap_or_else(|f| panic!("install with the ServiceMonitor CRD present: {f:?}")),
+    );
+    assert!(
+        sm_objects.iter().any(|o| o["kind"] == "ServiceMonitor"),
+        "{sm_objects:?}"
+    );
+    assert_release_stored(&kube, &sm_objects).await;
+
+    // 5. Uninstall: nothing left but the CRD (Helm's CRD policy).
+    helm_uninstall(&kube, "isync", ns);
+    helm_uninstall(&kube, "isync-sm", "monitoring-test");
+    assert_release_gone(&kube, &back).await;
+    assert_release_gone(&kube, &sm_objects).await;
+    assert_eq!(
+        release_records(&kube, ns).await,
+        Vec::<String>::new(),
+        "release history left behind"
+    );
+    assert_eq!(
+        release_records(&kube, "monitoring-test").await,
+        Vec::<String>::new()
+    );
+    for (path, what) in [
+        ("/api/v1/namespaces/imagesync-system/serviceaccounts?labelSelector=app.kubernetes.io%2Fname%3Dimagesync", "ServiceAccounts"),
+        ("/apis/rbac.authorization.k8s.io/v1/clusterroles?labelSelector=app.kubernetes.io%2Fname%3Dimagesync", "ClusterRoles"),
+        ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings?labelSelector=app.kubernetes.io%2Fname%3Dimagesync", "ClusterRoleBindings"),
+        ("/apis/rbac.authorization.k8s.io/v1/roles?labelSelector=app.kubernetes.io%2Fname%3Dimagesync", "Roles"),
+        ("/apis/rbac.authorization.k8s.io/v1/rolebindings?labelSelector=app.kubernetes.io%2Fname%3Dimagesync", "RoleBindings"),
+        ("/apis/apps/v1/deployments?labelSelector=app.kubernetes.io%2Fname%3Dimagesync", "Deployments"),
+        ("/api/v1/services?labelSelector=app.kubernetes.io%2Fname%3Dimagesync", "Services"),
+    ] {
+        let (status, list) = kube.get(path).await;
+        assert_eq!(status, 200, "{path}: {list}");
+        assert_eq!(list["items"], json!([]), "{what} left after uninstall");
+    }
+    assert_eq!(
+        kube.get(crd_path).await.0,
+        200,
+        "the CRD stays after uninstall (Helm never deletes CRDs)"
+    );
+}
+
+/// The controller binary running as a local process; killed on drop.
+struct ControllerProcess {
+    child: std::sync::Mutex<std::process::Child>,
+    log: PathBuf,
+}
+
+impl ControllerProcess {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&self) {
+        let exited = self
+            .child
+            .lock()
+            .map(|mut c| c.try_wait())
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        if let Some(status) = exited {
+            panic!(
+                "imagesync-controller exited ({status}):\n{}",
+                self.log_text()
+            );
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if let Ok(child) = self.child.get_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 250 ms for up to `secs` seconds.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+fn ready_condition(obj: &Value) -> Option<&Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_works_with_exactly_the_charts_service_account_permissions() {
+    let kube = Kube::start().await;
+    let registry = imagesync_e2e::registry::Registry::start().await;
+    let reg = registry.addr().to_owned();
+    let source = imagesync_e2e::fixtures::push_index(&reg, "src/app", "v1", 41).await;
+
+    // Single-namespace install with leader election: the narrowest and the richest RBAC.
+    kube.create_namespace("team-a").await;
+    let values = json!({"watchNamespace": "team-a", "replicas": 2, "insecureRegistries": [reg],
+                        "defaultResyncInterval": "5s", "logFormat": "text"});
+    helm_install(&kube, RELEASE, RELEASE_NS, &values).unwrap_or_else(|f| panic!("install: {f:?}"));
+
+    // The chart's ServiceAccount, with a token from the TokenRequest API.
+    let sa_kubeconfig = kube
+        .server
+        .service_account_kubeconfig(RELEASE_NS, FULLNAME)
+        .await;
+    let sa = imagesync_e2e::kube::client_for(&sa_kubeconfig).await;
+
+    // Granted: exactly the chart's rules, in the watched namespace / release namespace.
+    for (verb, group, resource, ns) in [
+        ("watch", "imagesync.dev", "imagesyncs", "team-a"),
+        ("update", "imagesync.dev", "imagesyncs/finalizers", "team-a"),
+        ("patch", "imagesync.dev", "imagesyncs/status", "team-a"),
+        ("create", "events.k8s.io", "events", "team-a"),
+        ("get", "", "secrets", "team-a"),
+        ("update", "coordination.k8s.io", "leases", RELEASE_NS),
+    ] {
+        assert!(
+            can_i(&sa, verb, group, resource, ns).await,
+            "SA should be allowed to {verb} {resource} in {ns}"
+        );
+    }
+    // Not granted: other verbs, other resources, other namespaces.
+    for (verb, group, resource, ns) in [
+        ("list", "", "secrets", "team-a"),
+        ("watch", "", "secrets", "team-a"),
+        ("get", "", "secrets", "default"),
+        ("get", "", "secrets", RELEASE_NS),
+        ("get", "", "configmaps", "team-a"),
+        ("create", "", "pods", "team-a"),
+        ("create", "", "events", "team-a"),
+        ("create", "imagesync.dev", "imagesyncs", "team-a"),
+        ("delete", "imagesync.dev", "imagesyncs", "team-a"),
+        ("list", "imagesync.dev", "imagesyncs", "default"),
+        ("get", "imagesync.dev", "imagesyncs", "default"),
+        ("create", "coordination.k8s.io", "leases", "team-a"),
+        ("delete", "coordination.k8s.io", "leases", RELEASE_NS),
+        ("patch", "apps", "deployments", RELEASE_NS),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "team-a",
+        ),
+    ] {
+        assert!(
+            !can_i(&sa, verb, group, resource, ns).await,
+            "SA must not be allowed to {verb} {group}/{resource} in {ns}"
+        );
+    }
+    // And the server really refuses such requests.
+    for path in [
+        "/api/v1/namespaces/team-a/secrets",
+        "/api/v1/namespaces/default/secrets/anything",
+        "/api/v1/namespaces/team-a/configmaps",
+        "/apis/imagesync.dev/v1alpha1/imagesyncs",
+    ] {
+        let (status, body) = raw(&sa, http::Method::GET, path, None).await;
+        assert_eq!(status, 403, "GET {path} as the ServiceAccount: {body}");
+    }
+
+    // Run the controller with the args the chart rendered (as stored by the server), only
+    // moving the metrics listener to a free loopback port.
+    let (_, deploy) = kube
+        .get(&format!(
+            "/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{FULLNAME}"
+        ))
+        .await;
+    let metrics_port = imagesync_e2e::registry::free_port().expect("free port");
+    let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("deployment args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_owned())
+        .map(|a| {
+            if a.starts_with("--metrics-addr=") {
+                format!("--metrics-addr=127.0.0.1:{metrics_port}")
+            } else {
+                a
+            }
+        })
+        .collect();
+    assert!(
+        args.contains(&"--namespace=team-a".to_owned())
+            && args.contains(&"--leader-elect".to_owned()),
+        "{args:?}"
+    );
+    let log = kube.server.dir().join("controller.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let controller = ControllerProcess {
+        child: std::sync::Mutex::new(
+            Command::new(imagesync_e2e::bin("imagesync-controller"))
+                .args(&args)
+                .env("KUBECONFIG", &sa_kubeconfig)
+                .env_remove("POD_NAMESPACE")
+                .env_remove("IMAGESYNC_NAMESPACE")
+                .env("RUST_LOG", "info")
+                .stdout(log_file.try_clone().expect("log file"))
+                .stderr(log_file)
+                .spawn()
+                .expect("starting imagesync-controller"),
+        ),
+        log,
+    };
+
+    // One object in the watched namespace, one outside it.
+    let object = |name: &str, ns: &str| {
+        json!({"apiVersion": "imagesync.dev/v1alpha1", "kind": "ImageSync",
+               "metadata": {"name": name, "namespace": ns},
+               "spec": {"source": format!("{reg}/src/app:v1"), "destination": format!("{reg}/dst/{ns}:v1")}})
+    };
+    kube.create(
+        "/apis/imagesync.dev/v1alpha1/namespaces/team-a/imagesyncs",
+        object("app", "team-a"),
+    )
+    .await;
+    kube.create(
+        "/apis/imagesync.dev/v1alpha1/namespaces/default/imagesyncs",
+        object("app", "default"),
+    )
+    .await;
+
+    let path = "/apis/imagesync.dev/v1alpha1/namespaces/team-a/imagesyncs/app";
+    eventually(90, "ImageSync team-a/app Ready=True", || async {
+        controller.assert_running();
+        let (_, obj) = kube.get(path).await;
+        ready_condition(&obj).is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    let (_, obj) = kube.get(path).await;
+    assert_eq!(
+        obj["status"]["sourceDigest"],
+        source.digest.as_str(),
+        "{obj}"
+    );
+    assert_eq!(
+        obj["status"]["destinationDigest"],
+        source.digest.as_str(),
+        "{obj}"
+    );
+    assert_eq!(ready_condition(&obj).expect("Ready")["reason"], "Synced");
+    let (_, copied) = imagesync_e2e::fixtures::get_manifest(&reg, "dst/team-a", "v1")
+        .await
+        .expect("destination manifest");
+    assert_eq!(
+        copied, source.manifest,
+        "destination index is byte-identical"
+    );
+
+    // Health endpoints, the Lease and the Events all worked with the chart's permissions.
+    let readyz = reqwest::get(format!("http://127.0.0.1:{metrics_port}/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(readyz.status().as_u16(), 200);
+    let (status, lease) = kube
+        .get(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{RELEASE_NS}/leases/{FULLNAME}"
+        ))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the controller holds the Lease named by the chart: {lease}"
+    );
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{lease}"
+    );
+    let (_, events) = kube
+        .get("/apis/events.k8s.io/v1/namespaces/team-a/events")
+        .await;
+    let events = events["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["regarding"]["name"] == "app"),
+        "no Event about team-a/app: {events:?}"
+    );
+
+    // The object outside the watched namespace is left alone.
+    let (_, other) = kube
+        .get("/apis/imagesync.dev/v1alpha1/namespaces/default/imagesyncs/app")
+        .await;
+    assert!(
+        other.get("status").is_none_or(Value::is_null),
+        "default/app was touched: {other}"
+    );
+    assert!(
+        other["metadata"].get("finalizers").is_none(),
+        "default/app got a finalizer: {other}"
+    );
+
+    // Deletion: the finalizer removes the destination tag, then releases the object.
+    let (status, _) = raw(&kube.admin, http::Method::DELETE, path, None).await;
+    assert_eq!(status, 200);
+    eventually(60, "ImageSync team-a/app deleted", || async {
+        controller.assert_running();
+        kube.get(path).await.0 == 404
+    })
+    .await;
+    assert_eq!(
+        imagesync_e2e::fixtures::manifest_status(&reg, "dst/team-a", "v1").await,
+        404
+    );
+
+    controller.assert_running();
+    let text = controller.log_text();
+    assert!(
+        !text.to_lowercase().contains("forbidden"),
+        "the controller hit a permission the chart does not grant:\n{text}"
+    );
+    drop(controller);
+
+    // Uninstall revokes everything: the token's ServiceAccount and bindings are gone.
+    helm_uninstall(&kube, RELEASE, RELEASE_NS);
+    let (status, _) = raw(
+        &sa,
+        http::Method::GET,
+        "/apis/imagesync.dev/v1alpha1/namespaces/team-a/imagesyncs",
+        None,
+    )
+    .await;
+    assert!(
+        status == 401 || status == 403,
+        "the ServiceAccount still works after uninstall: {status}"
+    );
 }
