@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use imagesync_e2e::fixtures::{self, FixtureSpec, MediaKind, Pushed, Target};
 use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, Target as FaultTarget};
 use imagesync_e2e::registry::{Registry, RegistryOptions};
@@ -1111,4 +1113,56 @@ async fn delete_on_a_registry_with_deletes_disabled_is_clear() {
     }
     // Nothing was removed.
     assert_identical(reg.addr(), "app", "1", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_scans_a_repository_with_hundreds_of_tags_in_seconds() {
+    let reg = Registry::start().await;
+    let t = Target::plain(reg.addr());
+    let base = t
+        .push_image("app", "target", &FixtureSpec::seeded(201))
+        .await
+        .unwrap();
+    let (ct, bytes) = fixtures::get_manifest(reg.addr(), "app", "target")
+        .await
+        .unwrap();
+    // 300 other tags, each on its own manifest (same blobs, different annotation).
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let puts = (0..300).map(|i| {
+        v["annotations"] = serde_json::json!({"n": i.to_string()});
+        let body = serde_json::to_vec(&v).unwrap();
+        let (t, ct) = (t.clone(), ct.clone());
+        async move {
+            t.put_manifest("app", &format!("t{i}"), &ct, &body)
+                .await
+                .unwrap()
+        }
+    });
+    let puts: Vec<_> = puts.collect();
+    futures::stream::iter(puts)
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let e = engine(&[reg.addr()]);
+    let started = Instant::now();
+    let report = e
+        .delete(&r(&reg.reference("app:target")), &DeleteOptions::default())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("delete scanned 300 tags in {took:?}");
+    assert!(report.manifest_deleted, "{report:?}");
+    assert_eq!(
+        report.blobs_deleted, 0,
+        "every blob is used by the other tags: {report:?}"
+    );
+    assert_eq!(report.blobs_kept, base.blobs.len());
+    assert!(
+        took < Duration::from_secs(15),
+        "scan of 300 tags took {took:?}"
+    );
+    assert_eq!(
+        fixtures::manifest_status(reg.addr(), "app", "t299").await,
+        200
+    );
 }
