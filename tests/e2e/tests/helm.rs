@@ -115,14 +115,18 @@ impl Rendered {
 }
 
 fn render(values: Value) -> Rendered {
+    render_as(RELEASE, RELEASE_NS, values)
+}
+
+fn render_as(release: &str, namespace: &str, values: Value) -> Rendered {
     let values = values.to_string();
     let out = helmctl(&[
         "render",
         &chart_arg(),
         "--name",
-        RELEASE,
+        release,
         "--namespace",
-        RELEASE_NS,
+        namespace,
         "--values-json",
         &values,
     ])
@@ -925,21 +929,19 @@ async fn chart_installs_upgrades_and_uninstalls_on_kube_apiserver_1_20() {
     let failure = helm_install(&kube, "isync-sm", "monitoring-test", &sm_values)
         .expect_err("ServiceMonitor without its CRD must fail");
     assert!(
-        failure.stderr.contains("ServiceMonitor"),
+        failure.stderr.contains(
+            r#"no matches for kind "ServiceMonitor" in version "monitoring.coreos.com/v1""#
+        ),
         "unclear failure: {failure:?}"
     );
-    let sm_render = render(sm_values.clone());
+    let sm_render = render_as("isync-sm", "monitoring-test", sm_values.clone());
+    assert_eq!(sm_render.objects.len(), 6, "{:?}", sm_render.kinds());
     for o in &sm_render.objects {
-        let mut o = o.clone();
-        o["metadata"]["namespace"] = json!("monitoring-test");
-        if o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding" {
-            continue;
-        }
         assert_eq!(
-            kube.get(&object_path(&o)).await.0,
+            kube.get(&object_path(o)).await.0,
             404,
             "failed install created {}",
-            object_path(&o)
+            object_path(o)
         );
     }
     let _ = helmctl(&[
@@ -1301,5 +1303,90 @@ async fn controller_works_with_exactly_the_charts_service_account_permissions() 
     assert!(
         status == 401 || status == 403,
         "the ServiceAccount still works after uninstall: {status}"
+    );
+}
+
+/// No container engine runs here, so the Dockerfile is checked for consistency with the
+/// workspace and the chart instead of being built.
+#[test]
+fn dockerfile_builds_the_controller_and_runs_as_the_charts_non_root_user() {
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "multi-stage: build + runtime: {froms:?}");
+    assert!(
+        froms[0].starts_with("FROM rust:") && froms[0].ends_with(" AS build"),
+        "{froms:?}"
+    );
+    assert!(
+        froms[1].starts_with("FROM gcr.io/distroless/") && froms[1].ends_with(":nonroot"),
+        "distroless non-root runtime: {froms:?}"
+    );
+    // The build stage's Rust is at least the workspace's rust-version.
+    let workspace = std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml");
+    let msrv = workspace
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("rust-version");
+    let image_rust = froms[0]["FROM rust:".len()..]
+        .split('-')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let version = |v: &str| -> Vec<u32> {
+        v.split('.')
+            .map(|p| p.parse().expect("version number"))
+            .collect()
+    };
+    assert!(
+        version(&image_rust) >= version(&msrv),
+        "rust:{image_rust} is older than rust-version {msrv}"
+    );
+
+    assert!(
+        dockerfile.contains(
+            "cargo build --release --locked -p imagesync-controller --bin imagesync-controller"
+        ),
+        "builds exactly the controller binary"
+    );
+    let controller_manifest = std::fs::read_to_string(repo_root().join("controller/Cargo.toml"))
+        .expect("controller/Cargo.toml");
+    assert!(
+        controller_manifest.contains("name = \"imagesync-controller\""),
+        "the [[bin]] the Dockerfile builds"
+    );
+
+    // Runs as the uid/gid the chart's securityContext expects, numerically (runAsNonRoot).
+    let values = render(json!({}));
+    let sc = &values.container()["securityContext"];
+    let user = format!("USER {}:{}", sc["runAsUser"], sc["runAsGroup"]);
+    assert!(lines.contains(&user.as_str()), "Dockerfile needs `{user}`");
+    let entrypoint = lines
+        .iter()
+        .find(|l| l.starts_with("ENTRYPOINT "))
+        .expect("ENTRYPOINT");
+    assert_eq!(
+        *entrypoint,
+        r#"ENTRYPOINT ["/usr/local/bin/imagesync-controller"]"#
+    );
+    assert!(dockerfile.contains(
+        "COPY --from=build /out/imagesync-controller /usr/local/bin/imagesync-controller"
+    ));
+    let port = format!("EXPOSE {}", values.container()["ports"][0]["containerPort"]);
+    assert!(lines.contains(&port.as_str()), "Dockerfile needs `{port}`");
+    // The build context leaves out the (huge) target folder.
+    let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).expect(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target/"),
+        ".dockerignore must exclude target/"
     );
 }
