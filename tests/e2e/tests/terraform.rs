@@ -176,18 +176,25 @@ provider "imagesync" {{
         json_in(&out.stdout)[name]["value"].as_str().unwrap_or_default().to_string()
     }
 
-    /// Attribute values of `address` in the state.
+    /// Attribute values of the resource `imagesync.NAME` in the state (`state pull`:
+    /// the 0.13 vendor build's `show -json` without a plan file crashes).
     async fn state_values(&self, address: &str) -> serde_json::Value {
-        let out = self.ok(&["show", "-json"]).await;
+        let name = address.strip_prefix("imagesync.").unwrap();
+        let out = self.ok(&["state", "pull"]).await;
         let json = json_in(&out.stdout);
-        json["values"]["root_module"]["resources"]
+        json["resources"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["address"] == address)
-            .unwrap_or_else(|| panic!("{address} not in state: {json}"))["values"]
+            .find(|r| r["type"] == "imagesync" && r["name"] == name && r["mode"] == "managed")
+            .unwrap_or_else(|| panic!("{address} not in state: {json}"))["instances"][0]["attributes"]
             .clone()
     }
+}
+
+/// stdout and stderr (the 0.13 vendor build prints diagnostics on stdout).
+fn combined(o: &Output) -> String {
+    format!("{}{}", text(&o.stdout), text(&o.stderr))
 }
 
 fn text(b: &[u8]) -> String {
@@ -337,7 +344,7 @@ async fn scenario(version: &'static str) {
     tf.config(&[&a, &b], &imported);
     let bad = tf.run(&["import", "-input=false", "-no-color", "imagesync.app", "no-comma-here"]).await;
     assert!(!bad.status.success());
-    assert!(text(&bad.stderr).contains("Invalid import ID"), "{}", text(&bad.stderr));
+    assert!(combined(&bad).contains("Invalid import ID"), "{}", combined(&bad));
     let import_id = format!("{},{}", a.reference("src/app:v2"), b.reference("dst/app:imported"));
     tf.ok(&["import", "-input=false", "-no-color", "imagesync.app", &import_id]).await;
     let values = tf.state_values("imagesync.app").await;
@@ -354,7 +361,7 @@ async fn scenario(version: &'static str) {
     tf.config(&[&a, &b], &invalid);
     let out = tf.run(&["plan", "-input=false", "-no-color"]).await;
     assert!(!out.status.success(), "plan with an invalid reference succeeded");
-    let err = text(&out.stderr);
+    let err = combined(&out);
     assert!(err.contains("Invalid image reference in \"source\""), "{err}");
     assert!(err.contains("in resource \"imagesync\" \"bad\""), "{err}");
     assert!(err.contains("src/App:v1"), "{err}");
