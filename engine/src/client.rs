@@ -571,6 +571,11 @@ impl Client {
         if !err.is_retryable() {
             return Err(err);
         }
+        // A Retry-After longer than we are willing to wait: retrying earlier would only
+        // be refused again, so hand the RateLimited error (with its Retry-After) back.
+        if err.retry_after().is_some_and(|ra| ra > policy.max_retry_after) {
+            return Err(err);
+        }
         let delay = policy.delay(attempt, err.retry_after());
         let out_of_time = started.elapsed() + delay > policy.deadline;
         if attempt >= policy.max_attempts || out_of_time {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use imagesync_controller::api::ImageSync;
 use imagesync_e2e::fixtures::{self, FixtureSpec, Pushed, Target};
 use imagesync_e2e::kube::{client_for, ApiServer};
+use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, Target as FaultTarget};
 use imagesync_e2e::registry::{free_port, Registry, RegistryOptions};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
@@ -572,6 +573,19 @@ async fn controller_reports_permanent_errors_with_reasons() {
     let ns = "default";
     let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), ns);
     let image = fixtures::push_index(src.addr(), "app", "1", 7).await;
+    // 429 with a Retry-After longer than the controller waits in place (10 s).
+    let limited = FaultProxy::start(
+        src.addr(),
+        FaultPlan {
+            fault: Fault::RateLimited {
+                retry_after_secs: 15,
+            },
+            target: FaultTarget::Manifests,
+            mode: Mode::Always,
+        },
+    )
+    .await;
+    let limited_addr = limited.addr();
     let controller = ControllerProc::start(
         api.kubeconfig(),
         api.dir(),
@@ -581,8 +595,17 @@ async fn controller_reports_permanent_errors_with_reasons() {
             src.addr(),
             "--insecure-registry",
             private.addr(),
+            "--insecure-registry",
+            &limited_addr,
         ],
     );
+    api.apply_yaml(&image_sync_yaml(
+        ns,
+        "limited",
+        &format!("{limited_addr}/app:1"),
+        &src.reference("copy/limited:1"),
+        "",
+    ));
 
     api.apply_yaml(&image_sync_yaml(
         ns,
@@ -633,6 +656,7 @@ async fn controller_reports_permanent_errors_with_reasons() {
         ("missing", "SourceNotFound"),
         ("wrongcreds", "Unauthorized"),
         ("nosecret", "InvalidSecret"),
+        ("limited", "RateLimited"),
     ] {
         let obj = wait_for(
             &isyncs,
@@ -648,6 +672,25 @@ async fn controller_reports_permanent_errors_with_reasons() {
         assert!(!cond.message.is_empty(), "{name}");
         assert!(!cond.message.contains("s3cret") && !cond.message.contains("wrong-password"));
     }
+    // 429: Retry-After is honoured (no hot retry loop), then the object recovers.
+    let seen = limited.requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        limited.requests() <= seen + 1,
+        "retried during Retry-After: {} requests in 5 s",
+        limited.requests() - seen
+    );
+    limited.set_plan(FaultPlan::none());
+    wait_for(
+        &isyncs,
+        "limited",
+        Duration::from_secs(40),
+        "Ready after 429",
+        Some(&controller),
+        |o| ready_with(o, &image.digest),
+    )
+    .await;
+
     // Nothing was written or deleted.
     assert_eq!(auth_manifest_status(&private, "mirror/app", "1").await, 404);
     assert_eq!(fixtures::manifest_status(src.addr(), "app", "1").await, 200);
@@ -1028,4 +1071,160 @@ async fn controller_works_with_exactly_the_chart_rbac() {
         "permission errors in the controller log:\n{log}"
     );
     assert!(!log.contains("pw-123"));
+}
+
+/// Changing `spec.destination` deletes the old tag (ours) and syncs the new one; a
+/// registry that refuses deletes gives a Warning event and the object still goes away;
+/// `suspend` stops checks; `--log-format json` logs JSON.
+#[tokio::test]
+async fn controller_moves_destinations_and_survives_refused_deletes() {
+    let (api, src, dst, nodelete) = tokio::join!(
+        cluster(),
+        Registry::start(),
+        Registry::start(),
+        Registry::start_with(RegistryOptions {
+            delete_enabled: false,
+            ..RegistryOptions::default()
+        })
+    );
+    let client = api.client().await;
+    let ns = "default";
+    let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), ns);
+    let image = fixtures::push_index(src.addr(), "app", "1", 41).await;
+    let controller = ControllerProc::start(
+        api.kubeconfig(),
+        api.dir(),
+        "moves",
+        &[
+            "--insecure-registry",
+            src.addr(),
+            "--insecure-registry",
+            dst.addr(),
+            "--insecure-registry",
+            nodelete.addr(),
+            "--log-format",
+            "json",
+        ],
+    );
+
+    // Move the destination: old tag removed, new one written.
+    let a = dst.reference("mirror/a:1");
+    let b = dst.reference("mirror/b:1");
+    api.apply_yaml(&image_sync_yaml(
+        ns,
+        "mover",
+        &src.reference("app:1"),
+        &a,
+        "",
+    ));
+    wait_for(
+        &isyncs,
+        "mover",
+        Duration::from_secs(40),
+        "Ready at a",
+        Some(&controller),
+        |o| ready_with(o, &image.digest),
+    )
+    .await;
+    api.apply_yaml(&image_sync_yaml(
+        ns,
+        "mover",
+        &src.reference("app:1"),
+        &b,
+        "",
+    ));
+    wait_for(
+        &isyncs,
+        "mover",
+        Duration::from_secs(40),
+        "Ready at b",
+        Some(&controller),
+        |o| {
+            ready_with(o, &image.digest)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.synced_destination.as_deref())
+                    == Some(b.as_str())
+        },
+    )
+    .await;
+    assert_identical(dst.addr(), "mirror/b", "1", &image).await;
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "mirror/a", "1").await,
+        404,
+        "old destination deleted"
+    );
+    wait_event(&client, ns, "mover", "DestinationChanged").await;
+
+    // A registry that refuses deletes: Warning event, finalizer released, tag left.
+    api.apply_yaml(&image_sync_yaml(
+        ns,
+        "stuck",
+        &src.reference("app:1"),
+        &nodelete.reference("mirror/app:1"),
+        "",
+    ));
+    wait_for(
+        &isyncs,
+        "stuck",
+        Duration::from_secs(40),
+        "Ready",
+        Some(&controller),
+        |o| ready_with(o, &image.digest),
+    )
+    .await;
+    api.kubectl(&["delete", "isync", "stuck", "-n", ns, "--wait=false"]);
+    wait_gone(&isyncs, "stuck", Duration::from_secs(30), &controller).await;
+    let note = wait_event(&client, ns, "stuck", "DeleteFailed").await;
+    assert!(note.contains("not deleted"), "{note}");
+    assert_identical(nodelete.addr(), "mirror/app", "1", &image).await;
+
+    // Suspended objects are not checked: a deleted destination stays deleted.
+    api.apply_yaml(&image_sync_yaml(
+        ns,
+        "mover",
+        &src.reference("app:1"),
+        &b,
+        "suspend: true",
+    ));
+    wait_for(
+        &isyncs,
+        "mover",
+        Duration::from_secs(20),
+        "Suspended",
+        Some(&controller),
+        |o| reason(o).as_deref() == Some("Suspended"),
+    )
+    .await;
+    delete_manifest(dst.addr(), "mirror/b", &image.digest).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "mirror/b", "1").await,
+        404
+    );
+    api.apply_yaml(&image_sync_yaml(
+        ns,
+        "mover",
+        &src.reference("app:1"),
+        &b,
+        "suspend: false",
+    ));
+    wait_for(
+        &isyncs,
+        "mover",
+        Duration::from_secs(30),
+        "resumed",
+        Some(&controller),
+        |o| ready_with(o, &image.digest),
+    )
+    .await;
+    assert_identical(dst.addr(), "mirror/b", "1", &image).await;
+
+    // JSON logs: one object per line.
+    let log = controller.log_text();
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "not JSON: {first}"
+    );
 }
