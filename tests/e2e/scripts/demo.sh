@@ -46,7 +46,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_registry() { # NAME -> prints host:port
+start_registry() { # NAME -> sets REG=host:port (no subshell: the pid must reach PIDS)
   local name="$1" port
   port="$(free_port)"
   mkdir -p "$WORK/$name"
@@ -63,7 +63,7 @@ YAML
   PIDS+=($!)
   for _ in $(seq 1 100); do
     if curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1; then
-      echo "127.0.0.1:$port"
+      REG="127.0.0.1:$port"
       return 0
     fi
     sleep 0.1
@@ -74,8 +74,10 @@ YAML
 }
 
 log "starting two registries"
-SRC_REG="$(start_registry source)"
-DST_REG="$(start_registry mirror)"
+start_registry source
+SRC_REG="$REG"
+start_registry mirror
+DST_REG="$REG"
 log "source registry $SRC_REG, mirror registry $DST_REG"
 
 log "seeding a two-platform image into $SRC_REG/demo/app:1.0"
