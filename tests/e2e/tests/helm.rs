@@ -864,6 +864,25 @@ async fn chart_installs_upgrades_and_uninstalls_on_kube_apiserver_1_20() {
         "fresh server has no ImageSync CRD"
     );
 
+    // 0. Bad values fail the install itself, before any release object reaches the server.
+    let failure = helm_install(&kube, "isync", ns, &json!({"logFormat": "xml"}))
+        .expect_err("install with an invalid logFormat must fail");
+    assert!(
+        failure.stderr.contains("/logFormat") && failure.stderr.contains("'text', 'json'"),
+        "unclear failure: {failure:?}"
+    );
+    // (Helm applies crds/ before it validates values, so the CRD may exist now; nothing
+    // else may.)
+    assert_eq!(release_records(&kube, ns).await, Vec::<String>::new());
+    for o in &render(json!({})).objects {
+        assert_eq!(
+            kube.get(&object_path(o)).await.0,
+            404,
+            "a rejected install created {}",
+            object_path(o)
+        );
+    }
+
     // 1. Default values: every object accepted as rendered, CRD installed from crds/.
     let installed =
         helm_install(&kube, "isync", ns, &json!({})).unwrap_or_else(|f| panic!("install: {f:?}"));
