@@ -3,6 +3,8 @@
 //! processes; objects are applied with kubectl.
 //!
 //! Needs the binaries built first: `cargo build -p imagesync-controller`.
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
