@@ -1267,14 +1267,20 @@ async fn controller_works_with_exactly_the_charts_service_account_permissions() 
             .is_some_and(|h| !h.is_empty()),
         "{lease}"
     );
-    let (_, events) = kube
-        .get("/apis/events.k8s.io/v1/namespaces/team-a/events")
-        .await;
-    let events = events["items"].as_array().cloned().unwrap_or_default();
-    assert!(
-        events.iter().any(|e| e["regarding"]["name"] == "app"),
-        "no Event about team-a/app: {events:?}"
-    );
+    // Events are written next to the status patch: give them a moment.
+    eventually(
+        15,
+        "an Event about team-a/app (events.k8s.io/v1)",
+        || async {
+            let (_, events) = kube
+                .get("/apis/events.k8s.io/v1/namespaces/team-a/events")
+                .await;
+            events["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|e| e["regarding"]["name"] == "app"))
+        },
+    )
+    .await;
 
     // The object outside the watched namespace is left alone.
     let (_, other) = kube
