@@ -152,7 +152,7 @@ pub fn provider_config(config: &Value) -> (DirectConfig, Diags) {
                  `kubernetes` block and the provider copies images itself. Kubernetes mode (managing \
                  `ImageSync` objects for the imagesync controller) comes in a later version.",
             )
-            .at("kubernetes"),
+            .at_path(vec![PathStep::Attr("kubernetes".into()), PathStep::Index(0)]),
         );
     }
     (out, diags)

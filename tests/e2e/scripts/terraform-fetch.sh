@@ -16,8 +16,9 @@ if [[ -x "$out" ]]; then
   exit 0
 fi
 
-if command -v terraform >/dev/null 2>&1 &&
-  terraform version -json 2>/dev/null | grep -q "\"terraform_version\": *\"$version\""; then
+# (Captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail.)
+installed="$(command -v terraform >/dev/null 2>&1 && CHECKPOINT_DISABLE=1 terraform version -json 2>/dev/null || true)"
+if [[ "$installed" =~ \"terraform_version\":\ *\"$version\" ]]; then
   command -v terraform
   exit 0
 fi

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use imagesync_e2e::fixtures::{self, FixtureSpec, Pushed, Target};
-use imagesync_e2e::registry::Registry;
+use imagesync_e2e::registry::{Registry, RegistryOptions};
 
 const PROVIDER: &str = "terraform-provider-imagesync";
 const PROVIDER_VERSION: &str = "0.1.0";
@@ -30,7 +30,12 @@ fn terraform_bin(version: &str) -> PathBuf {
         "terraform-fetch.sh {version} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let path = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     PathBuf::from(path)
 }
 
@@ -54,10 +59,17 @@ impl Tf {
     fn new(version: &'static str) -> Tf {
         let bin = terraform_bin(version);
         let provider = imagesync_e2e::bin(PROVIDER);
-        let dir = tempfile::Builder::new().prefix("imagesync-tf-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("imagesync-tf-")
+            .tempdir()
+            .unwrap();
         let cli_config = dir.path().join("terraformrc");
         // 0.13 has no dev_overrides (0.14+); test both installation methods.
-        let install = if version == "1.11.4" { Install::DevOverrides } else { Install::FilesystemMirror };
+        let install = if version == "1.11.4" {
+            Install::DevOverrides
+        } else {
+            Install::FilesystemMirror
+        };
         let rc = match install {
             Install::DevOverrides => format!(
                 "provider_installation {{\n  dev_overrides {{\n    \"imagesync/imagesync\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
@@ -79,7 +91,13 @@ impl Tf {
         };
         std::fs::write(&cli_config, rc).unwrap();
         std::fs::create_dir_all(dir.path().join("work")).unwrap();
-        Tf { version, bin, dir, cli_config, install }
+        Tf {
+            version,
+            bin,
+            dir,
+            cli_config,
+            install,
+        }
     }
 
     fn work(&self) -> PathBuf {
@@ -88,7 +106,18 @@ impl Tf {
 
     /// Writes `main.tf`: the provider block for `registries` plus `resources`.
     fn config(&self, registries: &[&Registry], resources: &str) {
-        let insecure: Vec<String> = registries.iter().map(|r| format!("\"{}\"", r.addr())).collect();
+        let insecure: Vec<String> = registries
+            .iter()
+            .map(|r| format!("\"{}\"", r.addr()))
+            .collect();
+        self.config_with(
+            &format!("insecure_registries = [{}]", insecure.join(", ")),
+            resources,
+        );
+    }
+
+    /// Writes `main.tf` with `provider_body` inside the provider block.
+    fn config_with(&self, provider_body: &str, resources: &str) {
         let text = format!(
             r#"terraform {{
   required_providers {{
@@ -97,12 +126,11 @@ impl Tf {
 }}
 
 provider "imagesync" {{
-  insecure_registries = [{}]
+  {provider_body}
 }}
 
 {resources}
-"#,
-            insecure.join(", ")
+"#
         );
         std::fs::write(self.work().join("main.tf"), text).unwrap();
     }
@@ -155,11 +183,16 @@ provider "imagesync" {{
 
     /// Plans into a file and returns each resource's actions (`terraform show -json`).
     async fn plan_actions(&self) -> BTreeMap<String, Vec<String>> {
-        self.ok(&["plan", "-input=false", "-no-color", "-out=tfplan"]).await;
+        self.ok(&["plan", "-input=false", "-no-color", "-out=tfplan"])
+            .await;
         let shown = self.ok(&["show", "-json", "tfplan"]).await;
         let json = json_in(&shown.stdout);
         let mut out = BTreeMap::new();
-        for rc in json["resource_changes"].as_array().cloned().unwrap_or_default() {
+        for rc in json["resource_changes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             let actions = rc["change"]["actions"]
                 .as_array()
                 .unwrap()
@@ -173,7 +206,10 @@ provider "imagesync" {{
 
     async fn output(&self, name: &str) -> String {
         let out = self.ok(&["output", "-json"]).await;
-        json_in(&out.stdout)[name]["value"].as_str().unwrap_or_default().to_string()
+        json_in(&out.stdout)[name]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Attribute values of the resource `imagesync.NAME` in the state (`state pull`:
@@ -187,7 +223,8 @@ provider "imagesync" {{
             .unwrap()
             .iter()
             .find(|r| r["type"] == "imagesync" && r["name"] == name && r["mode"] == "managed")
-            .unwrap_or_else(|| panic!("{address} not in state: {json}"))["instances"][0]["attributes"]
+            .unwrap_or_else(|| panic!("{address} not in state: {json}"))["instances"][0]
+            ["attributes"]
             .clone()
     }
 }
@@ -214,12 +251,20 @@ fn actions(list: &[&str]) -> Vec<String> {
 
 /// The digest the tag `repo:tag` on `reg` points at (None when absent).
 async fn tag_digest(reg: &Registry, repo: &str, tag: &str) -> Option<String> {
-    fixtures::get_manifest(reg.addr(), repo, tag).await.map(|(_, bytes)| fixtures::sha256(&bytes))
+    fixtures::get_manifest(reg.addr(), repo, tag)
+        .await
+        .map(|(_, bytes)| fixtures::sha256(&bytes))
 }
 
 fn spec(seed: u64) -> FixtureSpec {
     // One layer shared by every image of this test (for the shared-layer check).
-    FixtureSpec { seed, layers: 2, layer_size: 16 * 1024, shared_layers: 1, ..FixtureSpec::default() }
+    FixtureSpec {
+        seed,
+        layers: 2,
+        layer_size: 16 * 1024,
+        shared_layers: 1,
+        ..FixtureSpec::default()
+    }
 }
 
 fn resource(name: &str, source: &str, destination: &str) -> String {
@@ -243,7 +288,10 @@ async fn scenario(version: &'static str) {
     let src1 = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(11)).await;
     let output = "output \"id\" {\n  value = imagesync.app.id\n}\n";
     let app = |source: &str| {
-        format!("{}{output}", resource("app", &a.reference(source), &b.reference("dst/app:v1")))
+        format!(
+            "{}{output}",
+            resource("app", &a.reference(source), &b.reference("dst/app:v1"))
+        )
     };
     tf.config(&[&a, &b], &app("src/app:v1"));
     tf.init().await;
@@ -252,9 +300,15 @@ async fn scenario(version: &'static str) {
     tf.apply(&[]).await;
     let id = tf.output("id").await;
     assert_eq!(id, format!("{}/dst/app@{}", b.addr(), src1.digest));
-    assert_eq!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src1.digest.as_str()));
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src1.digest.as_str())
+    );
     for child in &src1.children {
-        assert_eq!(fixtures::manifest_status(b.addr(), "dst/app", child).await, 200);
+        assert_eq!(
+            fixtures::manifest_status(b.addr(), "dst/app", child).await,
+            200
+        );
     }
     let values = tf.state_values("imagesync.app").await;
     assert_eq!(values["source_digest"], src1.digest.as_str());
@@ -263,45 +317,81 @@ async fn scenario(version: &'static str) {
     // Plan right after: no changes, and only HEAD requests for manifests.
     a.clear_access_log();
     b.clear_access_log();
-    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["no-op"]));
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["no-op"])
+    );
     for reg in [&a, &b] {
         let log = reg.access_log_settled().await;
-        assert!(log.iter().any(|e| e.is_manifest()), "no manifest request seen: {log:?}");
         assert!(
-            log.iter().filter(|e| e.is_manifest()).all(|e| e.method == "HEAD"),
+            log.iter().any(|e| e.is_manifest()),
+            "no manifest request seen: {log:?}"
+        );
+        assert!(
+            log.iter()
+                .filter(|e| e.is_manifest())
+                .all(|e| e.method == "HEAD"),
             "plan made non-HEAD manifest requests: {log:?}"
         );
     }
 
     // Destination deleted out of band: the plan shows a create; apply heals.
     let del = reqwest::Client::new()
-        .delete(format!("http://{}/v2/dst/app/manifests/{}", b.addr(), src1.digest))
+        .delete(format!(
+            "http://{}/v2/dst/app/manifests/{}",
+            b.addr(),
+            src1.digest
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(del.status().as_u16(), 202);
     assert_eq!(tag_digest(&b, "dst/app", "v1").await, None);
-    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["create"]));
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["create"])
+    );
     tf.apply(&[]).await;
-    assert_eq!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src1.digest.as_str()));
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src1.digest.as_str())
+    );
 
     // Destination tag now points elsewhere: drift, re-synced in place.
     fixtures::push_index_with(b.addr(), "dst/app", "v1", spec(99)).await;
-    assert_ne!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src1.digest.as_str()));
-    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["update"]));
+    assert_ne!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src1.digest.as_str())
+    );
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["update"])
+    );
     tf.apply(&[]).await;
-    assert_eq!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src1.digest.as_str()));
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src1.digest.as_str())
+    );
     assert_eq!(tf.output("id").await, id);
 
     // A new image pushed to the source tag: the plan shows the re-sync (replacement).
     let src2 = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(12)).await;
     assert_ne!(src2.digest, src1.digest);
-    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["delete", "create"]));
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["delete", "create"])
+    );
     tf.apply(&[]).await;
-    assert_eq!(tag_digest(&b, "dst/app", "v1").await.as_deref(), Some(src2.digest.as_str()));
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src2.digest.as_str())
+    );
     let id2 = tf.output("id").await;
     assert_eq!(id2, format!("{}/dst/app@{}", b.addr(), src2.digest));
-    assert_eq!(tf.state_values("imagesync.app").await["source_digest"], src2.digest.as_str());
+    assert_eq!(
+        tf.state_values("imagesync.app").await["source_digest"],
+        src2.digest.as_str()
+    );
 
     // The source retagged to the same digest: in-place update, nothing copied.
     Target::plain(a.addr())
@@ -309,12 +399,22 @@ async fn scenario(version: &'static str) {
         .await
         .unwrap();
     tf.config(&[&a, &b], &app("src/app:v2"));
-    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["update"]));
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["update"])
+    );
     b.clear_access_log();
     tf.apply(&[]).await;
-    assert_eq!(writes(&b).await, Vec::<String>::new(), "the in-place update wrote to the destination");
+    assert_eq!(
+        writes(&b).await,
+        Vec::<String>::new(),
+        "the in-place update wrote to the destination"
+    );
     assert_eq!(tf.output("id").await, id2);
-    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["no-op"]));
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["no-op"])
+    );
 
     // Destroy: our tag goes; another tag on the same digest and shared layers stay.
     Target::plain(b.addr())
@@ -322,12 +422,26 @@ async fn scenario(version: &'static str) {
         .await
         .unwrap();
     let other = fixtures::push_index_with(b.addr(), "dst/app", "other", spec(13)).await;
-    let shared: Vec<&String> = src2.layers.iter().filter(|l| other.layers.contains(l)).collect();
+    let shared: Vec<&String> = src2
+        .layers
+        .iter()
+        .filter(|l| other.layers.contains(l))
+        .collect();
     assert!(!shared.is_empty(), "fixtures should share a layer");
-    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]).await;
-    assert_eq!(fixtures::manifest_status(b.addr(), "dst/app", "v1").await, 404);
-    assert_eq!(tag_digest(&b, "dst/app", "keep").await.as_deref(), Some(src2.digest.as_str()));
-    assert_eq!(tag_digest(&b, "dst/app", "other").await.as_deref(), Some(other.digest.as_str()));
+    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
+        .await;
+    assert_eq!(
+        fixtures::manifest_status(b.addr(), "dst/app", "v1").await,
+        404
+    );
+    assert_eq!(
+        tag_digest(&b, "dst/app", "keep").await.as_deref(),
+        Some(src2.digest.as_str())
+    );
+    assert_eq!(
+        tag_digest(&b, "dst/app", "other").await.as_deref(),
+        Some(other.digest.as_str())
+    );
     for layer in shared {
         assert_eq!(fixtures::blob_status(b.addr(), "dst/app", layer).await, 200);
     }
@@ -339,30 +453,76 @@ async fn scenario(version: &'static str) {
         .unwrap();
     let imported = format!(
         "{}output \"id\" {{\n  value = imagesync.app.id\n}}\n",
-        resource("app", &a.reference("src/app:v2"), &b.reference("dst/app:imported"))
+        resource(
+            "app",
+            &a.reference("src/app:v2"),
+            &b.reference("dst/app:imported")
+        )
     );
     tf.config(&[&a, &b], &imported);
-    let bad = tf.run(&["import", "-input=false", "-no-color", "imagesync.app", "no-comma-here"]).await;
+    let bad = tf
+        .run(&[
+            "import",
+            "-input=false",
+            "-no-color",
+            "imagesync.app",
+            "no-comma-here",
+        ])
+        .await;
     assert!(!bad.status.success());
-    assert!(combined(&bad).contains("Invalid import ID"), "{}", combined(&bad));
-    let import_id = format!("{},{}", a.reference("src/app:v2"), b.reference("dst/app:imported"));
-    tf.ok(&["import", "-input=false", "-no-color", "imagesync.app", &import_id]).await;
+    assert!(
+        combined(&bad).contains("Invalid import ID"),
+        "{}",
+        combined(&bad)
+    );
+    let import_id = format!(
+        "{},{}",
+        a.reference("src/app:v2"),
+        b.reference("dst/app:imported")
+    );
+    tf.ok(&[
+        "import",
+        "-input=false",
+        "-no-color",
+        "imagesync.app",
+        &import_id,
+    ])
+    .await;
     let values = tf.state_values("imagesync.app").await;
-    assert_eq!(values["id"], format!("{}/dst/app@{}", b.addr(), src2.digest).as_str());
+    assert_eq!(
+        values["id"],
+        format!("{}/dst/app@{}", b.addr(), src2.digest).as_str()
+    );
     assert_eq!(values["source_digest"], src2.digest.as_str());
-    assert_eq!(values["destination"], b.reference("dst/app:imported").as_str());
-    assert_eq!(tf.plan_actions().await["imagesync.app"], actions(&["no-op"]));
+    assert_eq!(
+        values["destination"],
+        b.reference("dst/app:imported").as_str()
+    );
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["no-op"])
+    );
 
     // An invalid reference: an error diagnostic that names the attribute.
     let invalid = format!(
         "{imported}{}",
-        resource("bad", &format!("{}/src/App:v1", a.addr()), &b.reference("dst/bad:v1"))
+        resource(
+            "bad",
+            &format!("{}/src/App:v1", a.addr()),
+            &b.reference("dst/bad:v1")
+        )
     );
     tf.config(&[&a, &b], &invalid);
     let out = tf.run(&["plan", "-input=false", "-no-color"]).await;
-    assert!(!out.status.success(), "plan with an invalid reference succeeded");
+    assert!(
+        !out.status.success(),
+        "plan with an invalid reference succeeded"
+    );
     let err = combined(&out);
-    assert!(err.contains("Invalid image reference in \"source\""), "{err}");
+    assert!(
+        err.contains("Invalid image reference in \"source\""),
+        "{err}"
+    );
     assert!(err.contains("in resource \"imagesync\" \"bad\""), "{err}");
     assert!(err.contains("src/App:v1"), "{err}");
 }
@@ -394,24 +554,160 @@ resource "imagesync" "chained" {{
     tf.init().await;
     let planned = tf.plan_actions().await;
     assert_eq!(planned.len(), 31);
-    assert!(planned.values().all(|a| *a == actions(&["create"])), "{planned:?}");
+    assert!(
+        planned.values().all(|a| *a == actions(&["create"])),
+        "{planned:?}"
+    );
     tf.apply(&["-parallelism=10"]).await;
     for i in 0..30 {
         assert_eq!(
-            tag_digest(&b, &format!("dst/many{i}"), "v1").await.as_deref(),
+            tag_digest(&b, &format!("dst/many{i}"), "v1")
+                .await
+                .as_deref(),
             Some(src.digest.as_str()),
             "dst/many{i}"
         );
     }
-    assert_eq!(tag_digest(&b, "dst/chained", "v1").await.as_deref(), Some(src.digest.as_str()));
+    assert_eq!(
+        tag_digest(&b, "dst/chained", "v1").await.as_deref(),
+        Some(src.digest.as_str())
+    );
     let planned = tf.plan_actions().await;
-    assert!(planned.values().all(|a| *a == actions(&["no-op"])), "{planned:?}");
-    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color", "-parallelism=10"]).await;
+    assert!(
+        planned.values().all(|a| *a == actions(&["no-op"])),
+        "{planned:?}"
+    );
+    tf.ok(&[
+        "destroy",
+        "-auto-approve",
+        "-input=false",
+        "-no-color",
+        "-parallelism=10",
+    ])
+    .await;
     for i in 0..30 {
-        assert_eq!(fixtures::manifest_status(b.addr(), &format!("dst/many{i}"), "v1").await, 404);
+        assert_eq!(
+            fixtures::manifest_status(b.addr(), &format!("dst/many{i}"), "v1").await,
+            404
+        );
     }
     // The source is never touched.
-    assert_eq!(tag_digest(&a, "src/many", "v1").await.as_deref(), Some(src.digest.as_str()));
+    assert_eq!(
+        tag_digest(&a, "src/many", "v1").await.as_deref(),
+        Some(src.digest.as_str())
+    );
+}
+
+/// A TLS registry with Basic auth: `ca_file` and `registry_auth` work; with a wrong
+/// password the refresh fails with an error and the resource stays in state (never "gone").
+async fn auth_and_tls(version: &'static str) {
+    let a = Registry::start().await;
+    let b = Registry::start_with(RegistryOptions {
+        tls: true,
+        htpasswd: Some(("mirror".into(), "s3cret-pass".into())),
+        ..RegistryOptions::default()
+    })
+    .await;
+    let tf = Tf::new(version);
+    let src = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(31)).await;
+    let provider = |password: &str| {
+        format!(
+            "insecure_registries = [\"{}\"]\n  ca_file = \"{}\"\n  registry_auth {{\n    address  = \"{}\"\n    username = \"mirror\"\n    password = \"{password}\"\n  }}",
+            a.addr(),
+            b.ca_pem_path().unwrap().display(),
+            b.addr()
+        )
+    };
+    let resources = resource(
+        "app",
+        &a.reference("src/app:v1"),
+        &b.reference("dst/app:v1"),
+    );
+    tf.config_with(&provider("s3cret-pass"), &resources);
+    tf.init().await;
+    tf.apply(&[]).await;
+    assert_eq!(
+        tf.state_values("imagesync.app").await["id"],
+        format!("{}/dst/app@{}", b.addr(), src.digest).as_str()
+    );
+    assert_eq!(auth_manifest_status(&b, "dst/app", "v1").await, 200);
+
+    tf.config_with(&provider("wrong-pass"), &resources);
+    let out = tf.run(&["plan", "-input=false", "-no-color"]).await;
+    assert!(
+        !out.status.success(),
+        "plan with a wrong password succeeded"
+    );
+    let all = combined(&out);
+    assert!(
+        all.contains("Cannot read the destination image: unauthorized"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("wrong-pass"),
+        "the password leaked into the output: {all}"
+    );
+    // Still in state, still at the registry.
+    assert_eq!(
+        tf.state_values("imagesync.app").await["source_digest"],
+        src.digest.as_str()
+    );
+    assert_eq!(auth_manifest_status(&b, "dst/app", "v1").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_11_4_auth_and_tls() {
+    auth_and_tls("1.11.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_0_13_4_auth_and_tls() {
+    auth_and_tls("0.13.4").await;
+}
+
+/// HEAD of a manifest on a TLS + Basic auth registry, accepting every manifest type.
+async fn auth_manifest_status(reg: &Registry, repo: &str, reference: &str) -> u16 {
+    let (user, password) = reg.credentials().unwrap();
+    reg.http_client()
+        .head(format!("{}/v2/{repo}/manifests/{reference}", reg.url()))
+        .basic_auth(user, Some(password))
+        .header(
+            "Accept",
+            [
+                fixtures::OCI_INDEX,
+                fixtures::OCI_MANIFEST,
+                fixtures::DOCKER_LIST,
+                fixtures::DOCKER_MANIFEST,
+            ]
+            .join(", "),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Kubernetes mode is not implemented yet: a clear diagnostic on the block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_kubernetes_block_is_rejected_clearly() {
+    let tf = Tf::new("1.11.4");
+    tf.config_with(
+        "kubernetes {\n    namespace = \"mirror\"\n  }",
+        &resource("app", "127.0.0.1:1/src/app:v1", "127.0.0.1:2/dst/app:v1"),
+    );
+    tf.init().await;
+    let out = tf.run(&["validate", "-no-color"]).await;
+    assert!(!out.status.success());
+    let all = combined(&out);
+    assert!(
+        all.contains("Kubernetes mode is not yet supported"),
+        "{all}"
+    );
+    assert!(
+        all.contains("in provider \"imagesync\""),
+        "the diagnostic should point at the provider: {all}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
