@@ -253,6 +253,16 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 // === Decisions (pure, unit-tested) ===
 
+/// Whether `old` (as recorded in status) names the same tag as `new`, however spelled
+/// (`docker.io/library/x:1` and `x:1` are the same): then nothing must be deleted.
+pub fn same_image_reference(old: &str, new: &Reference) -> bool {
+    Reference::parse(old).is_ok_and(|o| {
+        o.registry() == new.registry()
+            && o.repository() == new.repository()
+            && o.manifest_ref() == new.manifest_ref()
+    })
+}
+
 /// Drift found by a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Drift {
@@ -519,7 +529,7 @@ async fn apply_inner(
         status.synced_destination.clone(),
         status.destination_digest.clone(),
     ) {
-        if old != spec.destination {
+        if !same_image_reference(&old, &destination) {
             release_old_destination(obj, ctx, &engine, &old, &digest).await?;
             status.destination_digest = None;
             status.id = None;
@@ -987,6 +997,21 @@ mod tests {
             decide(&synced("d:1", A), "d:2", A, None),
             Decision::Copy(vec![])
         );
+    }
+
+    #[test]
+    fn respelling_the_destination_is_not_a_move() {
+        let new = Reference::parse("docker.io/library/busybox:1").unwrap();
+        assert!(same_image_reference("busybox:1", &new));
+        assert!(same_image_reference(
+            "index.docker.io/library/busybox:1",
+            &new
+        ));
+        assert!(!same_image_reference("busybox:2", &new));
+        assert!(!same_image_reference(
+            "127.0.0.1:5000/library/busybox:1",
+            &new
+        ));
     }
 
     #[test]
