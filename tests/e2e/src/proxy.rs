@@ -222,7 +222,7 @@ fn should_fault(s: &Shared, plan: &FaultPlan, method: &hyper::Method, uri: &hype
     match plan.mode {
         Mode::Off => false,
         Mode::FirstN(k) => n < k,
-        Mode::EveryNth(k) => n % k.max(1) == 0,
+        Mode::EveryNth(k) => n.is_multiple_of(k.max(1)),
         Mode::PerRequest(k) => {
             let key = request_key(method, uri);
             let mut seen = lock(&s.per_request);
