@@ -31,6 +31,9 @@ pub enum Fault {
     /// Forward, flipping one byte in the middle of the response body (blob GETs: the
     /// content no longer matches its digest).
     Corrupt,
+    /// Refuse monolithic blob uploads (`PUT` of an upload session with a body) with
+    /// 405 `UNSUPPORTED`, like registries that only take chunked `PATCH` uploads.
+    RefuseMonolithic,
 }
 
 /// Which requests count as candidates for a fault.
@@ -268,6 +271,26 @@ async fn handle(s: &Shared, req: Request<hyper::body::Incoming>) -> Response<Bod
             Fault::RateLimited { retry_after_secs } => {
                 s.injected.fetch_add(1, Ordering::SeqCst);
                 return status(429, Some(retry_after_secs));
+            }
+            Fault::RefuseMonolithic => {
+                let has_body = req
+                    .headers()
+                    .get(hyper::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|n| n > 0);
+                if req.method() == hyper::Method::PUT
+                    && path.contains("/blobs/uploads/")
+                    && has_body
+                {
+                    s.injected.fetch_add(1, Ordering::SeqCst);
+                    let mut r = Response::new(full(
+                        r#"{"errors":[{"code":"UNSUPPORTED","message":"monolithic uploads refused by the fault proxy"}]}"#
+                            .to_string(),
+                    ));
+                    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                    return r;
+                }
             }
             Fault::Corrupt => {
                 corrupt = req.method() == hyper::Method::GET;

@@ -424,6 +424,43 @@ async fn permanent_faults_fail_the_copy_and_leave_no_tag() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_refusing_monolithic_uploads_gets_chunked_patches() {
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let pushed = fixtures::push_index(src.addr(), "app", "1", 73).await;
+    let proxy = FaultProxy::start(
+        dst.addr(),
+        FaultPlan {
+            fault: Fault::RefuseMonolithic,
+            target: FaultTarget::Uploads,
+            mode: Mode::Always,
+        },
+    )
+    .await;
+    let e = engine(&[src.addr(), &proxy.addr()]);
+    let out = e
+        .sync(
+            &r(&src.reference("app:1")),
+            &r(&format!("{}/app:1", proxy.addr())),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.destination_digest.as_str(), pushed.digest);
+    assert_identical(dst.addr(), "app", "1", &pushed).await;
+    assert!(proxy.faults_injected() >= 1);
+    let log = dst.access_log_settled().await;
+    let patches = log
+        .iter()
+        .filter(|e| e.method == "PATCH" && e.status == 202)
+        .count();
+    assert!(
+        patches >= pushed.blobs.len(),
+        "every blob goes up in PATCH chunks: {log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_blob_fails_with_integrity_and_leaves_no_tag() {
     let src = Registry::start().await;
     let dst = Registry::start().await;
