@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use imagesync_engine::auth::{ChainProvider, Credential, StaticProvider};
@@ -16,6 +17,21 @@ pub enum BackendError {
     /// The engine failed; the kind says whether it was "not found", auth, network, ...
     #[error(transparent)]
     Engine(#[from] imagesync_engine::Error),
+    /// The Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] Box<kube::Error>),
+    /// The `ImageSync` object did not become ready (or go away) in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The controller reported a failure.
+    #[error("{0}")]
+    Controller(String),
+}
+
+impl From<kube::Error> for BackendError {
+    fn from(e: kube::Error) -> BackendError {
+        BackendError::Kube(Box::new(e))
+    }
 }
 
 impl BackendError {
@@ -23,6 +39,16 @@ impl BackendError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             BackendError::Engine(e) => e.kind(),
+            BackendError::Kube(e) => match e.as_ref() {
+                kube::Error::Api(s) if s.code == 404 => ErrorKind::NotFound,
+                kube::Error::Api(s) if s.code == 401 => ErrorKind::Unauthorized,
+                kube::Error::Api(s) if s.code == 403 => ErrorKind::Denied,
+                kube::Error::Api(s) if s.code == 409 => ErrorKind::Conflict,
+                kube::Error::Api(s) if s.code == 422 || s.code == 400 => ErrorKind::InvalidInput,
+                _ => ErrorKind::Transient,
+            },
+            BackendError::Timeout(_) => ErrorKind::Transient,
+            BackendError::Controller(_) => ErrorKind::Integrity,
         }
     }
 
@@ -40,15 +66,45 @@ impl BackendError {
     }
 }
 
-/// The result of a sync.
+/// What one resource instance refers to.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Parsed `source`.
+    pub source: Reference,
+    /// Parsed `destination`.
+    pub destination: Reference,
+    /// `destination` as written (the `id` when it pins a digest).
+    pub destination_text: String,
+    /// `delete_layers`.
+    pub delete_layers: bool,
+    /// Kubernetes mode: the object's namespace.
+    pub namespace: Option<String>,
+    /// Kubernetes mode: the object's name.
+    pub name: Option<String>,
+    /// How long to wait for a sync (Kubernetes mode).
+    pub create_timeout: Duration,
+    /// How long to wait for a delete (Kubernetes mode).
+    pub delete_timeout: Duration,
+}
+
+/// What a sync left at the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Synced {
     /// The digest the source resolved to.
     pub source_digest: Digest,
     /// The digest now at the destination.
     pub destination_digest: Digest,
-    /// True when something was written.
-    pub copied: bool,
+    /// The `id`.
+    pub id: String,
+}
+
+/// What a refresh found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// The `id` of what is at the destination now.
+    pub id: String,
+    /// The source digest, when the backend knows it (Kubernetes status).
+    pub source_digest: Option<Digest>,
 }
 
 /// The result of a delete.
@@ -63,24 +119,44 @@ pub struct Deleted {
 /// What the resource needs from wherever images are copied.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Whether plans resolve the source digest (direct mode). In Kubernetes mode the
+    /// controller follows the source itself, so plans do not.
+    fn resolves_at_plan(&self) -> bool;
+
+    /// The default namespace (Kubernetes mode only).
+    fn namespace(&self) -> Option<String> {
+        None
+    }
+
     /// The digest `reference` resolves to (HEAD); `None` only when it does not exist.
     async fn digest(&self, reference: &Reference) -> Result<Option<Digest>, BackendError>;
+
+    /// What is at the destination now; `None` only when it is gone.
+    async fn observe(&self, target: &Target) -> Result<Option<Observed>, BackendError>;
 
     /// Copies `source` (pinned to `expect_source_digest` when given) to `destination`.
     async fn sync(
         &self,
-        source: &Reference,
-        destination: &Reference,
+        target: &Target,
         expect_source_digest: Option<Digest>,
     ) -> Result<Synced, BackendError>;
 
-    /// Removes `destination`'s tag, only if it still points at `expect_digest`.
+    /// Removes the destination, only if it still points at `expect_digest`.
     async fn delete(
         &self,
-        destination: &Reference,
+        target: &Target,
         expect_digest: Option<Digest>,
-        delete_layers: bool,
     ) -> Result<Deleted, BackendError>;
+}
+
+/// The `id` for `destination` holding `digest`: the destination as written when it pins
+/// a digest, else `<normalised repository>@<digest>`.
+pub fn make_id(destination_text: &str, destination: &Reference, digest: &Digest) -> String {
+    if destination.digest().is_some() {
+        destination_text.to_string()
+    } else {
+        destination.id(digest)
+    }
 }
 
 /// Settings of the direct backend (from the provider block).
@@ -122,16 +198,31 @@ impl Direct {
 
 #[async_trait]
 impl Backend for Direct {
+    fn resolves_at_plan(&self) -> bool {
+        true
+    }
+
     async fn digest(&self, reference: &Reference) -> Result<Option<Digest>, BackendError> {
         Ok(self.engine.digest(reference).await?)
     }
 
+    async fn observe(&self, target: &Target) -> Result<Option<Observed>, BackendError> {
+        Ok(self
+            .engine
+            .digest(&target.destination)
+            .await?
+            .map(|d| Observed {
+                id: make_id(&target.destination_text, &target.destination, &d),
+                source_digest: None,
+            }))
+    }
+
     async fn sync(
         &self,
-        source: &Reference,
-        destination: &Reference,
+        target: &Target,
         expect_source_digest: Option<Digest>,
     ) -> Result<Synced, BackendError> {
+        let (source, destination) = (&target.source, &target.destination);
         let outcome = self
             .engine
             .sync(
@@ -150,25 +241,29 @@ impl Backend for Direct {
             "synced"
         );
         Ok(Synced {
+            id: make_id(
+                &target.destination_text,
+                destination,
+                &outcome.destination_digest,
+            ),
             source_digest: outcome.source_digest,
             destination_digest: outcome.destination_digest,
-            copied: !outcome.up_to_date,
         })
     }
 
     async fn delete(
         &self,
-        destination: &Reference,
+        target: &Target,
         expect_digest: Option<Digest>,
-        delete_layers: bool,
     ) -> Result<Deleted, BackendError> {
+        let destination = &target.destination;
         let report = self
             .engine
             .delete(
                 destination,
                 &DeleteOptions {
                     expect_digest,
-                    delete_layers,
+                    delete_layers: target.delete_layers,
                 },
             )
             .await?;

@@ -5,12 +5,14 @@
 //! - [`schema`]: provider and resource schemas.
 //! - [`resource`]: plan/apply/read/import logic against a [`backend::Backend`].
 //! - [`backend`]: the [`backend::Direct`] backend over the imagesync engine.
+//! - [`kube`]: the Kubernetes backend (`ImageSync` objects for the controller).
 //! - [`provider`]: the tfplugin5/tfplugin6 gRPC services.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod codec;
 pub mod diag;
+pub mod kube;
 pub mod plugin;
 pub mod proto;
 pub mod provider;

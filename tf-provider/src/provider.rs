@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::backend::{Backend, Direct, DirectConfig};
 use crate::codec::Value;
 use crate::diag::{self, Diagnostic, PathStep};
+use crate::kube::{Kube, KubeConfig};
 use crate::proto::tfplugin5;
 use crate::proto::tfplugin6::{self as pb, DynamicValue};
 use crate::resource::{self, Model, Private};
@@ -76,8 +77,17 @@ fn string_attr(config: &Value, name: &str, diags: &mut Diags) -> Option<String> 
     }
 }
 
+/// The provider block, parsed.
+#[derive(Debug, Default)]
+pub struct ProviderConfig {
+    /// Direct-mode (engine) settings.
+    pub direct: DirectConfig,
+    /// The `kubernetes` block, if present.
+    pub kubernetes: Option<KubeConfig>,
+}
+
 /// Reads the provider block. Errors carry attribute paths.
-pub fn provider_config(config: &Value) -> (DirectConfig, Diags) {
+pub fn provider_config(config: &Value) -> (ProviderConfig, Diags) {
     let mut diags = Vec::new();
     let mut out = DirectConfig::default();
     match config.get("insecure_registries") {
@@ -140,22 +150,42 @@ pub fn provider_config(config: &Value) -> (DirectConfig, Diags) {
             }
         }
     }
-    if config
+    let kubernetes = config
         .get("kubernetes")
         .as_list()
-        .is_some_and(|l| !l.is_empty())
-    {
-        diags.push(
-            Diagnostic::error(
-                "Kubernetes mode is not yet supported",
-                "This version of terraform-provider-imagesync only has direct mode: remove the \
-                 `kubernetes` block and the provider copies images itself. Kubernetes mode (managing \
-                 `ImageSync` objects for the imagesync controller) comes in a later version.",
-            )
-            .at_path(vec![PathStep::Attr("kubernetes".into()), PathStep::Index(0)]),
-        );
-    }
-    (out, diags)
+        .and_then(|l| l.first())
+        .map(|k| {
+            let mut field = |a: &str| match k.get(a) {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Unknown => {
+                    diags.push(
+                        Diagnostic::error(
+                            format!("kubernetes {a} must be known when the provider is configured"),
+                            "",
+                        )
+                        .at_path(vec![
+                            PathStep::Attr("kubernetes".into()),
+                            PathStep::Index(0),
+                            PathStep::Attr(a.into()),
+                        ]),
+                    );
+                    None
+                }
+                _ => None,
+            };
+            KubeConfig {
+                config_path: field("config_path").map(PathBuf::from),
+                config_context: field("config_context"),
+                namespace: field("namespace"),
+            }
+        });
+    (
+        ProviderConfig {
+            direct: out,
+            kubernetes,
+        },
+        diags,
+    )
 }
 
 impl Core {
@@ -204,6 +234,17 @@ impl Core {
         if diag::has_errors(&diags) {
             return diags;
         }
+        if let Some(kcfg) = cfg.kubernetes {
+            match Kube::new(kcfg).await {
+                Ok(kube) => self.set_backend(Arc::new(kube)).await,
+                Err(e) => diags.push(
+                    Diagnostic::error("Cannot set up the Kubernetes client", format!("{e:#}"))
+                        .at("kubernetes"),
+                ),
+            }
+            return diags;
+        }
+        let cfg = cfg.direct;
         let ca_file = cfg.ca_file.clone();
         match Direct::new(cfg) {
             Ok(direct) => self.set_backend(Arc::new(direct)).await,

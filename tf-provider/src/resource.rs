@@ -11,12 +11,16 @@
 //!   `source_digest` shows as drift and plans an in-place re-sync.
 //! - Create and re-sync copy `source@<planned digest>`, never the tag again.
 //! - Delete removes the tag only while it still points at the digest we wrote.
+//! - Kubernetes mode ([`crate::kube`]): plans do not look at registries (the controller
+//!   follows the source); apply writes the `ImageSync` object and waits for `Ready`; read
+//!   takes `id` and `source_digest` from its status; a gone object leaves the state.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use imagesync_engine::{Digest, ErrorKind, Reference};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Target};
 use crate::codec::Value;
 use crate::diag::Diagnostic;
 
@@ -32,7 +36,16 @@ pub mod attr {
     pub const SOURCE_DIGEST: &str = "source_digest";
     /// `delete_layers`.
     pub const DELETE_LAYERS: &str = "delete_layers";
+    /// `namespace` (Kubernetes mode).
+    pub const NAMESPACE: &str = "namespace";
+    /// `name` (Kubernetes mode).
+    pub const NAME: &str = "name";
+    /// The `timeouts` block (Kubernetes mode).
+    pub const TIMEOUTS: &str = "timeouts";
 }
+
+/// Default wait for an `ImageSync` to become ready or go away.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The resource's attributes. Each is a [`Value`] so null and unknown survive.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +60,12 @@ pub struct Model {
     pub source_digest: Value,
     /// `delete_layers`.
     pub delete_layers: Value,
+    /// `namespace` (Kubernetes mode; null in direct mode).
+    pub namespace: Value,
+    /// `name` (Kubernetes mode; null in direct mode).
+    pub name: Value,
+    /// `timeouts { create, delete }` (null when absent).
+    pub timeouts: Value,
 }
 
 impl Model {
@@ -61,6 +80,9 @@ impl Model {
             destination: v.get(attr::DESTINATION).clone(),
             source_digest: v.get(attr::SOURCE_DIGEST).clone(),
             delete_layers: v.get(attr::DELETE_LAYERS).clone(),
+            namespace: v.get(attr::NAMESPACE).clone(),
+            name: v.get(attr::NAME).clone(),
+            timeouts: v.get(attr::TIMEOUTS).clone(),
         })
     }
 
@@ -72,12 +94,75 @@ impl Model {
         m.insert(attr::DESTINATION.to_string(), self.destination.clone());
         m.insert(attr::SOURCE_DIGEST.to_string(), self.source_digest.clone());
         m.insert(attr::DELETE_LAYERS.to_string(), self.delete_layers.clone());
+        m.insert(attr::NAMESPACE.to_string(), self.namespace.clone());
+        m.insert(attr::NAME.to_string(), self.name.clone());
+        m.insert(attr::TIMEOUTS.to_string(), self.timeouts.clone());
         Value::Object(m)
     }
 
-    fn delete_layers(&self) -> bool {
-        self.delete_layers.as_bool().unwrap_or(true)
+    fn empty() -> Model {
+        Model {
+            id: Value::Null,
+            source: Value::Null,
+            destination: Value::Null,
+            source_digest: Value::Null,
+            delete_layers: Value::Null,
+            namespace: Value::Null,
+            name: Value::Null,
+            timeouts: Value::Null,
+        }
     }
+
+    fn timeout(&self, which: &str) -> Duration {
+        self.timeouts
+            .get(which)
+            .as_str()
+            .and_then(parse_duration)
+            .unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The parsed target; `Ok(None)` while source or destination is unknown.
+    fn target(&self) -> Result<Option<Target>, Diagnostic> {
+        let source = parse_ref(&self.source, attr::SOURCE)?;
+        let destination = parse_ref(&self.destination, attr::DESTINATION)?;
+        let (Some(source), Some(destination)) = (source, destination) else {
+            return Ok(None);
+        };
+        Ok(Some(Target {
+            source,
+            destination,
+            destination_text: self.destination.as_str().unwrap_or_default().to_string(),
+            delete_layers: self.delete_layers.as_bool().unwrap_or(true),
+            namespace: self.namespace.as_str().map(str::to_string),
+            name: self.name.as_str().map(str::to_string),
+            create_timeout: self.timeout("create"),
+            delete_timeout: self.timeout("delete"),
+        }))
+    }
+}
+
+/// Parses Go-style durations: `90s`, `5m`, `1h30m`.
+pub fn parse_duration(input: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in input.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().ok()?;
+        number.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return None,
+        };
+    }
+    if !number.is_empty() || total == 0 {
+        return None;
+    }
+    Some(Duration::from_secs(total))
 }
 
 /// Private state kept with the resource: the digest we wrote, for safe deletion.
@@ -130,14 +215,7 @@ fn parse_ref(value: &Value, attribute: &str) -> Result<Option<Reference>, Diagno
     }
 }
 
-/// The `id` for `destination` holding `digest`.
-pub fn make_id(destination_text: &str, destination: &Reference, digest: &Digest) -> String {
-    if destination.digest().is_some() {
-        destination_text.to_string()
-    } else {
-        destination.id(digest)
-    }
-}
+pub use crate::backend::make_id;
 
 /// The digest part of an `id`.
 pub fn id_digest(id: &str) -> Option<Digest> {
@@ -146,7 +224,16 @@ pub fn id_digest(id: &str) -> Option<Digest> {
 
 /// Turns a backend error into a diagnostic with advice for its kind.
 pub fn error_diagnostic(what: &str, err: &BackendError, attribute: Option<&str>) -> Diagnostic {
-    let hint = match err.kind() {
+    let hint = match (err, err.kind()) {
+        (BackendError::Kube(_), _) => {
+            "Check the `kubernetes` provider block (kubeconfig, context, namespace), that the \
+             ImageSync CRD is installed and that the credentials may manage imagesyncs."
+        }
+        (BackendError::Timeout(_) | BackendError::Controller(_), _) => {
+            "Check that the imagesync controller is running, and the object's Ready condition \
+             and Events (`kubectl describe imagesync NAME`)."
+        }
+        (_, kind) => match kind {
         ErrorKind::NotFound => "The image does not exist (the registry answered \"not found\").",
         ErrorKind::Unauthorized => {
             "The registry rejected the credentials. Configure a `registry_auth` block for it, \
@@ -162,6 +249,7 @@ pub fn error_diagnostic(what: &str, err: &BackendError, attribute: Option<&str>)
         ErrorKind::InvalidInput => "Check the references and the provider configuration.",
         ErrorKind::Integrity => "Content did not match its digest; nothing was tagged.",
         ErrorKind::Conflict => "The destination changed meanwhile.",
+        },
     };
     let d = Diagnostic::error(
         format!("{what}: {}", err.kind().label()),
@@ -233,6 +321,7 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
         return Planned::default();
     };
     let mut out = Planned::default();
+    let direct = backend.resolves_at_plan();
     if planned.delete_layers.is_null() {
         planned.delete_layers = Value::Bool(true);
     }
@@ -243,7 +332,39 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
             return out;
         }
     };
-    let resolved = plan_source_digest(backend, &planned.source, &mut out.diags).await;
+    if direct {
+        for a in [attr::NAMESPACE, attr::NAME] {
+            let v = if a == attr::NAMESPACE {
+                &planned.namespace
+            } else {
+                &planned.name
+            };
+            if !v.is_null() {
+                out.diags.push(
+                    Diagnostic::error(
+                        format!("{a:?} is only used in Kubernetes mode"),
+                        "Remove it, or configure the provider's `kubernetes` block.",
+                    )
+                    .at(a),
+                );
+            }
+        }
+    } else {
+        if planned.namespace.is_null() {
+            planned.namespace = Value::string_or_null(backend.namespace());
+        }
+        if planned.name.is_null() {
+            planned.name = match planned.destination.as_str() {
+                Some(d) => Value::String(crate::kube::derive_name(d)),
+                None => Value::Unknown,
+            };
+        }
+    }
+    let resolved = if direct {
+        plan_source_digest(backend, &planned.source, &mut out.diags).await
+    } else {
+        Some(Value::Unknown)
+    };
     if crate::diag::has_errors(&out.diags) {
         return out;
     }
@@ -275,10 +396,28 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
             check_pinned(&planned.source_digest, &mut out.diags);
         }
         Some(prior) => {
-            if planned.destination != prior.destination {
-                out.requires_replace.push(attr::DESTINATION);
+            for (a, new, old) in [
+                (attr::DESTINATION, &planned.destination, &prior.destination),
+                (attr::NAMESPACE, &planned.namespace, &prior.namespace),
+                (attr::NAME, &planned.name, &prior.name),
+            ] {
+                if new != old {
+                    out.requires_replace.push(a);
+                }
+            }
+            if !out.requires_replace.is_empty() {
                 planned.id = Value::Unknown;
                 planned.source_digest = resolved.unwrap_or(Value::Unknown);
+            } else if !direct {
+                // Kubernetes mode: the controller follows the source; a spec change is
+                // applied in place.
+                if planned.source != prior.source || planned.delete_layers != prior.delete_layers {
+                    planned.id = Value::Unknown;
+                    planned.source_digest = Value::Unknown;
+                } else {
+                    planned.id = prior.id.clone();
+                    planned.source_digest = prior.source_digest.clone();
+                }
             } else {
                 let current = match resolved {
                     Some(v) => v,
@@ -365,13 +504,19 @@ async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -
         private: Private::default(),
         diags: vec![d],
     };
-    let (source, destination) = match (
-        parse_ref(&planned.source, attr::SOURCE),
-        parse_ref(&planned.destination, attr::DESTINATION),
-    ) {
-        (Ok(Some(s)), Ok(Some(d))) => (s, d),
-        (Err(e), _) | (_, Err(e)) => return failed(prior, e),
-        _ => {
+    if !backend.resolves_at_plan() {
+        if planned.namespace.is_unknown() || planned.namespace.is_null() {
+            planned.namespace = Value::string_or_null(backend.namespace());
+        }
+        if planned.name.is_unknown() || planned.name.is_null() {
+            planned.name =
+                Value::string_or_null(planned.destination.as_str().map(crate::kube::derive_name));
+        }
+    }
+    let target = match planned.target() {
+        Ok(Some(t)) => t,
+        Err(e) => return failed(prior, e),
+        Ok(None) => {
             return failed(
                 prior,
                 Diagnostic::error("source and destination must be known at apply time", ""),
@@ -382,7 +527,7 @@ async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -
         .source_digest
         .as_str()
         .and_then(|d| d.parse::<Digest>().ok());
-    let synced = match backend.sync(&source, &destination, expect.clone()).await {
+    let synced = match backend.sync(&target, expect.clone()).await {
         Ok(s) => s,
         Err(e) => {
             let what = if e.is_not_found() {
@@ -411,8 +556,7 @@ async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -
             ),
         );
     }
-    let dst_text = planned.destination.as_str().unwrap_or_default().to_string();
-    planned.id = Value::String(make_id(&dst_text, &destination, &synced.destination_digest));
+    planned.id = Value::String(synced.id);
     planned.source_digest = Value::String(synced.source_digest.to_string());
     if planned.delete_layers.is_unknown() || planned.delete_layers.is_null() {
         planned.delete_layers = Value::Bool(true);
@@ -427,8 +571,8 @@ async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -
 }
 
 async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Applied {
-    let destination = match parse_ref(&prior.destination, attr::DESTINATION) {
-        Ok(Some(d)) => d,
+    let target = match prior.target() {
+        Ok(Some(t)) => t,
         Ok(None) => return Applied::default(),
         Err(d) => {
             return Applied {
@@ -443,10 +587,8 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
         .clone()
         .or_else(|| prior.source_digest.as_str().and_then(|d| d.parse().ok()))
         .or_else(|| prior.id.as_str().and_then(id_digest));
-    match backend
-        .delete(&destination, ours, prior.delete_layers())
-        .await
-    {
+    let destination = target.destination.clone();
+    match backend.delete(&target, ours).await {
         Ok(report) => Applied {
             state: None,
             private: Private::default(),
@@ -476,24 +618,39 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
     }
 }
 
-/// Refreshes state from the destination.
+/// Refreshes state from the destination (or, in Kubernetes mode, the object's status).
 pub async fn read(backend: &dyn Backend, mut current: Model) -> (Option<Model>, Vec<Diagnostic>) {
-    let destination = match parse_ref(&current.destination, attr::DESTINATION) {
-        Ok(Some(d)) => d,
+    if !backend.resolves_at_plan() {
+        // Imported in Kubernetes mode: the object's default namespace and name.
+        if current.namespace.is_null() {
+            current.namespace = Value::string_or_null(backend.namespace());
+        }
+        if current.name.is_null() {
+            current.name =
+                Value::string_or_null(current.destination.as_str().map(crate::kube::derive_name));
+        }
+    }
+    let target = match current.target() {
+        Ok(Some(t)) => t,
         Ok(None) => return (Some(current), Vec::new()),
         Err(d) => return (Some(current), vec![d]),
     };
-    match backend.digest(&destination).await {
+    match backend.observe(&target).await {
         Ok(None) => {
-            tracing::info!(%destination, "destination gone; removing from state");
+            tracing::info!(destination = %target.destination, "gone; removing from state");
             (None, Vec::new())
         }
-        Ok(Some(digest)) => {
-            let text = current.destination.as_str().unwrap_or_default().to_string();
-            current.id = Value::String(make_id(&text, &destination, &digest));
-            if current.source_digest.is_null() {
-                // Just imported: what is at the destination is what we own.
-                current.source_digest = Value::String(digest.to_string());
+        Ok(Some(observed)) => {
+            if !observed.id.is_empty() {
+                if current.source_digest.is_null() {
+                    // Just imported: what is at the destination is what we own.
+                    current.source_digest =
+                        Value::string_or_null(id_digest(&observed.id).map(|d| d.to_string()));
+                }
+                if let Some(d) = observed.source_digest {
+                    current.source_digest = Value::String(d.to_string());
+                }
+                current.id = Value::String(observed.id);
             }
             if current.delete_layers.is_null() {
                 current.delete_layers = Value::Bool(true);
@@ -536,21 +693,15 @@ pub fn import(id: &str) -> Result<Model, Diagnostic> {
         id: Value::String(destination.to_string()),
         source: Value::String(source.to_string()),
         destination: Value::String(destination.to_string()),
-        source_digest: Value::Null,
         delete_layers: Value::Bool(true),
+        ..Model::empty()
     })
 }
 
 /// Upgrades stored state (any earlier version, including the original Go provider's
 /// version 1 state, which has no `delete_layers`).
 pub fn upgrade(raw: Value) -> Model {
-    let mut m = Model::from_value(&raw).unwrap_or(Model {
-        id: Value::Null,
-        source: Value::Null,
-        destination: Value::Null,
-        source_digest: Value::Null,
-        delete_layers: Value::Null,
-    });
+    let mut m = Model::from_value(&raw).unwrap_or_else(Model::empty);
     // The legacy flatmap form stores every value as a string.
     if let Value::String(s) = &m.delete_layers {
         m.delete_layers = Value::Bool(s != "false");
@@ -558,8 +709,14 @@ pub fn upgrade(raw: Value) -> Model {
     if m.delete_layers.is_null() {
         m.delete_layers = Value::Bool(true);
     }
-    if m.source_digest.as_str() == Some("") {
-        m.source_digest = Value::Null;
+    for v in [&mut m.source_digest, &mut m.namespace, &mut m.name] {
+        if v.as_str() == Some("") {
+            *v = Value::Null;
+        }
+    }
+    // Flatmap has no nested blocks we could read back.
+    if !matches!(m.timeouts, Value::Object(_)) {
+        m.timeouts = Value::Null;
     }
     m
 }

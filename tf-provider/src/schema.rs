@@ -56,6 +56,16 @@ fn block(
     }
 }
 
+fn single_block(name: &str, inner: schema::Block) -> schema::NestedBlock {
+    schema::NestedBlock {
+        type_name: name.to_string(),
+        block: Some(inner),
+        nesting: schema::nested_block::NestingMode::Single as i32,
+        min_items: 0,
+        max_items: 0,
+    }
+}
+
 fn list_block(name: &str, inner: schema::Block, max_items: i64) -> schema::NestedBlock {
     schema::NestedBlock {
         type_name: name.to_string(),
@@ -115,8 +125,9 @@ pub fn provider() -> Schema {
             ),
         ],
         vec![],
-        "Kubernetes mode: manage `ImageSync` objects that the imagesync controller copies. \
-         Not supported yet by this version of the provider.",
+        "Kubernetes mode: the resource manages `ImageSync` objects (imagesync.dev/v1alpha1) and \
+         the imagesync controller copies and heals. Without `config_path`, `KUBECONFIG`, \
+         `~/.kube/config` or the in-cluster service account are used.",
     );
     Schema {
         version: 0,
@@ -181,8 +192,32 @@ pub fn resource() -> Schema {
                     false,
                     "On destroy, also delete the image's blobs that no other manifest in the repository uses (default `true`).",
                 ),
+                attr(
+                    "namespace",
+                    STRING,
+                    OptionalComputed,
+                    false,
+                    "Kubernetes mode: namespace of the `ImageSync` object (default: the provider's). Changing it forces a new resource.",
+                ),
+                attr(
+                    "name",
+                    STRING,
+                    OptionalComputed,
+                    false,
+                    "Kubernetes mode: name of the `ImageSync` object (default: derived from `destination`). Changing it forces a new resource.",
+                ),
             ],
-            vec![],
+            vec![single_block(
+                "timeouts",
+                block(
+                    vec![
+                        attr("create", STRING, Optional, false, "How long to wait for `Ready` (default `5m`), e.g. `90s`, `10m`."),
+                        attr("delete", STRING, Optional, false, "How long to wait for the object to be gone (default `5m`)."),
+                    ],
+                    vec![],
+                    "Kubernetes mode: how long to wait for the controller.",
+                ),
+            )],
             "Mirrors one image (all platforms of a multi-arch image) from `source` to `destination`.",
         )),
     }

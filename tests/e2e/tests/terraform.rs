@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use imagesync_e2e::fixtures::{self, FixtureSpec, Pushed, Target};
+use imagesync_e2e::kube::ApiServer;
 use imagesync_e2e::registry::{Registry, RegistryOptions};
 
 const PROVIDER: &str = "terraform-provider-imagesync";
@@ -688,26 +689,133 @@ async fn auth_manifest_status(reg: &Registry, repo: &str, reference: &str) -> u1
         .as_u16()
 }
 
-/// Kubernetes mode is not implemented yet: a clear diagnostic on the block.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_kubernetes_block_is_rejected_clearly() {
-    let tf = Tf::new("1.11.4");
+/// A running `imagesync-controller`; killed on drop.
+struct Controller(std::process::Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The ImageSync objects in `default`, as JSON.
+fn imagesyncs(api: &ApiServer) -> Vec<serde_json::Value> {
+    let out = api.kubectl(&["get", "imagesyncs", "-n", "default", "-o", "json"]);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Kubernetes mode against a real kube-apiserver v1.20.2 and the real controller: apply
+/// creates the object and returns the controller's `id`; a deleted destination heals with
+/// no Terraform run; destroy removes the object (after the finalizer) and the image.
+async fn kubernetes_mode(version: &'static str) {
+    let (api, a, b) = tokio::join!(ApiServer::start(), Registry::start(), Registry::start());
+    api.apply_crd(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/imagesyncs.imagesync.dev.yaml"),
+    )
+    .await;
+    let log = std::fs::File::create(api.dir().join("controller.log")).unwrap();
+    let _controller = Controller(
+        std::process::Command::new(imagesync_e2e::bin("imagesync-controller"))
+            .args([
+                "--insecure-registry",
+                a.addr(),
+                "--insecure-registry",
+                b.addr(),
+            ])
+            .args(["--default-resync-interval", "2s"])
+            .args([
+                "--metrics-addr",
+                &format!(
+                    "127.0.0.1:{}",
+                    imagesync_e2e::registry::free_port().unwrap()
+                ),
+            ])
+            .env("KUBECONFIG", api.kubeconfig())
+            .env_remove("IMAGESYNC_NAMESPACE")
+            .env_remove("POD_NAMESPACE")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let src = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(41)).await;
+    let tf = Tf::new(version);
     tf.config_with(
-        "kubernetes {\n    namespace = \"mirror\"\n  }",
-        &resource("app", "127.0.0.1:1/src/app:v1", "127.0.0.1:2/dst/app:v1"),
+        &format!(
+            "kubernetes {{\n    config_path = \"{}\"\n    namespace   = \"default\"\n  }}",
+            api.kubeconfig().display()
+        ),
+        &format!(
+            "resource \"imagesync\" \"app\" {{\n  source      = \"{}\"\n  destination = \"{}\"\n  timeouts {{\n    create = \"2m\"\n    delete = \"2m\"\n  }}\n}}\n\noutput \"id\" {{\n  value = imagesync.app.id\n}}\n",
+            a.reference("src/app:v1"),
+            b.reference("dst/app:v1")
+        ),
     );
     tf.init().await;
-    let out = tf.run(&["validate", "-no-color"]).await;
-    assert!(!out.status.success());
-    let all = combined(&out);
-    assert!(
-        all.contains("Kubernetes mode is not yet supported"),
-        "{all}"
+    tf.apply(&[]).await;
+    let id = tf.output("id").await;
+    assert_eq!(id, format!("{}/dst/app@{}", b.addr(), src.digest));
+    let objects = imagesyncs(&api);
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(
+        objects[0]["spec"]["source"],
+        a.reference("src/app:v1").as_str()
     );
-    assert!(
-        all.contains("in provider \"imagesync\""),
-        "the diagnostic should point at the provider: {all}"
+    assert_eq!(objects[0]["status"]["id"], id.as_str());
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src.digest.as_str())
     );
+    let values = tf.state_values("imagesync.app").await;
+    assert_eq!(values["namespace"], "default");
+    assert_eq!(values["name"], objects[0]["metadata"]["name"]);
+
+    // The destination deleted out of band: the controller heals it, no Terraform run.
+    let del = reqwest::Client::new()
+        .delete(format!(
+            "http://{}/v2/dst/app/manifests/{}",
+            b.addr(),
+            src.digest
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status().as_u16(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while tag_digest(&b, "dst/app", "v1").await.as_deref() != Some(src.digest.as_str()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller did not heal the destination"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["no-op"])
+    );
+
+    // Destroy: the object goes (finalizer done) and so does the image.
+    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
+        .await;
+    assert!(imagesyncs(&api).is_empty());
+    assert_eq!(
+        fixtures::manifest_status(b.addr(), "dst/app", "v1").await,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_11_4_kubernetes_mode() {
+    kubernetes_mode("1.11.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_0_13_4_kubernetes_mode() {
+    kubernetes_mode("0.13.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

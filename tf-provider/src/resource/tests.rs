@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use imagesync_engine::{Digest, Reference};
 
 use super::*;
-use crate::backend::{Backend, BackendError, Deleted, Synced};
+use crate::backend::{make_id, Backend, BackendError, Deleted, Observed, Synced, Target};
 
 fn digest(n: u8) -> Digest {
     format!("sha256:{}", hex(n)).parse().unwrap()
@@ -70,6 +70,10 @@ fn registry_error(status: u16) -> BackendError {
 
 #[async_trait]
 impl Backend for Fake {
+    fn resolves_at_plan(&self) -> bool {
+        true
+    }
+
     async fn digest(&self, r: &Reference) -> Result<Option<Digest>, BackendError> {
         self.calls.lock().unwrap().push(format!("digest {r}"));
         if let Some(status) = *self.fail_digest.lock().unwrap() {
@@ -81,12 +85,15 @@ impl Backend for Fake {
         Ok(self.tags.lock().unwrap().get(&key(r)).cloned())
     }
 
-    async fn sync(
-        &self,
-        s: &Reference,
-        d: &Reference,
-        expect: Option<Digest>,
-    ) -> Result<Synced, BackendError> {
+    async fn observe(&self, t: &Target) -> Result<Option<Observed>, BackendError> {
+        Ok(self.digest(&t.destination).await?.map(|d| Observed {
+            id: make_id(&t.destination_text, &t.destination, &d),
+            source_digest: None,
+        }))
+    }
+
+    async fn sync(&self, t: &Target, expect: Option<Digest>) -> Result<Synced, BackendError> {
+        let (s, d) = (&t.source, &t.destination);
         self.calls
             .lock()
             .unwrap()
@@ -103,18 +110,14 @@ impl Backend for Fake {
         };
         self.tags.lock().unwrap().insert(key(d), src.clone());
         Ok(Synced {
+            id: make_id(&t.destination_text, d, &src),
             source_digest: src.clone(),
             destination_digest: src,
-            copied: true,
         })
     }
 
-    async fn delete(
-        &self,
-        d: &Reference,
-        expect: Option<Digest>,
-        layers: bool,
-    ) -> Result<Deleted, BackendError> {
+    async fn delete(&self, t: &Target, expect: Option<Digest>) -> Result<Deleted, BackendError> {
+        let (d, layers) = (&t.destination, t.delete_layers);
         self.calls
             .lock()
             .unwrap()
@@ -150,6 +153,9 @@ fn config(source: Value, destination: &str) -> Model {
         destination: Value::String(destination.into()),
         source_digest: Value::Unknown,
         delete_layers: Value::Null,
+        namespace: Value::Null,
+        name: Value::Null,
+        timeouts: Value::Null,
     }
 }
 
@@ -404,6 +410,30 @@ fn upgrade_fills_delete_layers_and_keeps_the_rest() {
     // Flatmap strings.
     let flat = Value::Object([("delete_layers".to_string(), s("false"))].into());
     assert_eq!(upgrade(flat).delete_layers, Value::Bool(false));
+}
+
+#[test]
+fn durations_parse_like_go() {
+    assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("5"), None);
+    assert_eq!(parse_duration("5x"), None);
+    let mut m = config(s(SRC), DST);
+    assert_eq!(m.timeout("create"), DEFAULT_TIMEOUT);
+    m.timeouts = Value::Object([("create".to_string(), s("2m"))].into());
+    assert_eq!(m.timeout("create"), Duration::from_secs(120));
+}
+
+#[tokio::test]
+async fn kubernetes_only_attributes_are_rejected_in_direct_mode() {
+    let fake = Fake::with(&[(SRC, digest(1))]);
+    let mut m = config(s(SRC), DST);
+    m.namespace = s("team");
+    let p = plan(&fake, None, Some(m)).await;
+    assert!(p
+        .diags
+        .iter()
+        .any(|d| d.error && d.path == vec![crate::diag::PathStep::Attr("namespace".into())]));
 }
 
 #[test]

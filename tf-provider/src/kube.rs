@@ -1,0 +1,278 @@
+//! Kubernetes mode: the resource manages an `ImageSync` object (imagesync.dev/v1alpha1)
+//! and the imagesync controller does the copying, healing drift between Terraform runs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use imagesync_controller::api::{ImageSync, ImageSyncSpec, FINALIZER};
+use imagesync_engine::{Digest, Reference};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, ResourceExt};
+use sha2::Digest as _;
+
+use crate::backend::{Backend, BackendError, Deleted, Observed, Synced, Target};
+
+/// Field manager of the server-side applies.
+const MANAGER: &str = "terraform-provider-imagesync";
+const POLL: Duration = Duration::from_millis(500);
+
+/// The `kubernetes {}` provider block.
+#[derive(Clone, Debug, Default)]
+pub struct KubeConfig {
+    /// Kubeconfig path (default: `KUBECONFIG`, `~/.kube/config`, or in-cluster).
+    pub config_path: Option<PathBuf>,
+    /// Context to use.
+    pub config_context: Option<String>,
+    /// Default namespace of the objects.
+    pub namespace: Option<String>,
+}
+
+/// Kubernetes mode.
+#[derive(Clone)]
+pub struct Kube {
+    client: Client,
+    namespace: String,
+}
+
+impl std::fmt::Debug for Kube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kube")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl Kube {
+    /// Connects (lazily) with the given settings.
+    pub async fn new(config: KubeConfig) -> anyhow::Result<Kube> {
+        use anyhow::Context as _;
+        let options = KubeConfigOptions {
+            context: config.config_context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let kcfg = match (&config.config_path, &config.config_context) {
+            (Some(path), _) => {
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .context("loading the kubeconfig")?
+            }
+            (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+                .await
+                .context("loading the kubeconfig")?,
+            (None, None) => kube::Config::infer()
+                .await
+                .context("no kubeconfig and not running in a cluster")?,
+        };
+        let namespace = config
+            .namespace
+            .clone()
+            .unwrap_or_else(|| kcfg.default_namespace.clone());
+        let client = Client::try_from(kcfg).context("building the Kubernetes client")?;
+        Ok(Kube { client, namespace })
+    }
+
+    fn api(&self, target: &Target) -> (Api<ImageSync>, String) {
+        let ns = target
+            .namespace
+            .clone()
+            .unwrap_or_else(|| self.namespace.clone());
+        let name = target
+            .name
+            .clone()
+            .unwrap_or_else(|| derive_name(&target.destination_text));
+        (Api::namespaced(self.client.clone(), &ns), name)
+    }
+}
+
+/// An object name derived from the destination: readable part plus a hash, DNS-1123.
+pub fn derive_name(destination: &str) -> String {
+    let readable: String = destination
+        .rsplit('/')
+        .next()
+        .unwrap_or(destination)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let readable: String = readable.trim_matches('-').chars().take(40).collect();
+    let hash = hex::encode(&sha2::Sha256::digest(destination.as_bytes())[..4]);
+    if readable.is_empty() {
+        format!("imagesync-{hash}")
+    } else {
+        format!("{}-{hash}", readable.trim_end_matches('-'))
+    }
+}
+
+fn status_of(obj: &ImageSync) -> Option<(String, Option<Digest>, Digest)> {
+    let st = obj.status.as_ref()?;
+    let id = st.id.clone()?;
+    let dst: Digest = st.destination_digest.as_deref()?.parse().ok()?;
+    let src = st.source_digest.as_deref().and_then(|d| d.parse().ok());
+    Some((id, src, dst))
+}
+
+#[async_trait]
+impl Backend for Kube {
+    fn resolves_at_plan(&self) -> bool {
+        false
+    }
+
+    fn namespace(&self) -> Option<String> {
+        Some(self.namespace.clone())
+    }
+
+    async fn digest(&self, _reference: &Reference) -> Result<Option<Digest>, BackendError> {
+        // The controller holds the registry credentials; plans do not look.
+        Ok(None)
+    }
+
+    async fn observe(&self, target: &Target) -> Result<Option<Observed>, BackendError> {
+        let (api, name) = self.api(target);
+        let Some(obj) = api.get_opt(&name).await? else {
+            return Ok(None);
+        };
+        if obj.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(match status_of(&obj) {
+            Some((id, source_digest, _)) => Observed { id, source_digest },
+            // Not synced yet: nothing new to report.
+            None => Observed {
+                id: String::new(),
+                source_digest: None,
+            },
+        }))
+    }
+
+    async fn sync(&self, target: &Target, _expect: Option<Digest>) -> Result<Synced, BackendError> {
+        let (api, name) = self.api(target);
+        let mut obj = ImageSync::new(
+            &name,
+            ImageSyncSpec {
+                source: target.source.to_string(),
+                destination: target.destination_text.clone(),
+                resync_interval: None,
+                deletion_policy: Default::default(),
+                delete_layers: target.delete_layers,
+                source_secret_ref: None,
+                destination_secret_ref: None,
+                suspend: false,
+            },
+        );
+        obj.metadata.labels = Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "terraform".to_string(),
+            )]
+            .into(),
+        );
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await?;
+        let generation = applied.metadata.generation.unwrap_or(0);
+        tracing::info!(%name, generation, "ImageSync applied; waiting for Ready");
+        let deadline = Instant::now() + target.create_timeout;
+        let mut last = String::from("no status yet");
+        loop {
+            if let Some(obj) = api.get_opt(&name).await? {
+                let st = obj.status.as_ref();
+                let current = st.and_then(|s| s.observed_generation).unwrap_or(-1) >= generation;
+                if let Some(c) = obj.ready_condition() {
+                    last = format!(
+                        "Ready={} reason={} message={}",
+                        c.status, c.reason, c.message
+                    );
+                }
+                if current && obj.is_ready() {
+                    if let Some((id, src, dst)) = status_of(&obj) {
+                        return Ok(Synced {
+                            source_digest: src.unwrap_or_else(|| dst.clone()),
+                            destination_digest: dst,
+                            id,
+                        });
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(BackendError::Timeout(format!(
+                    "ImageSync {}/{name} was not Ready within {:?}: {last}",
+                    api.resource_url(),
+                    target.create_timeout
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn delete(
+        &self,
+        target: &Target,
+        _expect: Option<Digest>,
+    ) -> Result<Deleted, BackendError> {
+        let (api, name) = self.api(target);
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Ok(Deleted {
+                    already_gone: true,
+                    warnings: Vec::new(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // The controller removes the destination tag, then its finalizer.
+        let deadline = Instant::now() + target.delete_timeout;
+        loop {
+            match api.get_opt(&name).await? {
+                None => return Ok(Deleted::default()),
+                Some(obj) if Instant::now() > deadline => {
+                    let waiting = obj.finalizers().iter().any(|f| f == FINALIZER);
+                    let cond = obj
+                        .ready_condition()
+                        .map(|c| format!("{}: {}", c.reason, c.message))
+                        .unwrap_or_default();
+                    return Err(BackendError::Timeout(format!(
+                        "ImageSync {name} still exists after {:?} (finalizer pending: {waiting}) {cond}",
+                        target.delete_timeout
+                    )));
+                }
+                Some(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_names_are_dns_labels_and_distinct() {
+        let a = derive_name("127.0.0.1:5000/dst/app:v1");
+        let b = derive_name("127.0.0.1:5000/other/app:v1");
+        assert!(a.starts_with("app-v1-"), "{a}");
+        assert_ne!(a, b);
+        for n in [a, b, derive_name("x/UPPER_case:TAG"), derive_name("///")] {
+            assert!(n.len() <= 63);
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{n}"
+            );
+            assert!(!n.starts_with('-') && !n.ends_with('-'), "{n}");
+        }
+    }
+}
