@@ -343,6 +343,21 @@ impl Registry {
         }
     }
 
+    /// A fixture [`crate::fixtures::Target`] for this registry (its URL, CA and Basic
+    /// credentials). Token-auth registries are not supported by raw pushes: copy into
+    /// them with the engine instead.
+    pub fn target(&self) -> crate::fixtures::Target {
+        crate::fixtures::Target {
+            base: self.url(),
+            client: self.http_client(),
+            basic: if self.options.token_auth {
+                None
+            } else {
+                self.user.clone()
+            },
+        }
+    }
+
     /// HTTP status of a `HEAD` (with Basic credentials if any; no token dance) on `path`.
     pub async fn head_status(&self, path: &str) -> u16 {
         let mut req = self.http_client().head(format!("{}{path}", self.url()));

@@ -673,6 +673,12 @@ async fn basic_auth_over_tls() {
     })
     .await;
     let pushed = fixtures::push_index(src.addr(), "app", "1", 101).await;
+    // Raw pushes work against TLS + Basic too (harness check).
+    let direct = dst
+        .target()
+        .push_image("direct", "1", &FixtureSpec::seeded(102))
+        .await
+        .unwrap();
     let creds = StaticProvider::new().with(dst.addr(), Credential::basic(USER, PASS));
     let e = engine_with(&[src.addr()], dst.ca_pem_path(), Arc::new(creds));
     let out = e
@@ -692,6 +698,8 @@ async fn basic_auth_over_tls() {
             .as_str(),
         pushed.digest
     );
+    let d = e.digest(&r(&dst.reference("direct:1"))).await.unwrap();
+    assert_eq!(d.unwrap().as_str(), direct.digest);
 
     // Anonymous: unauthorized, never "not found".
     let anon = engine_with(
@@ -814,6 +822,50 @@ async fn token_auth_copy_and_mount_between_repositories() {
             .as_str(),
         pushed.digest
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_bearer_challenge_like_public_registries() {
+    // A token server that serves anyone (Docker Hub / quay.io style anonymous tokens).
+    let src = Registry::start().await;
+    let public = Registry::start_with(RegistryOptions {
+        token_auth: true,
+        ..Default::default()
+    })
+    .await;
+    let dst = Registry::start().await;
+    let pushed = fixtures::push_index(src.addr(), "library/app", "1", 125).await;
+    let e = engine(&[src.addr(), public.addr(), dst.addr()]);
+    e.sync(
+        &r(&src.reference("library/app:1")),
+        &r(&public.reference("library/app:1")),
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    let out = e
+        .sync(
+            &r(&public.reference("library/app:1")),
+            &r(&dst.reference("mirror/app:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.destination_digest.as_str(), pushed.digest);
+    assert_identical(dst.addr(), "mirror/app", "1", &pushed).await;
+    let requests = public.token_server().unwrap().requests();
+    assert!(
+        requests.iter().all(|t| t.user.is_none()),
+        "anonymous only: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|t| t.scopes == vec!["repository:library/app:pull".to_string()]),
+        "{requests:?}"
+    );
+    // The raw registry really demands a token.
+    assert_eq!(public.head_status("/v2/library/app/manifests/1").await, 401);
 }
 
 fn write_executable(path: &Path, body: &str) {
