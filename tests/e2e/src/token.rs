@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
@@ -38,6 +38,8 @@ pub struct TokenServer {
 
 /// The `issuer` claim (must match the registry's `auth.token.issuer`).
 pub const ISSUER: &str = "imagesync-e2e-token-issuer";
+/// The refresh token (docker config `identitytoken`) the token server accepts for its user.
+pub const REFRESH_TOKEN: &str = "imagesync-e2e-refresh-token";
 /// The `service` (audience) the registry announces.
 pub const SERVICE: &str = "imagesync-e2e-registry";
 
@@ -79,10 +81,18 @@ impl TokenServer {
                 };
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(&state, req)) }
-                    });
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let state = state.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let form = match body.collect().await {
+                                    Ok(b) => b.to_bytes(),
+                                    Err(_) => Bytes::new(),
+                                };
+                                Ok::<_, Infallible>(answer(&state, &parts, &form))
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;
@@ -116,19 +126,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-fn answer(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    let query = req.uri().query().unwrap_or("");
+fn answer(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response<Full<Bytes>> {
+    let query = parts.uri.query().unwrap_or("");
     let mut scopes = Vec::new();
     let mut service = None;
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+    let mut fields = std::collections::HashMap::new();
+    // GET: query parameters; POST (OAuth2 form, identity tokens): the form body too.
+    let pairs =
+        url::form_urlencoded::parse(query.as_bytes()).chain(url::form_urlencoded::parse(form));
+    for (k, v) in pairs {
         match k.as_ref() {
             "scope" => scopes.extend(v.split(' ').filter(|s| !s.is_empty()).map(str::to_string)),
             "service" => service = Some(v.into_owned()),
-            _ => {}
+            _ => {
+                fields.insert(k.into_owned(), v.into_owned());
+            }
         }
     }
-    let presented = req
-        .headers()
+    let basic = parts
+        .headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
@@ -138,6 +154,26 @@ fn answer(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<B
             s.split_once(':')
                 .map(|(u, p)| (u.to_string(), p.to_string()))
         });
+    let presented = match fields.get("grant_type").map(String::as_str) {
+        // An identity token (docker config `identitytoken`) stands for the configured user.
+        Some("refresh_token") => {
+            let user = state
+                .user
+                .as_ref()
+                .map(|(u, _)| u.clone())
+                .unwrap_or_default();
+            if fields.get("refresh_token").map(String::as_str) == Some(REFRESH_TOKEN) {
+                state.user.clone()
+            } else {
+                Some((user, "<invalid refresh token>".to_string()))
+            }
+        }
+        Some("password") => Some((
+            fields.get("username").cloned().unwrap_or_default(),
+            fields.get("password").cloned().unwrap_or_default(),
+        )),
+        _ => basic,
+    };
     let (authorised, user) = match (&state.user, &presented) {
         (None, p) => (true, p.as_ref().map(|(u, _)| u.clone())),
         (Some(want), Some(got)) if want == got => (true, Some(got.0.clone())),

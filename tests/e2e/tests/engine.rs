@@ -868,6 +868,46 @@ async fn anonymous_bearer_challenge_like_public_registries() {
     assert_eq!(public.head_status("/v2/library/app/manifests/1").await, 401);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_config_identity_token_uses_the_oauth2_refresh_flow() {
+    use base64::Engine as _;
+    let src = Registry::start().await;
+    let reg = Registry::start_with(RegistryOptions {
+        token_auth: true,
+        htpasswd: Some((USER.into(), PASS.into())),
+        ..Default::default()
+    })
+    .await;
+    let pushed = fixtures::push_image(src.addr(), "app", "1", FixtureSpec::seeded(127)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode("<token>:");
+    std::fs::write(
+        &config,
+        serde_json::json!({"auths": {reg.addr(): {"auth": auth, "identitytoken": imagesync_e2e::token::REFRESH_TOKEN}}})
+            .to_string(),
+    )
+    .unwrap();
+    let chain = ChainProvider::standard(StaticProvider::new(), Some(config));
+    let e = engine_with(&[src.addr(), reg.addr()], None, Arc::new(chain));
+    let out = e
+        .sync(
+            &r(&src.reference("app:1")),
+            &r(&reg.reference("app:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.destination_digest.as_str(), pushed.digest);
+    let requests = reg.token_server().unwrap().requests();
+    assert!(
+        requests
+            .iter()
+            .all(|t| t.issued && t.user.as_deref() == Some(USER)),
+        "{requests:?}"
+    );
+}
+
 fn write_executable(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, body).unwrap();
