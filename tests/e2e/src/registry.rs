@@ -180,10 +180,21 @@ impl Registry {
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, &config)?;
 
-        let mut child = Command::new(registry_binary())
-            .arg("serve")
+        if !registry_binary().is_file() && !crate::have("docker-registry") {
+            bail!(
+                "{} not found: install it with tests/e2e/scripts/install-deps.sh",
+                registry_binary().display()
+            );
+        }
+        // A watchdog shell: the registry is killed when our end of its stdin closes, i.e.
+        // on drop *or* when this process dies without running destructors (a test-runner
+        // timeout), so no registry outlives its test.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg(registry_binary())
             .arg(&config_path)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -371,8 +382,26 @@ impl Registry {
     }
 }
 
+/// `sh -c WATCHDOG BINARY CONFIG`: runs the registry, kills it on stdin EOF, and exits
+/// with the registry's status when it exits by itself.
+/// (Background jobs get /dev/null as stdin unless redirected explicitly: hence fd 3.)
+const WATCHDOG: &str = r#"exec 3<&0
+"$0" serve "$1" & r=$!
+(read _ignored <&3; kill "$r" 2>/dev/null) &
+exec 3<&-
+wait "$r""#;
+
 impl Drop for Registry {
     fn drop(&mut self) {
+        // Closing stdin makes the watchdog kill the registry.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
