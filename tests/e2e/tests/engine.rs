@@ -240,6 +240,25 @@ async fn second_copy_transfers_no_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_one_image_into_one_repository_both_succeed() {
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let pushed = fixtures::push_index(src.addr(), "app", "1", 35).await;
+    let (e1, e2) = (
+        engine(&[src.addr(), dst.addr()]),
+        engine(&[src.addr(), dst.addr()]),
+    );
+    let s = r(&src.reference("app:1"));
+    let (d1, d2) = (r(&dst.reference("app:a")), r(&dst.reference("app:b")));
+    let opts = SyncOptions::default();
+    let (a, b) = tokio::join!(e1.sync(&s, &d1, &opts), e2.sync(&s, &d2, &opts));
+    assert_eq!(a.unwrap().destination_digest.as_str(), pushed.digest);
+    assert_eq!(b.unwrap().destination_digest.as_str(), pushed.digest);
+    assert_identical(dst.addr(), "app", "a", &pushed).await;
+    assert_identical(dst.addr(), "app", "b", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_registry_copy_mounts_blobs() {
     let reg = Registry::start().await;
     let pushed = fixtures::push_index(reg.addr(), "team-a/app", "1", 41).await;
