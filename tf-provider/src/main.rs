@@ -13,6 +13,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // One rustls crypto provider for every TLS client and server in the process (the
+    // plugin's AutoMTLS needs aws-lc-rs for Terraform's P-521 certificate).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -814,6 +814,11 @@ async fn terraform_1_11_4_kubernetes_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_0_3_kubernetes_mode() {
+    kubernetes_mode("1.0.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_0_13_4_kubernetes_mode() {
     kubernetes_mode("0.13.4").await;
 }
