@@ -186,15 +186,29 @@ pub(crate) async fn delete(
 
     if !referenced && complete_scan {
         // Nothing else uses the manifest: delete it by digest (this also drops our tag).
-        client
+        match client
             .delete_manifest(&dst.with_digest(digest.clone()))
-            .await?;
-        report.manifest_deleted = true;
-        report.tag_removed = true;
-        tracing::info!(%dst, %digest, "manifest deleted");
+            .await
+        {
+            Ok(_) => {
+                report.manifest_deleted = true;
+                report.tag_removed = true;
+                tracing::info!(%dst, %digest, "manifest deleted");
+            }
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                return Err(deletes_disabled(dst, e));
+            }
+            Err(e) => return Err(e),
+        }
     } else if !report.tag_removed {
         if this_tag.is_some() {
-            detach_tag(&client, dst).await?;
+            match detach_tag(&client, dst, &digest).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    return Err(deletes_disabled(dst, e));
+                }
+                Err(e) => return Err(e),
+            }
             report.tag_removed = true;
             tracing::info!(%dst, kept = ?report.kept_tags, "tag detached; digest kept for other tags");
         } else {
@@ -258,10 +272,32 @@ pub(crate) async fn delete(
     Ok(report)
 }
 
+/// The registry refuses manifest deletion (405 / `UNSUPPORTED`, e.g. distribution with
+/// `storage.delete.enabled: false`): nothing was changed; say so clearly (kind stays
+/// `Unsupported`, so front ends can show it as a warning rather than retry).
+fn deletes_disabled(dst: &Reference, error: Error) -> Error {
+    Error::Registry {
+        kind: ErrorKind::Unsupported,
+        operation: "DELETE manifest",
+        reference: dst.to_string(),
+        status: error.status().unwrap_or(405),
+        code: error.code().map(str::to_string),
+        message: format!(
+            "the registry does not allow deleting manifests (deletes disabled?); {dst} was left in place"
+        ),
+        retry_after: None,
+    }
+}
+
 /// Points `dst`'s tag at a unique throw-away manifest and deletes that by digest, so
-/// the tag disappears while the original digest (and its other tags) stay.
-async fn detach_tag(client: &Client, dst: &Reference) -> Result<()> {
+/// the tag disappears while the original digest (and its other tags) stay. If the
+/// throw-away cannot be deleted, the tag is pointed back at `original`.
+async fn detach_tag(client: &Client, dst: &Reference, original: &Digest) -> Result<()> {
     let repo = dst.repository();
+    // Kept to restore the tag if the registry refuses to delete the throw-away.
+    let original = client
+        .get_manifest(&dst.with_digest(original.clone()))
+        .await?;
     let config = Digest::of(EMPTY_CONFIG);
     if !client.blob_exists(repo, &config).await? {
         let (_, location) = client.start_upload(repo, &config, None).await?;
@@ -294,6 +330,11 @@ async fn detach_tag(client: &Client, dst: &Reference) -> Result<()> {
     let throwaway = client
         .put_manifest(dst, crate::manifest::OCI_MANIFEST, bytes)
         .await?;
-    client.delete_manifest(&dst.with_digest(throwaway)).await?;
+    if let Err(e) = client.delete_manifest(&dst.with_digest(throwaway)).await {
+        client
+            .put_manifest(dst, &original.media_type, original.bytes.clone())
+            .await?;
+        return Err(e);
+    }
     Ok(())
 }

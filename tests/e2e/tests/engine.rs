@@ -1234,35 +1234,55 @@ async fn delete_of_a_missing_tag_is_success() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_on_a_registry_with_deletes_disabled_is_clear() {
+async fn delete_on_a_registry_with_deletes_disabled_is_a_clear_unsupported_and_changes_nothing() {
     let reg = Registry::start_with(RegistryOptions {
         delete_enabled: false,
         ..Default::default()
     })
     .await;
-    let pushed = fixtures::push_image(reg.addr(), "app", "1", FixtureSpec::seeded(191)).await;
+    let t = Target::plain(reg.addr());
+    let pushed = t
+        .push_image("app", "1", &FixtureSpec::seeded(191))
+        .await
+        .unwrap();
+    // A second tag on the same digest forces the detach path (retag, delete the throw-away).
+    let shared = t
+        .push_image("shared", "one", &FixtureSpec::seeded(192))
+        .await
+        .unwrap();
+    t.put_manifest("shared", "two", &shared.media_type, &shared.manifest)
+        .await
+        .unwrap();
+    reg.access_log_settled().await;
+    reg.clear_access_log();
     let e = engine(&[reg.addr()]);
-    let result = e
-        .delete(&r(&reg.reference("app:1")), &DeleteOptions::default())
-        .await;
-    match result {
-        Ok(report) => {
-            assert!(
-                !report.tag_removed && !report.manifest_deleted,
-                "{report:?}"
-            );
-            assert!(
-                !report.warnings.is_empty(),
-                "a warning must say deletes are disabled: {report:?}"
-            );
-        }
-        Err(err) => {
-            assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
-            assert_eq!(err.status(), Some(405), "{err}");
-        }
+    for (reference, repo, tag, image) in [
+        ("app:1", "app", "1", &pushed),
+        ("shared:one", "shared", "one", &shared),
+    ] {
+        let err = e
+            .delete(&r(&reg.reference(reference)), &DeleteOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert_eq!(err.status(), Some(405), "{err}");
+        assert!(
+            err.to_string()
+                .contains("does not allow deleting manifests"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("left in place"), "{err}");
+        // Nothing changed: the tag still points at the image, every blob is there.
+        assert_identical(reg.addr(), repo, tag, image).await;
     }
-    // Nothing was removed.
-    assert_identical(reg.addr(), "app", "1", &pushed).await;
+    assert_identical(reg.addr(), "shared", "two", &shared).await;
+    // The detach path ran and put the original back: retag to the throw-away, then restore.
+    let log = reg.access_log_settled().await;
+    let retags = log
+        .iter()
+        .filter(|e| e.method == "PUT" && e.path == "/v2/shared/manifests/one")
+        .count();
+    assert_eq!(retags, 2, "{log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
