@@ -646,3 +646,116 @@ impl tfplugin5::provider_server::Provider for ProviderService {
         pb::provider_server::Provider::stop_provider(self, req).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(pairs: Vec<(&str, Value)>) -> Value {
+        Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    #[test]
+    fn provider_block_is_read_with_paths_on_errors() {
+        let config = obj(vec![
+            (
+                "insecure_registries",
+                Value::List(vec![
+                    Value::String("127.0.0.1:5000".into()),
+                    Value::String("http://x/y".into()),
+                ]),
+            ),
+            ("ca_file", Value::String("/ca.pem".into())),
+            (
+                "registry_auth",
+                Value::List(vec![obj(vec![
+                    ("address", Value::String("ghcr.io".into())),
+                    ("username", Value::String("me".into())),
+                    ("password", Value::String(String::new())),
+                ])]),
+            ),
+            ("kubernetes", Value::List(vec![])),
+        ]);
+        let (cfg, diags) = provider_config(&config);
+        assert_eq!(
+            cfg.direct.insecure_registries,
+            vec!["127.0.0.1:5000".to_string()]
+        );
+        assert_eq!(cfg.direct.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert!(cfg.direct.registry_auth.is_empty());
+        assert!(cfg.kubernetes.is_none());
+        assert_eq!(
+            diags[0].path,
+            vec![
+                PathStep::Attr("insecure_registries".into()),
+                PathStep::Index(1)
+            ]
+        );
+        assert_eq!(
+            diags[1].path,
+            vec![
+                PathStep::Attr("registry_auth".into()),
+                PathStep::Index(0),
+                PathStep::Attr("password".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn kubernetes_block_selects_kubernetes_mode() {
+        let config = obj(vec![(
+            "kubernetes",
+            Value::List(vec![obj(vec![
+                ("config_path", Value::String("/kubeconfig".into())),
+                ("config_context", Value::Null),
+                ("namespace", Value::String("team".into())),
+            ])]),
+        )]);
+        let (cfg, diags) = provider_config(&config);
+        assert!(diags.is_empty());
+        let k = cfg.kubernetes.unwrap();
+        assert_eq!(k.config_path, Some(PathBuf::from("/kubeconfig")));
+        assert_eq!(k.config_context, None);
+        assert_eq!(k.namespace.as_deref(), Some("team"));
+    }
+
+    #[test]
+    fn schema_declares_the_resource_and_sensitive_password() {
+        let schema = Core::schema();
+        let resource = &schema.resource_schemas[schema::RESOURCE_TYPE];
+        let names: Vec<&str> = resource
+            .block
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        for n in [
+            "id",
+            "source",
+            "destination",
+            "source_digest",
+            "delete_layers",
+            "namespace",
+            "name",
+        ] {
+            assert!(names.contains(&n), "{n}");
+        }
+        let provider = schema.provider.unwrap().block.unwrap();
+        let auth = provider
+            .block_types
+            .iter()
+            .find(|b| b.type_name == "registry_auth")
+            .unwrap();
+        let password = auth
+            .block
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .find(|a| a.name == "password")
+            .unwrap();
+        assert!(password.sensitive && password.required);
+    }
+}
