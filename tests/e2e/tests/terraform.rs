@@ -137,6 +137,10 @@ provider "imagesync" {{
     }
 
     async fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[]).await
+    }
+
+    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(args)
             .current_dir(self.work())
@@ -150,6 +154,7 @@ provider "imagesync" {{
             .env_remove("TF_REATTACH_PROVIDERS")
             .env_remove("TF_DATA_DIR")
             .kill_on_drop(true);
+        cmd.envs(env.iter().copied());
         match tokio::time::timeout(Duration::from_secs(300), cmd.output()).await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => panic!("terraform {args:?}: {e}"),
@@ -687,6 +692,49 @@ async fn auth_manifest_status(reg: &Registry, repo: &str, reference: &str) -> u1
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// Started by hand, the provider explains itself and exits.
+#[test]
+fn provider_binary_refuses_to_run_without_terraform() {
+    let out = std::process::Command::new(imagesync_e2e::bin(PROVIDER))
+        .env_remove("TF_PLUGIN_MAGIC_COOKIE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nothing on stdout (no handshake)");
+    assert!(
+        text(&out.stderr).contains("This binary is a plugin"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Plain gRPC when Terraform disables plugin TLS (TF_DISABLE_PLUGIN_TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_11_4_without_plugin_tls() {
+    let (a, b) = tokio::join!(Registry::start(), Registry::start());
+    let src = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(51)).await;
+    let tf = Tf::new("1.11.4");
+    tf.config(
+        &[&a, &b],
+        &resource(
+            "app",
+            &a.reference("src/app:v1"),
+            &b.reference("dst/app:v1"),
+        ),
+    );
+    let out = tf
+        .run_env(
+            &["apply", "-auto-approve", "-input=false", "-no-color"],
+            &[("TF_DISABLE_PLUGIN_TLS", "1"), ("TF_LOG", "debug")],
+        )
+        .await;
+    assert!(out.status.success(), "{}", combined(&out));
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src.digest.as_str())
+    );
 }
 
 /// A running `imagesync-controller`; killed on drop.
