@@ -846,6 +846,31 @@ async fn kubernetes_mode(version: &'static str) {
         actions(&["no-op"])
     );
 
+    // The object deleted out of band (the controller removes the image too): the refresh
+    // drops it from state, the plan shows a create, and apply brings both back.
+    let name = objects[0]["metadata"]["name"].as_str().unwrap().to_string();
+    api.kubectl(&[
+        "delete",
+        "imagesync",
+        &name,
+        "-n",
+        "default",
+        "--wait=true",
+        "--timeout=90s",
+    ]);
+    assert!(imagesyncs(&api).is_empty());
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["create"])
+    );
+    tf.apply(&[]).await;
+    assert_eq!(imagesyncs(&api).len(), 1);
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src.digest.as_str())
+    );
+    assert_eq!(tf.output("id").await, id);
+
     // Destroy: the object goes (finalizer done) and so does the image.
     tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
         .await;
