@@ -42,6 +42,16 @@ struct ControllerProc {
 
 impl ControllerProc {
     fn start(kubeconfig: &Path, log_dir: &Path, label: &str, args: &[&str]) -> ControllerProc {
+        Self::start_with_env(kubeconfig, log_dir, label, args, &[])
+    }
+
+    fn start_with_env(
+        kubeconfig: &Path,
+        log_dir: &Path,
+        label: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProc {
         let port = free_port().unwrap();
         let metrics_addr = format!("127.0.0.1:{port}");
         let log = log_dir.join(format!("controller-{label}.log"));
@@ -57,6 +67,7 @@ impl ControllerProc {
             .env("RUST_LOG", "info,imagesync_controller=debug")
             .env_remove("IMAGESYNC_NAMESPACE")
             .env_remove("POD_NAMESPACE")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -1229,4 +1240,83 @@ async fn controller_moves_destinations_and_survives_refused_deletes() {
         serde_json::from_str::<serde_json::Value>(first).is_ok(),
         "not JSON: {first}"
     );
+}
+
+/// The chart's single-namespace variant: the controller watches one namespace
+/// (`IMAGESYNC_NAMESPACE`) with only namespaced Roles (no ClusterRole), and leaves other
+/// namespaces alone.
+#[tokio::test]
+async fn controller_watches_only_its_namespace_with_roles() {
+    let (api, reg) = tokio::join!(cluster(), Registry::start());
+    let admin = api.client().await;
+    for ns in ["imagesync-system", "team-a", "team-b"] {
+        api.create_namespace(ns).await;
+    }
+    // The same rules as a Role and RoleBinding in the watched namespace.
+    let rbac = CHART_RBAC
+        .replace(
+            "kind: ClusterRoleBinding\nmetadata:\n  name: imagesync-controller\n",
+            "kind: RoleBinding\nmetadata:\n  name: imagesync-controller\n  namespace: team-a\n",
+        )
+        .replace(
+            "kind: ClusterRole\nmetadata:\n  name: imagesync-controller\n",
+            "kind: Role\nmetadata:\n  name: imagesync-controller\n  namespace: team-a\n",
+        )
+        .replace("  kind: ClusterRole\n", "  kind: Role\n");
+    assert!(!rbac.contains("ClusterRole"), "{rbac}");
+    api.apply_yaml(&rbac);
+    let kubeconfig = api
+        .service_account_kubeconfig("imagesync-system", "imagesync-controller")
+        .await;
+    let image = fixtures::push_index(reg.addr(), "app", "1", 61).await;
+    let controller = ControllerProc::start_with_env(
+        &kubeconfig,
+        api.dir(),
+        "ns",
+        &["--insecure-registry", reg.addr(), "--leader-elect"],
+        &[
+            ("IMAGESYNC_NAMESPACE", "team-a"),
+            ("POD_NAMESPACE", "imagesync-system"),
+        ],
+    );
+    for ns in ["team-a", "team-b"] {
+        api.apply_yaml(&image_sync_yaml(
+            ns,
+            "app",
+            &reg.reference("app:1"),
+            &reg.reference(&format!("{ns}/app:1")),
+            "",
+        ));
+    }
+    let a: Api<ImageSync> = Api::namespaced(admin.clone(), "team-a");
+    let b: Api<ImageSync> = Api::namespaced(admin.clone(), "team-b");
+    wait_for(
+        &a,
+        "app",
+        Duration::from_secs(60),
+        "Ready in team-a",
+        Some(&controller),
+        |o| ready_with(o, &image.digest),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let other = b.get("app").await.unwrap();
+    assert!(
+        other.status.is_none(),
+        "team-b was reconciled: {:?}",
+        other.status
+    );
+    assert!(other.finalizers().is_empty());
+    assert_eq!(
+        fixtures::manifest_status(reg.addr(), "team-b/app", "1").await,
+        404
+    );
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "imagesync-system");
+    assert!(leases
+        .get_opt("imagesync-controller")
+        .await
+        .unwrap()
+        .is_some());
+    let log = controller.log_text();
+    assert!(!log.contains("forbidden"), "permission errors:\n{log}");
 }
