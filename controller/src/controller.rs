@@ -466,7 +466,8 @@ async fn apply(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -> 
             ctx.metrics
                 .set_ready(&object_key(&obj), Some(ready_label(&status)));
             if obj.spec.suspend {
-                ctx.forget(&obj);
+                // Nothing to check until the spec changes (which passes the gate).
+                ctx.schedule(&obj, Duration::from_secs(86_400), false);
                 return Ok(Action::await_change());
             }
             ctx.schedule(&obj, interval, false);
