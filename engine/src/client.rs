@@ -573,7 +573,10 @@ impl Client {
         }
         // A Retry-After longer than we are willing to wait: retrying earlier would only
         // be refused again, so hand the RateLimited error (with its Retry-After) back.
-        if err.retry_after().is_some_and(|ra| ra > policy.max_retry_after) {
+        if err
+            .retry_after()
+            .is_some_and(|ra| ra > policy.max_retry_after)
+        {
             return Err(err);
         }
         let delay = policy.delay(attempt, err.retry_after());
