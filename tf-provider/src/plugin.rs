@@ -242,7 +242,7 @@ impl grpc_broker_server::GrpcBroker for Broker {
 /// Runs the plugin: checks the cookie, negotiates, prints the handshake and serves
 /// until Terraform asks for shutdown (or closes our stdin side by killing us).
 pub async fn serve() -> anyhow::Result<()> {
-    if std::env::var(MAGIC_COOKIE_KEY).ok().as_deref() != Some(MAGIC_COOKIE_VALUE) {
+    if !cookie_ok(std::env::var(MAGIC_COOKIE_KEY).ok().as_deref()) {
         bail!(
             "This binary is a plugin. These are not meant to be executed directly.\n\
              Please execute the program that consumes these plugins (terraform), which will\n\
@@ -350,7 +350,7 @@ pub async fn serve() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cookie check only, for tests.
+/// True when go-plugin's magic cookie is Terraform's.
 pub fn cookie_ok(value: Option<&str>) -> bool {
     value == Some(MAGIC_COOKIE_VALUE)
 }
