@@ -748,14 +748,7 @@ impl Client {
         let resp = self
             .send("DELETE manifest", &what, &scopes, |h| h.delete(&url))
             .await?;
-        if resp.status().is_success() {
-            return Ok(true);
-        }
-        let err = error_from_response("DELETE manifest", &what, resp).await;
-        if err.is_not_found() {
-            return Ok(false);
-        }
-        Err(err)
+        present("DELETE manifest", &what, resp).await
     }
 
     // === blobs ===
@@ -768,14 +761,7 @@ impl Client {
         let resp = self
             .send("HEAD blob", &what, &scopes, |h| h.head(&url))
             .await?;
-        if resp.status().is_success() {
-            return Ok(true);
-        }
-        let err = error_from_response("HEAD blob", &what, resp).await;
-        if err.is_not_found() {
-            return Ok(false);
-        }
-        Err(err)
+        present("HEAD blob", &what, resp).await
     }
 
     /// Opens a streaming GET of a blob (following redirects without credentials).
@@ -1010,14 +996,7 @@ impl Client {
         let resp = self
             .send("DELETE blob", &what, &scopes, |h| h.delete(&url))
             .await?;
-        if resp.status().is_success() {
-            return Ok(true);
-        }
-        let err = error_from_response("DELETE blob", &what, resp).await;
-        if err.is_not_found() {
-            return Ok(false);
-        }
-        Err(err)
+        present("DELETE blob", &what, resp).await
     }
 
     // === tags ===
@@ -1073,6 +1052,18 @@ fn sensitive(v: &str) -> Result<HeaderValue> {
     })?;
     h.set_sensitive(true);
     Ok(h)
+}
+
+/// `Ok(true)` for a success, `Ok(false)` for "not found", the error otherwise.
+async fn present(operation: &'static str, reference: &str, resp: Response) -> Result<bool> {
+    if resp.status().is_success() {
+        return Ok(true);
+    }
+    let err = error_from_response(operation, reference, resp).await;
+    if err.is_not_found() {
+        return Ok(false);
+    }
+    Err(err)
 }
 
 fn with_digest_query(location: &str, digest: &Digest) -> String {
