@@ -1,11 +1,3 @@
-//! End-to-end tests: controller. The `imagesync-controller` binary runs as a local process
-//! against a real kube-apiserver v1.20.2 (with etcd) and real `docker-registry`
-//! processes; objects are applied with kubectl.
-//!
-//! Needs the binaries built first: `cargo build -p imagesync-controller`.
-// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,9 +1,3 @@
-//! End-to-end tests: engine. The sync engine against real `docker-registry` processes:
-//! byte-exact copies, skips and mounts, HEAD-only digests, faults, TLS, credentials and
-//! safe deletion.
-// Helpers outside `#[test]` functions are test code too: a panic is the failure report.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,10 +1,6 @@
 //! End-to-end tests: the Helm chart in `charts/imagesync`, driven by the real Helm library
 //! (PyPI `helm-python-sdk`, Helm v4's Go SDK) through `tests/e2e/helm/helmctl.py`.
 
-// Test helpers outside #[test] functions panic with context by design (clippy's
-// allow-*-in-tests only covers the test functions themselves).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
