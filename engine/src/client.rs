@@ -709,16 +709,45 @@ impl Client {
         ));
         let scopes = [Scope::push(reference.repository())];
         let expected = Digest::of(&bytes);
-        let resp = self
-            .send("PUT manifest", &what, &scopes, |h| {
-                h.put(&url)
-                    .header(CONTENT_TYPE, media_type)
-                    .body(bytes.clone())
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(error_from_response("PUT manifest", &what, resp).await);
-        }
+        let started = Instant::now();
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            let resp = self
+                .send("PUT manifest", &what, &scopes, |h| {
+                    h.put(&url)
+                        .header(CONTENT_TYPE, media_type)
+                        .body(bytes.clone())
+                })
+                .await?;
+            if resp.status().is_success() {
+                break resp;
+            }
+            let err = error_from_response("PUT manifest", &what, resp).await;
+            // Everything the manifest references is in place and its bytes hash to
+            // `expected`, so "blob unknown" or "digest invalid" is the registry's storage
+            // catching up (eventually consistent back ends; distribution's filesystem
+            // driver rewriting a manifest another client pushes at the same moment).
+            // Retry a few times before believing it.
+            let settling = matches!(
+                err.code(),
+                Some("MANIFEST_BLOB_UNKNOWN" | "BLOB_UNKNOWN" | "DIGEST_INVALID")
+            );
+            if !settling || attempt >= 4 {
+                return Err(err);
+            }
+            let transient = Error::Registry {
+                kind: ErrorKind::Transient,
+                operation: "PUT manifest",
+                reference: what.clone(),
+                status: err.status().unwrap_or(400),
+                code: err.code().map(str::to_string),
+                message: err.to_string(),
+                retry_after: None,
+            };
+            self.backoff("PUT manifest", &what, attempt, started, transient)
+                .await?;
+        };
         if let Some(got) = resp
             .headers()
             .get("docker-content-digest")
