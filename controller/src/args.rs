@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use imagesync_engine::auth::{ChainProvider, StaticProvider};
-use imagesync_engine::{CredentialProvider, Engine, EngineConfig, RetryPolicy};
+use imagesync_engine::{CredentialProvider, Engine, EngineConfig, RequestObserver, RetryPolicy};
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tracing::{error, info, warn};
@@ -178,6 +178,13 @@ impl Args {
                 ..RetryPolicy::default()
             },
             user_agent: format!("imagesync-controller/{}", env!("CARGO_PKG_VERSION")),
+            observer: Some(RequestObserver::new({
+                let metrics = metrics.clone();
+                move |_registry, operation, status| {
+                    let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+                    metrics.request(operation, &status);
+                }
+            })),
         })
         .context("configuring the registry client")?;
 

@@ -221,26 +221,14 @@ impl Context {
         reference: &Reference,
         what: &str,
     ) -> Result<Option<Digest>> {
-        match engine.digest(reference).await {
-            Ok(d) => {
-                self.metrics
-                    .request("head", if d.is_some() { "200" } else { "404" });
-                Ok(d)
-            }
-            Err(source) => {
-                self.metrics.request("head", &status_label(&source));
-                Err(Error::Engine {
-                    context: format!("check {what} {reference}"),
-                    source,
-                })
-            }
-        }
+        engine
+            .digest(reference)
+            .await
+            .map_err(|source| Error::Engine {
+                context: format!("check {what} {reference}"),
+                source,
+            })
     }
-}
-
-fn status_label(e: &imagesync_engine::Error) -> String {
-    e.status()
-        .map_or_else(|| "error".to_string(), |s| s.to_string())
 }
 
 /// Parses a Go-style duration (`90s`, `5m`, `1h30m`).
@@ -600,13 +588,11 @@ async fn apply_inner(
                 .await;
             let outcome = match outcome {
                 Ok(o) => {
-                    ctx.metrics.request("sync", "200");
                     ctx.metrics
                         .sync_done("synced", o.bytes_uploaded, started.elapsed());
                     o
                 }
                 Err(source) => {
-                    ctx.metrics.request("sync", &status_label(&source));
                     ctx.metrics.sync_done("failed", 0, started.elapsed());
                     return Err(Error::Engine {
                         context: format!("copy {} to {}", spec.source, spec.destination),
@@ -774,7 +760,6 @@ async fn delete_destination(
     };
     match engine.delete(&reference, &options).await {
         Ok(report) => {
-            ctx.metrics.request("delete", "200");
             if !report.warnings.is_empty() {
                 ctx.events
                     .publish(
@@ -798,7 +783,6 @@ async fn delete_destination(
             }
         }
         Err(e) => {
-            ctx.metrics.request("delete", &status_label(&e));
             match e.kind() {
                 ErrorKind::Conflict => DeleteResult::Refused(format!("{target} not deleted: {e}")),
                 ErrorKind::Unsupported => DeleteResult::Refused(format!(

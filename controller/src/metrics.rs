@@ -42,7 +42,7 @@ pub struct ReadyLabels {
 /// Registry operations by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `head`, `sync`, `delete`.
+    /// The engine's operation: `HEAD manifest`, `GET blob`, `PUT manifest`, ...
     pub operation: String,
     /// HTTP status of the answer (`200`, `404`, `401`, ...) or `error` for transport errors.
     pub status: String,
@@ -67,7 +67,7 @@ pub struct Metrics {
     pub drift: Family<DriftLabels, Counter>,
     /// Objects by `Ready` state.
     pub objects: Family<ReadyLabels, Gauge>,
-    /// Registry operations by status.
+    /// Registry HTTP requests by operation and status (retries included).
     pub registry_requests: Family<RequestLabels, Counter>,
     /// 1 while this process holds the leader lease (or runs without leader election).
     pub leader: Gauge,
@@ -124,7 +124,7 @@ impl Metrics {
         );
         registry.register(
             "registry_requests",
-            "Registry operations by HTTP status",
+            "Registry HTTP requests by operation and status",
             m.registry_requests.clone(),
         );
         registry.register(
@@ -180,7 +180,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a registry operation answered with `status`.
+    /// Counts a registry HTTP request answered with `status`.
     pub fn request(&self, operation: &str, status: &str) {
         self.registry_requests
             .get_or_create(&RequestLabels {

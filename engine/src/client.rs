@@ -19,7 +19,7 @@ use crate::auth::{Credential, CredentialProvider, Secret};
 use crate::error::{classify, Error, ErrorKind, Result};
 use crate::manifest::ACCEPT as MANIFEST_ACCEPT;
 use crate::reference::{Digest, Reference};
-use crate::EngineConfig;
+use crate::{EngineConfig, RequestObserver};
 
 /// Retry and timeout behaviour for registry requests.
 #[derive(Clone, Debug)]
@@ -231,6 +231,7 @@ struct ClientInner {
     auth: Mutex<AuthState>,
     /// Set once the registry refused a monolithic upload; then chunked PATCH is used.
     chunked_only: AtomicBool,
+    observer: Option<RequestObserver>,
 }
 
 /// A manifest as served.
@@ -275,6 +276,7 @@ impl Client {
         insecure: bool,
         credentials: Arc<dyn CredentialProvider>,
         retry: RetryPolicy,
+        observer: Option<RequestObserver>,
     ) -> Client {
         let scheme = if insecure { "http" } else { "https" };
         Client {
@@ -286,6 +288,7 @@ impl Client {
                 retry,
                 auth: Mutex::new(AuthState::default()),
                 chunked_only: AtomicBool::new(false),
+                observer,
             }),
         }
     }
@@ -293,6 +296,19 @@ impl Client {
     /// The retry policy in use.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+
+    /// Reports one answered (or failed) request to the observer and passes it on.
+    fn observed(
+        &self,
+        operation: &'static str,
+        result: reqwest::Result<Response>,
+    ) -> reqwest::Result<Response> {
+        if let Some(o) = &self.inner.observer {
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            o.observe(&self.inner.registry, operation, status);
+        }
+        result
     }
 
     fn url(&self, path: &str) -> String {
@@ -479,7 +495,7 @@ impl Client {
             if let Some(h) = self.auth_header(scopes).await? {
                 req = req.header(AUTHORIZATION, h);
             }
-            let result = req.send().await;
+            let result = self.observed(operation, req.send().await);
             let err = match result {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthenticated => {
                     reauthenticated = true;
@@ -538,7 +554,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let err = match build().send().await {
+            let err = match self.observed(operation, build().send().await) {
                 Ok(resp)
                     if resp.status().is_server_error()
                         || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
@@ -913,11 +929,13 @@ impl Client {
         if let Some(h) = self.auth_header(&[Scope::push(repository)]).await? {
             req = req.header(AUTHORIZATION, h);
         }
-        let resp = req.send().await.map_err(|e| Error::Transport {
-            operation: "PUT blob",
-            reference: what.clone(),
-            source: e,
-        })?;
+        let resp = self
+            .observed("PUT blob", req.send().await)
+            .map_err(|e| Error::Transport {
+                operation: "PUT blob",
+                reference: what.clone(),
+                source: e,
+            })?;
         if resp.status().is_success() {
             return Ok(());
         }

@@ -52,6 +52,33 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// `User-Agent` sent to registries.
     pub user_agent: String,
+    /// Sees every HTTP request sent to a registry (metrics).
+    pub observer: Option<RequestObserver>,
+}
+
+/// Called once per HTTP request the engine sends to a registry, retries included, with
+/// the registry, the operation (`"HEAD manifest"`, `"PUT blob"`, ...) and the HTTP status
+/// (`None` when the request failed without an answer).
+#[derive(Clone)]
+pub struct RequestObserver(Arc<ObserveFn>);
+
+type ObserveFn = dyn Fn(&str, &'static str, Option<u16>) + Send + Sync;
+
+impl RequestObserver {
+    /// Wraps a callback.
+    pub fn new(f: impl Fn(&str, &'static str, Option<u16>) + Send + Sync + 'static) -> Self {
+        RequestObserver(Arc::new(f))
+    }
+
+    pub(crate) fn observe(&self, registry: &str, operation: &'static str, status: Option<u16>) {
+        (self.0)(registry, operation, status)
+    }
+}
+
+impl std::fmt::Debug for RequestObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestObserver")
+    }
 }
 
 impl Default for EngineConfig {
@@ -63,6 +90,7 @@ impl Default for EngineConfig {
             credentials: Arc::new(auth::Anonymous),
             retry: RetryPolicy::default(),
             user_agent: format!("imagesync/{}", env!("CARGO_PKG_VERSION")),
+            observer: None,
         }
     }
 }
@@ -218,6 +246,7 @@ impl Engine {
                     insecure,
                     self.inner.config.credentials.clone(),
                     self.inner.config.retry.clone(),
+                    self.inner.config.observer.clone(),
                 )
             })
             .clone()

@@ -558,6 +558,14 @@ async fn controller_syncs_heals_follows_and_deletes() {
         "{text}"
     );
     assert!(controller.metric("imagesync_bytes_copied_total").await > 0.0);
+    // Every registry HTTP request is counted by operation and status.
+    for series in [
+        "imagesync_registry_requests_total{operation=\"HEAD manifest\",status=\"200\"}",
+        "imagesync_registry_requests_total{operation=\"HEAD manifest\",status=\"404\"}",
+        "imagesync_registry_requests_total{operation=\"PUT manifest\",status=\"201\"}",
+    ] {
+        assert!(text.contains(series), "missing {series} in {text}");
+    }
     assert_eq!(controller.get("/healthz").await.map(|r| r.0), Some(200));
     assert_eq!(controller.get("/readyz").await.map(|r| r.0), Some(200));
 }

@@ -218,6 +218,37 @@ async fn second_copy_transfers_no_bytes() {
         log.iter().all(|e| e.method == "HEAD" || e.path == "/v2/"),
         "no-op re-copy must only HEAD: {log:?}"
     );
+    // The request observer sees the same: two HEADs, one per side.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let observed = Engine::new(EngineConfig {
+        insecure_registries: vec![src.addr().to_string(), dst.addr().to_string()],
+        retry: fast_retry(),
+        observer: Some(imagesync_engine::RequestObserver::new({
+            let seen = seen.clone();
+            move |registry, operation, status| {
+                seen.lock()
+                    .unwrap()
+                    .push((registry.to_string(), operation, status))
+            }
+        })),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    assert!(
+        observed
+            .sync(&s, &d, &SyncOptions::default())
+            .await
+            .unwrap()
+            .up_to_date
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (src.addr().to_string(), "HEAD manifest", Some(200)),
+            (dst.addr().to_string(), "HEAD manifest", Some(200)),
+        ]
+    );
 
     // Another tag in the same repository: every blob and child is skipped.
     let other = e
