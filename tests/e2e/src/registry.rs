@@ -371,9 +371,30 @@ impl Registry {
 
     /// HTTP status of a `HEAD` (with Basic credentials if any; no token dance) on `path`.
     pub async fn head_status(&self, path: &str) -> u16 {
+        self.head(path, None).await
+    }
+
+    /// HTTP status of `HEAD /v2/<repo>/manifests/<reference>`, accepting every manifest
+    /// type (with Basic credentials if any; no token dance).
+    pub async fn manifest_status(&self, repo: &str, reference: &str) -> u16 {
+        let accept = [
+            crate::fixtures::OCI_INDEX,
+            crate::fixtures::OCI_MANIFEST,
+            crate::fixtures::DOCKER_LIST,
+            crate::fixtures::DOCKER_MANIFEST,
+        ]
+        .join(", ");
+        self.head(&format!("/v2/{repo}/manifests/{reference}"), Some(&accept))
+            .await
+    }
+
+    async fn head(&self, path: &str, accept: Option<&str>) -> u16 {
         let mut req = self.http_client().head(format!("{}{path}", self.url()));
         if let (Some((u, p)), false) = (&self.user, self.options.token_auth) {
             req = req.basic_auth(u, Some(p));
+        }
+        if let Some(a) = accept {
+            req = req.header(reqwest::header::ACCEPT, a);
         }
         match req.send().await {
             Ok(r) => r.status().as_u16(),

@@ -245,29 +245,6 @@ async fn delete_manifest(addr: &str, repo: &str, digest: &str) {
     assert_eq!(status.as_u16(), 202, "DELETE {repo}@{digest}");
 }
 
-/// Status of a manifest HEAD on a registry with Basic auth (accepting every manifest type).
-async fn auth_manifest_status(reg: &Registry, repo: &str, reference: &str) -> u16 {
-    let (user, pass) = reg.credentials().unwrap();
-    reg.http_client()
-        .head(format!("{}/v2/{repo}/manifests/{reference}", reg.url()))
-        .basic_auth(user, Some(pass))
-        .header(
-            "Accept",
-            [
-                fixtures::OCI_INDEX,
-                fixtures::OCI_MANIFEST,
-                fixtures::DOCKER_LIST,
-                fixtures::DOCKER_MANIFEST,
-            ]
-            .join(", "),
-        )
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 fn dockerconfig_secret(ns: &str, name: &str, registry: &str, user: &str, pass: &str) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -705,7 +682,7 @@ async fn controller_reports_permanent_errors_with_reasons() {
     .await;
 
     // Nothing was written or deleted.
-    assert_eq!(auth_manifest_status(&private, "mirror/app", "1").await, 404);
+    assert_eq!(private.manifest_status("mirror/app", "1").await, 404);
     assert_eq!(fixtures::manifest_status(src.addr(), "app", "1").await, 200);
     let log = controller.log_text();
     assert!(
@@ -744,7 +721,7 @@ async fn controller_reports_permanent_errors_with_reasons() {
         |o| ready_with(o, &image.digest),
     )
     .await;
-    assert_eq!(auth_manifest_status(&private, "mirror/app", "1").await, 200);
+    assert_eq!(private.manifest_status("mirror/app", "1").await, 200);
 }
 
 /// SIGKILL while blobs are uploading, then restart: the copy completes and the
@@ -1066,7 +1043,7 @@ async fn controller_works_with_exactly_the_chart_rbac() {
         |o| ready_with(o, &image.digest),
     )
     .await;
-    assert_eq!(auth_manifest_status(&private, "mirror/app", "1").await, 200);
+    assert_eq!(private.manifest_status("mirror/app", "1").await, 200);
     wait_event(&admin, "team-a", "app", "Synced").await;
     let leases: Api<Lease> = Api::namespaced(admin.clone(), "imagesync-system");
     assert!(leases
@@ -1077,7 +1054,7 @@ async fn controller_works_with_exactly_the_chart_rbac() {
 
     api.kubectl(&["delete", "isync", "app", "-n", "team-a", "--wait=false"]);
     wait_gone(&isyncs, "app", Duration::from_secs(30), &controller).await;
-    assert_eq!(auth_manifest_status(&private, "mirror/app", "1").await, 404);
+    assert_eq!(private.manifest_status("mirror/app", "1").await, 404);
     let log = controller.log_text();
     assert!(
         !log.contains("forbidden"),

@@ -636,7 +636,7 @@ async fn auth_and_tls(version: &'static str) {
         tf.state_values("imagesync.app").await["id"],
         format!("{}/dst/app@{}", b.addr(), src.digest).as_str()
     );
-    assert_eq!(auth_manifest_status(&b, "dst/app", "v1").await, 200);
+    assert_eq!(b.manifest_status("dst/app", "v1").await, 200);
 
     tf.config_with(&provider("wrong-pass"), &resources);
     let out = tf.run(&["plan", "-input=false", "-no-color"]).await;
@@ -658,7 +658,7 @@ async fn auth_and_tls(version: &'static str) {
         tf.state_values("imagesync.app").await["source_digest"],
         src.digest.as_str()
     );
-    assert_eq!(auth_manifest_status(&b, "dst/app", "v1").await, 200);
+    assert_eq!(b.manifest_status("dst/app", "v1").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,29 +669,6 @@ async fn terraform_1_11_4_auth_and_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_0_13_4_auth_and_tls() {
     auth_and_tls("0.13.4").await;
-}
-
-/// HEAD of a manifest on a TLS + Basic auth registry, accepting every manifest type.
-async fn auth_manifest_status(reg: &Registry, repo: &str, reference: &str) -> u16 {
-    let (user, password) = reg.credentials().unwrap();
-    reg.http_client()
-        .head(format!("{}/v2/{repo}/manifests/{reference}", reg.url()))
-        .basic_auth(user, Some(password))
-        .header(
-            "Accept",
-            [
-                fixtures::OCI_INDEX,
-                fixtures::OCI_MANIFEST,
-                fixtures::DOCKER_LIST,
-                fixtures::DOCKER_MANIFEST,
-            ]
-            .join(", "),
-        )
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 /// Started by hand, the provider explains itself and exits.
