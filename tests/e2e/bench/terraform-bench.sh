@@ -23,43 +23,12 @@ else
 fi
 PROVIDER="$ROOT/target/$PROFILE/terraform-provider-imagesync"
 
-WORK="$(mktemp -d -t imagesync-tfbench-XXXXXX)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+WORK_PREFIX=imagesync-tfbench
+# shellcheck source=../scripts/registries.sh
+. "$SCRIPTS/registries.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start_registry() { # NAME -> REG
-  local name="$1" port
-  port="$(free_port)"
-  mkdir -p "$WORK/$name"
-  cat >"$WORK/$name.yml" <<YAML
-version: 0.1
-log:
-  level: warn
-  accesslog: {disabled: false}
-storage:
-  filesystem: {rootdirectory: $WORK/$name}
-  delete: {enabled: true}
-http:
-  addr: 127.0.0.1:$port
-YAML
-  docker-registry serve "$WORK/$name.yml" >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && { REG="127.0.0.1:$port"; return 0; }
-    sleep 0.1
-  done
-  cat "$WORK/$name.log" >&2
-  return 1
-}
-
-start_registry source; SRC="$REG"
-start_registry mirror; DST="$REG"
+start_registry source true; SRC="$REG"
+start_registry mirror true; DST="$REG"
 python3 "$SCRIPTS/oci-layout.py" "$WORK/layout" v1 3 >/dev/null
 skopeo copy -q --all --dest-tls-verify=false "oci:$WORK/layout:v1" "docker://$SRC/bench/app:v1"
 

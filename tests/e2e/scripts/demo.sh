@@ -35,43 +35,9 @@ log "building terraform-provider-imagesync"
 (cd "$ROOT" && cargo build -q -p terraform-provider-imagesync)
 PROVIDER="$ROOT/target/debug/terraform-provider-imagesync"
 
-WORK="$(mktemp -d -t imagesync-demo-XXXXXX)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-start_registry() { # NAME -> sets REG=host:port (no subshell: the pid must reach PIDS)
-  local name="$1" port
-  port="$(free_port)"
-  mkdir -p "$WORK/$name"
-  cat >"$WORK/$name.yml" <<YAML
-version: 0.1
-log: {level: warn}
-storage:
-  filesystem: {rootdirectory: $WORK/$name}
-  delete: {enabled: true}
-http:
-  addr: 127.0.0.1:$port
-YAML
-  docker-registry serve "$WORK/$name.yml" >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do
-    if curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1; then
-      REG="127.0.0.1:$port"
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "registry $name did not start:" >&2
-  cat "$WORK/$name.log" >&2
-  return 1
-}
+WORK_PREFIX=imagesync-demo
+# shellcheck source=../scripts/registries.sh
+. "$SCRIPTS/registries.sh"
 
 log "starting two registries"
 start_registry source
