@@ -499,3 +499,39 @@ pub async fn manifest_status(addr: &str, repo: &str, reference: &str) -> u16 {
         Err(e) => panic!("HEAD manifest {repo}:{reference}: {e}"),
     }
 }
+
+/// Asserts the plain-HTTP registry at `addr` holds exactly `pushed` under `repo:tag`: the
+/// same manifest bytes and media type, every child manifest and every blob. Panics
+/// otherwise.
+pub async fn assert_identical(addr: &str, repo: &str, tag: &str, pushed: &Pushed) {
+    let Some((ct, bytes)) = get_manifest(addr, repo, tag).await else {
+        panic!("{addr}/{repo}:{tag} is missing");
+    };
+    assert_eq!(
+        sha256(&bytes),
+        pushed.digest,
+        "digest differs at {addr}/{repo}:{tag}"
+    );
+    assert_eq!(
+        bytes, pushed.manifest,
+        "manifest bytes differ at {addr}/{repo}:{tag}"
+    );
+    assert_eq!(
+        ct, pushed.media_type,
+        "media type differs at {addr}/{repo}:{tag}"
+    );
+    for child in &pushed.children {
+        assert_eq!(
+            manifest_status(addr, repo, child).await,
+            200,
+            "child {child} missing"
+        );
+    }
+    for blob in &pushed.blobs {
+        assert_eq!(
+            blob_status(addr, repo, blob).await,
+            200,
+            "blob {blob} missing"
+        );
+    }
+}

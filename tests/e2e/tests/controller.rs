@@ -3,7 +3,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use imagesync_controller::api::ImageSync;
-use imagesync_e2e::fixtures::{self, FixtureSpec, Pushed, Target};
+use imagesync_e2e::fixtures::{self, FixtureSpec, Target};
 use imagesync_e2e::kube::{client_for, ApiServer};
 use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, Target as FaultTarget};
 use imagesync_e2e::registry::{free_port, Registry, RegistryOptions};
@@ -212,29 +212,6 @@ async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> Stri
     }
 }
 
-/// Asserts `addr/repo:tag` holds exactly `pushed` (same manifest bytes, children, blobs).
-async fn assert_identical(addr: &str, repo: &str, tag: &str, pushed: &Pushed) {
-    let (_, bytes) = fixtures::get_manifest(addr, repo, tag)
-        .await
-        .unwrap_or_else(|| panic!("{addr}/{repo}:{tag} is missing"));
-    assert_eq!(fixtures::sha256(&bytes), pushed.digest);
-    assert_eq!(bytes, pushed.manifest, "manifest bytes differ");
-    for child in &pushed.children {
-        assert_eq!(
-            fixtures::manifest_status(addr, repo, child).await,
-            200,
-            "child {child}"
-        );
-    }
-    for blob in &pushed.blobs {
-        assert_eq!(
-            fixtures::blob_status(addr, repo, blob).await,
-            200,
-            "blob {blob}"
-        );
-    }
-}
-
 async fn delete_manifest(addr: &str, repo: &str, digest: &str) {
     let status = reqwest::Client::new()
         .delete(format!("http://{addr}/v2/{repo}/manifests/{digest}"))
@@ -317,7 +294,7 @@ async fn controller_syncs_heals_follows_and_deletes() {
         .finalizers()
         .iter()
         .any(|f| f == "imagesync.dev/cleanup"));
-    assert_identical(dst.addr(), "mirror/app", "1", &first).await;
+    fixtures::assert_identical(dst.addr(), "mirror/app", "1", &first).await;
     wait_event(&client, ns, "mirror", "Synced").await;
     let table = api.kubectl(&["get", "isync", "-n", ns]);
     assert!(
@@ -364,7 +341,7 @@ async fn controller_syncs_heals_follows_and_deletes() {
     )
     .await;
     assert!(healed_deadline.elapsed() < Duration::from_secs(15));
-    assert_identical(dst.addr(), "mirror/app", "1", &first).await;
+    fixtures::assert_identical(dst.addr(), "mirror/app", "1", &first).await;
     wait_event(&client, ns, "mirror", "DestinationMissing").await;
 
     // New image on the source tag → destination and status follow.
@@ -383,7 +360,7 @@ async fn controller_syncs_heals_follows_and_deletes() {
         },
     )
     .await;
-    assert_identical(dst.addr(), "mirror/app", "1", &second).await;
+    fixtures::assert_identical(dst.addr(), "mirror/app", "1", &second).await;
     let note = wait_event(&client, ns, "mirror", "SourceChanged").await;
     assert!(
         note.contains(&first.digest) && note.contains(&second.digest),
@@ -482,7 +459,7 @@ async fn controller_syncs_heals_follows_and_deletes() {
         404,
         "tag deleted"
     );
-    assert_identical(dst.addr(), "mirror/app", "keep", &second).await;
+    fixtures::assert_identical(dst.addr(), "mirror/app", "keep", &second).await;
     assert_eq!(
         fixtures::manifest_status(dst.addr(), "mirror/solo", "1").await,
         404
@@ -499,7 +476,7 @@ async fn controller_syncs_heals_follows_and_deletes() {
             "unshared layer {l} deleted"
         );
     }
-    assert_identical(dst.addr(), "mirror/solo", "other", &sharer).await;
+    fixtures::assert_identical(dst.addr(), "mirror/solo", "other", &sharer).await;
     wait_event(&client, ns, "solo", "Deleted").await;
 
     // Orphan leaves everything.
@@ -521,7 +498,7 @@ async fn controller_syncs_heals_follows_and_deletes() {
     .await;
     api.kubectl(&["delete", "isync", "orphan", "-n", ns, "--wait=false"]);
     wait_gone(&isyncs, "orphan", Duration::from_secs(30), &controller).await;
-    assert_identical(dst.addr(), "mirror/orphan", "1", &second).await;
+    fixtures::assert_identical(dst.addr(), "mirror/orphan", "1", &second).await;
 
     // Metrics and health endpoints.
     let (code, text) = controller.get("/metrics").await.unwrap();
@@ -792,7 +769,7 @@ async fn controller_killed_mid_copy_completes_after_restart() {
         |o| ready_with(o, &big.digest),
     )
     .await;
-    assert_identical(dst.addr(), "mirror/big", "1", &big).await;
+    fixtures::assert_identical(dst.addr(), "mirror/big", "1", &big).await;
     // Every manifest PUT to the tag happened after all of the image's blobs were in place:
     // the tag PUT is the last write.
     let log = dst.access_log_settled().await;
@@ -1138,7 +1115,7 @@ async fn controller_moves_destinations_and_survives_refused_deletes() {
         },
     )
     .await;
-    assert_identical(dst.addr(), "mirror/b", "1", &image).await;
+    fixtures::assert_identical(dst.addr(), "mirror/b", "1", &image).await;
     assert_eq!(
         fixtures::manifest_status(dst.addr(), "mirror/a", "1").await,
         404,
@@ -1167,7 +1144,7 @@ async fn controller_moves_destinations_and_survives_refused_deletes() {
     wait_gone(&isyncs, "stuck", Duration::from_secs(30), &controller).await;
     let note = wait_event(&client, ns, "stuck", "DeleteFailed").await;
     assert!(note.contains("not deleted"), "{note}");
-    assert_identical(nodelete.addr(), "mirror/app", "1", &image).await;
+    fixtures::assert_identical(nodelete.addr(), "mirror/app", "1", &image).await;
 
     // Suspended objects are not checked: a deleted destination stays deleted.
     api.apply_yaml(&image_sync_yaml(
@@ -1208,7 +1185,7 @@ async fn controller_moves_destinations_and_survives_refused_deletes() {
         |o| ready_with(o, &image.digest),
     )
     .await;
-    assert_identical(dst.addr(), "mirror/b", "1", &image).await;
+    fixtures::assert_identical(dst.addr(), "mirror/b", "1", &image).await;
 
     // JSON logs: one object per line.
     let log = controller.log_text();

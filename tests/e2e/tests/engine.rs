@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use imagesync_e2e::fixtures::{self, FixtureSpec, MediaKind, Pushed, Target};
+use imagesync_e2e::fixtures::{self, FixtureSpec, MediaKind, Target};
 use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, Target as FaultTarget};
 use imagesync_e2e::registry::{Registry, RegistryOptions};
 use imagesync_engine::auth::{ChainProvider, Credential, StaticProvider};
@@ -52,33 +52,6 @@ fn r(s: &str) -> Reference {
     Reference::parse(s).unwrap()
 }
 
-/// Asserts the destination holds exactly `pushed`: same bytes under the tag, every child
-/// manifest and every blob present.
-async fn assert_identical(dst: &str, repo: &str, tag: &str, pushed: &Pushed) {
-    let (ct, bytes) = fixtures::get_manifest(dst, repo, tag)
-        .await
-        .expect("destination tag missing");
-    assert_eq!(
-        bytes, pushed.manifest,
-        "manifest bytes differ at {dst}/{repo}:{tag}"
-    );
-    assert_eq!(ct, pushed.media_type, "media type differs");
-    for child in &pushed.children {
-        assert_eq!(
-            fixtures::manifest_status(dst, repo, child).await,
-            200,
-            "child {child} missing"
-        );
-    }
-    for blob in &pushed.blobs {
-        assert_eq!(
-            fixtures::blob_status(dst, repo, blob).await,
-            200,
-            "blob {blob} missing"
-        );
-    }
-}
-
 // === copy ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +78,7 @@ async fn index_copy_is_byte_identical_with_children_and_blobs() {
     assert_eq!(out.manifests_pushed, 3);
     assert_eq!(out.blobs_uploaded, pushed.blobs.len());
     assert_eq!(out.bytes_uploaded, pushed.blob_bytes);
-    assert_identical(dst.addr(), "mirror/app", "1", &pushed).await;
+    fixtures::assert_identical(dst.addr(), "mirror/app", "1", &pushed).await;
 
     // The index went last: its PUT is the final manifest write in the access log.
     let log = dst.access_log_settled().await;
@@ -177,7 +150,7 @@ async fn docker_and_oci_images_lists_and_artifacts_copy_exactly() {
             pushed.digest,
             "{repo}:{tag}"
         );
-        assert_identical(dst.addr(), &dst_repo, tag, pushed).await;
+        fixtures::assert_identical(dst.addr(), &dst_repo, tag, pushed).await;
     }
     // The artifact kept its subject and artifactType (bytes are identical; check anyway).
     let (_, bytes) = fixtures::get_manifest(dst.addr(), "dst/oci", "sig")
@@ -261,7 +234,7 @@ async fn second_copy_transfers_no_bytes() {
         other.manifests_pushed, 1,
         "children already there, only the index is written"
     );
-    assert_identical(dst.addr(), "app", "2", &pushed).await;
+    fixtures::assert_identical(dst.addr(), "app", "2", &pushed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,8 +252,8 @@ async fn concurrent_copies_of_one_image_into_one_repository_both_succeed() {
     let (a, b) = tokio::join!(e1.sync(&s, &d1, &opts), e2.sync(&s, &d2, &opts));
     assert_eq!(a.unwrap().destination_digest.as_str(), pushed.digest);
     assert_eq!(b.unwrap().destination_digest.as_str(), pushed.digest);
-    assert_identical(dst.addr(), "app", "a", &pushed).await;
-    assert_identical(dst.addr(), "app", "b", &pushed).await;
+    fixtures::assert_identical(dst.addr(), "app", "a", &pushed).await;
+    fixtures::assert_identical(dst.addr(), "app", "b", &pushed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +273,7 @@ async fn same_registry_copy_mounts_blobs() {
         .unwrap();
     assert_eq!(out.blobs_mounted, pushed.blobs.len());
     assert_eq!(out.bytes_uploaded, 0);
-    assert_identical(reg.addr(), "team-b/app", "1", &pushed).await;
+    fixtures::assert_identical(reg.addr(), "team-b/app", "1", &pushed).await;
     let log = reg.access_log_settled().await;
     let mounts = log
         .iter()
@@ -371,7 +344,7 @@ async fn copy_through_proxy(plan: FaultPlan, proxy_in_front_of_source: bool) -> 
         .unwrap_or_else(|err| panic!("{plan:?}: {err}"));
     let took = started.elapsed();
     assert_eq!(out.destination_digest.as_str(), pushed.digest);
-    assert_identical(dst.addr(), "app", "1", &pushed).await;
+    fixtures::assert_identical(dst.addr(), "app", "1", &pushed).await;
     assert!(
         proxy.faults_injected() > 0,
         "the proxy injected nothing for {plan:?}"
@@ -491,7 +464,7 @@ async fn registry_refusing_monolithic_uploads_gets_chunked_patches() {
         .await
         .unwrap();
     assert_eq!(out.destination_digest.as_str(), pushed.digest);
-    assert_identical(dst.addr(), "app", "1", &pushed).await;
+    fixtures::assert_identical(dst.addr(), "app", "1", &pushed).await;
     assert!(proxy.faults_injected() >= 1);
     let log = dst.access_log_settled().await;
     let patches = log
@@ -562,7 +535,7 @@ async fn a_destination_tag_pointing_elsewhere_is_overwritten() {
         .await
         .unwrap();
     assert!(!out.up_to_date);
-    assert_identical(dst.addr(), "app", "1", &want).await;
+    fixtures::assert_identical(dst.addr(), "app", "1", &want).await;
     // A pinned source digest that no longer matches the tag refuses to copy.
     let err = e
         .sync(
@@ -896,7 +869,7 @@ async fn anonymous_bearer_challenge_like_public_registries() {
         .await
         .unwrap();
     assert_eq!(out.destination_digest.as_str(), pushed.digest);
-    assert_identical(dst.addr(), "mirror/app", "1", &pushed).await;
+    fixtures::assert_identical(dst.addr(), "mirror/app", "1", &pushed).await;
     let requests = public.token_server().unwrap().requests();
     assert!(
         requests.iter().all(|t| t.user.is_none()),
@@ -1094,7 +1067,7 @@ async fn delete_removes_the_tag_but_keeps_other_tags_on_the_digest() {
             .as_str(),
         pushed.digest
     );
-    assert_identical(reg.addr(), "app", "two", &pushed).await;
+    fixtures::assert_identical(reg.addr(), "app", "two", &pushed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1146,7 +1119,7 @@ async fn delete_removes_unshared_layers_and_keeps_shared_ones() {
             "unshared {blob} must be gone"
         );
     }
-    assert_identical(reg.addr(), "app", "b", &b).await;
+    fixtures::assert_identical(reg.addr(), "app", "b", &b).await;
 
     // --keep-layers leaves every blob.
     let report = e
@@ -1215,7 +1188,7 @@ async fn delete_with_mismatched_expect_digest_refuses_and_changes_nothing() {
         log.iter().all(|e| e.method == "HEAD" || e.method == "GET"),
         "nothing may change: {log:?}"
     );
-    assert_identical(reg.addr(), "app", "1", &pushed).await;
+    fixtures::assert_identical(reg.addr(), "app", "1", &pushed).await;
 
     // The matching digest deletes.
     let report = e
@@ -1298,9 +1271,9 @@ async fn delete_on_a_registry_with_deletes_disabled_is_a_clear_unsupported_and_c
         );
         assert!(err.to_string().contains("left in place"), "{err}");
         // Nothing changed: the tag still points at the image, every blob is there.
-        assert_identical(reg.addr(), repo, tag, image).await;
+        fixtures::assert_identical(reg.addr(), repo, tag, image).await;
     }
-    assert_identical(reg.addr(), "shared", "two", &shared).await;
+    fixtures::assert_identical(reg.addr(), "shared", "two", &shared).await;
     // The detach path ran and put the original back: retag to the throw-away, then restore.
     let log = reg.access_log_settled().await;
     let retags = log
