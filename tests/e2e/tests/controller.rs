@@ -14,30 +14,35 @@ use kube::{Api, Client, ResourceExt};
 
 // === harness ===
 
-fn crd_path() -> PathBuf {
+pub(crate) fn crd_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/imagesyncs.imagesync.dev.yaml")
 }
 
 /// A kube-apiserver with the ImageSync CRD installed.
-async fn cluster() -> ApiServer {
+pub(crate) async fn cluster() -> ApiServer {
     let api = ApiServer::start().await;
     api.apply_crd(&crd_path()).await;
     api
 }
 
 /// A running `imagesync-controller` process; SIGKILLed on drop.
-struct ControllerProc {
-    child: Child,
-    metrics_addr: String,
-    log: PathBuf,
+pub(crate) struct ControllerProc {
+    pub(crate) child: Child,
+    pub(crate) metrics_addr: String,
+    pub(crate) log: PathBuf,
 }
 
 impl ControllerProc {
-    fn start(kubeconfig: &Path, log_dir: &Path, label: &str, args: &[&str]) -> ControllerProc {
+    pub(crate) fn start(
+        kubeconfig: &Path,
+        log_dir: &Path,
+        label: &str,
+        args: &[&str],
+    ) -> ControllerProc {
         Self::start_with_env(kubeconfig, log_dir, label, args, &[])
     }
 
-    fn start_with_env(
+    pub(crate) fn start_with_env(
         kubeconfig: &Path,
         log_dir: &Path,
         label: &str,
@@ -71,20 +76,20 @@ impl ControllerProc {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
+    pub(crate) async fn get(&self, path: &str) -> Option<(u16, String)> {
         let resp = reqwest::get(format!("http://{}{path}", self.metrics_addr))
             .await
             .ok()?;
@@ -93,7 +98,7 @@ impl ControllerProc {
     }
 
     /// The value of an unlabelled metric (0 when absent).
-    async fn metric(&self, name: &str) -> f64 {
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
         let Some((_, text)) = self.get("/metrics").await else {
             return -1.0;
         };
@@ -110,7 +115,7 @@ impl Drop for ControllerProc {
     }
 }
 
-fn image_sync_yaml(ns: &str, name: &str, src: &str, dst: &str, extra: &str) -> String {
+pub(crate) fn image_sync_yaml(ns: &str, name: &str, src: &str, dst: &str, extra: &str) -> String {
     let mut y = format!(
         "apiVersion: imagesync.dev/v1alpha1\nkind: ImageSync\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  source: {src:?}\n  destination: {dst:?}\n  resyncInterval: 2s\n"
     );
@@ -123,7 +128,7 @@ fn image_sync_yaml(ns: &str, name: &str, src: &str, dst: &str, extra: &str) -> S
 }
 
 /// Polls `name` until `pred` holds; panics with the last state and the controller log.
-async fn wait_for(
+pub(crate) async fn wait_for(
     api: &Api<ImageSync>,
     name: &str,
     timeout: Duration,
@@ -153,7 +158,7 @@ async fn wait_for(
     }
 }
 
-async fn wait_gone(
+pub(crate) async fn wait_gone(
     api: &Api<ImageSync>,
     name: &str,
     timeout: Duration,
@@ -170,11 +175,11 @@ async fn wait_gone(
     }
 }
 
-fn reason(obj: &ImageSync) -> Option<String> {
+pub(crate) fn reason(obj: &ImageSync) -> Option<String> {
     obj.ready_condition().map(|c| c.reason.clone())
 }
 
-fn ready_with(obj: &ImageSync, digest: &str) -> bool {
+pub(crate) fn ready_with(obj: &ImageSync, digest: &str) -> bool {
     obj.is_ready()
         && obj
             .status
@@ -184,7 +189,7 @@ fn ready_with(obj: &ImageSync, digest: &str) -> bool {
 }
 
 /// Event reasons recorded for `name` in `ns`.
-async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+pub(crate) async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     events
         .list(&ListParams::default())
@@ -197,7 +202,7 @@ async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<(String, St
         .collect()
 }
 
-async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> String {
+pub(crate) async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let evs = event_reasons(client, ns, name).await;
@@ -212,7 +217,7 @@ async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> Stri
     }
 }
 
-async fn delete_manifest(addr: &str, repo: &str, digest: &str) {
+pub(crate) async fn delete_manifest(addr: &str, repo: &str, digest: &str) {
     let status = reqwest::Client::new()
         .delete(format!("http://{addr}/v2/{repo}/manifests/{digest}"))
         .send()
@@ -222,7 +227,13 @@ async fn delete_manifest(addr: &str, repo: &str, digest: &str) {
     assert_eq!(status.as_u16(), 202, "DELETE {repo}@{digest}");
 }
 
-fn dockerconfig_secret(ns: &str, name: &str, registry: &str, user: &str, pass: &str) -> String {
+pub(crate) fn dockerconfig_secret(
+    ns: &str,
+    name: &str,
+    registry: &str,
+    user: &str,
+    pass: &str,
+) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let auth = b64.encode(format!("{user}:{pass}"));
@@ -240,7 +251,7 @@ fn dockerconfig_secret(ns: &str, name: &str, registry: &str, user: &str, pass: &
 /// HEAD-only; delete → tag gone while a second tag and shared layers survive; Orphan
 /// keeps everything.
 #[tokio::test]
-async fn controller_syncs_heals_follows_and_deletes() {
+pub(crate) async fn controller_syncs_heals_follows_and_deletes() {
     let (api, src, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
     let client = api.client().await;
     let ns = "default";
@@ -527,7 +538,7 @@ async fn controller_syncs_heals_follows_and_deletes() {
 /// Bad reference, missing source and wrong credentials → Ready=False with the documented
 /// reason, and nothing is deleted; the right credentials from a Secret then work.
 #[tokio::test]
-async fn controller_reports_permanent_errors_with_reasons() {
+pub(crate) async fn controller_reports_permanent_errors_with_reasons() {
     let (api, src, private) = tokio::join!(
         cluster(),
         Registry::start(),
@@ -704,7 +715,7 @@ async fn controller_reports_permanent_errors_with_reasons() {
 /// SIGKILL while blobs are uploading, then restart: the copy completes and the
 /// destination tag never points at an incomplete image.
 #[tokio::test]
-async fn controller_killed_mid_copy_completes_after_restart() {
+pub(crate) async fn controller_killed_mid_copy_completes_after_restart() {
     let (api, src, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
     let client = api.client().await;
     let ns = "default";
@@ -787,7 +798,7 @@ async fn controller_killed_mid_copy_completes_after_restart() {
 /// Two controllers with leader election: only the leader reconciles; killing it hands
 /// over to the other.
 #[tokio::test]
-async fn leader_election_hands_over_when_the_leader_dies() {
+pub(crate) async fn leader_election_hands_over_when_the_leader_dies() {
     let (api, reg) = tokio::join!(cluster(), Registry::start());
     let client = api.client().await;
     let ns = "default";
@@ -893,7 +904,7 @@ async fn leader_election_hands_over_when_the_leader_dies() {
 }
 
 /// The RBAC the Helm chart grants, exactly.
-const CHART_RBAC: &str = r#"
+pub(crate) const CHART_RBAC: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata:
@@ -956,7 +967,7 @@ subjects:
 /// The controller authenticated as a ServiceAccount token (TokenRequest) with exactly
 /// the chart's RBAC: leader election, sync with a Secret, status, events, deletion.
 #[tokio::test]
-async fn controller_works_with_exactly_the_chart_rbac() {
+pub(crate) async fn controller_works_with_exactly_the_chart_rbac() {
     let (api, src, private) = tokio::join!(
         cluster(),
         Registry::start(),
@@ -1044,7 +1055,7 @@ async fn controller_works_with_exactly_the_chart_rbac() {
 /// registry that refuses deletes gives a Warning event and the object still goes away;
 /// `suspend` stops checks; `--log-format json` logs JSON.
 #[tokio::test]
-async fn controller_moves_destinations_and_survives_refused_deletes() {
+pub(crate) async fn controller_moves_destinations_and_survives_refused_deletes() {
     let (api, src, dst, nodelete) = tokio::join!(
         cluster(),
         Registry::start(),
@@ -1200,7 +1211,7 @@ async fn controller_moves_destinations_and_survives_refused_deletes() {
 /// (`IMAGESYNC_NAMESPACE`) with only namespaced Roles (no ClusterRole), and leaves other
 /// namespaces alone.
 #[tokio::test]
-async fn controller_watches_only_its_namespace_with_roles() {
+pub(crate) async fn controller_watches_only_its_namespace_with_roles() {
     let (api, reg) = tokio::join!(cluster(), Registry::start());
     let admin = api.client().await;
     for ns in ["imagesync-system", "team-a", "team-b"] {

@@ -12,13 +12,13 @@ use imagesync_e2e::fixtures::{self, FixtureSpec, Pushed, Target};
 use imagesync_e2e::kube::ApiServer;
 use imagesync_e2e::registry::{Registry, RegistryOptions};
 
-const PROVIDER: &str = "terraform-provider-imagesync";
-const PROVIDER_VERSION: &str = "0.1.0";
+pub(crate) const PROVIDER: &str = "terraform-provider-imagesync";
+pub(crate) const PROVIDER_VERSION: &str = "0.1.0";
 
-static FETCH: Mutex<()> = Mutex::new(());
+pub(crate) static FETCH: Mutex<()> = Mutex::new(());
 
 /// The Terraform binary of `version` (fetched once into the e2e cache by the script).
-fn terraform_bin(version: &str) -> PathBuf {
+pub(crate) fn terraform_bin(version: &str) -> PathBuf {
     let _serial = FETCH.lock().unwrap_or_else(|p| p.into_inner());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/terraform-fetch.sh");
     let out = std::process::Command::new("bash")
@@ -42,22 +42,22 @@ fn terraform_bin(version: &str) -> PathBuf {
 
 /// How Terraform finds the locally built provider.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Install {
+pub(crate) enum Install {
     DevOverrides,
     FilesystemMirror,
 }
 
 /// One Terraform working directory with its own CLI config.
-struct Tf {
-    version: &'static str,
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    cli_config: PathBuf,
-    install: Install,
+pub(crate) struct Tf {
+    pub(crate) version: &'static str,
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) cli_config: PathBuf,
+    pub(crate) install: Install,
 }
 
 impl Tf {
-    fn new(version: &'static str) -> Tf {
+    pub(crate) fn new(version: &'static str) -> Tf {
         let bin = terraform_bin(version);
         let provider = imagesync_e2e::bin(PROVIDER);
         let dir = tempfile::Builder::new()
@@ -101,12 +101,12 @@ impl Tf {
         }
     }
 
-    fn work(&self) -> PathBuf {
+    pub(crate) fn work(&self) -> PathBuf {
         self.dir.path().join("work")
     }
 
     /// Writes `main.tf`: the provider block for `registries` plus `resources`.
-    fn config(&self, registries: &[&Registry], resources: &str) {
+    pub(crate) fn config(&self, registries: &[&Registry], resources: &str) {
         let insecure: Vec<String> = registries
             .iter()
             .map(|r| format!("\"{}\"", r.addr()))
@@ -118,7 +118,7 @@ impl Tf {
     }
 
     /// Writes `main.tf` with `provider_body` inside the provider block.
-    fn config_with(&self, provider_body: &str, resources: &str) {
+    pub(crate) fn config_with(&self, provider_body: &str, resources: &str) {
         let text = format!(
             r#"terraform {{
   required_providers {{
@@ -136,11 +136,11 @@ provider "imagesync" {{
         std::fs::write(self.work().join("main.tf"), text).unwrap();
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         self.run_env(args, &[]).await
     }
 
-    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(args)
             .current_dir(self.work())
@@ -163,7 +163,7 @@ provider "imagesync" {{
     }
 
     /// Runs and asserts success.
-    async fn ok(&self, args: &[&str]) -> Output {
+    pub(crate) async fn ok(&self, args: &[&str]) -> Output {
         let out = self.run(args).await;
         assert!(
             out.status.success(),
@@ -175,20 +175,20 @@ provider "imagesync" {{
         out
     }
 
-    async fn init(&self) {
+    pub(crate) async fn init(&self) {
         if self.install == Install::FilesystemMirror {
             self.ok(&["init", "-input=false", "-no-color"]).await;
         }
     }
 
-    async fn apply(&self, extra: &[&str]) -> Output {
+    pub(crate) async fn apply(&self, extra: &[&str]) -> Output {
         let mut args = vec!["apply", "-auto-approve", "-input=false", "-no-color"];
         args.extend_from_slice(extra);
         self.ok(&args).await
     }
 
     /// Plans into a file and returns each resource's actions (`terraform show -json`).
-    async fn plan_actions(&self) -> BTreeMap<String, Vec<String>> {
+    pub(crate) async fn plan_actions(&self) -> BTreeMap<String, Vec<String>> {
         self.ok(&["plan", "-input=false", "-no-color", "-out=tfplan"])
             .await;
         let shown = self.ok(&["show", "-json", "tfplan"]).await;
@@ -210,7 +210,7 @@ provider "imagesync" {{
         out
     }
 
-    async fn output(&self, name: &str) -> String {
+    pub(crate) async fn output(&self, name: &str) -> String {
         let out = self.ok(&["output", "-json"]).await;
         json_in(&out.stdout)[name]["value"]
             .as_str()
@@ -220,7 +220,7 @@ provider "imagesync" {{
 
     /// Attribute values of the resource `imagesync.NAME` in the state (`state pull`:
     /// the 0.13 vendor build's `show -json` without a plan file crashes).
-    async fn state_values(&self, address: &str) -> serde_json::Value {
+    pub(crate) async fn state_values(&self, address: &str) -> serde_json::Value {
         let name = address.strip_prefix("imagesync.").unwrap();
         let out = self.ok(&["state", "pull"]).await;
         let json = json_in(&out.stdout);
@@ -236,33 +236,33 @@ provider "imagesync" {{
 }
 
 /// stdout and stderr (the 0.13 vendor build prints diagnostics on stdout).
-fn combined(o: &Output) -> String {
+pub(crate) fn combined(o: &Output) -> String {
     format!("{}{}", text(&o.stdout), text(&o.stderr))
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// The JSON document in Terraform's stdout (the 0.13 vendor build prefixes stdout).
-fn json_in(stdout: &[u8]) -> serde_json::Value {
+pub(crate) fn json_in(stdout: &[u8]) -> serde_json::Value {
     let s = text(stdout);
     let start = s.find('{').unwrap_or_else(|| panic!("no JSON in: {s}"));
     serde_json::from_str(s[start..].trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
 }
 
-fn actions(list: &[&str]) -> Vec<String> {
+pub(crate) fn actions(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
 /// The digest the tag `repo:tag` on `reg` points at (None when absent).
-async fn tag_digest(reg: &Registry, repo: &str, tag: &str) -> Option<String> {
+pub(crate) async fn tag_digest(reg: &Registry, repo: &str, tag: &str) -> Option<String> {
     fixtures::get_manifest(reg.addr(), repo, tag)
         .await
         .map(|(_, bytes)| fixtures::sha256(&bytes))
 }
 
-fn spec(seed: u64) -> FixtureSpec {
+pub(crate) fn spec(seed: u64) -> FixtureSpec {
     // One layer shared by every image of this test (for the shared-layer check).
     FixtureSpec {
         seed,
@@ -273,11 +273,11 @@ fn spec(seed: u64) -> FixtureSpec {
     }
 }
 
-fn resource(name: &str, source: &str, destination: &str) -> String {
+pub(crate) fn resource(name: &str, source: &str, destination: &str) -> String {
     format!("resource \"imagesync\" \"{name}\" {{\n  source      = \"{source}\"\n  destination = \"{destination}\"\n}}\n")
 }
 
-async fn writes(reg: &Registry) -> Vec<String> {
+pub(crate) async fn writes(reg: &Registry) -> Vec<String> {
     reg.access_log_settled()
         .await
         .into_iter()
@@ -287,7 +287,7 @@ async fn writes(reg: &Registry) -> Vec<String> {
 }
 
 /// The scenario from the issue, on one Terraform version.
-async fn scenario(version: &'static str) {
+pub(crate) async fn scenario(version: &'static str) {
     let a = Registry::start().await;
     let b = Registry::start().await;
     let tf = Tf::new(version);
@@ -534,7 +534,7 @@ async fn scenario(version: &'static str) {
 }
 
 /// 30 resources with -parallelism=10, plus one whose source is unknown at plan time.
-async fn parallel(version: &'static str) {
+pub(crate) async fn parallel(version: &'static str) {
     let a = Registry::start().await;
     let b = Registry::start().await;
     let tf = Tf::new(version);
@@ -606,7 +606,7 @@ resource "imagesync" "chained" {{
 
 /// A TLS registry with Basic auth: `ca_file` and `registry_auth` work; with a wrong
 /// password the refresh fails with an error and the resource stays in state (never "gone").
-async fn auth_and_tls(version: &'static str) {
+pub(crate) async fn auth_and_tls(version: &'static str) {
     let a = Registry::start().await;
     let b = Registry::start_with(RegistryOptions {
         tls: true,
@@ -662,18 +662,18 @@ async fn auth_and_tls(version: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_11_4_auth_and_tls() {
+pub(crate) async fn terraform_1_11_4_auth_and_tls() {
     auth_and_tls("1.11.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_0_13_4_auth_and_tls() {
+pub(crate) async fn terraform_0_13_4_auth_and_tls() {
     auth_and_tls("0.13.4").await;
 }
 
 /// Started by hand, the provider explains itself and exits.
 #[test]
-fn provider_binary_refuses_to_run_without_terraform() {
+pub(crate) fn provider_binary_refuses_to_run_without_terraform() {
     let out = std::process::Command::new(imagesync_e2e::bin(PROVIDER))
         .env_remove("TF_PLUGIN_MAGIC_COOKIE")
         .output()
@@ -689,7 +689,7 @@ fn provider_binary_refuses_to_run_without_terraform() {
 
 /// Plain gRPC when Terraform disables plugin TLS (TF_DISABLE_PLUGIN_TLS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_11_4_without_plugin_tls() {
+pub(crate) async fn terraform_1_11_4_without_plugin_tls() {
     let (a, b) = tokio::join!(Registry::start(), Registry::start());
     let src = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(51)).await;
     let tf = Tf::new("1.11.4");
@@ -715,7 +715,7 @@ async fn terraform_1_11_4_without_plugin_tls() {
 }
 
 /// A running `imagesync-controller`; killed on drop.
-struct Controller(std::process::Child);
+pub(crate) struct Controller(std::process::Child);
 
 impl Drop for Controller {
     fn drop(&mut self) {
@@ -725,7 +725,7 @@ impl Drop for Controller {
 }
 
 /// The ImageSync objects in `default`, as JSON.
-fn imagesyncs(api: &ApiServer) -> Vec<serde_json::Value> {
+pub(crate) fn imagesyncs(api: &ApiServer) -> Vec<serde_json::Value> {
     let out = api.kubectl(&["get", "imagesyncs", "-n", "default", "-o", "json"]);
     serde_json::from_str::<serde_json::Value>(&out).unwrap()["items"]
         .as_array()
@@ -736,7 +736,7 @@ fn imagesyncs(api: &ApiServer) -> Vec<serde_json::Value> {
 /// Kubernetes mode against a real kube-apiserver v1.20.2 and the real controller: apply
 /// creates the object and returns the controller's `id`; a deleted destination heals with
 /// no Terraform run; destroy removes the object (after the finalizer) and the image.
-async fn kubernetes_mode(version: &'static str) {
+pub(crate) async fn kubernetes_mode(version: &'static str) {
     let (api, a, b) = tokio::join!(ApiServer::start(), Registry::start(), Registry::start());
     api.apply_crd(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/imagesyncs.imagesync.dev.yaml"),
@@ -859,46 +859,46 @@ async fn kubernetes_mode(version: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_11_4_kubernetes_mode() {
+pub(crate) async fn terraform_1_11_4_kubernetes_mode() {
     kubernetes_mode("1.11.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_0_3_kubernetes_mode() {
+pub(crate) async fn terraform_1_0_3_kubernetes_mode() {
     kubernetes_mode("1.0.3").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_0_13_4_kubernetes_mode() {
+pub(crate) async fn terraform_0_13_4_kubernetes_mode() {
     kubernetes_mode("0.13.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_11_4_scenario() {
+pub(crate) async fn terraform_1_11_4_scenario() {
     scenario("1.11.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_0_3_scenario() {
+pub(crate) async fn terraform_1_0_3_scenario() {
     scenario("1.0.3").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_0_13_4_scenario_protocol_5() {
+pub(crate) async fn terraform_0_13_4_scenario_protocol_5() {
     scenario("0.13.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_11_4_parallel_30() {
+pub(crate) async fn terraform_1_11_4_parallel_30() {
     parallel("1.11.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_0_3_parallel_30() {
+pub(crate) async fn terraform_1_0_3_parallel_30() {
     parallel("1.0.3").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_0_13_4_parallel_30() {
+pub(crate) async fn terraform_0_13_4_parallel_30() {
     parallel("0.13.4").await;
 }
