@@ -8,6 +8,9 @@
 
 mod cli;
 mod controller;
+mod crash;
 mod engine;
 mod helm;
+mod policy;
+mod reliability;
 mod terraform;
