@@ -35,6 +35,11 @@ pub mod reasons {
     pub const INVALID_REFERENCE: &str = "InvalidReference";
     /// A referenced Secret is missing or is not a usable `kubernetes.io/dockerconfigjson`.
     pub const INVALID_SECRET: &str = "InvalidSecret";
+    /// A referenced Secret is not a `kubernetes.io/dockerconfigjson` or
+    /// `kubernetes.io/dockercfg` Secret.
+    pub const SECRET_TYPE_UNSUPPORTED: &str = "SecretTypeUnsupported";
+    /// The tenant policy (`--policy-file`) does not allow this object.
+    pub const POLICY_DENIED: &str = "PolicyDenied";
     /// The image cannot be copied (unsupported manifest, digest mismatch, ...).
     pub const SYNC_FAILED: &str = "SyncFailed";
     /// Removing the previous destination failed.

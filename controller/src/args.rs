@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use imagesync_engine::auth::{ChainProvider, StaticProvider};
 use imagesync_engine::{CredentialProvider, Engine, EngineConfig, RequestObserver, RetryPolicy};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tracing::{error, info, warn};
@@ -19,6 +20,7 @@ use crate::controller::{self, parse_duration, Context};
 use crate::events::Events;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::policy::{self, PolicyStore, Reloader};
 use crate::server::{self, ServerState};
 use crate::telemetry::{self, LogFormat};
 
@@ -85,6 +87,20 @@ pub struct Args {
     /// resyncInterval of objects that do not set one.
     #[arg(long, default_value = "5m")]
     default_resync_interval: DurationArg,
+
+    /// Tenant policy (YAML): which namespaces may copy what, with whose credentials.
+    /// Without it every object is allowed and may use the controller's own credentials.
+    #[arg(long, env = "IMAGESYNC_POLICY_FILE", value_name = "PATH")]
+    policy_file: Option<PathBuf>,
+
+    /// How often the policy file is re-read (a changed, valid file replaces the policy).
+    #[arg(long, default_value = "10s")]
+    policy_reload_interval: DurationArg,
+
+    /// The controller's own Deployment (in the pod's namespace): controller-level Events,
+    /// such as policy reload failures, are recorded on it (else on the Lease, if any).
+    #[arg(long, env = "IMAGESYNC_DEPLOYMENT_NAME", value_name = "NAME")]
+    deployment_name: Option<String>,
 }
 
 fn identity() -> String {
@@ -100,6 +116,27 @@ fn identity() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{host}_{}_{nanos:08x}", std::process::id())
+}
+
+/// The object controller-level Events are recorded on: the Deployment when named, else
+/// the Lease when leader election is on, else none.
+pub fn controller_object(
+    deployment: Option<&str>,
+    lease: Option<&str>,
+    namespace: &str,
+) -> Option<ObjectReference> {
+    let (api_version, kind, name) = match (deployment.filter(|d| !d.is_empty()), lease) {
+        (Some(d), _) => ("apps/v1", "Deployment", d),
+        (None, Some(l)) => ("coordination.k8s.io/v1", "Lease", l),
+        (None, None) => return None,
+    };
+    Some(ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        ..ObjectReference::default()
+    })
 }
 
 async fn shutdown_signal() {
@@ -138,11 +175,26 @@ impl Args {
             lease_duration,
             log_format,
             default_resync_interval,
+            policy_file,
+            policy_reload_interval,
+            deployment_name,
         } = self;
         telemetry::init(log_format);
         if concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
+        // An invalid policy at startup is fatal: never run with less protection than asked.
+        let policy = match &policy_file {
+            Some(path) => {
+                let (policy, bytes) = policy::load_file(path)
+                    .with_context(|| format!("--policy-file {}", path.display()))?;
+                if policy.is_empty() {
+                    warn!("the policy has no rules: every ImageSync is denied");
+                }
+                Some((policy, bytes))
+            }
+            None => None,
+        };
 
         let client = Client::try_default()
             .await
@@ -199,14 +251,59 @@ impl Args {
             "imagesync.dev/imagesync-controller",
             &identity,
         );
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            engine,
-            base_credentials,
-            metrics.clone(),
-            events,
-            default_resync_interval.0,
-        ));
+        let controller_namespace = if !leader_election_namespace.is_empty() {
+            leader_election_namespace
+        } else {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| client.default_namespace().to_string())
+        };
+        let policy_store: Arc<PolicyStore> = match policy {
+            Some((policy, bytes)) => {
+                let hash = policy.hash().to_string();
+                info!(rules = policy.len(), sha256 = %hash, file = %policy_file.as_deref().unwrap_or(std::path::Path::new("")).display(), "tenant policy loaded");
+                let store = Arc::new(PolicyStore::with_policy(policy));
+                metrics.policy_loaded(store.generation(), &hash);
+                if let Some(path) = policy_file.clone() {
+                    let report_to = controller_object(
+                        deployment_name.as_deref(),
+                        leader_elect.then_some(lease_name.as_str()),
+                        &controller_namespace,
+                    );
+                    let reloader = Reloader {
+                        path,
+                        interval: policy_reload_interval.0,
+                        store: store.clone(),
+                        metrics: metrics.clone(),
+                        events: Events::new(
+                            client.clone(),
+                            "imagesync.dev/imagesync-controller",
+                            &identity,
+                        ),
+                        report_to,
+                    };
+                    tokio::spawn(reloader.run(bytes));
+                }
+                store
+            }
+            None => {
+                warn!("no --policy-file: every namespace may sync anything with the controller's own credentials (fine for a single team; see the README on tenant safety)");
+                Arc::new(PolicyStore::allow_all())
+            }
+        };
+        let ctx = Arc::new(
+            Context::new(
+                client.clone(),
+                engine,
+                base_credentials,
+                metrics.clone(),
+                events,
+                default_resync_interval.0,
+            )
+            .with_policy(policy_store),
+        );
 
         // Ready once the ImageSync API answers with our permissions.
         {
@@ -245,15 +342,7 @@ impl Args {
             return Ok(());
         }
 
-        let lease_namespace = if !leader_election_namespace.is_empty() {
-            leader_election_namespace
-        } else {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| client.default_namespace().to_string())
-        };
+        let lease_namespace = controller_namespace;
         let mut elector = LeaderElector::new(
             client.clone(),
             LeaseConfig {

@@ -8,9 +8,14 @@
 //!
 //! Our own status writes trigger watch events; a per-object gate skips those (no
 //! registry request, no API call) until the next check is due or the object really
-//! changed (generation, deletion, finalizers).
+//! changed (generation, deletion, finalizers) or the tenant policy changed.
+//!
+//! The tenant policy ([`crate::policy`]) is consulted before anything touches a
+//! registry: on apply (source and destination), before removing a previous destination
+//! and on deletion. A denied object gets `Ready=False` with reason `PolicyDenied` and is
+//! never copied or deleted; deleting it releases the finalizer without a registry call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +23,7 @@ use futures::StreamExt;
 use imagesync_engine::{
     CredentialProvider, DeleteOptions, Digest, Engine, ErrorKind, Reference, SyncOptions,
 };
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -30,9 +36,10 @@ use tracing::{debug, info, instrument, warn, Span};
 use crate::api::{
     reasons, DeletionPolicy, ImageSync, ImageSyncStatus, SecretRef, FINALIZER, READY,
 };
-use crate::credentials::SecretCredentials;
+use crate::credentials::{AmbientFor, SecretCredentials};
 use crate::events::{EventType, Events};
 use crate::metrics::Metrics;
+use crate::policy::{Ambient, Decision as PolicyDecision, PolicyStore};
 use crate::{Error, Result};
 
 /// The field manager of our status writes.
@@ -62,6 +69,8 @@ pub struct Context {
     pub events: Events,
     /// `resyncInterval` for objects that do not set one.
     pub default_resync: Duration,
+    /// The tenant policy (allow-all without a policy file).
+    pub policy: Arc<PolicyStore>,
     gates: Mutex<HashMap<String, Gate>>,
     engines: Mutex<HashMap<String, Engine>>,
 }
@@ -74,15 +83,17 @@ struct GateKey {
     generation: Option<i64>,
     deleting: bool,
     finalized: bool,
+    policy_generation: u64,
 }
 
 impl GateKey {
-    fn of(obj: &ImageSync) -> GateKey {
+    fn of(obj: &ImageSync, policy_generation: u64) -> GateKey {
         GateKey {
             uid: obj.metadata.uid.clone(),
             generation: obj.metadata.generation,
             deleting: obj.metadata.deletion_timestamp.is_some(),
             finalized: obj.finalizers().iter().any(|f| f == FINALIZER),
+            policy_generation,
         }
     }
 }
@@ -115,9 +126,20 @@ impl Context {
             metrics,
             events,
             default_resync,
+            policy: Arc::new(PolicyStore::allow_all()),
             gates: Mutex::new(HashMap::new()),
             engines: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Enforces `policy` (the default allows everything).
+    pub fn with_policy(mut self, policy: Arc<PolicyStore>) -> Context {
+        self.policy = policy;
+        self
+    }
+
+    fn gate_key(&self, obj: &ImageSync) -> GateKey {
+        GateKey::of(obj, self.policy.generation())
     }
 
     fn gates(&self) -> std::sync::MutexGuard<'_, HashMap<String, Gate>> {
@@ -132,7 +154,7 @@ impl Context {
     fn not_due(&self, obj: &ImageSync) -> Option<Duration> {
         let gates = self.gates();
         let gate = gates.get(&object_key(obj))?;
-        if gate.key != GateKey::of(obj) {
+        if gate.key != self.gate_key(obj) {
             return None;
         }
         let now = Instant::now();
@@ -140,8 +162,8 @@ impl Context {
     }
 
     fn schedule(&self, obj: &ImageSync, wait: Duration, failed: bool) -> u32 {
+        let key = self.gate_key(obj);
         let mut gates = self.gates();
-        let key = GateKey::of(obj);
         let entry = gates.entry(object_key(obj)).or_insert(Gate {
             key: key.clone(),
             due: Instant::now(),
@@ -164,7 +186,7 @@ impl Context {
         let gates = self.gates();
         gates
             .get(&object_key(obj))
-            .filter(|g| g.key == GateKey::of(obj))
+            .filter(|g| g.key == self.gate_key(obj))
             .map_or(0, |g| g.failures)
     }
 
@@ -183,9 +205,71 @@ impl Context {
             .unwrap_or(self.default_resync)
     }
 
-    /// The engine for `obj`: the shared one, or one with the object's Secrets (read now)
-    /// chained before the standard credentials.
-    async fn engine_for(&self, obj: &ImageSync) -> Result<Engine> {
+    /// What the tenant policy says about `obj` copying `source` to `destination` (the
+    /// Namespace's labels are read only when a rule selects namespaces by label).
+    pub async fn policy_decision(
+        &self,
+        obj: &ImageSync,
+        source: &Reference,
+        destination: &Reference,
+    ) -> Result<PolicyDecision> {
+        let (Some(policy), _) = self.policy.current() else {
+            return Ok(PolicyDecision::ALLOW_ALL);
+        };
+        let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+        let labels = if policy.needs_namespace_labels() {
+            let api: Api<Namespace> = Api::all(self.client.clone());
+            match api.get_opt(&namespace).await {
+                Ok(ns) => ns.and_then(|n| n.metadata.labels).unwrap_or_default(),
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    return Ok(PolicyDecision::Deny {
+                        message: format!(
+                            "the policy selects namespaces by label but the controller may not read namespace {namespace}: {}",
+                            s.message
+                        ),
+                    })
+                }
+                Err(source) => {
+                    return Err(Error::Kube {
+                        context: format!("get namespace {namespace} (policy namespaceSelector)"),
+                        source,
+                    })
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        Ok(policy.evaluate(&namespace, &labels, source, destination))
+    }
+
+    /// Like [`Context::policy_decision`], with a denial as [`Error::PolicyDenied`].
+    async fn policy_allows(
+        &self,
+        obj: &ImageSync,
+        source: &Reference,
+        destination: &Reference,
+    ) -> Result<Ambient> {
+        match self.policy_decision(obj, source, destination).await? {
+            PolicyDecision::Allow { rule, ambient } => {
+                if let Some(rule) = rule {
+                    debug!(rule = %rule, ?ambient, "allowed by policy");
+                }
+                Ok(ambient)
+            }
+            PolicyDecision::Deny { message } => Err(Error::PolicyDenied { message }),
+        }
+    }
+
+    /// The engine for `obj` copying between the registries of `source` and
+    /// `destination`: the shared one, or one with the object's Secrets (read now) chained
+    /// before the standard credentials, which the policy may withhold per registry.
+    async fn engine_for(
+        &self,
+        obj: &ImageSync,
+        source: &Reference,
+        destination: &Reference,
+        ambient: Ambient,
+    ) -> Result<Engine> {
         let refs: Vec<&SecretRef> = [
             &obj.spec.destination_secret_ref,
             &obj.spec.source_secret_ref,
@@ -193,26 +277,68 @@ impl Context {
         .into_iter()
         .flatten()
         .collect();
-        if refs.is_empty() {
+        let registries = ambient.registries(source.registry(), destination.registry());
+        if refs.is_empty() && registries.is_none() {
             return Ok(self.engine.clone());
         }
-        let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-        let (creds, key) = SecretCredentials::load(&self.client, &namespace, &refs).await?;
+        let (creds, mut key) = if refs.is_empty() {
+            (SecretCredentials::default(), String::new())
+        } else {
+            let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+            SecretCredentials::load(&self.client, &namespace, &refs).await?
+        };
+        if let Some(r) = &registries {
+            key.push_str("|ambient:");
+            key.push_str(&r.iter().cloned().collect::<Vec<_>>().join(","));
+        }
+        Ok(self.cached_engine(key, || {
+            let ambient: Arc<dyn CredentialProvider> = match registries {
+                None => self.base_credentials.clone(),
+                Some(r) => Arc::new(AmbientFor::new(Some(r), self.base_credentials.clone())),
+            };
+            creds.chained_before(ambient)
+        }))
+    }
+
+    /// The engine without the object's Secrets (they are unusable), ambient credentials
+    /// as the policy allows.
+    fn engine_without_secrets(
+        &self,
+        source: &Reference,
+        destination: &Reference,
+        ambient: Ambient,
+    ) -> Engine {
+        match ambient.registries(source.registry(), destination.registry()) {
+            None => self.engine.clone(),
+            Some(r) => {
+                let key = format!(
+                    "|ambient:{}",
+                    r.iter().cloned().collect::<Vec<_>>().join(",")
+                );
+                let ambient = Arc::new(AmbientFor::new(Some(r), self.base_credentials.clone()));
+                self.cached_engine(key, || ambient)
+            }
+        }
+    }
+
+    fn cached_engine(
+        &self,
+        key: String,
+        credentials: impl FnOnce() -> Arc<dyn CredentialProvider>,
+    ) -> Engine {
         let mut engines = match self.engines.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         if let Some(e) = engines.get(&key) {
-            return Ok(e.clone());
+            return e.clone();
         }
         if engines.len() > 256 {
             engines.clear();
         }
-        let engine = self
-            .engine
-            .with_credentials(creds.chained_before(self.base_credentials.clone()));
+        let engine = self.engine.with_credentials(credentials());
         engines.insert(key, engine.clone());
-        Ok(engine)
+        engine
     }
 
     async fn head(
@@ -511,7 +637,9 @@ async fn apply_inner(
             field: "destination",
             source,
         })?;
-    let engine = ctx.engine_for(obj).await?;
+    // The tenant policy decides before any registry is touched.
+    let ambient = ctx.policy_allows(obj, &source, &destination).await?;
+    let engine = ctx.engine_for(obj, &source, &destination, ambient).await?;
 
     // The destination moved: clean up the old one (only if it still holds what we wrote).
     if let (Some(old), Some(digest)) = (
@@ -519,7 +647,7 @@ async fn apply_inner(
         status.destination_digest.clone(),
     ) {
         if !same_image_reference(&old, &destination) {
-            release_old_destination(obj, ctx, &engine, &old, &digest).await?;
+            release_old_destination(obj, ctx, &source, &old, &digest).await?;
             status.destination_digest = None;
             status.id = None;
             status.synced_destination = None;
@@ -679,11 +807,12 @@ async fn report_drift(obj: &ImageSync, ctx: &Context, drift: &Drift, destination
     ctx.events.publish(obj, type_, reason, "Check", &note).await;
 }
 
-/// Removes the previous destination after `spec.destination` changed.
+/// Removes the previous destination after `spec.destination` changed (only when the
+/// policy allows the object that destination too: status could have been forged).
 async fn release_old_destination(
     obj: &ImageSync,
     ctx: &Context,
-    engine: &Engine,
+    source: &Reference,
     old: &str,
     digest: &str,
 ) -> Result<()> {
@@ -699,7 +828,34 @@ async fn release_old_destination(
             .await;
         return Ok(());
     }
-    match delete_destination(obj, ctx, engine, old, digest).await {
+    let engine = match Reference::parse(old) {
+        Ok(old_ref) => match ctx.policy_decision(obj, source, &old_ref).await? {
+            PolicyDecision::Allow { ambient, .. } => {
+                match ctx.engine_for(obj, source, &old_ref, ambient).await {
+                    Ok(e) => e,
+                    Err(Error::Secret { .. } | Error::SecretTypeUnsupported { .. }) => {
+                        ctx.engine_without_secrets(source, &old_ref, ambient)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            PolicyDecision::Deny { message } => {
+                ctx.events
+                    .publish(
+                        obj,
+                        EventType::Warning,
+                        reasons::POLICY_DENIED,
+                        "Delete",
+                        &format!("destination changed; {old} left in place: {message}"),
+                    )
+                    .await;
+                return Ok(());
+            }
+        },
+        // Not a reference: delete_destination reports it without a registry call.
+        Err(_) => ctx.engine.clone(),
+    };
+    match delete_destination(obj, ctx, &engine, old, digest).await {
         DeleteResult::Done(note) => {
             ctx.events
                 .publish(
@@ -825,11 +981,47 @@ async fn cleanup(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -
         debug!("nothing was written; nothing to delete");
         return Ok(done(&ctx));
     };
-    let engine = match ctx.engine_for(&obj).await {
-        Ok(e) => e,
-        // Without the Secret, try the standard credentials.
-        Err(Error::Secret { .. }) => ctx.engine.clone(),
-        Err(e) => return Err(e),
+    // The policy in force now decides (for the destination actually deleted): a denied
+    // object is released without any registry request, its destination left in place.
+    let target_ref = Reference::parse(&target).ok();
+    let source_ref = Reference::parse(&obj.spec.source).ok();
+    let decision = match (&source_ref, &target_ref) {
+        (Some(s), Some(t)) => ctx.policy_decision(&obj, s, t).await?,
+        // Unparsable: delete_destination makes no registry call for a bad target, and a
+        // bad source can only be judged without a policy.
+        _ if ctx.policy.current().0.is_none() => PolicyDecision::ALLOW_ALL,
+        _ => PolicyDecision::Deny {
+            message: format!("spec.source {:?} is not a valid reference", obj.spec.source),
+        },
+    };
+    let ambient = match decision {
+        PolicyDecision::Allow { ambient, .. } => ambient,
+        PolicyDecision::Deny { message } => {
+            let note = format!("{target} left in place: {message}");
+            info!("{note}; releasing the finalizer without a registry request");
+            ctx.events
+                .publish(
+                    &obj,
+                    EventType::Warning,
+                    reasons::POLICY_DENIED,
+                    "Delete",
+                    &note,
+                )
+                .await;
+            return Ok(done(&ctx));
+        }
+    };
+    let engine = match (&source_ref, &target_ref) {
+        (Some(s), Some(t)) => match ctx.engine_for(&obj, s, t, ambient).await {
+            Ok(e) => e,
+            // Without the Secret, try the credentials the policy allows.
+            Err(Error::Secret { .. } | Error::SecretTypeUnsupported { .. }) => {
+                ctx.engine_without_secrets(s, t, ambient)
+            }
+            Err(e) => return Err(e),
+        },
+        // No policy (see above): the standard credentials, as before.
+        _ => ctx.engine.clone(),
     };
     match delete_destination(&obj, &ctx, &engine, &target, &digest).await {
         DeleteResult::Done(note) => {
@@ -899,8 +1091,14 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // A new policy re-evaluates every object at once (the gate sees the new generation).
+    let policy_changes = futures::stream::unfold(ctx.policy.subscribe(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
     Controller::new(api, watcher::Config::default())
         .with_config(ControllerConfig::default().concurrency(concurrency))
+        .reconcile_all_on(policy_changes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -1,9 +1,13 @@
-//! Registry credentials from `kubernetes.io/dockerconfigjson` Secrets.
+//! Registry credentials from `kubernetes.io/dockerconfigjson` (and legacy
+//! `kubernetes.io/dockercfg`) Secrets.
 //!
-//! The Secrets named by `spec.sourceSecretRef` / `spec.destinationSecretRef` are read on
-//! every sync (never cached across syncs, never logged) and offered to the engine before
-//! its standard chain (Docker config, Google ADC, anonymous).
+//! The Secrets named by `spec.sourceSecretRef` / `spec.destinationSecretRef` are read
+//! from the object's own namespace on every sync (never cached across syncs, never
+//! logged) and offered to the engine before its standard chain (Docker config, Google
+//! ADC, anonymous). The tenant policy can withhold that standard chain per registry
+//! ([`AmbientFor`]).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -20,6 +24,10 @@ use crate::{Error, Result};
 pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
 /// The data key of a `kubernetes.io/dockerconfigjson` Secret.
 pub const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+/// The legacy Secret type the controller accepts too (`~/.dockercfg` format).
+pub const DOCKER_CFG_TYPE: &str = "kubernetes.io/dockercfg";
+/// The data key of a `kubernetes.io/dockercfg` Secret.
+pub const DOCKER_CFG_KEY: &str = ".dockercfg";
 
 /// Docker configs loaded from Secrets, tried in order (destination Secret first, so the
 /// push credential wins when both Secrets name the same registry).
@@ -81,22 +89,36 @@ impl SecretCredentials {
                 }
             };
             let type_ = secret.type_.as_deref().unwrap_or("Opaque");
+            let data_key = match type_ {
+                DOCKER_CONFIG_JSON_TYPE => DOCKER_CONFIG_JSON_KEY,
+                DOCKER_CFG_TYPE => DOCKER_CFG_KEY,
+                other => {
+                    return Err(Error::SecretTypeUnsupported {
+                        namespace: namespace.to_string(),
+                        name: r.name.clone(),
+                        type_: other.to_string(),
+                    })
+                }
+            };
             let data = secret
                 .data
                 .as_ref()
-                .and_then(|d| d.get(DOCKER_CONFIG_JSON_KEY))
+                .and_then(|d| d.get(data_key))
                 .map(|b| b.0.clone());
-            let Some(json) = data else {
-                return Err(secret_error(format!(
-                    "type {type_} has no {DOCKER_CONFIG_JSON_KEY} key (expected a {DOCKER_CONFIG_JSON_TYPE} Secret)"
-                )));
+            let Some(raw) = data else {
+                return Err(secret_error(format!("type {type_} but no {data_key} key")));
+            };
+            let invalid = || secret_error(format!("{data_key} is not a valid docker config"));
+            let json = if type_ == DOCKER_CFG_TYPE {
+                // The legacy format is the `auths` map alone.
+                let map: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&raw).map_err(|_| invalid())?;
+                serde_json::to_vec(&serde_json::json!({ "auths": map })).map_err(|_| invalid())?
+            } else {
+                raw
             };
             // Validate the JSON now so a broken Secret is reported as such.
-            docker_config_auth(&json, "validate.invalid").map_err(|_| {
-                secret_error(format!(
-                    "{DOCKER_CONFIG_JSON_KEY} is not a valid docker config"
-                ))
-            })?;
+            docker_config_auth(&json, "validate.invalid").map_err(|_| invalid())?;
             key.push_str(&format!(
                 "{namespace}/{}@{};",
                 r.name,
@@ -149,6 +171,31 @@ impl CredentialProvider for SecretCredentials {
     }
 }
 
+/// The controller's standard credentials, offered only to the registries the tenant
+/// policy allows them for (`None`: every registry, the behaviour without a policy).
+#[derive(Debug)]
+pub struct AmbientFor {
+    registries: Option<BTreeSet<String>>,
+    inner: Arc<dyn CredentialProvider>,
+}
+
+impl AmbientFor {
+    /// `inner` for `registries` only.
+    pub fn new(registries: Option<BTreeSet<String>>, inner: Arc<dyn CredentialProvider>) -> Self {
+        AmbientFor { registries, inner }
+    }
+}
+
+#[async_trait]
+impl CredentialProvider for AmbientFor {
+    async fn credential(&self, registry: &str) -> imagesync_engine::Result<Option<Credential>> {
+        match &self.registries {
+            Some(allowed) if !allowed.contains(registry) => Ok(None),
+            _ => self.inner.credential(registry).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +215,25 @@ mod tests {
         );
         assert_eq!(p.credential("other.example").await.ok().flatten(), None);
         let debug = format!("{p:?}");
+        let gated = AmbientFor::new(
+            Some(BTreeSet::from(["src.example".to_string()])),
+            Arc::new(p.clone()),
+        );
+        assert_eq!(
+            gated.credential("127.0.0.1:5000").await.ok().flatten(),
+            None
+        );
+        assert_eq!(
+            gated.credential("src.example").await.ok().flatten(),
+            Some(Credential::basic("src", "pw"))
+        );
+        let open = AmbientFor::new(None, Arc::new(p.clone()));
+        assert!(open
+            .credential("127.0.0.1:5000")
+            .await
+            .ok()
+            .flatten()
+            .is_some());
         assert!(
             debug.contains("ns/dst") && !debug.contains("ZHN0"),
             "{debug}"

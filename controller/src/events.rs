@@ -83,6 +83,20 @@ impl Events {
         action: &str,
         note: &str,
     ) {
+        self.publish_about(obj.object_ref(&()), type_, reason, action, note)
+            .await
+    }
+
+    /// Publishes an event about any namespaced object (the controller's own Deployment
+    /// or Lease, for policy reloads). The Event is created in the object's namespace.
+    pub async fn publish_about(
+        &self,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
         let mut note = note.to_string();
         if note.len() > MAX_NOTE {
             let mut cut = MAX_NOTE;
@@ -91,12 +105,17 @@ impl Events {
             }
             note.truncate(cut);
         }
-        let regarding: ObjectReference = obj.object_ref(&());
         let Some(namespace) = regarding.namespace.clone() else {
             return;
         };
         let key = Key {
-            uid: regarding.uid.clone().unwrap_or_default(),
+            uid: regarding.uid.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/{namespace}/{}",
+                    regarding.kind.as_deref().unwrap_or_default(),
+                    regarding.name.as_deref().unwrap_or_default()
+                )
+            }),
             type_,
             reason: reason.to_string(),
             note: note.clone(),

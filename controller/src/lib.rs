@@ -7,7 +7,8 @@
 //!
 //! Layout: [`api`] (the CRD types), [`controller`] (reconcile and cleanup under the
 //! finalizer), [`credentials`] (the Secret-backed credential provider), [`events`],
-//! [`leader`] (Lease-based leader election), [`metrics`], [`server`] (`/metrics`,
+//! [`leader`] (Lease-based leader election), [`metrics`], [`policy`] (the tenant
+//! policy: who may copy what, with whose credentials), [`server`] (`/metrics`,
 //! `/healthz`, `/readyz`), [`telemetry`] and [`args`] (flags and wiring).
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod credentials;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 pub mod telemetry;
 
@@ -74,6 +76,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// A referenced Secret has a type other than `kubernetes.io/dockerconfigjson` or
+    /// `kubernetes.io/dockercfg`.
+    #[error("secret {namespace}/{name} has type {type_}; only kubernetes.io/dockerconfigjson and kubernetes.io/dockercfg Secrets are used")]
+    SecretTypeUnsupported {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// Its type.
+        type_: String,
+    },
+
+    /// The tenant policy does not allow this object (nothing is copied or deleted).
+    #[error("{message}")]
+    PolicyDenied {
+        /// Names the rule that denied it, or says that no rule allows it.
+        message: String,
+    },
+
     /// The object has no namespace or name (never happens for objects from the API).
     #[error("object without {0}")]
     MissingMetadata(&'static str),
@@ -123,6 +144,8 @@ impl Error {
             Error::InvalidReference { .. } => reasons::INVALID_REFERENCE,
             Error::SourceNotFound { .. } => reasons::SOURCE_NOT_FOUND,
             Error::Secret { .. } => reasons::INVALID_SECRET,
+            Error::SecretTypeUnsupported { .. } => reasons::SECRET_TYPE_UNSUPPORTED,
+            Error::PolicyDenied { .. } => reasons::POLICY_DENIED,
             Error::Engine { source, .. } => match source.kind() {
                 ErrorKind::NotFound => reasons::SOURCE_NOT_FOUND,
                 ErrorKind::Unauthorized => reasons::UNAUTHORIZED,
@@ -151,6 +174,8 @@ impl Error {
             Error::InvalidReference { .. }
             | Error::SourceNotFound { .. }
             | Error::Secret { .. }
+            | Error::SecretTypeUnsupported { .. }
+            | Error::PolicyDenied { .. }
             | Error::MissingMetadata(_) => true,
             Error::Lease(_) => false,
             Error::Engine { source, .. } => matches!(
@@ -173,6 +198,8 @@ impl Error {
             Error::InvalidReference { .. } => "invalid_reference",
             Error::SourceNotFound { .. } => "source_not_found",
             Error::Secret { .. } => "secret",
+            Error::SecretTypeUnsupported { .. } => "secret_type_unsupported",
+            Error::PolicyDenied { .. } => "policy_denied",
             Error::MissingMetadata(_) => "missing_metadata",
             Error::Finalizer(_) => "finalizer",
             Error::Lease(_) => "lease",

@@ -48,6 +48,13 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+/// `sha256` label of the policy in force.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// SHA-256 (hex) of the policy file's content.
+    pub sha256: String,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +78,12 @@ pub struct Metrics {
     pub registry_requests: Family<RequestLabels, Counter>,
     /// 1 while this process holds the leader lease (or runs without leader election).
     pub leader: Gauge,
+    /// Policy files that could not be loaded (the previous policy stays in force).
+    pub policy_reload_errors: Counter,
+    /// Generation of the policy in force (0: no policy file, everything allowed).
+    pub policy_generation: Gauge,
+    /// 1 for the hash of the policy in force.
+    pub policy_info: Family<PolicyLabels, Gauge>,
     ready_by_object: Mutex<HashMap<String, &'static str>>,
 }
 
@@ -95,6 +108,9 @@ impl Metrics {
             objects: Family::default(),
             registry_requests: Family::default(),
             leader: Gauge::default(),
+            policy_reload_errors: Counter::default(),
+            policy_generation: Gauge::default(),
+            policy_info: Family::default(),
             ready_by_object: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -132,7 +148,34 @@ impl Metrics {
             "1 while this replica is the leader",
             m.leader.clone(),
         );
+        registry.register(
+            "policy_reload_errors",
+            "Policy files that could not be loaded (the previous policy stays in force)",
+            m.policy_reload_errors.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the tenant policy in force (0: no policy, everything allowed)",
+            m.policy_generation.clone(),
+        );
+        registry.register(
+            "policy_info",
+            "1 for the SHA-256 of the tenant policy in force",
+            m.policy_info.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Records the policy now in force.
+    pub fn policy_loaded(&self, generation: u64, sha256: &str) {
+        self.policy_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.policy_info.clear();
+        self.policy_info
+            .get_or_create(&PolicyLabels {
+                sha256: sha256.into(),
+            })
+            .set(1);
     }
 
     /// The text exposition of every metric.

@@ -1,0 +1,1008 @@
+//! Tenant policy: which namespaces may copy what, and with whose credentials.
+//!
+//! In a shared cluster anyone who may create an `ImageSync` could otherwise make the
+//! controller push anywhere with the controller's own credentials (its Docker config,
+//! Google Workload Identity): a confused deputy. The policy file (`--policy-file`) closes
+//! that hole. Without a policy file everything is allowed, as before.
+//!
+//! ```yaml
+//! rules:
+//!   - name: team-a
+//!     namespaces: ["team-a", "team-a-*"]          # names and globs, or:
+//!     # namespaceSelector: {matchLabels: {team: a}}
+//!     sources: ["docker.io/library/*", "gcr.io/team-a/**"]
+//!     destinations: ["registry.example.com/team-a/**"]
+//!     ambientCredentials: {source: true, destination: false}
+//!   - name: nobody-else
+//!     action: Deny
+//!     namespaces: ["*"]
+//!     sources: ["**"]
+//!     destinations: ["**"]
+//! ```
+//!
+//! Semantics (see `controller/README.md`):
+//! - rules are tried in order; the first rule whose namespace match, source patterns and
+//!   destination patterns all match decides (`action: Allow`, the default, or `Deny`);
+//! - when no rule matches, the object is denied;
+//! - patterns are globs on the normalised reference (`docker.io/library/busybox:latest`,
+//!   `host:port/repo@sha256:...`). A pattern matches when it matches the repository
+//!   (`registry/repo`) or the repository with its tag or digest. `*` and `?` do not
+//!   cross `/`; `**` does;
+//! - `ambientCredentials` (both default `false`) says whether the controller's own
+//!   credentials may be used for the source / destination registry; otherwise only the
+//!   object's own Secrets are offered (anonymous when it has none).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use imagesync_engine::{Digest, Reference};
+use k8s_openapi::api::core::v1::ObjectReference;
+use serde::Deserialize;
+use tracing::{error, info, warn};
+
+use crate::events::{EventType, Events};
+use crate::metrics::Metrics;
+
+/// The Event reason of a policy file that could not be loaded.
+pub const POLICY_INVALID: &str = "PolicyInvalid";
+/// The Event reason of a policy file loaded after a change.
+pub const POLICY_RELOADED: &str = "PolicyReloaded";
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("reading policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid YAML for the policy schema (unknown keys included).
+    #[error("policy is not valid: {0}")]
+    Syntax(String),
+    /// Valid YAML, but a rule is wrong.
+    #[error("policy rule {rule}: {reason}")]
+    Rule {
+        /// The rule's name (or its position when it has none).
+        rule: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+// === File format ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    rules: Vec<RuleSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RuleSpec {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    action: Action,
+    #[serde(default)]
+    namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    namespace_selector: Option<SelectorSpec>,
+    #[serde(default)]
+    sources: Option<Vec<String>>,
+    #[serde(default)]
+    destinations: Option<Vec<String>>,
+    #[serde(default)]
+    ambient_credentials: Ambient,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SelectorSpec {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    match_expressions: Vec<ExpressionSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpressionSpec {
+    key: String,
+    operator: Operator,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+/// A label selector operator (as in Kubernetes).
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+/// What a matching rule does.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Action {
+    /// The object may sync (and delete what it wrote).
+    #[default]
+    Allow,
+    /// The object is denied.
+    Deny,
+}
+
+/// Whether the controller's own credentials (Docker config, Google ADC) may be used.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Ambient {
+    /// For the source registry.
+    #[serde(default)]
+    pub source: bool,
+    /// For the destination registry.
+    #[serde(default)]
+    pub destination: bool,
+}
+
+impl Ambient {
+    /// Both sides: the behaviour without a policy.
+    pub const ALL: Ambient = Ambient {
+        source: true,
+        destination: true,
+    };
+
+    /// The registries the ambient credentials may be offered to, for a copy from
+    /// `source` to `destination`; `None` means every registry (no restriction). A
+    /// registry used by both sides gets them only when both sides allow them.
+    pub fn registries(self, source: &str, destination: &str) -> Option<BTreeSet<String>> {
+        if self == Ambient::ALL {
+            return None;
+        }
+        let mut out = BTreeSet::new();
+        if self.source && (source != destination || self.destination) {
+            out.insert(source.to_string());
+        }
+        if self.destination && (source != destination || self.source) {
+            out.insert(destination.to_string());
+        }
+        Some(out)
+    }
+}
+
+// === Compiled policy ===
+
+/// A parsed and validated policy.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    hash: String,
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    action: Action,
+    namespaces: NamespaceMatch,
+    sources: Patterns,
+    destinations: Patterns,
+    ambient: Ambient,
+}
+
+#[derive(Debug)]
+enum NamespaceMatch {
+    Names(GlobSet),
+    Selector(Selector),
+}
+
+#[derive(Debug)]
+struct Selector {
+    labels: BTreeMap<String, String>,
+    expressions: Vec<(String, Operator, HashSet<String>)>,
+}
+
+impl Selector {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.expressions.iter().all(|(key, op, values)| {
+                let value = labels.get(key);
+                match op {
+                    Operator::In => value.is_some_and(|v| values.contains(v)),
+                    Operator::NotIn => value.is_none_or(|v| !values.contains(v)),
+                    Operator::Exists => value.is_some(),
+                    Operator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+struct Patterns {
+    text: Vec<String>,
+    set: GlobSet,
+}
+
+impl fmt::Debug for Patterns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.text).finish()
+    }
+}
+
+impl Patterns {
+    fn matches(&self, reference: &Reference) -> bool {
+        candidates(reference).iter().any(|c| self.set.is_match(c))
+    }
+}
+
+/// The strings a reference pattern is matched against: `registry/repo`, and that with
+/// `:tag`, `@digest` and `:tag@digest` when present.
+fn candidates(r: &Reference) -> Vec<String> {
+    let repo = r.repo_name();
+    let mut out = vec![repo.clone()];
+    if let Some(t) = r.tag() {
+        out.push(format!("{repo}:{t}"));
+    }
+    if let Some(d) = r.digest() {
+        out.push(format!("{repo}@{d}"));
+        if let Some(t) = r.tag() {
+            out.push(format!("{repo}:{t}@{d}"));
+        }
+    }
+    out
+}
+
+/// Docker Hub aliases in a pattern's first segment become `docker.io`, as in references.
+fn normalise_pattern(pattern: &str) -> String {
+    match pattern.split_once('/') {
+        Some(("index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com", rest)) => {
+            format!("docker.io/{rest}")
+        }
+        _ => pattern.to_string(),
+    }
+}
+
+fn glob(pattern: &str, separator: bool) -> Result<Glob, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(separator)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| format!("pattern {pattern:?}: {e}"))
+}
+
+fn reference_patterns(list: Option<Vec<String>>, field: &str) -> Result<Patterns, String> {
+    let list = list.unwrap_or_default();
+    if list.is_empty() {
+        return Err(format!(
+            "{field} must list at least one pattern (\"**\" matches everything)"
+        ));
+    }
+    let mut builder = GlobSetBuilder::new();
+    let mut text = Vec::new();
+    for p in list {
+        if p.trim().is_empty() {
+            return Err(format!("{field} has an empty pattern"));
+        }
+        let p = normalise_pattern(&p);
+        builder.add(glob(&p, true).map_err(|e| format!("{field}: {e}"))?);
+        text.push(p);
+    }
+    let set = builder.build().map_err(|e| format!("{field}: {e}"))?;
+    Ok(Patterns { text, set })
+}
+
+fn namespace_match(
+    names: Option<Vec<String>>,
+    selector: Option<SelectorSpec>,
+) -> Result<NamespaceMatch, String> {
+    match (names, selector) {
+        (Some(_), Some(_)) => Err("set either namespaces or namespaceSelector, not both".into()),
+        (None, None) => Err("set namespaces (names or globs) or namespaceSelector".into()),
+        (Some(names), None) => {
+            if names.is_empty() {
+                return Err("namespaces is empty (use [\"*\"] for every namespace)".into());
+            }
+            let mut builder = GlobSetBuilder::new();
+            for n in &names {
+                if n.trim().is_empty() {
+                    return Err("namespaces has an empty entry".into());
+                }
+                builder.add(glob(n, false).map_err(|e| format!("namespaces: {e}"))?);
+            }
+            builder
+                .build()
+                .map(NamespaceMatch::Names)
+                .map_err(|e| format!("namespaces: {e}"))
+        }
+        (None, Some(s)) => {
+            let mut expressions = Vec::new();
+            for e in s.match_expressions {
+                if e.key.is_empty() {
+                    return Err("namespaceSelector: an expression has an empty key".into());
+                }
+                match e.operator {
+                    Operator::In | Operator::NotIn if e.values.is_empty() => {
+                        return Err(format!(
+                            "namespaceSelector: operator {:?} on {:?} needs values",
+                            e.operator, e.key
+                        ))
+                    }
+                    Operator::Exists | Operator::DoesNotExist if !e.values.is_empty() => {
+                        return Err(format!(
+                            "namespaceSelector: operator {:?} on {:?} takes no values",
+                            e.operator, e.key
+                        ))
+                    }
+                    _ => {}
+                }
+                expressions.push((e.key, e.operator, e.values.into_iter().collect()));
+            }
+            Ok(NamespaceMatch::Selector(Selector {
+                labels: s.match_labels,
+                expressions,
+            }))
+        }
+    }
+}
+
+/// What the policy decided for one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed, with these ambient credentials. `rule` is `None` without a policy.
+    Allow {
+        /// The rule that allowed it.
+        rule: Option<String>,
+        /// Ambient credentials allowed.
+        ambient: Ambient,
+    },
+    /// Denied; the message names the rule (or says that none matched).
+    Deny {
+        /// For the `Ready` condition and the Event.
+        message: String,
+    },
+}
+
+impl Decision {
+    /// Everything allowed (no policy file).
+    pub const ALLOW_ALL: Decision = Decision::Allow {
+        rule: None,
+        ambient: Ambient::ALL,
+    };
+}
+
+impl Policy {
+    /// Parses and validates a policy document.
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile =
+            serde_saphyr::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let mut rules = Vec::new();
+        let mut names = HashSet::new();
+        for (i, spec) in file.rules.into_iter().enumerate() {
+            let label = if spec.name.is_empty() {
+                format!("#{}", i + 1)
+            } else {
+                format!("{:?}", spec.name)
+            };
+            let bad = |reason: String| PolicyError::Rule {
+                rule: label.clone(),
+                reason,
+            };
+            if spec.name.trim().is_empty() {
+                return Err(bad("every rule needs a name".into()));
+            }
+            if !names.insert(spec.name.clone()) {
+                return Err(bad("the name is used by an earlier rule".into()));
+            }
+            let namespaces =
+                namespace_match(spec.namespaces, spec.namespace_selector).map_err(bad)?;
+            let sources = reference_patterns(spec.sources, "sources").map_err(bad)?;
+            let destinations =
+                reference_patterns(spec.destinations, "destinations").map_err(bad)?;
+            rules.push(Rule {
+                name: spec.name,
+                action: spec.action,
+                namespaces,
+                sources,
+                destinations,
+                ambient: spec.ambient_credentials,
+            });
+        }
+        Ok(Policy {
+            rules,
+            hash: Digest::of(text.as_bytes()).hex().to_string(),
+        })
+    }
+
+    /// The SHA-256 (hex) of the document.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// True when there is no rule (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// True when a rule selects namespaces by label (the caller must read the Namespace).
+    pub fn needs_namespace_labels(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.namespaces, NamespaceMatch::Selector(_)))
+    }
+
+    /// Decides for an object in `namespace` (with `labels`, when read) copying `source`
+    /// to `destination`.
+    pub fn evaluate(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        source: &Reference,
+        destination: &Reference,
+    ) -> Decision {
+        let src = format!("{}", DisplayRef(source));
+        let dst = format!("{}", DisplayRef(destination));
+        let mut near = Vec::new();
+        for rule in &self.rules {
+            let ns = match &rule.namespaces {
+                NamespaceMatch::Names(set) => set.is_match(namespace),
+                NamespaceMatch::Selector(s) => s.matches(labels),
+            };
+            if !ns {
+                continue;
+            }
+            let s = rule.sources.matches(source);
+            let d = rule.destinations.matches(destination);
+            if s && d {
+                return match rule.action {
+                    Action::Allow => Decision::Allow {
+                        rule: Some(rule.name.clone()),
+                        ambient: rule.ambient,
+                    },
+                    Action::Deny => Decision::Deny {
+                        message: format!(
+                            "denied by policy rule {:?} (namespace {namespace}, source {src}, destination {dst})",
+                            rule.name
+                        ),
+                    },
+                };
+            }
+            let what = match (s, d) {
+                (false, false) => format!(
+                    "neither the source (allowed: {}) nor the destination (allowed: {})",
+                    rule.sources.text.join(", "),
+                    rule.destinations.text.join(", ")
+                ),
+                (false, true) => {
+                    format!("not the source (allowed: {})", rule.sources.text.join(", "))
+                }
+                _ => format!(
+                    "not the destination (allowed: {})",
+                    rule.destinations.text.join(", ")
+                ),
+            };
+            near.push(format!(
+                "rule {:?} matches the namespace but {what}",
+                rule.name
+            ));
+        }
+        let mut message =
+            format!("no policy rule allows copying {src} to {dst} in namespace {namespace}");
+        if near.is_empty() {
+            message.push_str(": no rule matches the namespace");
+        } else {
+            message.push_str(": ");
+            message.push_str(&near.join("; "));
+        }
+        Decision::Deny { message }
+    }
+}
+
+/// A normalised reference as the policy sees it (`registry/repo:tag` or `@digest`).
+struct DisplayRef<'a>(&'a Reference);
+
+impl fmt::Display for DisplayRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        f.write_str(&r.repo_name())?;
+        if let Some(t) = r.tag() {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = r.digest() {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+// === The current policy, and reloading it ===
+
+/// The policy in force (none: everything allowed) and its generation, shared by the
+/// reconcilers and the reloader.
+pub struct PolicyStore {
+    current: RwLock<(Option<Arc<Policy>>, u64)>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl fmt::Debug for PolicyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (policy, generation) = self.current();
+        f.debug_struct("PolicyStore")
+            .field("rules", &policy.map(|p| p.len()))
+            .field("generation", &generation)
+            .finish()
+    }
+}
+
+impl Default for PolicyStore {
+    fn default() -> Self {
+        PolicyStore::allow_all()
+    }
+}
+
+impl PolicyStore {
+    /// No policy: everything is allowed with ambient credentials (generation 0).
+    pub fn allow_all() -> PolicyStore {
+        PolicyStore {
+            current: RwLock::new((None, 0)),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// A store holding `policy` (generation 1).
+    pub fn with_policy(policy: Policy) -> PolicyStore {
+        PolicyStore {
+            current: RwLock::new((Some(Arc::new(policy)), 1)),
+            changed: tokio::sync::watch::channel(1).0,
+        }
+    }
+
+    /// The policy in force and its generation (bumped by every successful reload).
+    pub fn current(&self) -> (Option<Arc<Policy>>, u64) {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The generation alone.
+    pub fn generation(&self) -> u64 {
+        self.current().1
+    }
+
+    /// Replaces the policy; returns the new generation.
+    pub fn replace(&self, policy: Policy) -> u64 {
+        let generation = {
+            let mut g = match self.current.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            g.1 += 1;
+            g.0 = Some(Arc::new(policy));
+            g.1
+        };
+        self.changed.send_replace(generation);
+        generation
+    }
+
+    /// A receiver that sees every generation change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// Reads and parses a policy file.
+pub fn load_file(path: &Path) -> Result<(Policy, Vec<u8>), PolicyError> {
+    let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes.clone())
+        .map_err(|_| PolicyError::Syntax("the file is not UTF-8".into()))?;
+    Ok((Policy::parse(&text)?, bytes))
+}
+
+/// Re-reads the policy file every `interval` and swaps in a changed, valid policy. An
+/// invalid new file keeps the last good policy and is reported once (error log, the
+/// `policy_reload_errors` metric and a Warning Event on `report_to`).
+pub struct Reloader {
+    /// The file (a ConfigMap volume's `..data` symlink swap is seen on the next read).
+    pub path: PathBuf,
+    /// How often it is read.
+    pub interval: Duration,
+    /// Where the policy lives.
+    pub store: Arc<PolicyStore>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Events publisher.
+    pub events: Events,
+    /// The controller's own object (Deployment or Lease) Events are recorded on.
+    pub report_to: Option<ObjectReference>,
+}
+
+impl Reloader {
+    /// Runs forever; `last` is the content loaded at startup.
+    pub async fn run(self, mut last: Vec<u8>) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let bytes = match std::fs::read(&self.path) {
+                Ok(b) => b,
+                Err(e) => {
+                    // A ConfigMap volume never lacks the file; report once per outage.
+                    if !last.is_empty() {
+                        let err = PolicyError::Read {
+                            path: self.path.clone(),
+                            source: e,
+                        };
+                        self.report_error(&err).await;
+                        last.clear();
+                    }
+                    continue;
+                }
+            };
+            if bytes == last {
+                continue;
+            }
+            last = bytes.clone();
+            let parsed = String::from_utf8(bytes)
+                .map_err(|_| PolicyError::Syntax("the file is not UTF-8".into()))
+                .and_then(|t| Policy::parse(&t));
+            match parsed {
+                Ok(policy) => {
+                    let (old, _) = self.store.current();
+                    if old.as_ref().is_some_and(|o| o.hash() == policy.hash()) {
+                        // Back to the content in force (after a bad edit): nothing changes.
+                        info!("policy file is back to the policy in force");
+                        continue;
+                    }
+                    let hash = policy.hash().to_string();
+                    let rules = policy.len();
+                    let generation = self.store.replace(policy);
+                    self.metrics.policy_loaded(generation, &hash);
+                    info!(generation, rules, sha256 = %hash, "policy reloaded; re-evaluating every object");
+                    if let Some(target) = &self.report_to {
+                        self.events
+                            .publish_about(
+                                target.clone(),
+                                EventType::Normal,
+                                POLICY_RELOADED,
+                                "ReloadPolicy",
+                                &format!(
+                                    "loaded policy generation {generation} ({rules} rules, sha256 {hash}) from {}",
+                                    self.path.display()
+                                ),
+                            )
+                            .await;
+                    }
+                }
+                Err(e) => self.report_error(&e).await,
+            }
+        }
+    }
+
+    async fn report_error(&self, e: &PolicyError) {
+        let generation = self.store.generation();
+        error!(error = %e, generation, "policy reload failed; keeping the policy in force");
+        self.metrics.policy_reload_errors.inc();
+        match &self.report_to {
+            Some(target) => {
+                self.events
+                    .publish_about(
+                        target.clone(),
+                        EventType::Warning,
+                        POLICY_INVALID,
+                        "ReloadPolicy",
+                        &format!("{e}; keeping policy generation {generation}"),
+                    )
+                    .await;
+            }
+            None => warn!(
+                "no Deployment or Lease to record the policy error on (see --deployment-name)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> Reference {
+        Reference::parse(s).unwrap()
+    }
+
+    fn eval(p: &Policy, ns: &str, src: &str, dst: &str) -> Decision {
+        p.evaluate(ns, &BTreeMap::new(), &r(src), &r(dst))
+    }
+
+    fn allowed_by(d: &Decision) -> Option<&str> {
+        match d {
+            Decision::Allow { rule, .. } => rule.as_deref(),
+            Decision::Deny { .. } => None,
+        }
+    }
+
+    fn message(d: &Decision) -> &str {
+        match d {
+            Decision::Deny { message } => message,
+            Decision::Allow { .. } => panic!("allowed: {d:?}"),
+        }
+    }
+
+    const TEAMS: &str = r#"
+rules:
+  - name: team-a
+    namespaces: ["team-a", "team-a-*"]
+    sources: ["docker.io/library/*", "127.0.0.1:5000/src/**"]
+    destinations: ["127.0.0.1:5000/dst/a/*"]
+    ambientCredentials: {source: true, destination: true}
+  - name: team-b
+    namespaces: [team-b]
+    sources: ["**"]
+    destinations: ["127.0.0.1:6000/dst/b/*"]
+    ambientCredentials: {source: true}
+  - name: block-c
+    action: Deny
+    namespaces: ["team-c"]
+    sources: ["**"]
+    destinations: ["**"]
+  - name: team-c
+    namespaces: ["team-c"]
+    sources: ["**"]
+    destinations: ["**"]
+"#;
+
+    #[test]
+    fn globs_match_the_normalised_reference_and_star_stays_in_one_segment() {
+        let p = Policy::parse(TEAMS).unwrap();
+        let d = eval(&p, "team-a", "busybox", "127.0.0.1:5000/dst/a/app:1");
+        assert_eq!(allowed_by(&d), Some("team-a"));
+        assert_eq!(
+            d,
+            Decision::Allow {
+                rule: Some("team-a".into()),
+                ambient: Ambient::ALL
+            }
+        );
+        // Globbed namespace names.
+        assert_eq!(
+            allowed_by(&eval(&p, "team-a-dev", "index.docker.io/library/alpine:3", "127.0.0.1:5000/dst/a/x@sha256:0000000000000000000000000000000000000000000000000000000000000000")),
+            Some("team-a")
+        );
+        // `*` does not cross `/`; `**` does.
+        assert_eq!(
+            allowed_by(&eval(
+                &p,
+                "team-a",
+                "busybox",
+                "127.0.0.1:5000/dst/a/sub/app:1"
+            )),
+            None
+        );
+        assert_eq!(
+            allowed_by(&eval(
+                &p,
+                "team-a",
+                "127.0.0.1:5000/src/deep/er/app:1",
+                "127.0.0.1:5000/dst/a/app:1"
+            )),
+            Some("team-a")
+        );
+        // docker.io/library/* does not match a user repository on Docker Hub.
+        let d = eval(&p, "team-a", "someone/app:1", "127.0.0.1:5000/dst/a/app:1");
+        assert!(message(&d).contains("not the source"), "{d:?}");
+        // Another team's area.
+        let d = eval(&p, "team-a", "busybox", "127.0.0.1:6000/dst/b/app:1");
+        let m = message(&d);
+        assert!(
+            m.contains("rule \"team-a\" matches the namespace but not the destination"),
+            "{m}"
+        );
+        assert!(m.contains("127.0.0.1:6000/dst/b/app:1"), "{m}");
+    }
+
+    #[test]
+    fn first_matching_rule_wins_including_deny_rules() {
+        let p = Policy::parse(TEAMS).unwrap();
+        let d = eval(&p, "team-c", "busybox", "127.0.0.1:5000/anything:1");
+        assert!(
+            message(&d).starts_with("denied by policy rule \"block-c\""),
+            "{d:?}"
+        );
+        let d = eval(&p, "team-b", "busybox", "127.0.0.1:6000/dst/b/app:1");
+        assert_eq!(
+            d,
+            Decision::Allow {
+                rule: Some("team-b".into()),
+                ambient: Ambient {
+                    source: true,
+                    destination: false
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn no_matching_rule_denies_and_says_so() {
+        let p = Policy::parse(TEAMS).unwrap();
+        let d = eval(&p, "team-z", "busybox", "127.0.0.1:5000/dst/a/app:1");
+        assert!(
+            message(&d).ends_with("no rule matches the namespace"),
+            "{d:?}"
+        );
+        let empty = Policy::parse("rules: []").unwrap();
+        assert!(empty.is_empty());
+        assert!(matches!(
+            eval(&empty, "x", "busybox", "busybox"),
+            Decision::Deny { .. }
+        ));
+    }
+
+    #[test]
+    fn tags_can_be_restricted_and_docker_hub_aliases_in_patterns_are_normalised() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - name: releases
+    namespaces: ["*"]
+    sources: ["index.docker.io/library/busybox:1.*"]
+    destinations: ["reg.example/mirror/busybox"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            allowed_by(&eval(
+                &p,
+                "x",
+                "busybox:1.36",
+                "reg.example/mirror/busybox:any"
+            )),
+            Some("releases")
+        );
+        assert_eq!(
+            allowed_by(&eval(
+                &p,
+                "x",
+                "busybox:latest",
+                "reg.example/mirror/busybox:1"
+            )),
+            None
+        );
+        // Defaults: no ambient credentials.
+        assert!(matches!(
+            eval(&p, "x", "busybox:1.36", "reg.example/mirror/busybox:1"),
+            Decision::Allow {
+                ambient: Ambient {
+                    source: false,
+                    destination: false
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn namespace_selectors_use_match_labels_and_expressions() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - name: prod
+    namespaceSelector:
+      matchLabels: {tier: prod}
+      matchExpressions:
+        - {key: team, operator: In, values: [a, b]}
+        - {key: quarantine, operator: DoesNotExist}
+    sources: ["**"]
+    destinations: ["**"]
+  - name: any-labelled
+    namespaceSelector:
+      matchExpressions:
+        - {key: team, operator: Exists}
+        - {key: team, operator: NotIn, values: [z]}
+    sources: ["**"]
+    destinations: ["reg.example/sandbox/**"]
+"#,
+        )
+        .unwrap();
+        assert!(p.needs_namespace_labels());
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let at = |l: &BTreeMap<String, String>, dst: &str| {
+            allowed_by(&p.evaluate("ns", l, &r("busybox"), &r(dst))).map(str::to_string)
+        };
+        let prod_a = labels(&[("tier", "prod"), ("team", "a")]);
+        assert_eq!(at(&prod_a, "reg.example/x:1").as_deref(), Some("prod"));
+        let quarantined = labels(&[("tier", "prod"), ("team", "a"), ("quarantine", "1")]);
+        assert_eq!(at(&quarantined, "reg.example/x:1"), None);
+        assert_eq!(
+            at(&quarantined, "reg.example/sandbox/x:1").as_deref(),
+            Some("any-labelled")
+        );
+        assert_eq!(
+            at(&labels(&[("team", "z")]), "reg.example/sandbox/x:1"),
+            None
+        );
+        assert_eq!(at(&labels(&[]), "reg.example/sandbox/x:1"), None);
+        assert!(!Policy::parse(TEAMS).unwrap().needs_namespace_labels());
+    }
+
+    #[test]
+    fn invalid_files_are_rejected_with_a_reason() {
+        for (doc, needle) in [
+            ("rules: [", "not valid"),
+            ("", "not valid"),
+            ("rulez: []", "not valid"),
+            ("rules:\n  - name: a\n    namespaces: [x]\n    sources: ['**']\n", "destinations must list"),
+            ("rules:\n  - name: a\n    sources: ['**']\n    destinations: ['**']\n", "set namespaces"),
+            ("rules:\n  - name: a\n    namespaces: [x]\n    namespaceSelector: {}\n    sources: ['**']\n    destinations: ['**']\n", "not both"),
+            ("rules:\n  - namespaces: [x]\n    sources: ['**']\n    destinations: ['**']\n", "needs a name"),
+            ("rules:\n  - name: a\n    namespaces: [x]\n    sources: ['[oops']\n    destinations: ['**']\n", "sources: pattern \"[oops\""),
+            ("rules:\n  - name: a\n    namespaces: [x]\n    sources: ['**']\n    destinations: ['**']\n    ambientCredentials: {destination: yes-please}\n", "not valid"),
+            ("rules:\n  - name: a\n    namespaces: [x]\n    sources: ['**']\n    destinations: ['**']\n    ambientCredential: {destination: true}\n", "not valid"),
+            ("rules:\n  - name: a\n    namespaceSelector: {matchExpressions: [{key: k, operator: In}]}\n    sources: ['**']\n    destinations: ['**']\n", "needs values"),
+            ("rules:\n  - name: a\n    namespaces: [x]\n    sources: ['**']\n    destinations: ['**']\n  - name: a\n    namespaces: [y]\n    sources: ['**']\n    destinations: ['**']\n", "used by an earlier rule"),
+            ("rules:\n  - name: a\n    action: Maybe\n    namespaces: [x]\n    sources: ['**']\n    destinations: ['**']\n", "not valid"),
+        ] {
+            let e = Policy::parse(doc).expect_err(doc).to_string();
+            assert!(e.contains(needle), "{doc:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn ambient_registries_are_withheld_where_either_side_forbids_them() {
+        let only_src = Ambient {
+            source: true,
+            destination: false,
+        };
+        assert_eq!(Ambient::ALL.registries("a", "b"), None);
+        assert_eq!(
+            only_src.registries("a", "b"),
+            Some(BTreeSet::from(["a".to_string()]))
+        );
+        assert_eq!(only_src.registries("a", "a"), Some(BTreeSet::new()));
+        assert_eq!(
+            Ambient::default().registries("a", "b"),
+            Some(BTreeSet::new())
+        );
+    }
+
+    #[test]
+    fn store_generations_and_file_loading() {
+        let dir = std::env::temp_dir().join(format!("imagesync-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.yaml");
+        std::fs::write(&path, TEAMS).unwrap();
+        let (policy, bytes) = load_file(&path).unwrap();
+        assert_eq!(bytes, TEAMS.as_bytes());
+        assert_eq!(policy.hash().len(), 64);
+        let store = PolicyStore::with_policy(policy);
+        let mut rx = store.subscribe();
+        assert_eq!(store.generation(), 1);
+        assert_eq!(store.replace(Policy::parse("rules: []").unwrap()), 2);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 2);
+        assert!(matches!(
+            load_file(&dir.join("missing.yaml")),
+            Err(PolicyError::Read { .. })
+        ));
+        assert_eq!(PolicyStore::allow_all().current().1, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
