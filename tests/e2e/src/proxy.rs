@@ -1,10 +1,17 @@
 //! A fault-injecting HTTP reverse proxy in front of a plain-HTTP registry: answers some
-//! requests with 500/503, 429 + `Retry-After`, or cuts blob downloads off mid-body.
+//! requests with 500/503 or 429 + `Retry-After`, cuts bodies off mid-way (with or without
+//! a matching shorter `Content-Length`), flips bytes, adds latency, or does a seeded
+//! random mix of all of these.
+//!
+//! Response faults apply to what the registry sends back (blob and manifest GETs); the
+//! body faults also apply to request bodies of blob uploads (`PUT`/`PATCH` under
+//! `/blobs/uploads/`), so the destination side can be hurt too. Every request is
+//! recorded ([`FaultProxy::log`]) with the fault it got.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -25,15 +32,36 @@ pub enum Fault {
         /// The `Retry-After` value in seconds.
         retry_after_secs: u64,
     },
-    /// Forward, then close the connection after half of the response body (blob GETs;
-    /// other requests are forwarded untouched).
+    /// Forward, then close the connection after half of the response body (GETs), or
+    /// after forwarding half of an upload's request body (uploads: no answer at all).
     ResetMidBody,
-    /// Forward, flipping one byte in the middle of the response body (blob GETs: the
-    /// content no longer matches its digest).
+    /// Forward, flipping one byte in the middle of the response body (GETs: the content
+    /// no longer matches its digest) or of an upload's request body.
     Corrupt,
     /// Refuse monolithic blob uploads (`PUT` of an upload session with a body) with
     /// 405 `UNSUPPORTED`, like registries that only take chunked `PATCH` uploads.
     RefuseMonolithic,
+    /// Forward with the full `Content-Length` but end the body cleanly after half of it
+    /// (GETs); the HTTP layer sees a body shorter than announced.
+    Truncated,
+    /// Forward only the first half of the body with a matching, shorter
+    /// `Content-Length`: a well-formed answer (or upload) that only a size or digest
+    /// check can catch.
+    ShortBody,
+    /// Forward after `before_headers_ms`, pausing `mid_body_ms` half-way through the
+    /// response body.
+    Latency {
+        /// Delay before the request is forwarded (so before any response header).
+        before_headers_ms: u64,
+        /// Pause after half of the response body.
+        mid_body_ms: u64,
+    },
+    /// One of the faults above (except `RefuseMonolithic`), picked per request from the
+    /// seed (see [`FaultPlan::random_mix`]).
+    Mix {
+        /// The seed the pick is derived from.
+        seed: u64,
+    },
 }
 
 /// Which requests count as candidates for a fault.
@@ -47,6 +75,8 @@ pub enum Target {
     Uploads,
     /// Manifest requests of any method.
     Manifests,
+    /// Manifest `PUT`s only (writes at the destination; reads pass).
+    ManifestPuts,
 }
 
 /// When candidates get the fault.
@@ -65,6 +95,15 @@ pub enum Mode {
     PerRequest(usize),
     /// Every candidate, forever.
     Always,
+    /// Each candidate with probability `percent`/100, decided by hashing the seed, the
+    /// request (as in `PerRequest`) and how often that request was seen: the same seed
+    /// faults the same requests whatever the interleaving of concurrent requests.
+    Random {
+        /// Probability in percent (0..=100).
+        percent: u8,
+        /// The seed; print it when a test fails so the run can be reproduced.
+        seed: u64,
+    },
 }
 
 /// The proxy's fault plan.
@@ -87,6 +126,31 @@ impl FaultPlan {
             mode: Mode::Off,
         }
     }
+
+    /// Every request (but the ping) gets a fault with probability `percent`%, the fault
+    /// picked from the whole range (500, 503, 429 with `Retry-After: 0`, resets,
+    /// truncation, short bodies, corruption, latency), all derived from `seed`.
+    pub fn random_mix(seed: u64, percent: u8) -> FaultPlan {
+        FaultPlan {
+            fault: Fault::Mix { seed },
+            target: Target::Any,
+            mode: Mode::Random { percent, seed },
+        }
+    }
+}
+
+/// One request the proxy handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRecord {
+    /// HTTP method.
+    pub method: String,
+    /// Path (no query).
+    pub path: String,
+    /// `METHOD path digest=...` with upload session ids replaced by `*`: retries of one
+    /// logical request share it.
+    pub key: String,
+    /// The fault injected into this request, if any.
+    pub fault: Option<Fault>,
 }
 
 struct Shared {
@@ -97,6 +161,7 @@ struct Shared {
     per_request: Mutex<std::collections::HashMap<String, usize>>,
     injected: AtomicUsize,
     requests: AtomicUsize,
+    log: Mutex<Vec<ProxyRecord>>,
     addr: SocketAddr,
 }
 
@@ -111,6 +176,7 @@ impl std::fmt::Debug for FaultProxy {
         f.debug_struct("FaultProxy")
             .field("addr", &self.shared.addr)
             .field("upstream", &self.shared.upstream)
+            .field("plan", &*lock(&self.shared.plan))
             .finish()
     }
 }
@@ -143,19 +209,23 @@ impl FaultProxy {
             per_request: Mutex::new(std::collections::HashMap::new()),
             injected: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
             addr,
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Reap finished connection tasks; the set aborts the rest on drop.
+                while connections.try_join_next().is_some() {}
                 let s = s.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let s = s.clone();
-                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
+                        async move { handle(&s, req).await }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -171,7 +241,12 @@ impl FaultProxy {
         self.shared.addr.to_string()
     }
 
-    /// Replaces the plan and resets the counters.
+    /// The current plan.
+    pub fn plan(&self) -> FaultPlan {
+        *lock(&self.shared.plan)
+    }
+
+    /// Replaces the plan and resets the counters (not the log).
     pub fn set_plan(&self, plan: FaultPlan) {
         *lock(&self.shared.plan) = plan;
         self.shared.candidates.store(0, Ordering::SeqCst);
@@ -186,6 +261,16 @@ impl FaultProxy {
     /// Requests handled so far.
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every request handled so far, in arrival order.
+    pub fn log(&self) -> Vec<ProxyRecord> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// Forgets the log.
+    pub fn clear_log(&self) {
+        lock(&self.shared.log).clear();
     }
 }
 
@@ -217,24 +302,69 @@ fn matches(target: Target, method: &hyper::Method, path: &str) -> bool {
         }
         Target::Uploads => path.contains("/blobs/uploads"),
         Target::Manifests => path.contains("/manifests/"),
+        Target::ManifestPuts => method == hyper::Method::PUT && path.contains("/manifests/"),
     }
 }
 
-fn should_fault(s: &Shared, plan: &FaultPlan, method: &hyper::Method, uri: &hyper::Uri) -> bool {
+/// SplitMix64: a small, well-mixed, deterministic hash step.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A deterministic 64-bit value from the seed, the request key and its occurrence.
+fn draw(seed: u64, key: &str, occurrence: usize, salt: u64) -> u64 {
+    let mut h = splitmix(seed ^ salt.wrapping_mul(0x100_0000_01B3));
+    for b in key.bytes() {
+        h = splitmix(h ^ u64::from(b));
+    }
+    splitmix(h ^ occurrence as u64)
+}
+
+/// Whether this candidate gets the fault, and the occurrence number of its key.
+fn should_fault(s: &Shared, plan: &FaultPlan, key: &str) -> (bool, usize) {
     let n = s.candidates.fetch_add(1, Ordering::SeqCst);
-    match plan.mode {
+    let occurrence = {
+        let mut seen = lock(&s.per_request);
+        let count = seen.entry(key.to_string()).or_insert(0);
+        *count += 1;
+        *count
+    };
+    let fault = match plan.mode {
         Mode::Off => false,
         Mode::FirstN(k) => n < k,
         Mode::EveryNth(k) => n.is_multiple_of(k.max(1)),
-        Mode::PerRequest(k) => {
-            let key = request_key(method, uri);
-            let mut seen = lock(&s.per_request);
-            let count = seen.entry(key).or_insert(0);
-            *count += 1;
-            *count <= k
-        }
+        Mode::PerRequest(k) => occurrence <= k,
         Mode::Always => true,
-    }
+        Mode::Random { percent, seed } => draw(seed, key, occurrence, 1) % 100 < u64::from(percent),
+    };
+    (fault, occurrence)
+}
+
+/// The concrete fault for one request of a [`Fault::Mix`] plan.
+fn pick(seed: u64, key: &str, occurrence: usize) -> Fault {
+    const MIX: [Fault; 9] = [
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::RateLimited {
+            retry_after_secs: 0,
+        },
+        Fault::ResetMidBody,
+        Fault::Truncated,
+        Fault::ShortBody,
+        Fault::Corrupt,
+        Fault::Latency {
+            before_headers_ms: 300,
+            mid_body_ms: 0,
+        },
+        Fault::Latency {
+            before_headers_ms: 0,
+            mid_body_ms: 300,
+        },
+    ];
+    MIX[(draw(seed, key, occurrence, 2) % MIX.len() as u64) as usize]
 }
 
 /// `METHOD path [digest]`, with upload session ids replaced by `*`.
@@ -254,66 +384,149 @@ fn request_key(method: &hyper::Method, uri: &hyper::Uri) -> String {
     format!("{method} {path} {digest}")
 }
 
-async fn handle(s: &Shared, req: Request<hyper::body::Incoming>) -> Response<Body> {
+/// What to do to a body on its way through.
+#[derive(Debug, Clone, Copy, Default)]
+struct BodyFault {
+    /// Stop after half of the body, then reset the connection.
+    reset: bool,
+    /// Stop after half of the body, then end it cleanly (the announced length stays).
+    truncate: bool,
+    /// Send half of the body with a matching `Content-Length`.
+    short: bool,
+    /// Flip the middle byte.
+    corrupt: bool,
+    /// Pause half-way.
+    pause: Duration,
+}
+
+impl BodyFault {
+    fn any(&self) -> bool {
+        self.reset || self.truncate || self.short || self.corrupt || !self.pause.is_zero()
+    }
+}
+
+async fn handle(
+    s: &Shared,
+    req: Request<hyper::body::Incoming>,
+) -> std::result::Result<Response<Body>, std::io::Error> {
     s.requests.fetch_add(1, Ordering::SeqCst);
     let plan = *lock(&s.plan);
     let path = req.uri().path().to_string();
-    let fault = matches(plan.target, req.method(), &path)
-        && should_fault(s, &plan, req.method(), req.uri());
-    let mut cut = false;
-    let mut corrupt = false;
-    if fault {
-        match plan.fault {
-            Fault::Status(code) => {
-                s.injected.fetch_add(1, Ordering::SeqCst);
-                return status(code, None);
-            }
-            Fault::RateLimited { retry_after_secs } => {
-                s.injected.fetch_add(1, Ordering::SeqCst);
-                return status(429, Some(retry_after_secs));
-            }
-            Fault::RefuseMonolithic => {
-                let has_body = req
-                    .headers()
-                    .get(hyper::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .is_some_and(|n| n > 0);
-                if req.method() == hyper::Method::PUT
-                    && path.contains("/blobs/uploads/")
-                    && has_body
-                {
-                    s.injected.fetch_add(1, Ordering::SeqCst);
-                    let mut r = Response::new(full(
-                        r#"{"errors":[{"code":"UNSUPPORTED","message":"monolithic uploads refused by the fault proxy"}]}"#
-                            .to_string(),
-                    ));
-                    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-                    return r;
+    let key = request_key(req.method(), req.uri());
+    let (hit, occurrence) = if matches(plan.target, req.method(), &path) {
+        should_fault(s, &plan, &key)
+    } else {
+        (false, 0)
+    };
+    let fault = match plan.fault {
+        Fault::Mix { seed } if hit => Some(pick(seed, &key, occurrence)),
+        f if hit => Some(f),
+        _ => None,
+    };
+    let method = req.method().clone();
+    let is_get = method == hyper::Method::GET;
+    let has_request_body = body_len(req.headers()).is_some_and(|n| n > 0)
+        || req.headers().contains_key(hyper::header::TRANSFER_ENCODING);
+    let is_upload_body = has_request_body
+        && path.contains("/blobs/uploads/")
+        && (method == hyper::Method::PUT || method == hyper::Method::PATCH);
+    let mut response = BodyFault::default();
+    let mut request = BodyFault::default();
+    let mut applied = None;
+    let mut before_headers = Duration::ZERO;
+    match fault {
+        None => {}
+        Some(f @ Fault::Status(code)) => {
+            record(s, &req, key, Some(f));
+            return Ok(status(code, None));
+        }
+        Some(f @ Fault::RateLimited { retry_after_secs }) => {
+            record(s, &req, key, Some(f));
+            return Ok(status(429, Some(retry_after_secs)));
+        }
+        Some(f @ Fault::RefuseMonolithic)
+            if method == hyper::Method::PUT
+                && path.contains("/blobs/uploads/")
+                && has_request_body =>
+        {
+            record(s, &req, key, Some(f));
+            let mut r = Response::new(full(
+                r#"{"errors":[{"code":"UNSUPPORTED","message":"monolithic uploads refused by the fault proxy"}]}"#
+                    .to_string(),
+            ));
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            return Ok(r);
+        }
+        // Only monolithic PUTs are refused; everything else passes.
+        Some(Fault::RefuseMonolithic) => {}
+        Some(f @ (Fault::ResetMidBody | Fault::Truncated | Fault::ShortBody | Fault::Corrupt)) => {
+            let target = if is_get {
+                Some(&mut response)
+            } else if is_upload_body {
+                Some(&mut request)
+            } else {
+                None
+            };
+            if let Some(t) = target {
+                match f {
+                    Fault::ResetMidBody => t.reset = true,
+                    // A clean early end of an upload body is a reset for the registry too.
+                    Fault::Truncated if !is_get => t.reset = true,
+                    Fault::Truncated => t.truncate = true,
+                    Fault::ShortBody => t.short = true,
+                    _ => t.corrupt = true,
                 }
-            }
-            Fault::Corrupt => {
-                corrupt = req.method() == hyper::Method::GET;
-                if corrupt {
-                    s.injected.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            Fault::ResetMidBody => {
-                cut = req.method() == hyper::Method::GET;
-                if cut {
-                    s.injected.fetch_add(1, Ordering::SeqCst);
-                }
+                applied = Some(f);
             }
         }
+        Some(
+            f @ Fault::Latency {
+                before_headers_ms,
+                mid_body_ms,
+            },
+        ) => {
+            before_headers = Duration::from_millis(before_headers_ms);
+            if is_get {
+                response.pause = Duration::from_millis(mid_body_ms);
+            }
+            applied = Some(f);
+        }
+        // `Mix` was resolved above.
+        Some(Fault::Mix { .. }) => {}
     }
-    match forward(s, req, cut, corrupt).await {
-        Ok(r) => r,
+    record(s, &req, key, applied);
+    if !before_headers.is_zero() {
+        tokio::time::sleep(before_headers).await;
+    }
+    match forward(s, req, request, response).await {
+        Ok(Some(r)) => Ok(r),
+        // The request body was cut off: no answer, the connection is dropped.
+        Ok(None) => Err(std::io::Error::other("request reset by the fault proxy")),
         Err(e) => {
             let mut r = Response::new(full(format!("proxy: {e:#}")));
             *r.status_mut() = StatusCode::BAD_GATEWAY;
-            r
+            Ok(r)
         }
     }
+}
+
+fn record(s: &Shared, req: &Request<hyper::body::Incoming>, key: String, fault: Option<Fault>) {
+    if fault.is_some() {
+        s.injected.fetch_add(1, Ordering::SeqCst);
+    }
+    lock(&s.log).push(ProxyRecord {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        key,
+        fault,
+    });
+}
+
+fn body_len(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn full(s: String) -> Body {
@@ -353,12 +566,90 @@ const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
+/// Applies `fault` to a body stream of `len` bytes (when known): limits, flips, pauses,
+/// and what happens at the cut.
+fn faulty_stream<S>(
+    stream: S,
+    len: Option<u64>,
+    fault: BodyFault,
+) -> futures::stream::BoxStream<'static, std::result::Result<Bytes, std::io::Error>>
+where
+    S: futures::Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    if !fault.any() {
+        return stream.boxed();
+    }
+    let half = len.map(|n| n / 2).unwrap_or(0);
+    let limit = if fault.reset || fault.truncate || fault.short {
+        half
+    } else {
+        u64::MAX
+    };
+    let flip_at = if fault.corrupt {
+        len.map(|n| n / 2)
+    } else {
+        None
+    };
+    let pause = fault.pause;
+    let mut sent: u64 = 0;
+    let mut paused = pause.is_zero();
+    let stream = stream.then(move |chunk| {
+        let wait = if !paused && sent + chunk.as_ref().map(|c| c.len() as u64).unwrap_or(0) > half {
+            paused = true;
+            pause
+        } else {
+            Duration::ZERO
+        };
+        let out = chunk.map(|chunk| {
+            if sent >= limit {
+                return Bytes::new();
+            }
+            let room = limit - sent;
+            let chunk = if chunk.len() as u64 > room {
+                chunk.slice(..room as usize)
+            } else {
+                chunk
+            };
+            let chunk = match flip_at {
+                Some(at) if at >= sent && at < sent + chunk.len() as u64 => {
+                    let mut bytes = chunk.to_vec();
+                    bytes[(at - sent) as usize] ^= 0xFF;
+                    Bytes::from(bytes)
+                }
+                _ => chunk,
+            };
+            sent += chunk.len() as u64;
+            chunk
+        });
+        async move {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            out
+        }
+    });
+    if fault.reset {
+        // After the cut (and a pause, so the headers and the partial body are flushed),
+        // end with an error so hyper aborts the connection.
+        stream
+            .chain(futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::other("connection reset by the fault proxy"))
+            }))
+            .boxed()
+    } else {
+        stream.boxed()
+    }
+}
+
+/// Forwards the request; `None` when the request body was cut off on purpose (the
+/// client gets no answer).
 async fn forward(
     s: &Shared,
     req: Request<hyper::body::Incoming>,
-    cut: bool,
-    corrupt: bool,
-) -> Result<Response<Body>> {
+    request_fault: BodyFault,
+    response_fault: BodyFault,
+) -> Result<Option<Response<Body>>> {
     let (parts, body) = req.into_parts();
     let pq = parts
         .uri
@@ -367,20 +658,45 @@ async fn forward(
         .unwrap_or("/");
     let url = format!("http://{}{pq}", s.upstream);
     let mut out = s.client.request(parts.method.clone(), &url);
+    let request_len = body_len(&parts.headers);
     for (k, v) in parts.headers.iter() {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
-            out = out.header(k, v);
+        if HOP_BY_HOP.contains(&k.as_str()) {
+            continue;
         }
+        if k == hyper::header::CONTENT_LENGTH && request_fault.short {
+            let short = request_len.map(|n| n / 2).unwrap_or(0);
+            out = out.header(k, short.to_string());
+            continue;
+        }
+        out = out.header(k, v);
     }
     let has_body = parts.headers.contains_key(hyper::header::CONTENT_LENGTH)
         || parts.headers.contains_key(hyper::header::TRANSFER_ENCODING);
+    if request_fault.reset {
+        // Swallow half of the upload, then drop the connection without an answer: the
+        // registry never sees a complete request.
+        let mut stream = body.into_data_stream();
+        let half = request_len.map(|n| n / 2).unwrap_or(0);
+        let mut read: u64 = 0;
+        while read < half {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.len() as u64,
+                _ => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return Ok(None);
+    }
     if has_body {
         let stream = body.into_data_stream().map_err(std::io::Error::other);
+        let stream = faulty_stream(stream, request_len, request_fault);
         out = out.body(reqwest::Body::wrap_stream(stream));
     }
     let resp = out.send().await.context("forwarding")?;
     let mut builder = Response::builder().status(resp.status().as_u16());
     let upstream_prefix = format!("http://{}", s.upstream);
+    let is_head = parts.method == hyper::Method::HEAD;
+    let response_len = resp.content_length();
     for (k, v) in resp.headers().iter() {
         if HOP_BY_HOP.contains(&k.as_str()) {
             continue;
@@ -391,63 +707,23 @@ async fn forward(
                 .unwrap_or("")
                 .replace(&upstream_prefix, &format!("http://{}", s.addr));
             builder = builder.header(k.as_str(), l);
+        } else if k == reqwest::header::CONTENT_LENGTH && response_fault.short && !is_head {
+            let short = response_len.map(|n| n / 2).unwrap_or(0);
+            builder = builder.header(k.as_str(), short.to_string());
         } else {
             builder = builder.header(k.as_str(), v.as_bytes());
         }
     }
-    let is_head = parts.method == hyper::Method::HEAD;
     let body: Body = if is_head {
         Empty::new().map_err(|never| match never {}).boxed_unsync()
     } else {
-        let limit = if cut {
-            resp.content_length().map(|n| n / 2).unwrap_or(0)
-        } else {
-            u64::MAX
-        };
-        let flip_at = if corrupt {
-            resp.content_length().map(|n| n / 2)
-        } else {
-            None
-        };
-        let mut sent: u64 = 0;
-        let stream = resp
-            .bytes_stream()
-            .map_err(std::io::Error::other)
-            .map(move |chunk| {
-                let chunk = chunk?;
-                if sent >= limit {
-                    return Ok(Frame::data(Bytes::new()));
-                }
-                let room = limit - sent;
-                let chunk = if chunk.len() as u64 > room {
-                    chunk.slice(..room as usize)
-                } else {
-                    chunk
-                };
-                let chunk = match flip_at {
-                    Some(at) if at >= sent && at < sent + chunk.len() as u64 => {
-                        let mut bytes = chunk.to_vec();
-                        bytes[(at - sent) as usize] ^= 0xFF;
-                        Bytes::from(bytes)
-                    }
-                    _ => chunk,
-                };
-                sent += chunk.len() as u64;
-                Ok(Frame::data(chunk))
-            });
-        // After the cut (and a pause, so the headers and the partial body are flushed),
-        // end with an error so hyper aborts the connection.
-        let stream = if cut {
-            stream
-                .chain(futures::stream::once(async {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    Err(std::io::Error::other("connection reset by the fault proxy"))
-                }))
-                .boxed()
-        } else {
-            stream.boxed()
-        };
+        let stream = resp.bytes_stream().map_err(std::io::Error::other);
+        let stream =
+            faulty_stream(stream, response_len, response_fault).map(|r| r.map(Frame::data));
         BodyExt::boxed_unsync(StreamBody::new(stream))
     };
-    builder.body(body).context("building the response")
+    builder
+        .body(body)
+        .context("building the response")
+        .map(Some)
 }

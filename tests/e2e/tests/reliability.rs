@@ -1,2 +1,655 @@
-//! Reliability suite (issue 7): fault injection, registry variety, bad input and load,
-//! bounded in time.
+//! Reliability suite (issue 7): fault injection on both sides of a copy, registry
+//! variety (deletes disabled, token auth that refuses cross-repository mounts) and load,
+//! bounded in time. Crash safety and races are in `crash.rs`; parser property tests are
+//! in the engine (`engine/tests/bad_input.rs`).
+//!
+//! Every faulty copy of a 2-platform index must either end byte-identical or fail with
+//! the destination tag absent; no manifest or blob whose bytes differ from its digest
+//! may ever be readable at the destination; and the requests per logical operation must
+//! stay within the retry budget of the engine's [`RetryPolicy`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use imagesync_e2e::fixtures::{self, Pushed};
+use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, ProxyRecord, Target};
+use imagesync_e2e::registry::Registry;
+use imagesync_engine::{
+    Engine, EngineConfig, Error, ErrorKind, Outcome, Reference, RequestObserver, RetryPolicy,
+    SyncOptions,
+};
+
+/// Attempts per request in these tests.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// A retry policy that keeps fault tests fast; the budget checks below derive from it.
+fn retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: MAX_ATTEMPTS,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_retry_after: Duration::from_secs(2),
+        deadline: Duration::from_secs(20),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+/// `(registry, operation, status)` of every request the engine sent.
+type Seen = Arc<Mutex<Vec<(String, &'static str, Option<u16>)>>>;
+
+fn observed_engine(insecure: &[&str]) -> (Engine, Seen) {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let e = Engine::new(EngineConfig {
+        insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
+        retry: retry(),
+        observer: Some(RequestObserver::new({
+            let seen = seen.clone();
+            move |registry, operation, status| {
+                seen.lock()
+                    .unwrap()
+                    .push((registry.to_string(), operation, status))
+            }
+        })),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    (e, seen)
+}
+
+fn r(s: &str) -> Reference {
+    Reference::parse(s).unwrap()
+}
+
+/// A source registry with a 2-platform index `app:1` and an empty destination registry.
+struct Env {
+    src: Registry,
+    dst: Registry,
+    pushed: Pushed,
+    runs: std::sync::atomic::AtomicUsize,
+}
+
+async fn env(seed: u64) -> Env {
+    let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let pushed = fixtures::push_index(src.addr(), "app", "1", seed).await;
+    Env {
+        src,
+        dst,
+        pushed,
+        runs: std::sync::atomic::AtomicUsize::new(0),
+    }
+}
+
+/// Which side of the copy the proxy sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Between the engine and the source registry (GETs are hurt).
+    Source,
+    /// Between the engine and the destination registry (uploads and manifest PUTs).
+    Destination,
+}
+
+/// One copy through a faulty proxy.
+struct Run {
+    what: String,
+    repo: String,
+    result: Result<Outcome, Error>,
+    log: Vec<ProxyRecord>,
+    injected: usize,
+    /// Requests the engine's observer saw going to the proxied registry.
+    observed: usize,
+    took: Duration,
+}
+
+impl Run {
+    fn ok(&self) -> bool {
+        self.result.is_ok()
+    }
+    fn err_kind(&self) -> Option<ErrorKind> {
+        self.result.as_ref().err().map(Error::kind)
+    }
+}
+
+/// Copies `app:1` through a proxy with `plan` on `side` into a fresh destination
+/// repository, then checks the invariants every fault must keep.
+async fn copy_via(env: &Env, side: Side, plan: FaultPlan) -> Run {
+    let n = env.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let repo = format!("run{n}/app");
+    let upstream = match side {
+        Side::Source => env.src.addr(),
+        Side::Destination => env.dst.addr(),
+    };
+    let proxy = FaultProxy::start(upstream, plan).await;
+    let (s, d) = match side {
+        Side::Source => (
+            format!("{}/app:1", proxy.addr()),
+            env.dst.reference(&format!("{repo}:1")),
+        ),
+        Side::Destination => (
+            env.src.reference("app:1"),
+            format!("{}/{repo}:1", proxy.addr()),
+        ),
+    };
+    let (e, seen) = observed_engine(&[env.src.addr(), env.dst.addr(), &proxy.addr()]);
+    let what = format!("{plan:?} on the {side:?} side");
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        e.sync(&r(&s), &r(&d), &SyncOptions::default()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the copy hung for 60s"));
+    let took = started.elapsed();
+    drop(e);
+    let observed = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(registry, _, _)| *registry == proxy.addr())
+        .count();
+    let run = Run {
+        what,
+        repo,
+        result,
+        log: proxy.log(),
+        injected: proxy.faults_injected(),
+        observed,
+        took,
+    };
+    check_invariants(env, &run).await;
+    run
+}
+
+/// The invariants of every run, faults or not.
+async fn check_invariants(env: &Env, run: &Run) {
+    let Run { what, repo, .. } = run;
+    match &run.result {
+        Ok(out) => {
+            assert_eq!(out.destination_digest.as_str(), env.pushed.digest, "{what}");
+            fixtures::assert_identical(env.dst.addr(), repo, "1", &env.pushed).await;
+        }
+        Err(e) => {
+            assert_eq!(
+                fixtures::manifest_status(env.dst.addr(), repo, "1").await,
+                404,
+                "{what}: the copy failed ({e}) but the destination tag exists"
+            );
+        }
+    }
+    // Nothing readable at the destination differs from its digest.
+    let manifests = std::iter::once(&env.pushed.digest).chain(env.pushed.children.iter());
+    for digest in manifests {
+        if let Some((_, bytes)) = fixtures::get_manifest(env.dst.addr(), repo, digest).await {
+            assert_eq!(
+                &fixtures::sha256(&bytes),
+                digest,
+                "{what}: corrupt manifest landed"
+            );
+        }
+    }
+    for digest in &env.pushed.blobs {
+        if let Some(bytes) = get_blob(env.dst.addr(), repo, digest).await {
+            assert_eq!(
+                &fixtures::sha256(&bytes),
+                digest,
+                "{what}: corrupt blob landed"
+            );
+        }
+    }
+    // Retry budget: one logical request (same method, path and digest) is sent at most
+    // max_attempts times per try of the operation around it, and an operation (blob
+    // transfer, manifest read) is tried at most max_attempts times.
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    for rec in &run.log {
+        *per_key.entry(rec.key.as_str()).or_default() += 1;
+    }
+    let budget = (MAX_ATTEMPTS * MAX_ATTEMPTS) as usize;
+    for (key, n) in &per_key {
+        // Upload sessions are opened without naming the blob: one key for all of them.
+        let budget = if is_session_start(key) {
+            budget * env.pushed.blobs.len()
+        } else {
+            budget
+        };
+        assert!(
+            *n <= budget,
+            "{what}: {key} sent {n} times, budget {budget}"
+        );
+    }
+    // The engine's observer sees every request the proxy saw (requests still in flight
+    // when a failed copy is abandoned never get an answer to observe).
+    if run.ok() {
+        assert_eq!(
+            run.observed,
+            run.log.len(),
+            "{what}: observer and proxy disagree on the request count"
+        );
+    } else {
+        assert!(run.observed <= run.log.len(), "{what}");
+    }
+}
+
+/// `POST /v2/<repo>/blobs/uploads/` without a mount: not specific to one blob.
+fn is_session_start(key: &str) -> bool {
+    key.starts_with("POST ") && key.contains("/blobs/uploads/")
+}
+
+/// GET a blob from the plain registry at `addr`; `None` unless 200.
+async fn get_blob(addr: &str, repo: &str, digest: &str) -> Option<Vec<u8>> {
+    let resp = reqwest::get(format!("http://{addr}/v2/{repo}/blobs/{digest}"))
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    Some(resp.bytes().await.ok()?.to_vec())
+}
+
+/// Requests of a fault-free copy through a transparent proxy on `side`.
+async fn baseline(env: &Env, side: Side) -> usize {
+    let run = copy_via(env, side, FaultPlan::none()).await;
+    assert!(run.ok(), "fault-free copy failed: {:?}", run.result.err());
+    assert_eq!(run.injected, 0);
+    run.log.len()
+}
+
+/// A faulty run costs at most a few extra requests per injected fault (a retried blob
+/// transfer is a new upload session, a GET and a PUT, plus the failed request).
+fn assert_bounded(run: &Run, baseline: usize) {
+    let bound = baseline + 6 * run.injected;
+    assert!(
+        run.log.len() <= bound,
+        "{}: {} requests for {} faults (baseline {baseline}, bound {bound})",
+        run.what,
+        run.log.len(),
+        run.injected
+    );
+}
+
+fn plan(fault: Fault, target: Target, mode: Mode) -> FaultPlan {
+    FaultPlan {
+        fault,
+        target,
+        mode,
+    }
+}
+
+/// The seeds of the random runs: `IMAGESYNC_FAULT_SEEDS=1,2,3` reproduces a failure.
+fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("IMAGESYNC_FAULT_SEEDS") {
+        Ok(v) if !v.trim().is_empty() => {
+            v.split(',').filter_map(|s| s.trim().parse().ok()).collect()
+        }
+        _ => default.to_vec(),
+    }
+}
+
+// === status faults ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_500_and_503_on_both_sides_converge_within_the_retry_budget() {
+    let env = env(1001).await;
+    let base = [
+        baseline(&env, Side::Source).await,
+        baseline(&env, Side::Destination).await,
+    ];
+    let mut injected = 0;
+    for seed in seeds(&[11, 12]) {
+        for (i, side) in [Side::Source, Side::Destination].into_iter().enumerate() {
+            for code in [500, 503] {
+                let p = plan(
+                    Fault::Status(code),
+                    Target::Any,
+                    Mode::Random { percent: 30, seed },
+                );
+                let run = copy_via(&env, side, p).await;
+                eprintln!(
+                    "{}: {} requests, {} faults, {:?}",
+                    run.what,
+                    run.log.len(),
+                    run.injected,
+                    run.took
+                );
+                // 4 attempts of a 30% fault all failing is rare but possible; then the
+                // copy fails cleanly (checked by copy_via) as a Transient error.
+                if let Some(kind) = run.err_kind() {
+                    assert_eq!(kind, ErrorKind::Transient, "{} (seed {seed})", run.what);
+                }
+                assert_bounded(&run, base[i]);
+                injected += run.injected;
+            }
+        }
+    }
+    assert!(injected > 0, "no fault was injected at all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_503_on_destination_manifest_puts_fails_after_exactly_max_attempts() {
+    let env = env(1002).await;
+    let p = plan(Fault::Status(503), Target::Manifests, Mode::Always);
+    // HEADs of the destination fail too: the copy stops at the up-to-date check.
+    let run = copy_via(&env, Side::Destination, p).await;
+    assert_eq!(run.err_kind(), Some(ErrorKind::Transient), "{}", run.what);
+    let heads: Vec<_> = run.log.iter().filter(|e| e.method == "HEAD").collect();
+    assert_eq!(heads.len(), MAX_ATTEMPTS as usize, "{:?}", run.log);
+    assert_eq!(run.log.len(), MAX_ATTEMPTS as usize, "{:?}", run.log);
+    let err = run.result.as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("gave up after {MAX_ATTEMPTS} attempts")),
+        "{err}"
+    );
+
+    // Only the PUTs fail: every blob goes up, then the first manifest PUT is tried
+    // max_attempts times and the tag is never written.
+    let p = plan(Fault::Status(503), Target::ManifestPuts, Mode::Always);
+    let run = copy_via(&env, Side::Destination, p).await;
+    assert_eq!(run.err_kind(), Some(ErrorKind::Transient), "{}", run.what);
+    let puts: Vec<_> = run
+        .log
+        .iter()
+        .filter(|e| e.method == "PUT" && e.path.contains("/manifests/"))
+        .collect();
+    assert_eq!(puts.len(), MAX_ATTEMPTS as usize, "{puts:?}");
+    assert!(
+        puts.iter().all(|p| p.key == puts[0].key),
+        "one manifest, retried: {puts:?}"
+    );
+    assert_eq!(run.injected, MAX_ATTEMPTS as usize);
+}
+
+/// Runs `plans` concurrently against one environment (distinct destination repositories).
+async fn copy_all(env: &Env, plans: &[(Side, FaultPlan)]) -> Vec<Run> {
+    let runs = futures::future::join_all(plans.iter().map(|(side, p)| copy_via(env, *side, *p)));
+    let runs = runs.await;
+    for run in &runs {
+        eprintln!(
+            "{}: {} after {} requests, {} faults, {:?}",
+            run.what,
+            match &run.result {
+                Ok(_) => "copied".to_string(),
+                Err(e) => format!("failed ({e})"),
+            },
+            run.log.len(),
+            run.injected,
+            run.took
+        );
+    }
+    runs
+}
+
+// === 429 ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_honoured_and_a_retry_after_beyond_the_limit_fails_fast() {
+    let env = env(1003).await;
+    let base = baseline(&env, Side::Destination).await;
+    let runs = copy_all(
+        &env,
+        &[
+            (
+                Side::Source,
+                plan(
+                    Fault::RateLimited {
+                        retry_after_secs: 0,
+                    },
+                    Target::Any,
+                    Mode::Random {
+                        percent: 30,
+                        seed: 3,
+                    },
+                ),
+            ),
+            (
+                Side::Destination,
+                plan(
+                    Fault::RateLimited {
+                        retry_after_secs: 0,
+                    },
+                    Target::Any,
+                    Mode::PerRequest(1),
+                ),
+            ),
+            (
+                Side::Destination,
+                plan(
+                    Fault::RateLimited {
+                        retry_after_secs: 1,
+                    },
+                    Target::ManifestPuts,
+                    Mode::FirstN(1),
+                ),
+            ),
+        ],
+    )
+    .await;
+    for run in &runs {
+        assert!(run.ok(), "{}: {:?}", run.what, run.result.as_ref().err());
+        assert!(run.injected > 0, "{}", run.what);
+    }
+    assert_bounded(&runs[1], base);
+    assert!(
+        runs[2].took >= Duration::from_secs(1),
+        "Retry-After: 1 on a manifest PUT must be waited for ({:?})",
+        runs[2].took
+    );
+
+    // Retry-After beyond max_retry_after (2s): give up at once with the wait attached,
+    // instead of hammering the registry or sleeping for minutes.
+    let p = plan(
+        Fault::RateLimited {
+            retry_after_secs: 30,
+        },
+        Target::Manifests,
+        Mode::Always,
+    );
+    let run = copy_via(&env, Side::Source, p).await;
+    let err = run.result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)), "{err}");
+    assert_eq!(run.log.len(), 1, "one request, no retries: {:?}", run.log);
+    assert!(run.took < Duration::from_secs(2), "{:?}", run.took);
+}
+
+// === resets and truncation ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_and_truncated_bodies_are_retried_on_both_sides() {
+    let env = env(1004).await;
+    let base = [
+        baseline(&env, Side::Source).await,
+        baseline(&env, Side::Destination).await,
+    ];
+    let cases = [
+        // Source: blob and manifest bodies cut off (reset, or a clean early end under
+        // the full Content-Length); blobs also shortened with a matching Content-Length
+        // (only the size check sees it).
+        (
+            Side::Source,
+            plan(
+                Fault::ResetMidBody,
+                Target::Any,
+                Mode::Random {
+                    percent: 40,
+                    seed: 4,
+                },
+            ),
+        ),
+        (
+            Side::Source,
+            plan(Fault::Truncated, Target::Any, Mode::PerRequest(1)),
+        ),
+        (
+            Side::Source,
+            plan(Fault::ShortBody, Target::BlobGets, Mode::PerRequest(1)),
+        ),
+        // Destination: uploads cut off half-way (no answer at all), or ended early.
+        (
+            Side::Destination,
+            plan(Fault::ResetMidBody, Target::Uploads, Mode::PerRequest(1)),
+        ),
+        (
+            Side::Destination,
+            plan(Fault::Truncated, Target::Uploads, Mode::PerRequest(2)),
+        ),
+    ];
+    let runs = copy_all(&env, &cases).await;
+    for (run, (side, _)) in runs.iter().zip(&cases) {
+        assert!(run.ok(), "{}: {:?}", run.what, run.result.as_ref().err());
+        assert!(run.injected > 0, "{}: nothing injected", run.what);
+        let i = usize::from(*side == Side::Destination);
+        assert_bounded(run, base[i]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_and_corrupted_bytes_never_land() {
+    let env = env(1005).await;
+    let cases = [
+        // A manifest shortened or corrupted on the way: its digest does not match.
+        (
+            Side::Source,
+            plan(Fault::ShortBody, Target::Manifests, Mode::PerRequest(1)),
+        ),
+        (
+            Side::Source,
+            plan(Fault::Corrupt, Target::Manifests, Mode::PerRequest(1)),
+        ),
+        // A blob corrupted once on the way.
+        (
+            Side::Source,
+            plan(Fault::Corrupt, Target::BlobGets, Mode::PerRequest(1)),
+        ),
+        // Upload bodies corrupted or shortened on the way to the destination.
+        (
+            Side::Destination,
+            plan(Fault::Corrupt, Target::Uploads, Mode::PerRequest(1)),
+        ),
+        (
+            Side::Destination,
+            plan(Fault::ShortBody, Target::Uploads, Mode::PerRequest(1)),
+        ),
+    ];
+    let runs = copy_all(&env, &cases).await;
+    for run in &runs {
+        assert!(run.injected > 0, "{}: nothing injected", run.what);
+        // copy_via checked: identical, or failed with the tag absent, and no corrupt
+        // manifest or blob readable at the destination.
+        if let Err(e) = &run.result {
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::Integrity | ErrorKind::Transient | ErrorKind::InvalidInput
+                ),
+                "{}: {e}",
+                run.what
+            );
+        }
+    }
+    // Source-side corruption is caught by the engine's own digest check.
+    for run in &runs[..3] {
+        assert_eq!(
+            run.err_kind(),
+            Some(ErrorKind::Integrity),
+            "{}: {:?}",
+            run.what,
+            run.result.as_ref().map(|o| &o.destination_digest)
+        );
+        let err = run.result.as_ref().unwrap_err().to_string();
+        assert!(err.contains("digest mismatch"), "{err}");
+    }
+}
+
+// === latency ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_spikes_slow_the_copy_but_it_completes() {
+    let env = env(1006).await;
+    let spike = |before, mid| Fault::Latency {
+        before_headers_ms: before,
+        mid_body_ms: mid,
+    };
+    let cases = [
+        (
+            Side::Source,
+            plan(
+                spike(300, 300),
+                Target::Any,
+                Mode::Random {
+                    percent: 50,
+                    seed: 6,
+                },
+            ),
+        ),
+        (
+            Side::Destination,
+            plan(spike(300, 0), Target::Any, Mode::EveryNth(3)),
+        ),
+        (
+            Side::Source,
+            plan(spike(0, 1500), Target::BlobGets, Mode::FirstN(1)),
+        ),
+    ];
+    let runs = copy_all(&env, &cases).await;
+    for run in &runs {
+        assert!(run.ok(), "{}: {:?}", run.what, run.result.as_ref().err());
+        assert!(run.injected > 0, "{}", run.what);
+        assert!(
+            run.took >= Duration::from_millis(300),
+            "{}: {:?}",
+            run.what,
+            run.took
+        );
+        // Latency is not a failure: no request was repeated.
+        let mut keys: Vec<_> = run
+            .log
+            .iter()
+            .map(|x| &x.key)
+            .filter(|k| !is_session_start(k))
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "{}: a slow request was retried", run.what);
+    }
+    assert!(runs[2].took >= Duration::from_millis(1500));
+}
+
+// === random mix ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_fault_mix_over_seeds_is_identical_or_absent() {
+    let env = env(1007).await;
+    let seeds = seeds(&[101, 102, 103, 104, 105, 106]);
+    let cases: Vec<_> = seeds
+        .iter()
+        .enumerate()
+        .map(|(i, seed)| {
+            let side = if i % 2 == 0 {
+                Side::Source
+            } else {
+                Side::Destination
+            };
+            (side, FaultPlan::random_mix(*seed, 20))
+        })
+        .collect();
+    let mut ok = 0;
+    let mut injected = 0;
+    for chunk in cases.chunks(3) {
+        for run in copy_all(&env, chunk).await {
+            ok += usize::from(run.ok());
+            injected += run.injected;
+            if let Err(e) = &run.result {
+                eprintln!(
+                    "{} failed cleanly: {e} (reproduce with IMAGESYNC_FAULT_SEEDS)",
+                    run.what
+                );
+            }
+        }
+    }
+    assert!(injected > 0);
+    assert!(
+        ok * 2 >= cases.len(),
+        "fewer than half of the random runs converged ({ok}/{}); seeds {seeds:?}",
+        cases.len()
+    );
+}
