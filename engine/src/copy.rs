@@ -304,7 +304,9 @@ async fn copy_blob(
                     actual: "different content from the source registry".into(),
                 });
             }
-            put?;
+            if let Err(e) = put {
+                return Err(damaged_in_transit(e));
+            }
             Ok((BlobAction::Uploaded, desc.size))
         }
         .await;
@@ -320,6 +322,32 @@ async fn copy_blob(
                 dst.backoff("copy blob", &what, attempt, started, e).await?;
             }
         }
+    }
+}
+
+/// Our bytes matched the digest on their way out (`verified_stream` fails the upload
+/// otherwise), so a registry that computed another digest or size got them damaged in
+/// transit: worth another try, within the retry budget.
+fn damaged_in_transit(e: Error) -> Error {
+    match e {
+        Error::Registry {
+            operation,
+            reference,
+            status,
+            code: Some(code),
+            message,
+            retry_after,
+            ..
+        } if code == "DIGEST_INVALID" || code == "SIZE_INVALID" => Error::Registry {
+            kind: crate::error::ErrorKind::Transient,
+            operation,
+            reference,
+            status,
+            code: Some(code),
+            message: format!("{message} (the bytes sent were verified; damaged in transit)"),
+            retry_after,
+        },
+        e => e,
     }
 }
 
@@ -408,4 +436,37 @@ fn verified_stream(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn registry_error(status: u16, code: &str) -> Error {
+        Error::Registry {
+            kind: crate::error::classify(status, Some(code)),
+            operation: "PUT blob",
+            reference: "r@sha256:x".into(),
+            status,
+            code: Some(code.into()),
+            message: "provided digest did not match uploaded content".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_registry_digest_complaint_about_verified_bytes_is_retried() {
+        let before = registry_error(400, "DIGEST_INVALID");
+        assert!(!before.is_retryable());
+        let after = damaged_in_transit(before);
+        assert_eq!(after.kind(), ErrorKind::Transient);
+        assert!(after.is_retryable());
+        assert_eq!(after.code(), Some("DIGEST_INVALID"));
+        assert!(after.to_string().contains("damaged in transit"), "{after}");
+        // Anything else is left alone.
+        let denied = damaged_in_transit(registry_error(403, "DENIED"));
+        assert_eq!(denied.kind(), ErrorKind::Denied);
+        assert!(!denied.is_retryable());
+    }
 }
