@@ -570,3 +570,98 @@ async fn short_and_corrupted_bytes_never_land() {
         assert!(refused >= 1, "{}: {:?}", run.what, run.log);
     }
 }
+
+// === latency ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_spikes_slow_the_copy_but_it_completes() {
+    let env = env(1006).await;
+    let spike = |before, mid| Fault::Latency {
+        before_headers_ms: before,
+        mid_body_ms: mid,
+    };
+    let cases = [
+        (
+            Side::Source,
+            plan(
+                spike(300, 300),
+                Target::Any,
+                Mode::Random {
+                    percent: 50,
+                    seed: 6,
+                },
+            ),
+        ),
+        (
+            Side::Destination,
+            plan(spike(300, 0), Target::Any, Mode::EveryNth(3)),
+        ),
+        (
+            Side::Source,
+            plan(spike(0, 1500), Target::BlobGets, Mode::FirstN(1)),
+        ),
+    ];
+    let runs = copy_all(&env, &cases).await;
+    for run in &runs {
+        assert!(run.ok(), "{}: {:?}", run.what, run.result.as_ref().err());
+        assert!(run.injected > 0, "{}", run.what);
+        assert!(
+            run.took >= Duration::from_millis(300),
+            "{}: {:?}",
+            run.what,
+            run.took
+        );
+        // Latency is not a failure: no request was repeated.
+        let mut keys: Vec<_> = run
+            .log
+            .iter()
+            .map(|x| &x.key)
+            .filter(|k| !is_session_start(k))
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "{}: a slow request was retried", run.what);
+    }
+    assert!(runs[2].took >= Duration::from_millis(1500));
+}
+
+// === random mix ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_fault_mix_over_seeds_is_identical_or_absent() {
+    let env = env(1007).await;
+    let seeds = seeds(&[101, 102, 103, 104, 105, 106]);
+    let cases: Vec<_> = seeds
+        .iter()
+        .enumerate()
+        .map(|(i, seed)| {
+            let side = if i % 2 == 0 {
+                Side::Source
+            } else {
+                Side::Destination
+            };
+            (side, FaultPlan::random_mix(*seed, 20))
+        })
+        .collect();
+    let mut ok = 0;
+    let mut injected = 0;
+    for chunk in cases.chunks(3) {
+        for run in copy_all(&env, chunk).await {
+            ok += usize::from(run.ok());
+            injected += run.injected;
+            if let Err(e) = &run.result {
+                eprintln!(
+                    "{} failed cleanly: {e} (reproduce with IMAGESYNC_FAULT_SEEDS)",
+                    run.what
+                );
+            }
+        }
+    }
+    assert!(injected > 0);
+    assert!(
+        ok * 2 >= cases.len(),
+        "fewer than half of the random runs converged ({ok}/{}); seeds {seeds:?}",
+        cases.len()
+    );
+}
