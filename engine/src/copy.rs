@@ -113,7 +113,10 @@ pub(crate) async fn sync(
     {
         blobs.entry(d.digest.clone()).or_insert(d);
     }
-    let total_bytes: u64 = blobs.values().map(|d| d.size).sum();
+    // Sizes come from the manifest: saturate instead of overflowing on absurd ones.
+    let total_bytes = blobs
+        .values()
+        .fold(0u64, |total, d| total.saturating_add(d.size));
     emit.send(ProgressEvent::Planned {
         blobs: blobs.len(),
         bytes: total_bytes,
