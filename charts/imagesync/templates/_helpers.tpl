@@ -52,3 +52,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "imagesync.caMountPath" -}}/etc/imagesync/ca{{- end -}}
+
+{{- define "imagesync.policyMountPath" -}}/etc/imagesync/policy{{- end -}}
+
+{{/* "true" when the policy selects namespaces by label (the controller then reads Namespaces). */}}
+{{- define "imagesync.policyReadsNamespaces" -}}
+{{- if .Values.policy.enabled -}}
+{{- range .Values.policy.rules -}}
+{{- if hasKey . "namespaceSelector" -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

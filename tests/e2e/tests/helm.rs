@@ -213,6 +213,7 @@ fn chart_lints_cleanly_in_strict_mode_for_every_variant() {
         json!({"replicas": 2}),
         json!({"metrics": {"serviceMonitor": {"enabled": true}}}),
         json!({"caBundle": {"configMapName": "registry-ca"}, "insecureRegistries": ["127.0.0.1:5000"]}),
+        policy_values(),
     ] {
         let report = helmctl(&[
             "lint",
@@ -1409,5 +1410,373 @@ fn dockerfile_builds_the_controller_and_runs_as_the_charts_non_root_user() {
     assert!(
         ignore.lines().any(|l| l.trim() == "target/"),
         ".dockerignore must exclude target/"
+    );
+}
+
+// === tenant policy ===
+
+/// Values with a policy: a namespace-name rule, a label-selector rule and a deny rule.
+fn policy_values() -> Value {
+    json!({"policy": {"enabled": true, "reloadInterval": "2s", "rules": [
+        {"name": "team-a", "namespaces": ["team-a", "team-a-*"],
+         "sources": ["docker.io/library/*"], "destinations": ["registry.example.com/team-a/**"],
+         "ambientCredentials": {"source": true, "destination": true}},
+        {"name": "platform", "namespaceSelector": {"matchLabels": {"imagesync.dev/tenant": "platform"},
+           "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]},
+         "sources": ["**"], "destinations": ["registry.example.com/platform/**"]},
+        {"name": "nobody", "action": "Deny", "namespaces": ["*"], "sources": ["**"], "destinations": ["**"]},
+    ]}})
+}
+
+/// Every RBAC rule the release grants, over all Roles and ClusterRoles.
+fn all_rbac_rules(r: &Rendered) -> Vec<Value> {
+    r.objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn grants(rules: &[Value], resource: &str) -> bool {
+    rules.iter().any(|r| {
+        r["resources"]
+            .as_array()
+            .is_some_and(|res| res.iter().any(|x| x == resource || x == "*"))
+    })
+}
+
+#[test]
+fn policy_values_render_a_read_only_mounted_configmap_and_the_flags() {
+    let r = render(policy_values());
+    assert_hardened(&r);
+    let cm = r.named("ConfigMap", "isync-imagesync-policy");
+    assert_eq!(cm["metadata"]["namespace"], RELEASE_NS);
+    let text = cm["data"]["policy.yaml"].as_str().expect("policy.yaml");
+    // The controller's own parser accepts what the chart renders, with the same meaning.
+    let policy = imagesync_controller::policy::Policy::parse(text)
+        .unwrap_or_else(|e| panic!("rendered policy rejected: {e}\n{text}"));
+    assert_eq!(policy.len(), 3);
+    assert!(policy.needs_namespace_labels());
+    let reference = |s: &str| imagesync_engine::Reference::parse(s).expect("reference");
+    let none = std::collections::BTreeMap::new();
+    assert!(matches!(
+        policy.evaluate("team-a-dev", &none, &reference("alpine:3"), &reference("registry.example.com/team-a/x/alpine:3")),
+        imagesync_controller::policy::Decision::Allow { rule: Some(ref n), .. } if n == "team-a"
+    ));
+    assert!(matches!(
+        policy.evaluate("team-b", &none, &reference("alpine:3"), &reference("registry.example.com/team-a/alpine:3")),
+        imagesync_controller::policy::Decision::Deny { ref message } if message.contains("\"nobody\"")
+    ));
+
+    let args = r.args();
+    for want in [
+        "--policy-file=/etc/imagesync/policy/policy.yaml",
+        "--policy-reload-interval=2s",
+        "--deployment-name=isync-imagesync",
+    ] {
+        assert!(args.iter().any(|a| a == want), "{want} missing: {args:?}");
+    }
+    let mount = r.container()["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "policy")
+        .cloned();
+    // The whole directory, read-only, no subPath (subPath mounts never see updates).
+    assert_eq!(
+        mount,
+        Some(json!({"name": "policy", "mountPath": "/etc/imagesync/policy", "readOnly": true}))
+    );
+    let pod = &r.one("Deployment")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "policy")
+        .cloned();
+    assert_eq!(
+        volume,
+        Some(json!({"name": "policy", "configMap": {"name": "isync-imagesync-policy"}}))
+    );
+    // No checksum annotation: a policy change must not restart the Pod.
+    assert!(
+        pod.get("metadata").is_none()
+            && r.one("Deployment")["spec"]["template"]["metadata"]
+                .get("annotations")
+                .is_none()
+    );
+
+    // RBAC: exactly the usual rules plus `get namespaces` (a rule selects by label), and
+    // nothing on ConfigMaps for anyone.
+    let mut want = controller_rules().as_array().cloned().expect("rules");
+    want.push(json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}));
+    assert_eq!(r.one("ClusterRole")["rules"], Value::Array(want));
+    assert!(!grants(&all_rbac_rules(&r), "configmaps"));
+
+    // Without a selector rule: no Namespace access; single namespace elsewhere: an events
+    // Role in the release namespace for the Deployment's Events.
+    let mut names_only = policy_values();
+    names_only["policy"]["rules"]
+        .as_array_mut()
+        .expect("rules")
+        .remove(1);
+    names_only["watchNamespace"] = json!("team-a");
+    let r = render(names_only);
+    assert_eq!(r.named("Role", FULLNAME)["rules"], controller_rules());
+    let events_role = r.named("Role", "isync-imagesync-events");
+    assert_eq!(events_role["metadata"]["namespace"], RELEASE_NS);
+    assert_eq!(
+        events_role["rules"],
+        json!([{"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}])
+    );
+    assert_eq!(
+        r.named("RoleBinding", "isync-imagesync-events")["roleRef"]["name"],
+        "isync-imagesync-events"
+    );
+    assert!(!grants(&all_rbac_rules(&r), "configmaps"));
+    assert!(!grants(&all_rbac_rules(&r), "namespaces"));
+
+    // Policy off (the default): no ConfigMap, no flag, no extra rules.
+    let off = render(json!({}));
+    assert!(off.all("ConfigMap").is_empty());
+    assert!(!off.args().iter().any(|a| a.starts_with("--policy")));
+    assert!(!grants(&all_rbac_rules(&off), "configmaps"));
+}
+
+#[test]
+fn malformed_policy_values_are_rejected_with_a_message_naming_the_key() {
+    let rule = json!({"name": "a", "namespaces": ["x"], "sources": ["**"], "destinations": ["**"]});
+    let with = |patch: &dyn Fn(&mut Value)| {
+        let mut r = rule.clone();
+        patch(&mut r);
+        json!({"policy": {"enabled": true, "rules": [r]}})
+    };
+    let cases = [
+        (
+            with(&|r| {
+                r.as_object_mut().expect("rule").remove("destinations");
+            }),
+            "/policy/rules/0",
+        ),
+        (
+            with(&|r| r["ambientCredentials"] = json!({"destination": "yes"})),
+            "/policy/rules/0/ambientCredentials/destination",
+        ),
+        (
+            with(&|r| r["action"] = json!("Maybe")),
+            "/policy/rules/0/action",
+        ),
+        (
+            with(&|r| r["sources"] = json!([])),
+            "/policy/rules/0/sources",
+        ),
+        (
+            with(&|r| r["namespaceSelector"] = json!({"matchLabels": {"a": "b"}})),
+            "/policy/rules/0",
+        ),
+        (
+            with(&|r| r["namespace"] = json!("x")),
+            "additional properties 'namespace'",
+        ),
+        (
+            json!({"policy": {"enabled": true, "reloadInterval": "soon"}}),
+            "/policy/reloadInterval",
+        ),
+        (json!({"policy": {"rules": "allow all"}}), "/policy/rules"),
+    ];
+    for (values, needle) in cases {
+        let v = values.to_string();
+        let failure = helmctl(&["validate", &chart_arg(), "--values-json", &v])
+            .err()
+            .unwrap_or_else(|| panic!("accepted malformed policy values {values}"));
+        assert_eq!(failure.code, Some(3), "{values}: {failure:?}");
+        assert!(
+            failure.stderr.contains(needle),
+            "{values}: message does not name {needle}: {}",
+            failure.stderr
+        );
+    }
+    assert_eq!(
+        helmctl(&[
+            "validate",
+            &chart_arg(),
+            "--values-json",
+            &policy_values().to_string()
+        ])
+        .expect("the example policy is valid")["valid"],
+        true
+    );
+}
+
+/// The chart installed with a policy on a real kube-apiserver: its ServiceAccount can do
+/// what the controller needs with the policy (read Namespaces for the selector, record
+/// Events on the Deployment) but cannot read ConfigMaps; the controller run with the
+/// rendered args (and the ConfigMap's content as its mounted file) enforces the policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn charts_policy_is_enforced_with_the_charts_service_account_permissions() {
+    let kube = Kube::start().await;
+    let registry = imagesync_e2e::registry::Registry::start().await;
+    let reg = registry.addr().to_owned();
+    let source = imagesync_e2e::fixtures::push_index(&reg, "src/app", "v1", 42).await;
+    kube.create_namespace("team-a").await;
+    kube.create(
+        "/api/v1/namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "platform-x", "labels": {"imagesync.dev/tenant": "platform"}}}),
+    )
+    .await;
+    let values = json!({"insecureRegistries": [reg], "logFormat": "text", "defaultResyncInterval": "5s",
+    "policy": {"enabled": true, "reloadInterval": "1s", "rules": [
+        {"name": "team-a", "namespaces": ["team-a"], "sources": [format!("{reg}/src/**")],
+         "destinations": [format!("{reg}/dst/a/*")]},
+        {"name": "platform", "namespaceSelector": {"matchLabels": {"imagesync.dev/tenant": "platform"}},
+         "sources": ["**"], "destinations": [format!("{reg}/dst/platform/*")]},
+    ]}});
+    helm_install(&kube, RELEASE, RELEASE_NS, &values).unwrap_or_else(|f| panic!("install: {f:?}"));
+    let sa_kubeconfig = kube
+        .server
+        .service_account_kubeconfig(RELEASE_NS, FULLNAME)
+        .await;
+    let sa = imagesync_e2e::kube::client_for(&sa_kubeconfig).await;
+
+    // The policy ConfigMap: the controller's ServiceAccount cannot read it (or any other);
+    // the controller reads it from the mounted volume.
+    for ns in [RELEASE_NS, "team-a"] {
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                !can_i(&sa, verb, "", "configmaps", ns).await,
+                "SA may {verb} configmaps in {ns}"
+            );
+        }
+    }
+    let cm_path = format!("/api/v1/namespaces/{RELEASE_NS}/configmaps/{FULLNAME}-policy");
+    assert_eq!(raw(&sa, http::Method::GET, &cm_path, None).await.0, 403);
+    assert!(can_i(&sa, "get", "", "namespaces", "platform-x").await);
+    assert!(!can_i(&sa, "list", "", "namespaces", "").await);
+    assert!(can_i(&sa, "create", "events.k8s.io", "events", RELEASE_NS).await);
+
+    // What the kubelet would mount.
+    let (status, cm) = kube.get(&cm_path).await;
+    assert_eq!(status, 200, "{cm}");
+    let policy_dir = kube.server.dir().join("mounted-policy");
+    std::fs::create_dir_all(&policy_dir).expect("policy dir");
+    let policy_file = policy_dir.join("policy.yaml");
+    let good = cm["data"]["policy.yaml"]
+        .as_str()
+        .expect("policy.yaml")
+        .to_owned();
+    std::fs::write(&policy_file, &good).expect("policy file");
+
+    let (_, deploy) = kube
+        .get(&format!(
+            "/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{FULLNAME}"
+        ))
+        .await;
+    let metrics_port = imagesync_e2e::registry::free_port().expect("free port");
+    let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("deployment args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_owned())
+        .map(|a| {
+            if a.starts_with("--metrics-addr=") {
+                format!("--metrics-addr=127.0.0.1:{metrics_port}")
+            } else if a.starts_with("--policy-file=") {
+                format!("--policy-file={}", policy_file.display())
+            } else {
+                a
+            }
+        })
+        .collect();
+    assert!(
+        args.contains(&format!("--deployment-name={FULLNAME}")),
+        "{args:?}"
+    );
+    let log = kube.server.dir().join("controller-policy.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let controller = ControllerProcess {
+        child: std::sync::Mutex::new(
+            Command::new(imagesync_e2e::bin("imagesync-controller"))
+                .args(&args)
+                .env("KUBECONFIG", &sa_kubeconfig)
+                // The chart sets POD_NAMESPACE from the downward API.
+                .env("POD_NAMESPACE", RELEASE_NS)
+                .env_remove("IMAGESYNC_NAMESPACE")
+                .env("RUST_LOG", "info")
+                .stdout(log_file.try_clone().expect("log file"))
+                .stderr(log_file)
+                .spawn()
+                .expect("starting imagesync-controller"),
+        ),
+        log,
+    };
+
+    let object = |name: &str, ns: &str, dst: &str| {
+        json!({"apiVersion": "imagesync.dev/v1alpha1", "kind": "ImageSync",
+               "metadata": {"name": name, "namespace": ns},
+               "spec": {"source": format!("{reg}/src/app:v1"), "destination": format!("{reg}/{dst}")}})
+    };
+    for (name, ns, dst) in [
+        ("ok", "team-a", "dst/a/app:v1"),
+        ("elsewhere", "team-a", "dst/platform/app:v1"),
+        ("platform", "platform-x", "dst/platform/app:v1"),
+    ] {
+        kube.create(
+            &format!("/apis/imagesync.dev/v1alpha1/namespaces/{ns}/imagesyncs"),
+            object(name, ns, dst),
+        )
+        .await;
+    }
+    let path = |ns: &str, name: &str| {
+        format!("/apis/imagesync.dev/v1alpha1/namespaces/{ns}/imagesyncs/{name}")
+    };
+    for (ns, name, status, reason) in [
+        ("team-a", "ok", "True", "Synced"),
+        ("platform-x", "platform", "True", "Synced"),
+        ("team-a", "elsewhere", "False", "PolicyDenied"),
+    ] {
+        let p = path(ns, name);
+        eventually(90, &format!("{ns}/{name} {reason}"), || async {
+            controller.assert_running();
+            let (_, obj) = kube.get(&p).await;
+            ready_condition(&obj).is_some_and(|c| c["status"] == status && c["reason"] == reason)
+        })
+        .await;
+    }
+    let (_, obj) = kube.get(&path("team-a", "ok")).await;
+    assert_eq!(obj["status"]["destinationDigest"], source.digest.as_str());
+    assert_eq!(
+        imagesync_e2e::fixtures::manifest_status(&reg, "dst/platform/app", "v1").await,
+        200
+    );
+
+    // A bad policy: kept out, and the Warning Event on the Deployment is written with the
+    // chart's permissions.
+    std::fs::write(&policy_file, "rules: {oops").expect("policy file");
+    eventually(30, "a PolicyInvalid Event on the Deployment", || async {
+        controller.assert_running();
+        let (_, events) = kube
+            .get(&format!(
+                "/apis/events.k8s.io/v1/namespaces/{RELEASE_NS}/events"
+            ))
+            .await;
+        events["items"].as_array().is_some_and(|items| {
+            items.iter().any(|e| {
+                e["reason"] == "PolicyInvalid"
+                    && e["type"] == "Warning"
+                    && e["regarding"]["kind"] == "Deployment"
+                    && e["regarding"]["name"] == FULLNAME
+            })
+        })
+    })
+    .await;
+    let (_, obj) = kube.get(&path("team-a", "ok")).await;
+    assert_eq!(ready_condition(&obj).expect("Ready")["status"], "True");
+
+    controller.assert_running();
+    let text = controller.log_text();
+    assert!(
+        !text.to_lowercase().contains("forbidden"),
+        "the controller hit a permission the chart does not grant:\n{text}"
     );
 }
