@@ -606,6 +606,21 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
                 format!("{e}\n\nSomething else now owns the tag, so destroy did not delete it."),
             )],
         },
+        // The registry refuses manifest DELETEs (e.g. distribution with
+        // `storage.delete.enabled: false`): nothing was changed and nothing ever will be,
+        // so keeping the resource would only make every destroy fail.
+        Err(e @ BackendError::Engine(_)) if e.kind() == ErrorKind::Unsupported => Applied {
+            state: None,
+            private: Private::default(),
+            diags: vec![Diagnostic::warning(
+                "Registry does not allow deletes: image left in place",
+                format!(
+                    "{e}\n\nThe registry does not allow deleting images, so destroy removed \
+                     {destination} from the Terraform state only; the image is still in the \
+                     registry. Delete it there (or enable deletes) if it should go."
+                ),
+            )],
+        },
         Err(e) => Applied {
             state: Some(prior),
             private,

@@ -23,6 +23,8 @@ struct Fake {
     tags: Mutex<HashMap<String, Digest>>,
     calls: Mutex<Vec<String>>,
     fail_digest: Mutex<Option<u16>>,
+    /// The registry refuses manifest DELETEs (`storage.delete.enabled: false`).
+    deletes_disabled: Mutex<bool>,
 }
 
 impl Fake {
@@ -123,6 +125,20 @@ impl Backend for Fake {
             .unwrap()
             .push(format!("delete {d} {expect:?} {layers}"));
         let mut tags = self.tags.lock().unwrap();
+        if *self.deletes_disabled.lock().unwrap() && tags.contains_key(&key(d)) {
+            // What the engine answers when the registry refuses the manifest DELETE.
+            return Err(BackendError::Engine(imagesync_engine::Error::Registry {
+                kind: imagesync_engine::ErrorKind::Unsupported,
+                operation: "DELETE manifest",
+                reference: d.to_string(),
+                status: 405,
+                code: Some("UNSUPPORTED".into()),
+                message:
+                    "the registry does not allow deleting manifests; the image was left in place"
+                        .into(),
+                retry_after: None,
+            }));
+        }
         match tags.get(&key(d)) {
             None => Ok(Deleted {
                 already_gone: true,
@@ -339,6 +355,34 @@ async fn destroy_deletes_only_what_we_wrote() {
     // Already gone: success.
     let applied = apply(&fake, Some(state), None, Private::default()).await;
     assert!(applied.diags.is_empty() && applied.state.is_none());
+}
+
+#[tokio::test]
+async fn destroy_on_a_registry_without_deletes_warns_and_leaves_the_image() {
+    let fake = Fake::with(&[(SRC, digest(1))]);
+    let state = created(&fake).await;
+    *fake.deletes_disabled.lock().unwrap() = true;
+    let private = Private {
+        written: Some(digest(1)),
+    };
+    let applied = apply(&fake, Some(state), None, private).await;
+    // Gone from state, with one warning (not an error) saying why the image stays.
+    assert!(applied.state.is_none(), "{:?}", applied.state);
+    assert_eq!(applied.diags.len(), 1, "{:?}", applied.diags);
+    let d = &applied.diags[0];
+    assert!(!d.error, "{d:?}");
+    assert!(d.summary.contains("does not allow deletes"), "{d:?}");
+    assert!(d.detail.contains("left in place"), "{d:?}");
+    assert!(d.detail.contains(DST), "{d:?}");
+    // The image is still there, and delete was asked exactly once.
+    assert_eq!(fake.get(DST), Some(digest(1)));
+    assert_eq!(
+        fake.calls()
+            .iter()
+            .filter(|c| c.starts_with("delete "))
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
