@@ -20,7 +20,21 @@ mod exit {
     pub const NOT_FOUND: u8 = 3;
     pub const AUTH: u8 = 4;
     pub const REFUSED: u8 = 5;
+    /// `delete` on a registry that does not allow deletes: a warning, nothing changed.
+    pub const DELETE_UNSUPPORTED: u8 = 6;
 }
+
+/// A command that ended with a warning (already printed) and a non-zero exit code.
+#[derive(Debug)]
+struct Warned(u8);
+
+impl std::fmt::Display for Warned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "finished with a warning (exit code {})", self.0)
+    }
+}
+
+impl std::error::Error for Warned {}
 
 #[derive(Parser)]
 #[command(
@@ -125,6 +139,9 @@ enum Command {
         reference: String,
     },
     /// Remove DST's tag safely (other tags on the same digest survive), then unshared layers.
+    ///
+    /// On a registry that does not allow deletes, prints a warning, changes nothing and
+    /// exits with code 6.
     Delete {
         /// Destination image reference.
         destination: String,
@@ -153,6 +170,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(Warned(code)) = err.downcast_ref::<Warned>() {
+                return ExitCode::from(*code);
+            }
             eprintln!("error: {err:#}");
             ExitCode::from(exit_code(&err))
         }
@@ -284,7 +304,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .map(|d| d.parse::<Digest>())
                 .transpose()
                 .context("--expect-digest")?;
-            let report = engine
+            let deleted = engine
                 .delete(
                     &dst,
                     &DeleteOptions {
@@ -292,8 +312,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         delete_layers: !keep_layers,
                     },
                 )
-                .await
-                .with_context(|| format!("deleting {dst}"))?;
+                .await;
+            let report = match deleted {
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    eprintln!(
+                        "warning: {dst}: the registry does not allow deletes; the image was left in place ({e})"
+                    );
+                    return Err(Warned(exit::DELETE_UNSUPPORTED).into());
+                }
+                other => other.with_context(|| format!("deleting {dst}"))?,
+            };
             for w in &report.warnings {
                 eprintln!("warning: {w}");
             }
