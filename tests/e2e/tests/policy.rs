@@ -623,11 +623,18 @@ async fn wait_exit_failure(mut proc: ControllerProc, needle: &str) {
 pub(crate) async fn secrets_must_be_docker_config_types_from_the_objects_own_namespace() {
     const USER: &str = "pusher";
     const PASS: &str = "Secr3t-types-e2e-55aa";
-    let (api, src, private) = tokio::join!(
+    const TOKEN_PASS: &str = "T0ken-user-pass-e2e-77bb";
+    let (api, src, private, tokens) = tokio::join!(
         cluster(),
         Registry::start(),
         Registry::start_with(RegistryOptions {
             htpasswd: Some((USER.into(), PASS.into())),
+            ..RegistryOptions::default()
+        }),
+        // Bearer tokens from a token server, logged into with an OAuth2 refresh token.
+        Registry::start_with(RegistryOptions {
+            token_auth: true,
+            htpasswd: Some((USER.into(), TOKEN_PASS.into())),
             ..RegistryOptions::default()
         })
     );
@@ -651,6 +658,8 @@ pub(crate) async fn secrets_must_be_docker_config_types_from_the_objects_own_nam
             src.addr(),
             "--insecure-registry",
             private.addr(),
+            "--insecure-registry",
+            tokens.addr(),
             "--policy-file",
             &policy_arg,
         ],
@@ -670,6 +679,15 @@ pub(crate) async fn secrets_must_be_docker_config_types_from_the_objects_own_nam
     api.apply_yaml(&format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: legacy\n  namespace: team-b\ntype: kubernetes.io/dockercfg\ndata:\n  .dockercfg: {}\n",
         b64.encode(format!(r#"{{"{}":{{"auth":"{auth}"}}}}"#, private.addr()))
+    ));
+    // An identity token (the registry's token server exchanges it for JWTs).
+    api.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: token\n  namespace: team-b\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {}\n",
+        b64.encode(
+            serde_json::json!({"auths": {tokens.addr(): {"auth": b64.encode("<token>:"),
+                "identitytoken": imagesync_e2e::token::REFRESH_TOKEN}}})
+            .to_string()
+        )
     ));
     // A valid Secret, but in team A's namespace.
     api.apply_yaml(&dockerconfig_secret(
@@ -692,6 +710,13 @@ pub(crate) async fn secrets_must_be_docker_config_types_from_the_objects_own_nam
     api.apply_yaml(&obj("opaque", "dst/opaque:1", "opaque"));
     api.apply_yaml(&obj("elsewhere", "dst/elsewhere:1", "team-a-push"));
     api.apply_yaml(&obj("legacy", "dst/legacy:1", "legacy"));
+    api.apply_yaml(&image_sync_yaml(
+        "team-b",
+        "tokens",
+        &src_ref,
+        &tokens.reference("dst/tokens:1"),
+        "destinationSecretRef: {name: token}",
+    ));
     let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "team-b");
     let c = Some(&controller);
     let t = Duration::from_secs(60);
@@ -722,6 +747,22 @@ pub(crate) async fn secrets_must_be_docker_config_types_from_the_objects_own_nam
         |o| ready_with(o, &image.digest),
     )
     .await;
+    wait_for(
+        &isyncs,
+        "tokens",
+        t,
+        "Ready with an identity token",
+        c,
+        |o| ready_with(o, &image.digest),
+    )
+    .await;
+    let issued = tokens.token_server().unwrap().requests();
+    assert!(
+        issued
+            .iter()
+            .any(|r| r.issued && r.user.as_deref() == Some(USER)),
+        "{issued:?}"
+    );
     wait_event(&client, "team-b", "opaque", "SecretTypeUnsupported").await;
     // Neither the other namespace's Secret nor the controller's own credentials were
     // used: nothing was written.
@@ -740,7 +781,14 @@ pub(crate) async fn secrets_must_be_docker_config_types_from_the_objects_own_nam
         &client,
         &controller,
         &["team-a", "team-b"],
-        &[PASS, &format!("{USER}:{PASS}")],
+        &[
+            PASS,
+            &format!("{USER}:{PASS}"),
+            TOKEN_PASS,
+            imagesync_e2e::token::REFRESH_TOKEN,
+            // Every JWT (the registry's bearer tokens) starts with `{"` in base64url.
+            "eyJ",
+        ],
     )
     .await;
 }
