@@ -382,3 +382,53 @@ impl Args {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_events_go_to_the_deployment_else_the_lease_else_nowhere() {
+        let d = controller_object(Some("isync-imagesync"), Some("lease"), "ns").unwrap();
+        assert_eq!(
+            (
+                d.api_version.as_deref(),
+                d.kind.as_deref(),
+                d.name.as_deref()
+            ),
+            (Some("apps/v1"), Some("Deployment"), Some("isync-imagesync"))
+        );
+        assert_eq!(d.namespace.as_deref(), Some("ns"));
+        let l = controller_object(Some(""), Some("lease"), "ns").unwrap();
+        assert_eq!(
+            (
+                l.api_version.as_deref(),
+                l.kind.as_deref(),
+                l.name.as_deref()
+            ),
+            (Some("coordination.k8s.io/v1"), Some("Lease"), Some("lease"))
+        );
+        assert!(controller_object(None, None, "ns").is_none());
+    }
+
+    #[test]
+    fn policy_flags_parse() {
+        let args = Args::try_parse_from([
+            "imagesync-controller",
+            "--policy-file",
+            "/etc/imagesync/policy/policy.yaml",
+            "--policy-reload-interval",
+            "1s",
+            "--deployment-name",
+            "isync",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.policy_file.as_deref(),
+            Some(std::path::Path::new("/etc/imagesync/policy/policy.yaml"))
+        );
+        assert_eq!(args.policy_reload_interval.0, Duration::from_secs(1));
+        assert_eq!(args.deployment_name.as_deref(), Some("isync"));
+        assert!(Args::try_parse_from(["x", "--policy-reload-interval", "0s"]).is_err());
+    }
+}
