@@ -126,6 +126,8 @@ pub(crate) async fn sync(
 
     let same_registry =
         source.api_host() == destination.api_host() && source.repository() != dst_repo;
+    // Cleared for the rest of this copy once the registry refuses a mount.
+    let mounts = AtomicBool::new(same_registry);
     let stats = Arc::new(Mutex::new((0u64, 0usize, 0usize, 0usize)));
     let jobs = engine.jobs();
     futures::stream::iter(blobs.into_values().map(|desc| {
@@ -135,6 +137,7 @@ pub(crate) async fn sync(
         let dst_repo = dst_repo.clone();
         let stats = stats.clone();
         let emit = &emit;
+        let mounts = &mounts;
         async move {
             let (action, bytes) = copy_blob(
                 &src_client,
@@ -142,7 +145,7 @@ pub(crate) async fn sync(
                 &src_repo,
                 &dst_repo,
                 &desc,
-                same_registry,
+                mounts,
                 emit,
             )
             .await?;
@@ -265,14 +268,17 @@ fn collect_children<'a>(
 }
 
 /// Copies one blob, retrying the whole transfer (fresh GET, fresh upload session) on
-/// transient failures. Returns how it got there and the bytes uploaded.
+/// transient failures. Mounts from `src_repo` while `mounts` is set; a mount the
+/// registry refuses for lack of access (tokens that never grant pull on another
+/// repository) clears it and the blob is uploaded instead. Returns how it got there and
+/// the bytes uploaded.
 async fn copy_blob(
     src: &Client,
     dst: &Client,
     src_repo: &str,
     dst_repo: &str,
     desc: &Descriptor,
-    same_registry: bool,
+    mounts: &AtomicBool,
     emit: &Emit,
 ) -> Result<(BlobAction, u64)> {
     if dst.blob_exists(dst_repo, &desc.digest).await? {
@@ -281,7 +287,7 @@ async fn copy_blob(
     let what = format!("{dst_repo}@{}", desc.digest);
     let started = Instant::now();
     let mut attempt = 0;
-    let mut try_mount = same_registry;
+    let mut try_mount = mounts.load(Ordering::Relaxed);
     loop {
         attempt += 1;
         let mount_from = if try_mount { Some(src_repo) } else { None };
@@ -315,6 +321,13 @@ async fn copy_blob(
         .await;
         match result {
             Ok(r) => return Ok(r),
+            Err(e) if mount_from.is_some() && mount_refused(&e) => {
+                tracing::info!(digest = %desc.digest, from = src_repo, error = %e, "cross-repository mount refused; uploading instead");
+                mounts.store(false, Ordering::Relaxed);
+                try_mount = false;
+                // Not a failed attempt: the upload is the normal path.
+                attempt -= 1;
+            }
             Err(e) => {
                 try_mount = false;
                 emit.send(ProgressEvent::Retry {
@@ -326,6 +339,18 @@ async fn copy_blob(
             }
         }
     }
+}
+
+/// A mount request refused for lack of access to the repository mounted from.
+fn mount_refused(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Registry {
+            operation: "POST upload",
+            kind: crate::error::ErrorKind::Unauthorized | crate::error::ErrorKind::Denied,
+            ..
+        }
+    )
 }
 
 /// Our bytes matched the digest on their way out (`verified_stream` fails the upload
@@ -456,6 +481,27 @@ mod tests {
             message: "provided digest did not match uploaded content".into(),
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn only_a_refused_mount_request_falls_back_to_uploading() {
+        let mut e = registry_error(401, "UNAUTHORIZED");
+        if let Error::Registry { operation, .. } = &mut e {
+            *operation = "POST upload";
+        }
+        assert!(mount_refused(&e));
+        let mut denied = registry_error(403, "DENIED");
+        if let Error::Registry { operation, .. } = &mut denied {
+            *operation = "POST upload";
+        }
+        assert!(mount_refused(&denied));
+        // The same answer to the blob PUT (no push access at all) is an error.
+        assert!(!mount_refused(&registry_error(401, "UNAUTHORIZED")));
+        let mut transient = registry_error(503, "UNAVAILABLE");
+        if let Error::Registry { operation, .. } = &mut transient {
+            *operation = "POST upload";
+        }
+        assert!(!mount_refused(&transient));
     }
 
     #[test]
