@@ -25,6 +25,9 @@ pub struct RegistryOptions {
     pub token_auth: bool,
     /// `storage.delete.enabled`.
     pub delete_enabled: bool,
+    /// With `token_auth`: the token server never grants access to another repository
+    /// than the one being pushed, so cross-repository mounts are refused.
+    pub token_refuses_cross_repository_mounts: bool,
 }
 
 impl Default for RegistryOptions {
@@ -34,6 +37,7 @@ impl Default for RegistryOptions {
             htpasswd: None,
             token_auth: false,
             delete_enabled: true,
+            token_refuses_cross_repository_mounts: false,
         }
     }
 }
@@ -159,7 +163,11 @@ impl Registry {
             let signing = tls::signing_cert()?;
             let bundle = dir.path().join("token-signer.pem");
             std::fs::write(&bundle, &signing.cert_pem)?;
-            let server = TokenServer::start(&signing, options.htpasswd.clone()).await?;
+            let policy = token::TokenPolicy {
+                refuse_cross_repository_mounts: options.token_refuses_cross_repository_mounts,
+            };
+            let server =
+                TokenServer::start_with(&signing, options.htpasswd.clone(), policy).await?;
             config.push_str(&format!(
                 "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
                 server.realm(),

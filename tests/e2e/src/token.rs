@@ -27,6 +27,17 @@ pub struct TokenRequest {
     pub scopes: Vec<String>,
     /// Whether a token was issued (false: wrong credentials, 401).
     pub issued: bool,
+    /// The scopes the token grants (`repository:NAME:ACTIONS`), as issued.
+    pub granted: Vec<String>,
+}
+
+/// How the token server decides what to grant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// When a request pushes to a repository, grant nothing on any other repository: a
+    /// cross-repository mount (`pull` on the source repository) is never allowed, like
+    /// registries whose users may not read the repository a blob would come from.
+    pub refuse_cross_repository_mounts: bool,
 }
 
 /// The token server: issuer, service and the users it accepts.
@@ -47,6 +58,7 @@ struct State {
     signer: aws_lc_rs::signature::EcdsaKeyPair,
     x5c: String,
     user: Option<(String, String)>,
+    policy: TokenPolicy,
     log: Arc<Mutex<Vec<TokenRequest>>>,
 }
 
@@ -57,6 +69,15 @@ impl TokenServer {
     pub async fn start(
         signing: &SigningCert,
         user: Option<(String, String)>,
+    ) -> Result<TokenServer> {
+        Self::start_with(signing, user, TokenPolicy::default()).await
+    }
+
+    /// Like [`TokenServer::start`], granting per `policy`.
+    pub async fn start_with(
+        signing: &SigningCert,
+        user: Option<(String, String)>,
+        policy: TokenPolicy,
     ) -> Result<TokenServer> {
         let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
             &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -72,6 +93,7 @@ impl TokenServer {
             signer,
             x5c: STANDARD.encode(&signing.cert_der),
             user,
+            policy,
             log: log.clone(),
         });
         let task = tokio::spawn(async move {
@@ -182,6 +204,7 @@ fn answer(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response<
                 user: Some(got.0.clone()),
                 scopes,
                 issued: false,
+                granted: Vec::new(),
             });
             return json(
                 StatusCode::UNAUTHORIZED,
@@ -197,26 +220,56 @@ fn answer(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response<
             r#"{"errors":[{"code":"DENIED","message":"unknown service"}]}"#.into(),
         );
     }
-    let access: Vec<serde_json::Value> = if authorised {
-        scopes
+    let requested: Vec<(&str, &str, &str)> = scopes
+        .iter()
+        .filter_map(|s| {
+            let (kind, rest) = s.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some((kind, name, actions))
+        })
+        .collect();
+    let pushed: Vec<&str> = requested
+        .iter()
+        .filter(|(kind, _, actions)| {
+            *kind == "repository" && actions.split(',').any(|a| a == "push")
+        })
+        .map(|(_, name, _)| *name)
+        .collect();
+    let granted: Vec<(&str, &str, &str)> = if authorised {
+        requested
             .iter()
-            .filter_map(|s| {
-                let (kind, rest) = s.split_once(':')?;
-                let (name, actions) = rest.rsplit_once(':')?;
-                Some(serde_json::json!({
-                    "type": kind,
-                    "name": name,
-                    "actions": actions.split(',').filter(|a| !a.is_empty()).collect::<Vec<_>>(),
-                }))
+            .filter(|(kind, name, _)| {
+                // Refused: another repository than the one pushed to.
+                let refused = state.policy.refuse_cross_repository_mounts
+                    && *kind == "repository"
+                    && !pushed.is_empty()
+                    && !pushed.contains(name);
+                !refused
             })
+            .copied()
             .collect()
     } else {
         Vec::new()
     };
+    let access: Vec<serde_json::Value> = granted
+        .iter()
+        .map(|(kind, name, actions)| {
+            serde_json::json!({
+                "type": kind,
+                "name": name,
+                "actions": actions.split(',').filter(|a| !a.is_empty()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let granted: Vec<String> = granted
+        .iter()
+        .map(|(kind, name, actions)| format!("{kind}:{name}:{actions}"))
+        .collect();
     lock(&state.log).push(TokenRequest {
         user: user.clone(),
-        scopes,
+        scopes: scopes.clone(),
         issued: true,
+        granted,
     });
     match sign(state, user.as_deref().unwrap_or(""), access) {
         Ok(token) => json(

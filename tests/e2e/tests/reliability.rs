@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use imagesync_e2e::fixtures::{self, Pushed};
 use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, ProxyRecord, Target};
-use imagesync_e2e::registry::Registry;
+use imagesync_e2e::registry::{Registry, RegistryOptions};
 use imagesync_engine::{
     Engine, EngineConfig, Error, ErrorKind, Outcome, Reference, RequestObserver, RetryPolicy,
     SyncOptions,
@@ -663,5 +663,176 @@ async fn random_fault_mix_over_seeds_is_identical_or_absent() {
         ok * 2 >= cases.len(),
         "fewer than half of the random runs converged ({ok}/{}); seeds {seeds:?}",
         cases.len()
+    );
+}
+
+// === registry variety ===
+
+async fn imagesync_cli(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(imagesync_e2e::bin("imagesync"))
+        .args(args)
+        .arg("--no-progress")
+        .env_remove("IMAGESYNC_CREDS")
+        .env("DOCKER_CONFIG", "/nonexistent-imagesync-test")
+        .output()
+        .await
+        .expect("run imagesync")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_with_deletes_disabled_copies_normally_and_delete_only_warns() {
+    let (src, dst) = tokio::join!(
+        Registry::start(),
+        Registry::start_with(RegistryOptions {
+            delete_enabled: false,
+            ..RegistryOptions::default()
+        })
+    );
+    let pushed = fixtures::push_index(src.addr(), "app", "1", 1101).await;
+    let insecure = format!("{},{}", src.addr(), dst.addr());
+
+    // Copy: unchanged, through the engine and through the CLI.
+    let (e, _) = observed_engine(&[src.addr(), dst.addr()]);
+    let out = e
+        .sync(
+            &r(&src.reference("app:1")),
+            &r(&dst.reference("app:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.destination_digest.as_str(), pushed.digest);
+    fixtures::assert_identical(dst.addr(), "app", "1", &pushed).await;
+    let cli = imagesync_cli(&[
+        "copy",
+        &src.reference("app:1"),
+        &dst.reference("cli/app:1"),
+        "--insecure-registry",
+        &insecure,
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(cli.status.success(), "{stderr}");
+    fixtures::assert_identical(dst.addr(), "cli/app", "1", &pushed).await;
+
+    // Delete: a clear warning and the documented exit code 6, not an error; nothing
+    // changed at the registry.
+    let cli = imagesync_cli(&[
+        "delete",
+        &dst.reference("cli/app:1"),
+        "--insecure-registry",
+        &insecure,
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("warning:"), "{stderr}");
+    assert!(stderr.contains("does not allow deletes"), "{stderr}");
+    assert!(stderr.contains("left in place"), "{stderr}");
+    assert!(!stderr.contains("error:"), "{stderr}");
+    assert!(cli.stdout.is_empty());
+    fixtures::assert_identical(dst.addr(), "cli/app", "1", &pushed).await;
+    // The engine's answer behind it: Unsupported (the controller turns it into a
+    // Warning event, the Terraform provider into a warning diagnostic).
+    let err = e
+        .delete(
+            &r(&dst.reference("app:1")),
+            &imagesync_engine::DeleteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    fixtures::assert_identical(dst.addr(), "app", "1", &pushed).await;
+    // A later sync of the same image is a no-op success.
+    let again = e
+        .sync(
+            &r(&src.reference("app:1")),
+            &r(&dst.reference("app:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(again.up_to_date);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_refusing_cross_repository_mounts_falls_back_to_uploading() {
+    const USER: &str = "pusher";
+    const PASS: &str = "mount-refused-pw";
+    let (src, reg, check) = tokio::join!(
+        Registry::start(),
+        Registry::start_with(RegistryOptions {
+            token_auth: true,
+            htpasswd: Some((USER.into(), PASS.into())),
+            token_refuses_cross_repository_mounts: true,
+            ..RegistryOptions::default()
+        }),
+        Registry::start()
+    );
+    let pushed = fixtures::push_index(src.addr(), "app", "1", 1102).await;
+    let creds = imagesync_engine::auth::StaticProvider::new()
+        .with(reg.addr(), imagesync_engine::Credential::basic(USER, PASS));
+    let (e, seen) = observed_engine(&[src.addr(), reg.addr(), check.addr()]);
+    let e = e.with_credentials(Arc::new(creds));
+    e.sync(
+        &r(&src.reference("app:1")),
+        &r(&reg.reference("team-a/app:1")),
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Same registry, another repository: a mount would be the fast path, but the
+    // token never grants pull on team-a while pushing team-b. The copy uploads instead
+    // and surfaces no error.
+    let out = e
+        .sync(
+            &r(&reg.reference("team-a/app:1")),
+            &r(&reg.reference("team-b/app:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("same-registry copy without mounts: {err}"));
+    assert_eq!(out.destination_digest.as_str(), pushed.digest);
+    assert_eq!(out.blobs_mounted, 0, "{out:?}");
+    assert_eq!(out.blobs_uploaded, pushed.blobs.len(), "{out:?}");
+    assert_eq!(out.bytes_uploaded, pushed.blob_bytes, "{out:?}");
+    assert!(out.bytes_uploaded > 0);
+    let requests = reg.token_server().unwrap().requests();
+    assert!(
+        requests.iter().any(
+            |t| t.scopes.contains(&"repository:team-a/app:pull".to_string())
+                && t.scopes
+                    .iter()
+                    .any(|s| s.starts_with("repository:team-b/app:"))
+                && !t
+                    .granted
+                    .iter()
+                    .any(|g| g.starts_with("repository:team-a/app:"))
+        ),
+        "the mount was asked for and refused: {requests:?}"
+    );
+    // Byte-identical: copy it out to a plain registry (digests verified on the way)
+    // and compare with the original.
+    e.sync(
+        &r(&reg.reference("team-b/app:1")),
+        &r(&check.reference("copy/app:1")),
+        &SyncOptions::default(),
+    )
+    .await
+    .unwrap();
+    fixtures::assert_identical(check.addr(), "copy/app", "1", &pushed).await;
+    let statuses: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(reg_, op, _)| reg_ == reg.addr() && *op == "POST upload")
+        .map(|(_, _, s)| *s)
+        .collect();
+    // Once refused, the rest of the copy stops asking: at most the blobs already in
+    // flight (jobs = 4) tried a mount, each answered 401 twice (challenge, then refusal).
+    let refused = statuses.iter().filter(|s| **s == Some(401)).count();
+    assert!(
+        (1..=2 * 4).contains(&refused),
+        "mount attempts after the refusal: {statuses:?}"
     );
 }
