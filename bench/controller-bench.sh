@@ -10,15 +10,27 @@
 #   peak RSS          controller VmHWM (target under 100 MB)
 #   converge 100 new  time until 100 objects created afterwards are Ready=True
 #
+# The steady-state numbers are measured over CYCLES consecutive intervals (default 3). With
+# BENCH_RESULTS set (bench/run.sh), the samples are appended to it for `bench-report`.
+#
 # Environment: OBJECTS (default 1000), INTERVAL (resyncInterval, default 60s),
-# CONCURRENCY (default 16), PROFILE (release|debug, default release; SKIP_BUILD=1 to use
-# an existing binary).
+# CONCURRENCY (default 16), CYCLES, PROFILE (release|debug, default release; SKIP_BUILD=1
+# to use an existing binary).
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/../../.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OBJECTS="${OBJECTS:-1000}"
 INTERVAL="${INTERVAL:-60}"
 CONCURRENCY="${CONCURRENCY:-16}"
 PROFILE="${PROFILE:-release}"
+CYCLES="${CYCLES:-3}"
+W_NAME="controller steady state ($OBJECTS objects)"
+record() { # TOOL METRIC UNIT VALUE
+  [ -n "${BENCH_RESULTS:-}" ] || return 0
+  printf 'm\t%s\t%s\t%s\t%s\t%s\n' "$W_NAME" "$@" >>"$BENCH_RESULTS"
+}
+if [ -n "${BENCH_RESULTS:-}" ]; then
+  printf 'note\t%s\t%s\n' "$W_NAME" "imagesync-controller ($PROFILE) with $OBJECTS ImageSync objects (resyncInterval ${INTERVAL}s, concurrency $CONCURRENCY) on kube-apiserver v1.20.2 + etcd, one docker-registry; each sample is one resync interval once steady (the first interval after convergence is skipped), requests from the registry access log, CPU user+sys from /proc, peak RSS is VmHWM. Theoretical minimum (raw column): 2 manifest HEADs per object per cycle (source and destination tag), nothing else." >>"$BENCH_RESULTS"
+fi
 
 bash "$ROOT/tests/e2e/scripts/install-deps.sh" >&2
 APISERVER="$(bash "$ROOT/tests/e2e/scripts/build-kube-apiserver.sh")"
@@ -129,30 +141,45 @@ CONVERGE_ALL="$(since "$T0")"
 
 cpu() { awk '{print $14+$15}' "/proc/$CPID/stat"; }
 TICKS=$(getconf CLK_TCK)
-# Steady state: skip one interval (initial checks spread over it), then measure one.
+# Steady state: skip one interval (initial checks spread over it), then measure CYCLES.
 sleep "$INTERVAL"
-L0=$(wc -l <"$W/access.log"); C0=$(cpu)
-sleep "$INTERVAL"
-L1=$(wc -l <"$W/access.log"); C1=$(cpu)
-WINDOW="$(sed -n "$((L0 + 1)),${L1}p" "$W/access.log")"
-HEADS=$(grep -c '"HEAD /v2/[^ ]*/manifests/' <<<"$WINDOW" || true)
-GETS=$(grep -c '"GET /v2/[^ ]*/manifests/' <<<"$WINDOW" || true)
-OTHER=$(grep '"[A-Z]* /v2/' <<<"$WINDOW" | grep -vc '/manifests/' || true)
-CPU_CYCLE=$(python3 -c "print(f'{($C1-$C0)/$TICKS:.2f} s')")
+HEADS_ALL=""; GETS_ALL=""; OTHER_ALL=""; CPU_ALL=""
+for c in $(seq "$CYCLES"); do
+  L0=$(wc -l <"$W/access.log"); C0=$(cpu)
+  sleep "$INTERVAL"
+  L1=$(wc -l <"$W/access.log"); C1=$(cpu)
+  WINDOW="$(sed -n "$((L0 + 1)),${L1}p" "$W/access.log")"
+  HEADS=$(grep -c '"HEAD /v2/[^ ]*/manifests/' <<<"$WINDOW" || true)
+  GETS=$(grep -c '"GET /v2/[^ ]*/manifests/' <<<"$WINDOW" || true)
+  OTHER=$(grep '"[A-Z]* /v2/' <<<"$WINDOW" | grep -vc '/manifests/' || true)
+  CPU_S=$(python3 -c "print(f'{($C1-$C0)/$TICKS:.2f}')")
+  HEADS_ALL="$HEADS_ALL $HEADS"; GETS_ALL="$GETS_ALL $GETS"; OTHER_ALL="$OTHER_ALL $OTHER"; CPU_ALL="$CPU_ALL ${CPU_S}s"
+  record imagesync "manifest HEAD per object per cycle" count "$(python3 -c "print($HEADS / $OBJECTS)")"
+  record raw "manifest HEAD per object per cycle" count 2
+  record imagesync "manifest GET per cycle" count "$GETS"
+  record raw "manifest GET per cycle" count 0
+  record imagesync "other requests per cycle" count "$OTHER"
+  record raw "other requests per cycle" count 0
+  record imagesync "CPU (user+sys) per cycle" s "$CPU_S"
+  record imagesync "peak RSS" MiB "$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$CPID/status")"
+  echo "cycle $c: $HEADS HEAD, $GETS GET, $OTHER other, CPU ${CPU_S}s" >&2
+done
 
 T1=$(now)
 objects "$((OBJECTS + 1))" "$((OBJECTS + 100))" | kubectl apply -f - >/dev/null
 wait_ready "$((OBJECTS + 100))"
 CONVERGE_NEW="$(since "$T1")"
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$CPID/status")
+record imagesync "converge all objects (initial)" s "${CONVERGE_ALL% s}"
+record imagesync "converge 100 new objects" s "${CONVERGE_NEW% s}"
 
 printf '\n%-34s %s\n' "metric" "value"
 printf '%-34s %s\n' "----------------------------------" "--------------------"
 printf '%-34s %s\n' "objects" "$OBJECTS (resyncInterval ${INTERVAL}s, concurrency $CONCURRENCY, $PROFILE)"
 printf '%-34s %s\n' "converge $OBJECTS (initial)" "$CONVERGE_ALL"
-printf '%-34s %s\n' "manifest HEAD per cycle" "$HEADS (expect $((2 * OBJECTS)))"
-printf '%-34s %s\n' "manifest GET per cycle" "$GETS (expect 0)"
-printf '%-34s %s\n' "other registry requests per cycle" "$OTHER"
-printf '%-34s %s\n' "controller CPU per cycle" "$CPU_CYCLE"
+printf '%-34s %s\n' "manifest HEAD per cycle" "$HEADS_ALL (expect $((2 * OBJECTS)))"
+printf '%-34s %s\n' "manifest GET per cycle" "$GETS_ALL (expect 0)"
+printf '%-34s %s\n' "other registry requests per cycle" "$OTHER_ALL"
+printf '%-34s %s\n' "controller CPU per cycle" "$CPU_ALL"
 printf '%-34s %s\n' "controller peak RSS" "$((RSS_KB / 1024)) MB (target < 100 MB)"
 printf '%-34s %s\n' "converge 100 new objects" "$CONVERGE_NEW"

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The benchmark report, in one command (not part of the tests):
+#
+#   bash bench/run.sh
+#
+# Builds the release binaries, then runs every workload in one run, each script starting
+# its own registries (and etcd + kube-apiserver v1.20.2 for the controller):
+#   bench/bench.sh             imagesync vs skopeo vs raw curl: cold copy, same-registry
+#                              copy, no-op re-copy, 50 images sharing a base layer, 1 GiB layer
+#   bench/controller-bench.sh  controller steady state with 1,000 objects
+#   bench/terraform-bench.sh   terraform plan with 100 resources
+# Every sample goes to bench/results.tsv; `bench-report` turns it into bench/results.md and
+# bench/results.png. Takes about 15-25 minutes on 2 cores (plus the builds).
+#
+# Environment: RUNS (repetitions, default 3), OBJECTS (controller, default 1000),
+# INTERVAL (controller resync seconds, default 30), RESOURCES (Terraform, default 100),
+# BENCH_OUT (folder for results.*, default bench/), and bench.sh's LAYER_MB, BASE_MB,
+# IMAGES, BIG_MB, JOBS.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${BENCH_OUT:-$ROOT/bench}"
+RUNS="${RUNS:-3}"
+OBJECTS="${OBJECTS:-1000}"
+INTERVAL="${INTERVAL:-30}"
+RESOURCES="${RESOURCES:-100}"
+FONT="${BENCH_FONT:-/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf}"
+log() { printf '== %s\n' "$*" >&2; }
+START="$(date +%s)"
+
+# Debian packages: the registries, skopeo, etcd (install-deps.sh), GNU time for CPU and
+# peak RSS, bc, and a TrueType font for the chart.
+bash "$ROOT/tests/e2e/scripts/install-deps.sh" >&2
+need=()
+[ -x /usr/bin/time ] || need+=(time)
+command -v bc >/dev/null || need+=(bc)
+[ -f "$FONT" ] || need+=(fonts-dejavu-core)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  log "installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+log "building release binaries"
+(cd "$ROOT" && cargo build --release -p imagesync-cli -p terraform-provider-imagesync \
+  -p imagesync-controller -p imagesync-bench >&2)
+log "kube-apiserver (cached build)"
+bash "$ROOT/tests/e2e/scripts/build-kube-apiserver.sh" >/dev/null
+
+mkdir -p "$OUT"
+RESULTS="$OUT/results.tsv"
+: >"$RESULTS"
+fact() { printf 'fact\t%s\t%s\n' "$1" "$2" >>"$RESULTS"; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -v ' bench/results\.' || true)" ]; then
+  commit="$commit (with uncommitted changes)"
+fi
+fact date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+fact commit "$commit"
+fact cpus "$(nproc)"
+fact "cpu model" "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+fact memory "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+fact kernel "$(uname -r)"
+fact "load average (start)" "$(load)"
+fact repetitions "$RUNS"
+fact tools "$(rustc --version | cut -d' ' -f1-2), skopeo $(skopeo --version | awk '{print $3}'), docker-registry $(docker-registry --version 2>/dev/null | awk '{print $3}'), $(terraform version 2>/dev/null | head -n1), kube-apiserver v1.20.2, curl $(curl --version | awk 'NR == 1 {print $2}')"
+export BENCH_RESULTS="$RESULTS" SKIP_BUILD=1
+
+log "engine workloads (bench.sh, $RUNS rounds)"
+RUNS="$RUNS" bash "$ROOT/bench/bench.sh"
+fact "load average (after engine workloads)" "$(load)"
+
+log "controller steady state ($OBJECTS objects, $RUNS cycles of ${INTERVAL}s)"
+OBJECTS="$OBJECTS" INTERVAL="$INTERVAL" CYCLES="$RUNS" PROFILE=release \
+  bash "$ROOT/bench/controller-bench.sh" >&2
+fact "load average (after controller)" "$(load)"
+
+log "terraform ($RESOURCES resources, $RUNS plans)"
+PLANS="$RUNS" PROFILE=release bash "$ROOT/bench/terraform-bench.sh" "$RESOURCES" >&2
+fact "load average (end)" "$(load)"
+fact "run duration" "$(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s (builds included)"
+
+"$ROOT/target/release/bench-report" --input "$RESULTS" --markdown "$OUT/results.md" \
+  --png "$OUT/results.png" --font "$FONT"
+log "done: $OUT/results.md, $OUT/results.png"
