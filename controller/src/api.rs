@@ -33,7 +33,7 @@ pub mod reasons {
     pub const RATE_LIMITED: &str = "RateLimited";
     /// `spec.source` or `spec.destination` is not a valid image reference.
     pub const INVALID_REFERENCE: &str = "InvalidReference";
-    /// A referenced Secret is missing or is not a usable `kubernetes.io/dockerconfigjson`.
+    /// A referenced Secret is missing, in another namespace, or holds no usable docker config.
     pub const INVALID_SECRET: &str = "InvalidSecret";
     /// A referenced Secret is not a `kubernetes.io/dockerconfigjson` or
     /// `kubernetes.io/dockercfg` Secret.
@@ -150,7 +150,8 @@ pub struct ImageSyncStatus {
     pub last_check_time: Option<Time>,
     /// `Ready`: `True` with reason `Synced`; `False` with `Syncing`, `Suspended`,
     /// `SourceNotFound`, `Unauthorized`, `Denied`, `RateLimited`, `InvalidReference`,
-    /// `InvalidSecret`, `SyncFailed`, `DeleteFailed` or `RegistryError`.
+    /// `InvalidSecret`, `SecretTypeUnsupported`, `PolicyDenied`, `SyncFailed`, `DeleteFailed`
+    /// or `RegistryError`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
