@@ -836,3 +836,241 @@ async fn token_auth_refusing_cross_repository_mounts_falls_back_to_uploading() {
         "mount attempts after the refusal: {statuses:?}"
     );
 }
+
+// === load ===
+
+/// Copies run at once through one engine.
+const LOAD_COPIES: usize = 200;
+/// Distinct source images (each copied to LOAD_COPIES / LOAD_IMAGES repositories).
+const LOAD_IMAGES: usize = 10;
+/// Peak RSS growth allowed for the whole load (generous: 200 copies of ~8 KiB images
+/// need a few MiB of buffers; this catches leaks of whole blobs or per-copy clients).
+const LOAD_RSS_BUDGET_KIB: u64 = 256 * 1024;
+/// RSS growth allowed once the engine is dropped (the allocator keeps some pages).
+const LOAD_RSS_AFTER_KIB: u64 = 128 * 1024;
+
+/// The load test runs in a child process of its own (this test binary, filtered to
+/// [`load_child`]) so file descriptors, sockets and RSS are not mixed up with the
+/// other tests running in parallel threads of this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_200_concurrent_copies_through_one_engine() {
+    let exe = std::env::current_exe().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(150),
+        tokio::process::Command::new(exe)
+            .args([
+                "--exact",
+                "reliability::load_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("IMAGESYNC_LOAD_CHILD", "1")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the load child did not finish in 150s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run in its own process by load_200_concurrent_copies_through_one_engine"]
+async fn load_child() {
+    assert_eq!(
+        std::env::var("IMAGESYNC_LOAD_CHILD").as_deref(),
+        Ok("1"),
+        "run through load_200_concurrent_copies_through_one_engine"
+    );
+    let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let spec = |seed| fixtures::FixtureSpec {
+        layers: 2,
+        layer_size: 4096,
+        ..fixtures::FixtureSpec::seeded(seed)
+    };
+    let mut images = Vec::new();
+    for i in 0..LOAD_IMAGES {
+        let tag = format!("v{i}");
+        images
+            .push(fixtures::push_image(src.addr(), "load/src", &tag, spec(2000 + i as u64)).await);
+    }
+    let dst_port = dst.addr().rsplit(':').next().unwrap().to_string();
+    let src_port = src.addr().rsplit(':').next().unwrap().to_string();
+    // Let the fixture pushes' connections close, then take the baseline.
+    let fds_before = settle(fd_count, usize::MAX).await;
+    let (rss_before, _) = memory_kib();
+
+    let e = Engine::new(EngineConfig {
+        insecure_registries: vec![src.addr().to_string(), dst.addr().to_string()],
+        retry: retry(),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let copies = (0..LOAD_COPIES).map(|n| {
+        let e = e.clone();
+        let s = r(&src.reference(&format!("load/src:v{}", n % LOAD_IMAGES)));
+        let d = r(&dst.reference(&format!("load/dst{n}:1")));
+        async move { e.sync(&s, &d, &SyncOptions::default()).await }
+    });
+    let peak_sockets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let peak = peak_sockets.clone();
+        let ports = [src_port.clone(), dst_port.clone()];
+        tokio::spawn(async move {
+            loop {
+                let n = established_to(&ports);
+                peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let results = tokio::time::timeout(Duration::from_secs(100), futures::future::join_all(copies))
+        .await
+        .expect("200 copies did not finish in 100s");
+    let took = started.elapsed();
+    sampler.abort();
+    let (_, hwm_during) = memory_kib();
+    let mut failed = Vec::new();
+    for (n, result) in results.iter().enumerate() {
+        match result {
+            Ok(out) => assert_eq!(
+                out.destination_digest.as_str(),
+                images[n % LOAD_IMAGES].digest,
+                "copy {n}"
+            ),
+            Err(err) => failed.push(format!("copy {n}: {err}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} copies failed: {failed:#?}",
+        failed.len()
+    );
+    let uploaded: u64 = results.iter().flatten().map(|o| o.bytes_uploaded).sum();
+    let peak = peak_sockets.load(std::sync::atomic::Ordering::Relaxed);
+
+    // Drop the engine: every connection and descriptor it opened must go.
+    drop(e);
+    drop(results);
+    let fds_after = settle(fd_count, fds_before).await;
+    let sockets_after = settle(|| established_to(&[src_port.clone(), dst_port.clone()]), 0).await;
+    let (rss_after, hwm_after) = memory_kib();
+    eprintln!(
+        "load: {LOAD_COPIES} copies in {took:?}, {uploaded} bytes uploaded; peak {peak} \
+         connections to the registries; fds {fds_before} -> {fds_after}; RSS {rss_before} -> \
+         {rss_after} KiB (peak {hwm_during} KiB)"
+    );
+    assert!(
+        took < Duration::from_secs(100),
+        "{LOAD_COPIES} copies took {took:?}"
+    );
+    assert!(peak > 0, "the sampler saw no connection at all");
+    // The engine has no global connection cap: each copy moves up to `jobs` (4) blobs at
+    // once, each a GET streaming into a PUT. More than that would be a leak.
+    assert!(
+        peak <= LOAD_COPIES * 4 * 2,
+        "{peak} simultaneous connections for {LOAD_COPIES} copies"
+    );
+    assert_eq!(sockets_after, 0, "connections to the registries left open");
+    assert!(
+        fds_after <= fds_before,
+        "file descriptors leaked: {fds_before} before, {fds_after} after"
+    );
+    assert!(
+        hwm_after.saturating_sub(rss_before) <= LOAD_RSS_BUDGET_KIB,
+        "peak RSS grew by {} KiB (budget {LOAD_RSS_BUDGET_KIB} KiB)",
+        hwm_after.saturating_sub(rss_before)
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) <= LOAD_RSS_AFTER_KIB,
+        "RSS after the load grew by {} KiB",
+        rss_after.saturating_sub(rss_before)
+    );
+    // Every destination holds its image (checked after the measurements: these
+    // requests open connections of their own).
+    for n in (0..LOAD_COPIES).step_by(LOAD_COPIES / 20) {
+        fixtures::assert_identical(
+            dst.addr(),
+            &format!("load/dst{n}"),
+            "1",
+            &images[n % LOAD_IMAGES],
+        )
+        .await;
+    }
+}
+
+/// Polls `f` for up to 5 s until it is at most `target`; returns the last value.
+async fn settle(f: impl Fn() -> usize, target: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = f();
+    let mut stable = 0;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = f();
+        if now <= target && now == last {
+            stable += 1;
+            if stable >= 3 {
+                return now;
+            }
+        } else {
+            stable = 0;
+        }
+        last = now;
+    }
+    last
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// `(VmRSS, VmHWM)` of this process in KiB.
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// ESTABLISHED TCP connections of this process to 127.0.0.1 on one of `ports`.
+fn established_to(ports: &[String]) -> usize {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_string)
+        })
+        .collect();
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{:04X}", p.parse::<u16>().unwrap()))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.len() > 9
+                && cols[3] == "01"
+                && ports.iter().any(|p| cols[2].ends_with(&format!(":{p}")))
+                && ours.contains(cols[9])
+        })
+        .count()
+}
