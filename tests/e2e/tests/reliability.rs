@@ -666,6 +666,67 @@ async fn random_fault_mix_over_seeds_is_identical_or_absent() {
     );
 }
 
+// === bad input from a registry ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_blob_sizes_in_a_source_manifest_fail_cleanly() {
+    let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let t = fixtures::Target::plain(src.addr());
+    let config = t
+        .push_blob("huge", bytes::Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let a = t
+        .push_blob("huge", bytes::Bytes::from(vec![1u8; 4096]))
+        .await
+        .unwrap();
+    let b = t
+        .push_blob("huge", bytes::Bytes::from(vec![2u8; 4096]))
+        .await
+        .unwrap();
+    let c = t
+        .push_blob("huge", bytes::Bytes::from(vec![3u8; 4096]))
+        .await
+        .unwrap();
+    // The registry checks that the blobs exist, not their sizes (it takes any int64):
+    // three layers claiming about i64::MAX bytes each, whose sum overflows a u64.
+    let huge = i64::MAX as u64;
+    let layer = |digest: &str, size: u64| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size});
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": fixtures::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+        "layers": [layer(&a, huge), layer(&b, huge - 1), layer(&c, huge - 2)],
+    });
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    t.put_manifest("huge", "1", fixtures::OCI_MANIFEST, &bytes)
+        .await
+        .unwrap();
+    let (e, _) = observed_engine(&[src.addr(), dst.addr()]);
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        e.sync(
+            &r(&src.reference("huge:1")),
+            &r(&dst.reference("huge:1")),
+            &SyncOptions::default(),
+        ),
+    )
+    .await
+    .expect("hung")
+    .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Transient | ErrorKind::Integrity),
+        "{err}"
+    );
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "huge", "1").await,
+        404
+    );
+    for blob in [&a, &b, &c] {
+        assert_eq!(fixtures::blob_status(dst.addr(), "huge", blob).await, 404);
+    }
+}
+
 // === registry variety ===
 
 async fn imagesync_cli(args: &[&str]) -> std::process::Output {
