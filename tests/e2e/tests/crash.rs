@@ -339,7 +339,8 @@ async fn absent_or_one_of(
     let Some(i) = images.iter().position(|img| img.digest == d) else {
         panic!("{context}: {repo}:{tag} holds {d}, none of the expected images");
     };
-    fixtures::assert_identical(reg.addr(), repo, tag, images[i]).await;
+    // By digest: the tag may move meanwhile (racing writers).
+    fixtures::assert_identical(reg.addr(), repo, &d, images[i]).await;
     Some(i)
 }
 
@@ -479,5 +480,504 @@ pub(crate) async fn cli_killed_at_22_points_converges() {
         exercised.len(),
         started.elapsed(),
         exercised.join(", ")
+    );
+}
+
+// === controller ===
+
+/// Creates `ns/name` copying `source` to `destination` (re-checks every 2 s).
+async fn create_image_sync(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    source: &str,
+    destination: &str,
+) {
+    use imagesync_controller::api::ImageSync;
+    let obj: ImageSync = serde_json::from_value(serde_json::json!({
+        "apiVersion": "imagesync.dev/v1alpha1",
+        "kind": "ImageSync",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"source": source, "destination": destination, "resyncInterval": "2s"},
+    }))
+    .unwrap();
+    kube::Api::<ImageSync>::namespaced(client.clone(), ns)
+        .create(&kube::api::PostParams::default(), &obj)
+        .await
+        .unwrap();
+}
+
+/// Whether every `(namespace, name)` is Ready with `digest`.
+async fn all_ready(client: &kube::Client, objects: &[(String, String)], digest: &str) -> bool {
+    use imagesync_controller::api::ImageSync;
+    for (ns, name) in objects {
+        let api = kube::Api::<ImageSync>::namespaced(client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(Some(o)) if crate::controller::ready_with(&o, digest) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The harness of [`controller_killed_at_22_points_converges`].
+struct ControllerCrash {
+    api: imagesync_e2e::kube::ApiServer,
+    client: kube::Client,
+    src: Registry,
+    dst: Registry,
+    image: Pushed,
+    old: Pushed,
+}
+
+/// What one round did.
+struct Round {
+    proxy: KillProxy,
+    objects: Vec<(String, String)>,
+    repos: Vec<String>,
+    requests: usize,
+    report: String,
+}
+
+impl ControllerCrash {
+    fn args(&self, proxies: &[&KillProxy], ns: Option<&str>, extra: &[&str]) -> Vec<String> {
+        let mut a = vec![
+            "--insecure-registry".to_string(),
+            self.src.addr().to_string(),
+        ];
+        for p in proxies {
+            a.push("--insecure-registry".into());
+            a.push(p.addr().to_string());
+        }
+        if let Some(ns) = ns {
+            a.push("--namespace".into());
+            a.push(ns.to_string());
+        }
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    /// Round `r` in namespace `crash-r{r}`: two objects behind a fresh kill proxy (in odd
+    /// rounds the destinations already hold another image), a controller watching only
+    /// that namespace, killed at the `n`th destination request; `None` runs to Ready.
+    async fn round(&self, r: usize, n: Option<usize>) -> Round {
+        use crate::controller::ControllerProc;
+        let round_started = Instant::now();
+        let ns = format!("crash-r{r}");
+        self.api.create_namespace(&ns).await;
+        let proxy = KillProxy::start(self.dst.addr()).await;
+        proxy.arm(n.unwrap_or(usize::MAX));
+        let update = r % 2 == 1;
+        let mut objects = Vec::new();
+        let mut repos = Vec::new();
+        for m in 0..2 {
+            let repo = format!("crash/r{r}-{m}");
+            if update {
+                fixtures::push_index_with(self.dst.addr(), &repo, "1", crash_spec(82)).await;
+            }
+            let name = format!("obj{m}");
+            create_image_sync(
+                &self.client,
+                &ns,
+                &name,
+                &self.src.reference("app:1"),
+                &format!("{}/{repo}:1", proxy.addr()),
+            )
+            .await;
+            objects.push((ns.clone(), name));
+            repos.push(repo);
+        }
+        let a = self.args(&[&proxy], Some(&ns), &[]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let prepared = round_started.elapsed();
+        let mut c = ControllerProc::start(self.api.kubeconfig(), self.api.dir(), &ns, &a);
+        proxy.set_pid(c.child.id());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let Some(n) = n else {
+            while !all_ready(&self.client, &objects, &self.image.digest).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "calibration: not Ready\n{}",
+                    c.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            c.kill();
+            let requests = proxy.requests();
+            return Round {
+                proxy,
+                objects,
+                repos,
+                requests,
+                report: String::new(),
+            };
+        };
+        // A round that copies with fewer requests than calibrated reaches `n` with the
+        // re-checks (HEAD every 2 s) that follow.
+        let fired = loop {
+            if let Some(f) = proxy.fired() {
+                break f;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {r}: kill point {n} not reached\n{}",
+                c.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Reap it, then let the held requests fail.
+        while c.is_running() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        c.kill();
+        proxy.release();
+        let context = format!("controller kill point {n} ({})", fired.request);
+        let mut held = Vec::new();
+        for repo in &repos {
+            let h =
+                absent_or_one_of(&self.dst, repo, "1", &[&self.image, &self.old], &context).await;
+            if update {
+                assert!(h.is_some(), "{context}: {repo}: the old tag vanished");
+            }
+            held.push(match h {
+                None => "absent",
+                Some(0) => "new",
+                Some(_) => "old",
+            });
+        }
+        Round {
+            proxy,
+            objects,
+            repos,
+            requests: n,
+            report: format!(
+                "#{n} {} (tags: {}, {:.1}s+{:.1}s)",
+                fired.request,
+                held.join("+"),
+                prepared.as_secs_f64(),
+                (round_started.elapsed() - prepared).as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// SIGKILL `imagesync-controller` at 22 destination-request ordinals, one per round
+/// (three rounds at a time). Each round has its own namespace (its controller watches
+/// only that one) with two `ImageSync` objects copying a 10-blob index behind a fresh
+/// kill proxy; in every other round the destination tags already hold another image.
+/// After each kill every destination tag of the round is absent or a complete image (the
+/// old or the new one); then one restarted controller (all namespaces) makes every
+/// object Ready with the source digest and a byte-identical image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn controller_killed_at_22_points_converges() {
+    use crate::controller::{cluster, ControllerProc};
+    use futures::StreamExt;
+
+    let started = Instant::now();
+    let (api, src, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
+    let client = api.client().await;
+    let image = fixtures::push_index_with(src.addr(), "app", "1", crash_spec(81)).await;
+    let old = fixtures::push_index_with(src.addr(), "old", "1", crash_spec(82)).await;
+    let h = ControllerCrash {
+        api,
+        client,
+        src,
+        dst,
+        image,
+        old,
+    };
+
+    // Calibrate: the destination requests of a round without a kill.
+    let calibration = h.round(0, None).await;
+    let total = calibration.requests;
+    let points = spread(22, total);
+    let mut rounds: Vec<Round> = futures::stream::iter(
+        points
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| h.round(i + 1, Some(n))),
+    )
+    .buffered(3)
+    .collect()
+    .await;
+    let kills = rounds.len();
+    let report: Vec<String> = rounds.iter().map(|r| r.report.clone()).collect();
+    rounds.push(calibration);
+
+    // Restart: everything converges.
+    let restarted = Instant::now();
+    let proxies: Vec<&KillProxy> = rounds.iter().map(|r| &r.proxy).collect();
+    let a = h.args(&proxies, None, &["--concurrency", "16"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let c = ControllerProc::start(h.api.kubeconfig(), h.api.dir(), "final", &a);
+    let objects: Vec<(String, String)> = rounds.iter().flat_map(|r| r.objects.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !all_ready(&h.client, &objects, &h.image.digest).await {
+        assert!(
+            Instant::now() < deadline,
+            "not every object Ready after the restart\n{}",
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for repo in rounds.iter().flat_map(|r| r.repos.iter()) {
+        fixtures::assert_identical(h.dst.addr(), repo, "1", &h.image).await;
+    }
+    eprintln!(
+        "controller: {kills} kill points over {total} destination requests per round, {} objects, converged {:.1}s after the restart, {:?} in all: {}",
+        objects.len(),
+        restarted.elapsed().as_secs_f64(),
+        started.elapsed(),
+        report.join(", ")
+    );
+}
+
+// === two controllers without leader election ===
+
+/// The digest of `repo:tag` on `reg` (None when absent).
+async fn tag_digest(reg: &Registry, repo: &str, tag: &str) -> Option<String> {
+    fixtures::get_manifest(reg.addr(), repo, tag)
+        .await
+        .map(|(_, b)| fixtures::sha256(&b))
+}
+
+/// Two controllers, both without `--leader-elect`, reconcile the same objects:
+/// - six objects copy one image to six tags of one repository at the same time, then
+///   three are deleted while both run: the deleted tags go, the others stay complete
+///   (their shared layers survive);
+/// - two owners (`team-a/owner`, `team-b/owner`) copy different images to the SAME
+///   tag. Each re-check sees the other's image as an overwrite and copies its own again
+///   (Warning `DestinationOverwritten`): the tag flips between the two images, and at
+///   any moment holds the last writer's image, always complete. Once `team-a/owner` is
+///   suspended, `team-b/owner`'s image stays. Deleting `team-a/owner` then must not
+///   delete the tag (it points at the digest `team-b/owner` holds): the finalizer is
+///   released with a Warning `DeleteFailed`; deleting `team-b/owner` removes the tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn two_controllers_without_leader_election() {
+    use crate::controller::{
+        cluster, event_reasons, image_sync_yaml, ready_with, reason, wait_event, wait_for,
+        wait_gone, ControllerProc,
+    };
+    use imagesync_controller::api::ImageSync;
+    use kube::Api;
+
+    let started = Instant::now();
+    let (api, src, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
+    let client = api.client().await;
+    let shared = fixtures::push_index_with(src.addr(), "shared", "1", crash_spec(91)).await;
+    let image_a = fixtures::push_index_with(src.addr(), "owner-a", "1", crash_spec(92)).await;
+    let image_b = fixtures::push_index_with(src.addr(), "owner-b", "1", crash_spec(93)).await;
+    let args = [
+        "--insecure-registry",
+        src.addr(),
+        "--insecure-registry",
+        dst.addr(),
+    ];
+    let mut c1 = ControllerProc::start(api.kubeconfig(), api.dir(), "one", &args);
+    let mut c2 = ControllerProc::start(api.kubeconfig(), api.dir(), "two", &args);
+    let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "default");
+
+    // Six objects, one repository.
+    let mut yaml = String::new();
+    for i in 0..6 {
+        yaml.push_str(&image_sync_yaml(
+            "default",
+            &format!("same-repo-{i}"),
+            &src.reference("shared:1"),
+            &dst.reference(&format!("same/app:t{i}")),
+            "",
+        ));
+        yaml.push_str("---\n");
+    }
+    api.apply_yaml(&yaml);
+    for i in 0..6 {
+        wait_for(
+            &isyncs,
+            &format!("same-repo-{i}"),
+            Duration::from_secs(90),
+            "Ready",
+            Some(&c1),
+            |o| ready_with(o, &shared.digest),
+        )
+        .await;
+    }
+    for i in 0..6 {
+        fixtures::assert_identical(dst.addr(), "same/app", &format!("t{i}"), &shared).await;
+    }
+    api.kubectl(&[
+        "delete",
+        "isync",
+        "-n",
+        "default",
+        "same-repo-0",
+        "same-repo-2",
+        "same-repo-4",
+        "--wait=false",
+    ]);
+    for i in [0, 2, 4] {
+        wait_gone(
+            &isyncs,
+            &format!("same-repo-{i}"),
+            Duration::from_secs(60),
+            &c1,
+        )
+        .await;
+    }
+    for i in 0..6 {
+        let tag = format!("t{i}");
+        let present = absent_or_one_of(&dst, "same/app", &tag, &[&shared], "same repo").await;
+        if i % 2 == 0 {
+            assert!(present.is_none(), "deleted object's tag {tag} survived");
+        } else {
+            assert!(present.is_some(), "tag {tag} of a live object was deleted");
+            let obj = isyncs.get(&format!("same-repo-{i}")).await.unwrap();
+            assert!(ready_with(&obj, &shared.digest), "{:?}", obj.status);
+        }
+    }
+    // Both controllers did reconcile.
+    for c in [&c1, &c2] {
+        assert!(
+            c.metric("imagesync_reconciles_total").await > 0.0,
+            "{}",
+            c.log_text()
+        );
+    }
+
+    // Two owners, one tag.
+    api.create_namespace("team-a").await;
+    api.create_namespace("team-b").await;
+    let contested = dst.reference("contested/app:1");
+    let owner = |ns: &str, source: &str, extra: &str| {
+        image_sync_yaml(ns, "owner", &src.reference(source), &contested, extra)
+    };
+    api.apply_yaml(&format!(
+        "{}---\n{}",
+        owner("team-a", "owner-a:1", ""),
+        owner("team-b", "owner-b:1", "")
+    ));
+    let team_a: Api<ImageSync> = Api::namespaced(client.clone(), "team-a");
+    let team_b: Api<ImageSync> = Api::namespaced(client.clone(), "team-b");
+    // The fight: every sample is one complete image; both get written.
+    let mut seen = [0usize; 2];
+    let mut samples = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (seen[0] == 0 || seen[1] == 0 || samples < 40) && Instant::now() < deadline {
+        if let Some(i) = absent_or_one_of(
+            &dst,
+            "contested/app",
+            "1",
+            &[&image_a, &image_b],
+            "contested",
+        )
+        .await
+        {
+            seen[i] += 1;
+        }
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "both owners' images should have been written: {seen:?} in {samples} samples"
+    );
+    let overwritten =
+        |events: &[(String, String)]| events.iter().any(|(r, _)| r == "DestinationOverwritten");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = event_reasons(&client, "team-a", "owner").await;
+        let b = event_reasons(&client, "team-b", "owner").await;
+        if overwritten(&a) || overwritten(&b) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DestinationOverwritten: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // team-a/owner has written its image at least once; suspend it: team-b/owner wins.
+    wait_for(
+        &team_a,
+        "owner",
+        Duration::from_secs(30),
+        "a synced",
+        Some(&c1),
+        |o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.destination_digest.as_deref())
+                == Some(image_a.digest.as_str())
+        },
+    )
+    .await;
+    api.apply_yaml(&owner("team-a", "owner-a:1", "suspend: true"));
+    wait_for(
+        &team_a,
+        "owner",
+        Duration::from_secs(30),
+        "Suspended",
+        Some(&c1),
+        |o| reason(o).as_deref() == Some("Suspended"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tag_digest(&dst, "contested/app", "1").await.as_deref() != Some(image_b.digest.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "team-b/owner did not take the tag back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(
+        &team_b,
+        "owner",
+        Duration::from_secs(30),
+        "b Ready",
+        Some(&c1),
+        |o| ready_with(o, &image_b.digest),
+    )
+    .await;
+    // The suspended owner still records its own digest.
+    let a_status = team_a.get("owner").await.unwrap().status.unwrap();
+    assert_eq!(
+        a_status.destination_digest.as_deref(),
+        Some(image_a.digest.as_str())
+    );
+
+    // Deleting team-a/owner leaves team-b/owner's tag alone.
+    api.kubectl(&["delete", "isync", "-n", "team-a", "owner", "--wait=false"]);
+    wait_gone(&team_a, "owner", Duration::from_secs(60), &c1).await;
+    let note = wait_event(&client, "team-a", "owner", "DeleteFailed").await;
+    assert!(note.contains("not deleted"), "{note}");
+    assert_eq!(
+        absent_or_one_of(
+            &dst,
+            "contested/app",
+            "1",
+            &[&image_b],
+            "after deleting team-a"
+        )
+        .await,
+        Some(0)
+    );
+    fixtures::assert_identical(dst.addr(), "contested/app", "1", &image_b).await;
+    // ... and stays so across the re-checks of team-b/owner.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fixtures::assert_identical(dst.addr(), "contested/app", "1", &image_b).await;
+    let b = team_b.get("owner").await.unwrap();
+    assert!(ready_with(&b, &image_b.digest), "{:?}", b.status);
+
+    // Deleting team-b/owner, which holds the tag, removes it.
+    api.kubectl(&["delete", "isync", "-n", "team-b", "owner", "--wait=false"]);
+    wait_gone(&team_b, "owner", Duration::from_secs(60), &c1).await;
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "contested/app", "1").await,
+        404
+    );
+    assert!(c1.is_running() && c2.is_running());
+    eprintln!(
+        "two controllers: contested tag samples {seen:?} (a, b) of {samples}, {:?}",
+        started.elapsed()
     );
 }
