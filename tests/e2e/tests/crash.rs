@@ -39,6 +39,9 @@ struct KillState {
     pid: Option<u32>,
     fired: Option<Fired>,
     holding: bool,
+    /// Tag PUTs wait until this many are waiting, then all go on together.
+    gate: Option<usize>,
+    at_gate: usize,
 }
 
 struct KillShared {
@@ -130,6 +133,19 @@ impl KillProxy {
         self.shared.count.load(Ordering::SeqCst)
     }
 
+    /// Manifest PUTs by tag wait until `n` of them are waiting (or 60 s passed), then all
+    /// go on at once: `n` writers race for tags with their whole images uploaded.
+    fn gate_tag_puts(&self, n: usize) {
+        let mut st = lock(&self.shared.state);
+        st.gate = Some(n);
+        st.at_gate = 0;
+    }
+
+    /// Tag PUTs that passed the gate.
+    fn gated(&self) -> usize {
+        lock(&self.shared.state).at_gate
+    }
+
     /// Held requests fail (the process that sent them is dead); later ones pass.
     fn release(&self) {
         let mut st = lock(&self.shared.state);
@@ -197,6 +213,20 @@ async fn handle(s: &KillShared, req: Request<hyper::body::Incoming>) -> Response
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         return text_response(502, "held by the kill proxy");
+    }
+    if req.method() == hyper::Method::PUT
+        && kind(req.method(), req.uri().path()) == "PUT manifest by tag"
+    {
+        let gate = {
+            let mut st = lock(&s.state);
+            st.gate.inspect(|_| st.at_gate += 1)
+        };
+        if let Some(n) = gate {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while lock(&s.state).at_gate < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
     match forward(s, req).await {
         Ok(r) => r,
@@ -978,6 +1008,115 @@ pub(crate) async fn two_controllers_without_leader_election() {
     assert!(c1.is_running() && c2.is_running());
     eprintln!(
         "two controllers: contested tag samples {seen:?} (a, b) of {samples}, {:?}",
+        started.elapsed()
+    );
+}
+
+// === two Terraform applies ===
+
+/// Two Terraform working directories (1.11.4) whose resources copy different images to
+/// the same destination tag, applied at the same time: both applies end (success or a
+/// clear error), the tag holds one complete image, and the winner's state `id` names it.
+/// Destroying the loser (its digest is no longer at the tag) leaves the tag with a
+/// warning; destroying the winner removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn two_terraform_applies_race_on_one_destination() {
+    use crate::terraform::{combined, resource, Tf};
+
+    let started = Instant::now();
+    let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let images = [
+        fixtures::push_index_with(src.addr(), "a", "1", crash_spec(101)).await,
+        fixtures::push_index_with(src.addr(), "b", "1", crash_spec(102)).await,
+    ];
+    // Both tag PUTs wait for each other at the proxy: the applies really race.
+    let gate = KillProxy::start(dst.addr()).await;
+    gate.gate_tag_puts(2);
+    let destination = format!("{}/race/app:1", gate.addr());
+    let tfs = [Tf::new("1.11.4"), Tf::new("1.11.4")];
+    for (tf, source) in tfs.iter().zip(["a:1", "b:1"]) {
+        tf.config_with(
+            &format!(
+                "insecure_registries = [\"{}\", \"{}\"]",
+                src.addr(),
+                gate.addr()
+            ),
+            &resource("app", &src.reference(source), &destination),
+        );
+        tf.init().await;
+    }
+    let apply = ["apply", "-auto-approve", "-input=false", "-no-color"];
+    let (out_a, out_b) = tokio::join!(tfs[0].run(&apply), tfs[1].run(&apply));
+    let outs = [out_a, out_b];
+    let gated = gate.gated();
+    assert_eq!(gated, 2, "both applies must reach the tag PUT");
+    let mut succeeded = Vec::new();
+    for (i, out) in outs.iter().enumerate() {
+        if out.status.success() {
+            succeeded.push(i);
+        } else {
+            // A clear error, not a crash.
+            let text = combined(out);
+            assert!(
+                text.contains("Error:"),
+                "apply {i} failed without a diagnostic:\n{text}"
+            );
+            assert!(!text.contains("panic"), "apply {i}:\n{text}");
+        }
+    }
+    assert!(
+        !succeeded.is_empty(),
+        "neither apply succeeded:\n{}\n{}",
+        combined(&outs[0]),
+        combined(&outs[1])
+    );
+    let Some(held) = absent_or_one_of(
+        &dst,
+        "race/app",
+        "1",
+        &[&images[0], &images[1]],
+        "after the race",
+    )
+    .await
+    else {
+        panic!("no tag after two applies");
+    };
+    fixtures::assert_identical(dst.addr(), "race/app", "1", &images[held]).await;
+    let winner = held;
+    let loser = 1 - held;
+    assert!(
+        succeeded.contains(&winner),
+        "the image at the tag comes from a failed apply"
+    );
+    let id = |i: usize| format!("{}/race/app@{}", gate.addr(), images[i].digest);
+    assert_eq!(
+        tfs[winner].state_values("imagesync.app").await["id"],
+        id(winner)
+    );
+
+    let destroy = ["destroy", "-auto-approve", "-input=false", "-no-color"];
+    if succeeded.contains(&loser) {
+        assert_eq!(
+            tfs[loser].state_values("imagesync.app").await["id"],
+            id(loser)
+        );
+        // The loser's destroy refreshes (its id now names the winner's digest) but deletes
+        // only what it wrote: nothing.
+        let out = tfs[loser].run(&destroy).await;
+        let text = combined(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("not ours"), "expected a warning:\n{text}");
+        fixtures::assert_identical(dst.addr(), "race/app", "1", &images[winner]).await;
+    }
+    let out = tfs[winner].run(&destroy).await;
+    assert!(out.status.success(), "{}", combined(&out));
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "race/app", "1").await,
+        404
+    );
+    eprintln!(
+        "terraform race: {} tag PUTs released together, applies succeeded {succeeded:?}, winner {winner}, {:?}",
+        gated,
         started.elapsed()
     );
 }
