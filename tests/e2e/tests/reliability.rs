@@ -734,6 +734,80 @@ async fn absurd_blob_sizes_in_a_source_manifest_fail_cleanly() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_nested_in_indexes_copy_up_to_the_limit_and_fail_cleanly_beyond() {
+    let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let t = fixtures::Target::plain(src.addr());
+    let image = t
+        .push_image("nest", "image", &fixtures::FixtureSpec::seeded(1201))
+        .await
+        .unwrap();
+    // index1 -> image, index2 -> index1, ... each pushed by digest, the chain tagged.
+    let (mut digest, mut media_type, mut size) = (
+        image.digest.clone(),
+        image.media_type.clone(),
+        image.manifest.len(),
+    );
+    let mut chain = vec![(digest.clone(), image.manifest.clone())];
+    for level in 1..=8 {
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": fixtures::OCI_INDEX,
+            "manifests": [{"mediaType": media_type, "digest": digest, "size": size}],
+        }))
+        .unwrap();
+        let d = t
+            .put_manifest(
+                "nest",
+                &format!("level{level}"),
+                fixtures::OCI_INDEX,
+                &index,
+            )
+            .await
+            .unwrap();
+        (digest, media_type, size) = (d.clone(), fixtures::OCI_INDEX.to_string(), index.len());
+        chain.push((d, index));
+    }
+    let (e, _) = observed_engine(&[src.addr(), dst.addr()]);
+    // Three levels of indexes: copied exactly, every level by digest.
+    let out = e
+        .sync(
+            &r(&src.reference("nest:level3")),
+            &r(&dst.reference("nest:level3")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.destination_digest.as_str(), chain[3].0);
+    assert_eq!(out.manifests_pushed, 4, "{out:?}");
+    for (d, bytes) in &chain[..=3] {
+        let (_, got) = fixtures::get_manifest(dst.addr(), "nest", d).await.unwrap();
+        assert_eq!(&got, bytes, "{d}");
+    }
+    for blob in &image.blobs {
+        assert_eq!(fixtures::blob_status(dst.addr(), "nest", blob).await, 200);
+    }
+    // Eight levels: refused as unsupported input before anything is written.
+    let err = e
+        .sync(
+            &r(&src.reference("nest:level8")),
+            &r(&dst.reference("nest:level8")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("nested"), "{err}");
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "nest", "level8").await,
+        404
+    );
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "nest", &chain[8].0).await,
+        404
+    );
+}
+
 // === registry variety ===
 
 async fn imagesync_cli(args: &[&str]) -> std::process::Output {
