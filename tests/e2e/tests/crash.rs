@@ -329,49 +329,140 @@ fn references(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
     (children, blobs)
 }
 
-/// The digest `repo:tag` points at on the plain registry `addr` (None when absent),
-/// after checking that every child manifest and blob it references is present there.
-/// Panics (with `context`) on a dangling reference.
-async fn tag_complete(addr: &str, repo: &str, tag: &str, context: &str) -> Option<String> {
-    let (_, bytes) = fixtures::get_manifest(addr, repo, tag).await?;
-    let digest = fixtures::sha256(&bytes);
-    let mut stack = vec![bytes];
-    while let Some(bytes) = stack.pop() {
-        let (children, blobs) = references(&bytes);
-        for child in children {
-            let Some((_, b)) = fixtures::get_manifest(addr, repo, &child).await else {
-                panic!("{context}: {repo}:{tag} ({digest}) references missing manifest {child}");
-            };
-            assert_eq!(fixtures::sha256(&b), child, "{context}: child bytes");
-            stack.push(b);
-        }
-        for blob in blobs {
-            let status = fixtures::blob_status(addr, repo, &blob).await;
-            assert_eq!(
-                status, 200,
-                "{context}: {repo}:{tag} ({digest}) references missing blob {blob}"
-            );
-        }
-    }
-    Some(digest)
+/// Reads a plain-HTTP registry with one client (building a client per request, as the
+/// fixtures helpers do, costs more than the request here).
+struct Dest {
+    client: reqwest::Client,
+    addr: String,
 }
 
-/// `repo:tag` is absent, or it is exactly one of `images` with everything it references.
-/// Returns the index in `images` of the one it holds.
-async fn absent_or_one_of(
-    reg: &Registry,
-    repo: &str,
-    tag: &str,
-    images: &[&Pushed],
-    context: &str,
-) -> Option<usize> {
-    let d = tag_complete(reg.addr(), repo, tag, context).await?;
-    let Some(i) = images.iter().position(|img| img.digest == d) else {
-        panic!("{context}: {repo}:{tag} holds {d}, none of the expected images");
-    };
-    // By digest: the tag may move meanwhile (racing writers).
-    fixtures::assert_identical(reg.addr(), repo, &d, images[i]).await;
-    Some(i)
+impl Dest {
+    fn new(reg: &Registry) -> Dest {
+        Dest {
+            client: reqwest::Client::new(),
+            addr: reg.addr().to_string(),
+        }
+    }
+
+    /// Media type and bytes of `repo:reference` (None on 404).
+    async fn get(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
+        let resp = self
+            .client
+            .get(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.addr
+            ))
+            .header(
+                reqwest::header::ACCEPT,
+                [
+                    fixtures::OCI_INDEX,
+                    fixtures::OCI_MANIFEST,
+                    fixtures::DOCKER_LIST,
+                    fixtures::DOCKER_MANIFEST,
+                ]
+                .join(", "),
+            )
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(
+            resp.status().is_success(),
+            "GET {repo}:{reference}: {}",
+            resp.status()
+        );
+        let ct = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Some((ct, resp.bytes().await.unwrap().to_vec()))
+    }
+
+    async fn blob_status(&self, repo: &str, digest: &str) -> u16 {
+        self.client
+            .head(format!("http://{}/v2/{repo}/blobs/{digest}", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The digest `repo:tag` points at (None when absent).
+    async fn tag_digest(&self, repo: &str, tag: &str) -> Option<String> {
+        self.get(repo, tag).await.map(|(_, b)| fixtures::sha256(&b))
+    }
+
+    /// What `repo:tag` holds (None when absent), after checking that every child manifest
+    /// and blob it references is present. Panics (with `context`) on a dangling reference.
+    async fn complete(&self, repo: &str, tag: &str, context: &str) -> Option<(String, Vec<u8>)> {
+        let (ct, bytes) = self.get(repo, tag).await?;
+        let digest = fixtures::sha256(&bytes);
+        let mut stack = vec![bytes.clone()];
+        while let Some(b) = stack.pop() {
+            let (children, blobs) = references(&b);
+            for child in children {
+                let Some((_, cb)) = self.get(repo, &child).await else {
+                    panic!(
+                        "{context}: {repo}:{tag} ({digest}) references missing manifest {child}"
+                    );
+                };
+                assert_eq!(fixtures::sha256(&cb), child, "{context}: child bytes");
+                stack.push(cb);
+            }
+            for blob in blobs {
+                assert_eq!(
+                    self.blob_status(repo, &blob).await,
+                    200,
+                    "{context}: {repo}:{tag} ({digest}) references missing blob {blob}"
+                );
+            }
+        }
+        Some((ct, bytes))
+    }
+
+    /// `repo:tag` is absent, or it is exactly one of `images` (bytes, media type, every
+    /// child and blob). Returns the index in `images` of the one it holds.
+    async fn absent_or_one_of(
+        &self,
+        repo: &str,
+        tag: &str,
+        images: &[&Pushed],
+        context: &str,
+    ) -> Option<usize> {
+        // One GET: the tag may move meanwhile (racing writers); the walk goes by digest.
+        let (ct, bytes) = self.complete(repo, tag, context).await?;
+        let d = fixtures::sha256(&bytes);
+        let Some(i) = images.iter().position(|img| img.digest == d) else {
+            panic!("{context}: {repo}:{tag} holds {d}, none of the expected images");
+        };
+        assert_eq!(bytes, images[i].manifest, "{context}: manifest bytes");
+        assert_eq!(ct, images[i].media_type, "{context}: media type");
+        Some(i)
+    }
+
+    /// Pushes the index of `spec` to `repo:1` with raw HTTP.
+    async fn push_index(&self, repo: &str, spec: &FixtureSpec) -> Pushed {
+        let target = fixtures::Target {
+            base: format!("http://{}", self.addr),
+            client: self.client.clone(),
+            basic: None,
+        };
+        target.push_index(repo, "1", spec).await.unwrap()
+    }
+
+    /// `repo:tag` holds exactly `image`.
+    async fn identical(&self, repo: &str, tag: &str, image: &Pushed, context: &str) {
+        assert_eq!(
+            self.absent_or_one_of(repo, tag, &[image], context).await,
+            Some(0),
+            "{context}: {repo}:{tag} is missing"
+        );
+    }
 }
 
 /// A multi-blob 2-platform index: 2 x (4 layers + config) = 10 blobs of 16 KiB.
@@ -426,6 +517,7 @@ pub(crate) async fn cli_killed_at_22_points_converges() {
     // What odd kill points' destinations hold before the copy (an update, not a create).
     let old = fixtures::push_index_with(src.addr(), "old", "1", crash_spec(72)).await;
     let proxy = KillProxy::start(dst.addr()).await;
+    let check = Dest::new(&dst);
     let insecure = [src.addr(), proxy.addr()];
     let source = src.reference("app:1");
 
@@ -445,7 +537,9 @@ pub(crate) async fn cli_killed_at_22_points_converges() {
         String::from_utf8_lossy(&out.stderr)
     );
     let total = proxy.requests();
-    fixtures::assert_identical(dst.addr(), "crash/calibrate", "1", &image).await;
+    check
+        .identical("crash/calibrate", "1", &image, "calibration")
+        .await;
 
     let points = spread(22, total);
     assert!(points.len() >= 20, "{points:?}");
@@ -455,7 +549,7 @@ pub(crate) async fn cli_killed_at_22_points_converges() {
         let dst_ref = format!("{}/{repo}:1", proxy.addr());
         let update = i % 2 == 1;
         if update {
-            fixtures::push_index_with(dst.addr(), &repo, "1", crash_spec(72)).await;
+            check.push_index(&repo, &crash_spec(72)).await;
         }
         proxy.arm(n);
         let mut child = cli_copy(&source, &dst_ref, &insecure).spawn().unwrap();
@@ -472,7 +566,9 @@ pub(crate) async fn cli_killed_at_22_points_converges() {
         assert_eq!(fired.ordinal, n);
         assert!(!status.success(), "killed copy exited 0 at {fired:?}");
         let context = format!("CLI kill point {n}/{total} ({})", fired.request);
-        let held = absent_or_one_of(&dst, &repo, "1", &[&image, &old], &context).await;
+        let held = check
+            .absent_or_one_of(&repo, "1", &[&image, &old], &context)
+            .await;
         if update {
             // The old image stays complete until the new one replaces it.
             assert!(held.is_some(), "{context}: the old tag vanished");
@@ -503,7 +599,7 @@ pub(crate) async fn cli_killed_at_22_points_converges() {
             format!("{}/{repo}@{}", proxy.addr(), image.digest),
             "{context}"
         );
-        fixtures::assert_identical(dst.addr(), &repo, "1", &image).await;
+        check.identical(&repo, "1", &image, &context).await;
     }
     eprintln!(
         "CLI: {} kill points over {total} destination requests in {:?}: {}",
@@ -556,6 +652,7 @@ struct ControllerCrash {
     client: kube::Client,
     src: Registry,
     dst: Registry,
+    check: Dest,
     image: Pushed,
     old: Pushed,
 }
@@ -603,7 +700,7 @@ impl ControllerCrash {
         for m in 0..2 {
             let repo = format!("crash/r{r}-{m}");
             if update {
-                fixtures::push_index_with(self.dst.addr(), &repo, "1", crash_spec(82)).await;
+                self.check.push_index(&repo, &crash_spec(82)).await;
             }
             let name = format!("obj{m}");
             create_image_sync(
@@ -664,8 +761,10 @@ impl ControllerCrash {
         let context = format!("controller kill point {n} ({})", fired.request);
         let mut held = Vec::new();
         for repo in &repos {
-            let h =
-                absent_or_one_of(&self.dst, repo, "1", &[&self.image, &self.old], &context).await;
+            let h = self
+                .check
+                .absent_or_one_of(repo, "1", &[&self.image, &self.old], &context)
+                .await;
             if update {
                 assert!(h.is_some(), "{context}: {repo}: the old tag vanished");
             }
@@ -712,6 +811,7 @@ pub(crate) async fn controller_killed_at_22_points_converges() {
         api,
         client,
         src,
+        check: Dest::new(&dst),
         dst,
         image,
         old,
@@ -751,7 +851,9 @@ pub(crate) async fn controller_killed_at_22_points_converges() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for repo in rounds.iter().flat_map(|r| r.repos.iter()) {
-        fixtures::assert_identical(h.dst.addr(), repo, "1", &h.image).await;
+        h.check
+            .identical(repo, "1", &h.image, "after the restart")
+            .await;
     }
     eprintln!(
         "controller: {kills} kill points over {total} destination requests per round, {} objects, converged {:.1}s after the restart, {:?} in all: {}",
@@ -763,13 +865,6 @@ pub(crate) async fn controller_killed_at_22_points_converges() {
 }
 
 // === two controllers without leader election ===
-
-/// The digest of `repo:tag` on `reg` (None when absent).
-async fn tag_digest(reg: &Registry, repo: &str, tag: &str) -> Option<String> {
-    fixtures::get_manifest(reg.addr(), repo, tag)
-        .await
-        .map(|(_, b)| fixtures::sha256(&b))
-}
 
 /// Two controllers, both without `--leader-elect`, reconcile the same objects:
 /// - six objects copy one image to six tags of one repository at the same time, then
@@ -794,6 +889,7 @@ pub(crate) async fn two_controllers_without_leader_election() {
     let started = Instant::now();
     let (api, src, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
     let client = api.client().await;
+    let check = Dest::new(&dst);
     let shared = fixtures::push_index_with(src.addr(), "shared", "1", crash_spec(91)).await;
     let image_a = fixtures::push_index_with(src.addr(), "owner-a", "1", crash_spec(92)).await;
     let image_b = fixtures::push_index_with(src.addr(), "owner-b", "1", crash_spec(93)).await;
@@ -832,7 +928,9 @@ pub(crate) async fn two_controllers_without_leader_election() {
         .await;
     }
     for i in 0..6 {
-        fixtures::assert_identical(dst.addr(), "same/app", &format!("t{i}"), &shared).await;
+        check
+            .identical("same/app", &format!("t{i}"), &shared, "all Ready")
+            .await;
     }
     api.kubectl(&[
         "delete",
@@ -855,7 +953,9 @@ pub(crate) async fn two_controllers_without_leader_election() {
     }
     for i in 0..6 {
         let tag = format!("t{i}");
-        let present = absent_or_one_of(&dst, "same/app", &tag, &[&shared], "same repo").await;
+        let present = check
+            .absent_or_one_of("same/app", &tag, &[&shared], "same repo")
+            .await;
         if i % 2 == 0 {
             assert!(present.is_none(), "deleted object's tag {tag} survived");
         } else {
@@ -892,14 +992,9 @@ pub(crate) async fn two_controllers_without_leader_election() {
     let mut samples = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while (seen[0] == 0 || seen[1] == 0 || samples < 40) && Instant::now() < deadline {
-        if let Some(i) = absent_or_one_of(
-            &dst,
-            "contested/app",
-            "1",
-            &[&image_a, &image_b],
-            "contested",
-        )
-        .await
+        if let Some(i) = check
+            .absent_or_one_of("contested/app", "1", &[&image_a, &image_b], "contested")
+            .await
         {
             seen[i] += 1;
         }
@@ -952,7 +1047,7 @@ pub(crate) async fn two_controllers_without_leader_election() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tag_digest(&dst, "contested/app", "1").await.as_deref() != Some(image_b.digest.as_str()) {
+    while check.tag_digest("contested/app", "1").await.as_deref() != Some(image_b.digest.as_str()) {
         assert!(
             Instant::now() < deadline,
             "team-b/owner did not take the tag back"
@@ -981,20 +1076,19 @@ pub(crate) async fn two_controllers_without_leader_election() {
     let note = wait_event(&client, "team-a", "owner", "DeleteFailed").await;
     assert!(note.contains("not deleted"), "{note}");
     assert_eq!(
-        absent_or_one_of(
-            &dst,
-            "contested/app",
-            "1",
-            &[&image_b],
-            "after deleting team-a"
-        )
-        .await,
+        check
+            .absent_or_one_of("contested/app", "1", &[&image_b], "after deleting team-a")
+            .await,
         Some(0)
     );
-    fixtures::assert_identical(dst.addr(), "contested/app", "1", &image_b).await;
+    check
+        .identical("contested/app", "1", &image_b, "after deleting team-a")
+        .await;
     // ... and stays so across the re-checks of team-b/owner.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    fixtures::assert_identical(dst.addr(), "contested/app", "1", &image_b).await;
+    check
+        .identical("contested/app", "1", &image_b, "after more re-checks")
+        .await;
     let b = team_b.get("owner").await.unwrap();
     assert!(ready_with(&b, &image_b.digest), "{:?}", b.status);
 
@@ -1025,6 +1119,7 @@ pub(crate) async fn two_terraform_applies_race_on_one_destination() {
 
     let started = Instant::now();
     let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let check = Dest::new(&dst);
     let images = [
         fixtures::push_index_with(src.addr(), "a", "1", crash_spec(101)).await,
         fixtures::push_index_with(src.addr(), "b", "1", crash_spec(102)).await,
@@ -1070,18 +1165,15 @@ pub(crate) async fn two_terraform_applies_race_on_one_destination() {
         combined(&outs[0]),
         combined(&outs[1])
     );
-    let Some(held) = absent_or_one_of(
-        &dst,
-        "race/app",
-        "1",
-        &[&images[0], &images[1]],
-        "after the race",
-    )
-    .await
+    let Some(held) = check
+        .absent_or_one_of("race/app", "1", &[&images[0], &images[1]], "after the race")
+        .await
     else {
         panic!("no tag after two applies");
     };
-    fixtures::assert_identical(dst.addr(), "race/app", "1", &images[held]).await;
+    check
+        .identical("race/app", "1", &images[held], "after the race")
+        .await;
     let winner = held;
     let loser = 1 - held;
     assert!(
@@ -1106,7 +1198,14 @@ pub(crate) async fn two_terraform_applies_race_on_one_destination() {
         let text = combined(&out);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("not ours"), "expected a warning:\n{text}");
-        fixtures::assert_identical(dst.addr(), "race/app", "1", &images[winner]).await;
+        check
+            .identical(
+                "race/app",
+                "1",
+                &images[winner],
+                "after the loser's destroy",
+            )
+            .await;
     }
     let out = tfs[winner].run(&destroy).await;
     assert!(out.status.success(), "{}", combined(&out));
