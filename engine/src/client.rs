@@ -2,7 +2,7 @@
 //! typed errors, and the manifest, blob and tag operations of the distribution API.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,10 @@ pub struct RetryPolicy {
     pub deadline: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Longest wait for a registry's next bytes: its answer, the next part of a body,
+    /// or (uploads) taking the next bytes we send. The attempt then fails as a transient
+    /// error and is retried, so a registry that stops answering cannot hang a sync.
+    pub stall_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -47,6 +51,7 @@ impl Default for RetryPolicy {
             max_retry_after: Duration::from_secs(120),
             deadline: crate::DEFAULT_DEADLINE,
             connect_timeout: Duration::from_secs(15),
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -260,6 +265,9 @@ const CREDENTIAL_TTL: Duration = Duration::from_secs(300);
 /// Chunk size used when a registry refuses monolithic uploads (ECR needs >= 5 MiB).
 const CHUNK_SIZE: usize = 8 * 1024 * 1024;
 
+/// How long an error answer's body may take to arrive.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -309,6 +317,70 @@ impl Client {
             o.observe(&self.inner.registry, operation, status);
         }
         result
+    }
+
+    /// The error of a request the registry left unanswered for the stall timeout,
+    /// reported to the observer as a request without an answer.
+    fn stalled(&self, operation: &'static str, reference: &str) -> Error {
+        if let Some(o) = &self.inner.observer {
+            o.observe(&self.inner.registry, operation, None);
+        }
+        Error::Stalled {
+            operation,
+            reference: reference.to_string(),
+            after: self.inner.retry.stall_timeout,
+        }
+    }
+
+    /// Sends `req`; fails when the registry does not answer within the stall timeout.
+    async fn send_once(
+        &self,
+        operation: &'static str,
+        reference: &str,
+        req: RequestBuilder,
+    ) -> Result<Response> {
+        match tokio::time::timeout(self.inner.retry.stall_timeout, req.send()).await {
+            Ok(result) => self
+                .observed(operation, result)
+                .map_err(|e| Error::Transport {
+                    operation,
+                    reference: reference.to_string(),
+                    source: e,
+                }),
+            Err(_) => Err(self.stalled(operation, reference)),
+        }
+    }
+
+    /// Reads a small body whole; fails when it stops arriving for the stall timeout.
+    async fn body(
+        &self,
+        operation: &'static str,
+        reference: &str,
+        resp: Response,
+    ) -> Result<Bytes> {
+        let stall = self.inner.retry.stall_timeout;
+        let mut stream = resp.bytes_stream();
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match tokio::time::timeout(stall, stream.next()).await {
+                Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+                Ok(Some(Err(e))) => {
+                    return Err(Error::Transport {
+                        operation,
+                        reference: reference.to_string(),
+                        source: e,
+                    })
+                }
+                Ok(None) => return Ok(buf.freeze()),
+                Err(_) => {
+                    return Err(Error::Stalled {
+                        operation,
+                        reference: reference.to_string(),
+                        after: stall,
+                    })
+                }
+            }
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -427,11 +499,7 @@ impl Client {
             #[serde(default)]
             expires_in: Option<u64>,
         }
-        let body = resp.bytes().await.map_err(|e| Error::Transport {
-            operation: "GET token",
-            reference: what.clone(),
-            source: e,
-        })?;
+        let body = self.body("GET token", &what, resp).await?;
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| Error::Registry {
             kind: ErrorKind::Unauthorized,
             operation: "GET token",
@@ -495,8 +563,7 @@ impl Client {
             if let Some(h) = self.auth_header(scopes).await? {
                 req = req.header(AUTHORIZATION, h);
             }
-            let result = self.observed(operation, req.send().await);
-            let err = match result {
+            let err = match self.send_once(operation, reference, req).await {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthenticated => {
                     reauthenticated = true;
                     let challenge = resp
@@ -532,11 +599,7 @@ impl Client {
                         return Ok(resp);
                     }
                 }
-                Err(e) => Error::Transport {
-                    operation,
-                    reference: reference.to_string(),
-                    source: e,
-                },
+                Err(e) => e,
             };
             self.backoff(operation, reference, attempt, started, err)
                 .await?;
@@ -554,7 +617,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let err = match self.observed(operation, build().send().await) {
+            let err = match self.send_once(operation, reference, build()).await {
                 Ok(resp)
                     if resp.status().is_server_error()
                         || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
@@ -562,11 +625,7 @@ impl Client {
                     error_from_response(operation, reference, resp).await
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) => Error::Transport {
-                    operation,
-                    reference: reference.to_string(),
-                    source: e,
-                },
+                Err(e) => e,
             };
             self.backoff(operation, reference, attempt, started, err)
                 .await?;
@@ -678,7 +737,7 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
                 .unwrap_or_default();
-            match resp.bytes().await {
+            match self.body("GET manifest", &what, resp).await {
                 Ok(bytes) => {
                     let digest = Digest::of(&bytes);
                     if let Some(pinned) = reference.digest() {
@@ -696,12 +755,7 @@ impl Client {
                         digest,
                     });
                 }
-                Err(e) => {
-                    let err = Error::Transport {
-                        operation: "GET manifest",
-                        reference: what.clone(),
-                        source: e,
-                    };
+                Err(err) => {
                     self.backoff("GET manifest", &what, attempt, started, err)
                         .await?;
                 }
@@ -919,6 +973,14 @@ impl Client {
                 .await;
         }
         let url = with_digest_query(location, digest);
+        // The upload may take long; it has stalled only when no byte moved (from the
+        // source into the request) for the stall timeout.
+        let started = Instant::now();
+        let last_progress = Arc::new(AtomicU64::new(0));
+        let progress = last_progress.clone();
+        let body = body.inspect(move |_| {
+            progress.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        });
         let mut req = self
             .inner
             .http
@@ -929,13 +991,28 @@ impl Client {
         if let Some(h) = self.auth_header(&[Scope::push(repository)]).await? {
             req = req.header(AUTHORIZATION, h);
         }
-        let resp = self
-            .observed("PUT blob", req.send().await)
-            .map_err(|e| Error::Transport {
-                operation: "PUT blob",
-                reference: what.clone(),
-                source: e,
-            })?;
+        let stall = self.inner.retry.stall_timeout;
+        let watchdog = async {
+            loop {
+                let idle = started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last_progress.load(Ordering::Relaxed)));
+                if idle >= stall {
+                    break;
+                }
+                tokio::time::sleep(stall - idle).await;
+            }
+        };
+        let resp = tokio::select! {
+            result = req.send() => self
+                .observed("PUT blob", result)
+                .map_err(|e| Error::Transport {
+                    operation: "PUT blob",
+                    reference: what.clone(),
+                    source: e,
+                })?,
+            () = watchdog => return Err(self.stalled("PUT blob", &what)),
+        };
         if resp.status().is_success() {
             return Ok(());
         }
@@ -990,8 +1067,16 @@ impl Client {
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
         let mut body = Box::pin(body);
         let mut done = false;
+        let stall = self.inner.retry.stall_timeout;
         while !done {
-            match body.next().await {
+            let next = tokio::time::timeout(stall, body.next())
+                .await
+                .map_err(|_| Error::Stalled {
+                    operation: "GET blob",
+                    reference: what.clone(),
+                    after: stall,
+                })?;
+            match next {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
                 Some(Err(e)) => {
                     return Err(Error::Io {
@@ -1070,11 +1155,7 @@ impl Client {
                 #[serde(default)]
                 tags: Option<Vec<String>>,
             }
-            let body = resp.bytes().await.map_err(|e| Error::Transport {
-                operation: "GET tags",
-                reference: what.clone(),
-                source: e,
-            })?;
+            let body = self.body("GET tags", &what, resp).await?;
             let list: TagList = serde_json::from_slice(&body).map_err(|e| Error::Registry {
                 kind: ErrorKind::Transient,
                 operation: "GET tags",
@@ -1190,7 +1271,12 @@ pub(crate) async fn error_from_response(
         .canonical_reason()
         .unwrap_or("error")
         .to_string();
-    let body = resp.bytes().await.unwrap_or_default();
+    // An error body is small; a registry that stalls here still gets its status reported.
+    let body = tokio::time::timeout(ERROR_BODY_TIMEOUT, resp.bytes())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
     #[derive(serde::Deserialize)]
     struct Body {
         #[serde(default)]

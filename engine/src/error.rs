@@ -90,6 +90,17 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// The registry sent nothing (or took none of an upload's bytes) for too long.
+    #[error("{operation} {reference}: no progress for {}s (registry stalled)", after.as_secs())]
+    Stalled {
+        /// What we were doing.
+        operation: &'static str,
+        /// The image or blob reference concerned.
+        reference: String,
+        /// The stall timeout that ran out.
+        after: Duration,
+    },
+
     /// Content read or written did not match its digest.
     #[error("{reference}: digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {
@@ -176,7 +187,9 @@ impl Error {
             | Error::UnsupportedManifest { .. }
             | Error::Config(_) => ErrorKind::InvalidInput,
             Error::Registry { kind, .. } => *kind,
-            Error::Transport { .. } | Error::Io { .. } => ErrorKind::Transient,
+            Error::Transport { .. } | Error::Stalled { .. } | Error::Io { .. } => {
+                ErrorKind::Transient
+            }
             Error::DigestMismatch { .. } => ErrorKind::Integrity,
             Error::NotOwned { .. } => ErrorKind::Conflict,
             Error::Credentials { .. } => ErrorKind::Unauthorized,
@@ -224,7 +237,7 @@ impl Error {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport { .. } => true,
+            Error::Transport { .. } | Error::Stalled { .. } => true,
             Error::Registry { kind, status, .. } => {
                 *kind == ErrorKind::RateLimited || *kind == ErrorKind::Transient || *status >= 500
             }

@@ -21,6 +21,7 @@ fn fast_retry() -> RetryPolicy {
         max_retry_after: Duration::from_secs(2),
         deadline: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(30),
     }
 }
 

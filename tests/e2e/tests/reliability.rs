@@ -32,17 +32,19 @@ fn retry() -> RetryPolicy {
         max_retry_after: Duration::from_secs(2),
         deadline: Duration::from_secs(20),
         connect_timeout: Duration::from_secs(5),
+        // Longer than every latency spike below: a slow answer is not a stall.
+        stall_timeout: Duration::from_secs(5),
     }
 }
 
 /// `(registry, operation, status)` of every request the engine sent.
 type Seen = Arc<Mutex<Vec<(String, &'static str, Option<u16>)>>>;
 
-fn observed_engine(insecure: &[&str]) -> (Engine, Seen) {
+fn observed_engine(insecure: &[&str], retry: RetryPolicy) -> (Engine, Seen) {
     let seen: Seen = Arc::new(Mutex::new(Vec::new()));
     let e = Engine::new(EngineConfig {
         insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
-        retry: retry(),
+        retry,
         observer: Some(RequestObserver::new({
             let seen = seen.clone();
             move |registry, operation, status| {
@@ -113,6 +115,11 @@ impl Run {
 /// Copies `app:1` through a proxy with `plan` on `side` into a fresh destination
 /// repository, then checks the invariants every fault must keep.
 async fn copy_via(env: &Env, side: Side, plan: FaultPlan) -> Run {
+    copy_via_with(env, side, plan, retry()).await
+}
+
+/// [`copy_via`] with another retry policy.
+async fn copy_via_with(env: &Env, side: Side, plan: FaultPlan, policy: RetryPolicy) -> Run {
     let n = env.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let repo = format!("run{n}/app");
     let upstream = match side {
@@ -130,7 +137,7 @@ async fn copy_via(env: &Env, side: Side, plan: FaultPlan) -> Run {
             format!("{}/{repo}:1", proxy.addr()),
         ),
     };
-    let (e, seen) = observed_engine(&[env.src.addr(), env.dst.addr(), &proxy.addr()]);
+    let (e, seen) = observed_engine(&[env.src.addr(), env.dst.addr(), &proxy.addr()], policy);
     let what = format!("{plan:?} on the {side:?} side");
     let started = Instant::now();
     let result = tokio::time::timeout(
@@ -633,6 +640,70 @@ async fn latency_spikes_slow_the_copy_but_it_completes() {
     assert!(runs[2].took >= Duration::from_millis(1500));
 }
 
+// === stalls ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_stops_answering_is_abandoned_after_the_stall_timeout() {
+    let env = env(1010).await;
+    let policy = RetryPolicy {
+        stall_timeout: Duration::from_secs(1),
+        ..retry()
+    };
+    // Ten minutes: without the stall timeout each copy would hang far past the test's
+    // own 60 s limit in copy_via.
+    let forever = 600_000;
+    let unanswered = Fault::Latency {
+        before_headers_ms: forever,
+        mid_body_ms: 0,
+    };
+    let stops_mid_body = Fault::Latency {
+        before_headers_ms: 0,
+        mid_body_ms: forever,
+    };
+    let cases = [
+        (
+            Side::Source,
+            plan(unanswered, Target::Manifests, Mode::FirstN(1)),
+        ),
+        (
+            Side::Source,
+            plan(unanswered, Target::BlobGets, Mode::FirstN(1)),
+        ),
+        (
+            Side::Source,
+            plan(stops_mid_body, Target::BlobGets, Mode::FirstN(1)),
+        ),
+        (
+            Side::Destination,
+            plan(unanswered, Target::Uploads, Mode::FirstN(1)),
+        ),
+        (
+            Side::Destination,
+            plan(unanswered, Target::ManifestPuts, Mode::FirstN(1)),
+        ),
+    ];
+    for (side, p) in cases {
+        let run = copy_via_with(&env, side, p, policy.clone()).await;
+        assert!(run.ok(), "{}: {:?}", run.what, run.result.as_ref().err());
+        assert_eq!(run.injected, 1, "{}", run.what);
+        assert!(
+            run.took >= Duration::from_secs(1) && run.took < Duration::from_secs(30),
+            "{}: {:?}",
+            run.what,
+            run.took
+        );
+        // The stalled request was given up and sent again.
+        let stalled = run
+            .log
+            .iter()
+            .find(|x| x.fault.is_some())
+            .map(|x| x.key.clone())
+            .unwrap();
+        let sent = run.log.iter().filter(|x| x.key == stalled).count();
+        assert!(sent >= 2, "{}: {stalled} sent {sent} times", run.what);
+    }
+}
+
 // === random mix ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -709,7 +780,7 @@ async fn absurd_blob_sizes_in_a_source_manifest_fail_cleanly() {
     t.put_manifest("huge", "1", fixtures::OCI_MANIFEST, &bytes)
         .await
         .unwrap();
-    let (e, _) = observed_engine(&[src.addr(), dst.addr()]);
+    let (e, _) = observed_engine(&[src.addr(), dst.addr()], retry());
     let err = tokio::time::timeout(
         Duration::from_secs(60),
         e.sync(
@@ -768,7 +839,7 @@ async fn indexes_nested_in_indexes_copy_up_to_the_limit_and_fail_cleanly_beyond(
         (digest, media_type, size) = (d.clone(), fixtures::OCI_INDEX.to_string(), index.len());
         chain.push((d, index));
     }
-    let (e, _) = observed_engine(&[src.addr(), dst.addr()]);
+    let (e, _) = observed_engine(&[src.addr(), dst.addr()], retry());
     // Three levels of indexes: copied exactly, every level by digest.
     let out = e
         .sync(
@@ -834,7 +905,7 @@ async fn registry_with_deletes_disabled_copies_normally_and_delete_only_warns() 
     let insecure = format!("{},{}", src.addr(), dst.addr());
 
     // Copy: unchanged, through the engine and through the CLI.
-    let (e, _) = observed_engine(&[src.addr(), dst.addr()]);
+    let (e, _) = observed_engine(&[src.addr(), dst.addr()], retry());
     let out = e
         .sync(
             &r(&src.reference("app:1")),
@@ -914,7 +985,7 @@ async fn token_auth_refusing_cross_repository_mounts_falls_back_to_uploading() {
     let pushed = fixtures::push_index(src.addr(), "app", "1", 1102).await;
     let creds = imagesync_engine::auth::StaticProvider::new()
         .with(reg.addr(), imagesync_engine::Credential::basic(USER, PASS));
-    let (e, seen) = observed_engine(&[src.addr(), reg.addr(), check.addr()]);
+    let (e, seen) = observed_engine(&[src.addr(), reg.addr(), check.addr()], retry());
     let e = e.with_credentials(Arc::new(creds));
     e.sync(
         &r(&src.reference("app:1")),
