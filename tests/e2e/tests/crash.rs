@@ -873,9 +873,12 @@ pub(crate) async fn controller_killed_at_22_points_converges() {
 /// - two owners (`team-a/owner`, `team-b/owner`) copy different images to the SAME
 ///   tag. Each re-check sees the other's image as an overwrite and copies its own again
 ///   (Warning `DestinationOverwritten`): the tag flips between the two images, and at
-///   any moment holds the last writer's image, always complete. Once `team-a/owner` is
-///   suspended, `team-b/owner`'s image stays. Deleting `team-a/owner` then must not
-///   delete the tag (it points at the digest `team-b/owner` holds): the finalizer is
+///   any moment holds the last writer's image, always complete (last writer wins, until
+///   the other's next check). Deleting `team-a/owner` mid-fight removes the tag only if
+///   it still points at its own digest; either way `team-b/owner` ends up holding it.
+///   A second team-a owner writes its image, then is suspended: `team-b/owner`'s image
+///   stays. Deleting the suspended owner must not delete the tag (it points at the digest
+///   `team-b/owner` holds: the engine's delete gets `expect_digest`): the finalizer is
 ///   released with a Warning `DeleteFailed`; deleting `team-b/owner` removes the tag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn two_controllers_without_leader_election() {
@@ -977,13 +980,13 @@ pub(crate) async fn two_controllers_without_leader_election() {
     api.create_namespace("team-a").await;
     api.create_namespace("team-b").await;
     let contested = dst.reference("contested/app:1");
-    let owner = |ns: &str, source: &str, extra: &str| {
-        image_sync_yaml(ns, "owner", &src.reference(source), &contested, extra)
+    let owner = |ns: &str, name: &str, source: &str, extra: &str| {
+        image_sync_yaml(ns, name, &src.reference(source), &contested, extra)
     };
     api.apply_yaml(&format!(
         "{}---\n{}",
-        owner("team-a", "owner-a:1", ""),
-        owner("team-b", "owner-b:1", "")
+        owner("team-a", "owner", "owner-a:1", ""),
+        owner("team-b", "owner", "owner-b:1", "")
     ));
     let team_a: Api<ImageSync> = Api::namespaced(client.clone(), "team-a");
     let team_b: Api<ImageSync> = Api::namespaced(client.clone(), "team-b");
@@ -1021,12 +1024,63 @@ pub(crate) async fn two_controllers_without_leader_election() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // team-a/owner has written its image at least once; suspend it: team-b/owner wins.
+    // Deleting team-a/owner in the middle of the fight: whether it removes the tag
+    // (pointing at its own digest) or leaves it (pointing at team-b/owner's), the tag
+    // is never dangling and team-b/owner ends up holding it.
+    api.kubectl(&["delete", "isync", "-n", "team-a", "owner", "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while team_a.get_opt("owner").await.unwrap().is_some() {
+        check
+            .absent_or_one_of(
+                "contested/app",
+                "1",
+                &[&image_a, &image_b],
+                "deleting mid-fight",
+            )
+            .await;
+        assert!(
+            Instant::now() < deadline,
+            "team-a/owner not deleted\n{}",
+            c1.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deleted_mid_fight: Vec<String> = event_reasons(&client, "team-a", "owner")
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .filter(|r| r == "Deleted" || r == "DeleteFailed")
+        .collect();
+    assert!(
+        !deleted_mid_fight.is_empty(),
+        "no Deleted/DeleteFailed event"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while check
+        .absent_or_one_of(
+            "contested/app",
+            "1",
+            &[&image_a, &image_b],
+            "after the fight",
+        )
+        .await
+        != Some(1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "team-b/owner did not take the tag"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A second team-a owner writes its image at least once, then is suspended:
+    // team-b/owner takes the tag back for good.
+    api.apply_yaml(&owner("team-a", "second", "owner-a:1", ""));
     wait_for(
         &team_a,
-        "owner",
+        "second",
         Duration::from_secs(30),
-        "a synced",
+        "second synced",
         Some(&c1),
         |o| {
             o.status
@@ -1036,10 +1090,10 @@ pub(crate) async fn two_controllers_without_leader_election() {
         },
     )
     .await;
-    api.apply_yaml(&owner("team-a", "owner-a:1", "suspend: true"));
+    api.apply_yaml(&owner("team-a", "second", "owner-a:1", "suspend: true"));
     wait_for(
         &team_a,
-        "owner",
+        "second",
         Duration::from_secs(30),
         "Suspended",
         Some(&c1),
@@ -1064,16 +1118,16 @@ pub(crate) async fn two_controllers_without_leader_election() {
     )
     .await;
     // The suspended owner still records its own digest.
-    let a_status = team_a.get("owner").await.unwrap().status.unwrap();
+    let a_status = team_a.get("second").await.unwrap().status.unwrap();
     assert_eq!(
         a_status.destination_digest.as_deref(),
         Some(image_a.digest.as_str())
     );
 
-    // Deleting team-a/owner leaves team-b/owner's tag alone.
-    api.kubectl(&["delete", "isync", "-n", "team-a", "owner", "--wait=false"]);
-    wait_gone(&team_a, "owner", Duration::from_secs(60), &c1).await;
-    let note = wait_event(&client, "team-a", "owner", "DeleteFailed").await;
+    // Deleting team-a/second leaves team-b/owner's tag alone.
+    api.kubectl(&["delete", "isync", "-n", "team-a", "second", "--wait=false"]);
+    wait_gone(&team_a, "second", Duration::from_secs(60), &c1).await;
+    let note = wait_event(&client, "team-a", "second", "DeleteFailed").await;
     assert!(note.contains("not deleted"), "{note}");
     assert_eq!(
         check
@@ -1101,7 +1155,7 @@ pub(crate) async fn two_controllers_without_leader_election() {
     );
     assert!(c1.is_running() && c2.is_running());
     eprintln!(
-        "two controllers: contested tag samples {seen:?} (a, b) of {samples}, {:?}",
+        "two controllers: contested tag samples {seen:?} (a, b) of {samples}; deleting team-a/owner mid-fight: {deleted_mid_fight:?}; {:?}",
         started.elapsed()
     );
 }
