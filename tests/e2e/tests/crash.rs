@@ -398,31 +398,43 @@ impl Dest {
     }
 
     /// What `repo:tag` holds (None when absent), after checking that every child manifest
-    /// and blob it references is present. Panics (with `context`) on a dangling reference.
+    /// and blob it references is present. Panics (with `context`) on a dangling reference:
+    /// one missing while the tag still points at the manifest that references it (a
+    /// reference that goes missing because the tag is being moved or deleted at that
+    /// moment is a legitimate race with the checker: walk again).
     async fn complete(&self, repo: &str, tag: &str, context: &str) -> Option<(String, Vec<u8>)> {
-        let (ct, bytes) = self.get(repo, tag).await?;
-        let digest = fixtures::sha256(&bytes);
-        let mut stack = vec![bytes.clone()];
-        while let Some(b) = stack.pop() {
-            let (children, blobs) = references(&b);
-            for child in children {
-                let Some((_, cb)) = self.get(repo, &child).await else {
-                    panic!(
-                        "{context}: {repo}:{tag} ({digest}) references missing manifest {child}"
-                    );
-                };
-                assert_eq!(fixtures::sha256(&cb), child, "{context}: child bytes");
-                stack.push(cb);
+        'walk: for _ in 0..20 {
+            let (ct, bytes) = self.get(repo, tag).await?;
+            let digest = fixtures::sha256(&bytes);
+            let mut missing = Vec::new();
+            let mut stack = vec![bytes.clone()];
+            while let Some(b) = stack.pop() {
+                let (children, blobs) = references(&b);
+                for child in children {
+                    match self.get(repo, &child).await {
+                        Some((_, cb)) => {
+                            assert_eq!(fixtures::sha256(&cb), child, "{context}: child bytes");
+                            stack.push(cb);
+                        }
+                        None => missing.push(format!("manifest {child}")),
+                    }
+                }
+                for blob in blobs {
+                    if self.blob_status(repo, &blob).await != 200 {
+                        missing.push(format!("blob {blob}"));
+                    }
+                }
             }
-            for blob in blobs {
-                assert_eq!(
-                    self.blob_status(repo, &blob).await,
-                    200,
-                    "{context}: {repo}:{tag} ({digest}) references missing blob {blob}"
-                );
+            if missing.is_empty() {
+                return Some((ct, bytes));
             }
+            if self.tag_digest(repo, tag).await.as_deref() != Some(digest.as_str()) {
+                eprintln!("{context}: {repo}:{tag} moved off {digest} while checked (missing {missing:?}); again");
+                continue 'walk;
+            }
+            panic!("{context}: {repo}:{tag} ({digest}) references missing {missing:?}");
         }
-        Some((ct, bytes))
+        panic!("{context}: {repo}:{tag} kept moving while being checked");
     }
 
     /// `repo:tag` is absent, or it is exactly one of `images` (bytes, media type, every
