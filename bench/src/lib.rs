@@ -307,7 +307,9 @@ pub fn markdown(m: &Measurements, png_name: Option<&str>) -> String {
          min–max spread in brackets. Ratios divide the imagesync median by the raw-limit \
          median and by the skopeo median (below 1× means imagesync is faster or smaller). \
          For the controller and Terraform workloads the raw limit is the theoretical \
-         minimum.\n"
+         minimum. The raw `curl` limit starts a process pair per blob and pipes every byte \
+         through them, so a tool can beat it on many small blobs. CPU times come from GNU \
+         time (10 ms resolution, children included).\n"
     );
     if !m.facts.is_empty() {
         let _ = writeln!(out, "## Machine and run\n");
