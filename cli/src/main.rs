@@ -109,6 +109,16 @@ struct Args {
     )]
     docker_config: Option<PathBuf>,
 
+    /// File remembering which repository of a registry holds which blob, so that later
+    /// copies mount shared layers instead of uploading them again (default:
+    /// $XDG_CACHE_HOME/imagesync/blobs.json, else ~/.cache/imagesync/blobs.json).
+    #[arg(long, value_name = "PATH", global = true, env = "IMAGESYNC_BLOB_CACHE")]
+    blob_cache: Option<PathBuf>,
+
+    /// Neither read nor write the blob cache.
+    #[arg(long, global = true, conflicts_with = "blob_cache")]
+    no_blob_cache: bool,
+
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
@@ -152,6 +162,19 @@ enum Command {
         #[arg(long)]
         keep_layers: bool,
     },
+}
+
+/// `$XDG_CACHE_HOME/imagesync/blobs.json`, else `~/.cache/imagesync/blobs.json`.
+fn default_blob_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("imagesync").join("blobs.json"))
 }
 
 fn main() -> ExitCode {
@@ -220,9 +243,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         src_creds,
         dest_creds,
         docker_config,
+        blob_cache,
+        no_blob_cache,
         log_format: _,
         no_progress,
     } = args;
+    let blob_cache = if no_blob_cache {
+        None
+    } else {
+        blob_cache.or_else(default_blob_cache)
+    };
 
     let (src_ref, dst_ref) = match &command {
         Command::Copy {
@@ -257,6 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ca_file,
         jobs: jobs.max(1),
         credentials: Arc::new(ChainProvider::standard(explicit, docker_config)),
+        blob_cache,
         ..EngineConfig::default()
     })
     .context("configuring the engine")?;

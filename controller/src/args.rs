@@ -229,6 +229,8 @@ impl Args {
                 max_retry_after: Duration::from_secs(10),
                 ..RetryPolicy::default()
             },
+            // Long-lived: the engine's in-memory blob locations are enough.
+            blob_cache: None,
             user_agent: format!("imagesync-controller/{}", env!("CARGO_PKG_VERSION")),
             observer: Some(RequestObserver::new({
                 let metrics = metrics.clone();

@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use sha2::Digest as _;
 
+use crate::blobs::BlobLocations;
 use crate::client::{Client, ManifestData, Upload};
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
@@ -127,9 +128,10 @@ pub(crate) async fn sync(
     let same_registry =
         source.api_host() == destination.api_host() && source.repository() != dst_repo;
     // Cleared for the rest of this copy once the registry refuses a mount.
-    let mounts = AtomicBool::new(same_registry);
+    let mounts = AtomicBool::new(true);
     let stats = Arc::new(Mutex::new((0u64, 0usize, 0usize, 0usize)));
     let jobs = engine.jobs();
+    let (src_host, dst_host) = (source.api_host(), destination.api_host());
     futures::stream::iter(blobs.into_values().map(|desc| {
         let src_client = src_client.clone();
         let dst_client = dst_client.clone();
@@ -139,16 +141,19 @@ pub(crate) async fn sync(
         let emit = &emit;
         let mounts = &mounts;
         async move {
-            let (action, bytes) = copy_blob(
-                &src_client,
-                &dst_client,
-                &src_repo,
-                &dst_repo,
-                &desc,
+            let job = BlobJob {
+                src: &src_client,
+                dst: &dst_client,
+                src_host,
+                dst_host,
+                src_repo: &src_repo,
+                dst_repo: &dst_repo,
+                same_registry,
                 mounts,
+                known: engine.blobs(),
                 emit,
-            )
-            .await?;
+            };
+            let (action, bytes) = copy_blob(&job, &desc).await?;
             let mut s = match stats.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -267,37 +272,76 @@ fn collect_children<'a>(
     })
 }
 
+/// What one blob transfer works with.
+struct BlobJob<'a> {
+    src: &'a Client,
+    dst: &'a Client,
+    src_host: &'a str,
+    dst_host: &'a str,
+    src_repo: &'a str,
+    dst_repo: &'a str,
+    /// Source and destination are repositories of one registry.
+    same_registry: bool,
+    /// Cleared once the registry refuses a mount: upload for the rest of the copy.
+    mounts: &'a AtomicBool,
+    known: &'a BlobLocations,
+    emit: &'a Emit,
+}
+
 /// Copies one blob, retrying the whole transfer (fresh GET, fresh upload session) on
-/// transient failures. Mounts from `src_repo` while `mounts` is set; a mount the
-/// registry refuses for lack of access (tokens that never grant pull on another
-/// repository) clears it and the blob is uploaded instead. Returns how it got there and
-/// the bytes uploaded.
-async fn copy_blob(
-    src: &Client,
-    dst: &Client,
-    src_repo: &str,
-    dst_repo: &str,
-    desc: &Descriptor,
-    mounts: &AtomicBool,
-    emit: &Emit,
-) -> Result<(BlobAction, u64)> {
-    if dst.blob_exists(dst_repo, &desc.digest).await? {
+/// transient failures. While mounts are allowed it first tries a cross-repository
+/// mount: from the source repository on the same registry, or from a repository of the
+/// destination registry the engine saw holding the blob. A mount the registry refuses
+/// for lack of access (tokens that never grant pull on another repository) turns mounts
+/// off and the blob is uploaded instead. Returns how it got there and the bytes uploaded.
+async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, u64)> {
+    let BlobJob {
+        src,
+        dst,
+        src_repo,
+        dst_repo,
+        emit,
+        ..
+    } = *job;
+    let digest = &desc.digest;
+    if dst.blob_exists(dst_repo, digest).await? {
+        job.known.remember(job.dst_host, dst_repo, digest);
         return Ok((BlobAction::Skipped, 0));
     }
-    let what = format!("{dst_repo}@{}", desc.digest);
+    let mut candidate = if job.same_registry {
+        Some(src_repo.to_string())
+    } else {
+        job.known.lookup(job.dst_host, digest, dst_repo)
+    };
+    if candidate.is_some() && !job.same_registry && job.mounts.load(Ordering::Relaxed) {
+        // Mount from elsewhere only what this copy's own source holds: a manifest naming
+        // someone else's blob must not pull it out of a repository its source never had.
+        if !src.blob_exists(src_repo, digest).await? {
+            candidate = None;
+        }
+    }
+    let what = format!("{dst_repo}@{digest}");
     let started = Instant::now();
     let mut attempt = 0;
-    let mut try_mount = mounts.load(Ordering::Relaxed);
+    let mut try_mount = job.mounts.load(Ordering::Relaxed) && candidate.is_some();
     loop {
         attempt += 1;
-        let mount_from = if try_mount { Some(src_repo) } else { None };
+        let mount_from = if try_mount {
+            candidate.as_deref()
+        } else {
+            None
+        };
         let result = async {
-            let (how, location) = dst.start_upload(dst_repo, &desc.digest, mount_from).await?;
+            let (how, location) = dst.start_upload(dst_repo, digest, mount_from).await?;
             if how == Upload::Mounted {
+                job.known.remember(job.dst_host, dst_repo, digest);
                 return Ok((BlobAction::Mounted, 0));
             }
-            if mount_from.is_some() {
-                tracing::debug!(digest = %desc.digest, "mount not possible (202); uploading");
+            if let Some(from) = mount_from {
+                tracing::debug!(%digest, from, "mount not possible (202); uploading");
+                if !job.same_registry {
+                    job.known.forget(job.dst_host, from, digest);
+                }
             }
             let location = location.unwrap_or_default();
             let resp = src.get_blob(src_repo, &desc.digest).await?;
@@ -316,14 +360,16 @@ async fn copy_blob(
             if let Err(e) = put {
                 return Err(damaged_in_transit(e));
             }
+            job.known.remember(job.dst_host, dst_repo, digest);
+            job.known.remember(job.src_host, src_repo, digest);
             Ok((BlobAction::Uploaded, desc.size))
         }
         .await;
         match result {
             Ok(r) => return Ok(r),
             Err(e) if mount_from.is_some() && mount_refused(&e) => {
-                tracing::info!(digest = %desc.digest, from = src_repo, error = %e, "cross-repository mount refused; uploading instead");
-                mounts.store(false, Ordering::Relaxed);
+                tracing::info!(%digest, from = mount_from, error = %e, "cross-repository mount refused; uploading instead");
+                job.mounts.store(false, Ordering::Relaxed);
                 try_mount = false;
                 // Not a failed attempt: the upload is the normal path.
                 attempt -= 1;

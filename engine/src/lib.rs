@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod blobs;
 pub mod client;
 mod copy;
 mod delete;
@@ -54,6 +55,10 @@ pub struct EngineConfig {
     pub user_agent: String,
     /// Sees every HTTP request sent to a registry (metrics).
     pub observer: Option<RequestObserver>,
+    /// A file remembering which repository of a registry holds which blob, so that
+    /// separate runs mount shared layers instead of uploading them again (`None`: the
+    /// engine remembers only for its own lifetime).
+    pub blob_cache: Option<PathBuf>,
 }
 
 /// Called once per HTTP request the engine sends to a registry, retries included, with
@@ -91,6 +96,7 @@ impl Default for EngineConfig {
             retry: RetryPolicy::default(),
             user_agent: format!("imagesync/{}", env!("CARGO_PKG_VERSION")),
             observer: None,
+            blob_cache: None,
         }
     }
 }
@@ -122,7 +128,8 @@ pub struct Outcome {
     pub blobs_uploaded: usize,
     /// Blobs the destination already had.
     pub blobs_skipped: usize,
-    /// Blobs mounted from another repository of the same registry.
+    /// Blobs mounted from another repository of the destination registry (the source
+    /// repository, or one the engine saw holding the blob earlier).
     pub blobs_mounted: usize,
     /// Manifests written (children and the tagged one).
     pub manifests_pushed: usize,
@@ -177,6 +184,9 @@ struct EngineInner {
     config: EngineConfig,
     http: reqwest::Client,
     clients: Mutex<HashMap<String, Client>>,
+    /// Shared by every engine derived with [`Engine::with_credentials`]; a blob is only
+    /// ever mounted after the copy's own source showed it has it.
+    blobs: Arc<blobs::BlobLocations>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -195,11 +205,13 @@ impl Engine {
     /// Builds an engine. Fails on an unreadable or invalid CA file.
     pub fn new(config: EngineConfig) -> Result<Engine> {
         let http = client::build_http(&config)?;
+        let blobs = Arc::new(blobs::BlobLocations::new(config.blob_cache.clone()));
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 config,
                 http,
                 clients: Mutex::new(HashMap::new()),
+                blobs,
             }),
         })
     }
@@ -214,6 +226,7 @@ impl Engine {
                 config,
                 http: self.inner.http.clone(),
                 clients: Mutex::new(HashMap::new()),
+                blobs: self.inner.blobs.clone(),
             }),
         }
     }
@@ -270,7 +283,9 @@ impl Engine {
         destination: &Reference,
         options: &SyncOptions,
     ) -> Result<Outcome> {
-        copy::sync(self, source, destination, options).await
+        let result = copy::sync(self, source, destination, options).await;
+        self.inner.blobs.save();
+        result
     }
 
     /// Removes `destination`'s tag safely, then (optionally) its unshared blobs.
@@ -280,6 +295,10 @@ impl Engine {
         options: &DeleteOptions,
     ) -> Result<DeleteReport> {
         delete::delete(self, destination, options).await
+    }
+
+    pub(crate) fn blobs(&self) -> &blobs::BlobLocations {
+        &self.inner.blobs
     }
 
     pub(crate) fn jobs(&self) -> usize {

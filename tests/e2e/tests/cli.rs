@@ -10,6 +10,7 @@ async fn imagesync(args: &[&str]) -> Output {
     let out = tokio::process::Command::new(imagesync_e2e::bin("imagesync"))
         .args(args)
         .arg("--no-progress")
+        .arg("--no-blob-cache")
         .env_remove("IMAGESYNC_CREDS")
         .env("DOCKER_CONFIG", "/nonexistent-imagesync-test")
         .output()

@@ -507,7 +507,7 @@ fn cli_copy(src: &str, dst: &str, insecure: &[&str]) -> tokio::process::Command 
     for i in insecure {
         cmd.args(["--insecure-registry", i]);
     }
-    cmd.args(["--no-progress", "copy", src, dst])
+    cmd.args(["--no-progress", "--no-blob-cache", "copy", src, dst])
         .env("RUST_LOG", "warn")
         .env("DOCKER_CONFIG", "/nonexistent-imagesync-test")
         .stdin(std::process::Stdio::null())

@@ -1335,3 +1335,108 @@ async fn delete_scans_a_repository_with_hundreds_of_tags_in_seconds() {
         200
     );
 }
+
+// === blob locations: mounts across runs ===
+
+#[tokio::test]
+async fn shared_layers_are_mounted_from_a_repository_an_earlier_run_wrote() {
+    let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let spec = |seed| FixtureSpec {
+        seed,
+        layers: 3,
+        shared_layers: 2,
+        ..FixtureSpec::default()
+    };
+    let one = fixtures::push_image(src.addr(), "one", "1", spec(1)).await;
+    let two = fixtures::push_image(src.addr(), "two", "1", spec(2)).await;
+    let three = fixtures::push_image(src.addr(), "three", "1", spec(3)).await;
+    let shared: Vec<String> = one
+        .layers
+        .iter()
+        .filter(|l| two.layers.contains(l))
+        .cloned()
+        .collect();
+    assert_eq!(shared.len(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("blobs.json");
+    // A new engine per copy, like one CLI call per image: only the file carries over.
+    let new_engine = || {
+        Engine::new(EngineConfig {
+            insecure_registries: vec![src.addr().to_string(), dst.addr().to_string()],
+            retry: fast_retry(),
+            blob_cache: Some(cache.clone()),
+            ..EngineConfig::default()
+        })
+        .unwrap()
+    };
+    let out = new_engine()
+        .sync(
+            &r(&src.reference("one:1")),
+            &r(&dst.reference("mirror/one:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.blobs_mounted, 0, "{out:?}");
+    assert!(cache.exists(), "the cache file was not written");
+
+    dst.access_log_settled().await;
+    dst.clear_access_log();
+    let out = new_engine()
+        .sync(
+            &r(&src.reference("two:1")),
+            &r(&dst.reference("mirror/two:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.blobs_mounted, 2, "{out:?}");
+    assert_eq!(out.blobs_uploaded, two.blobs.len() - 2, "{out:?}");
+    fixtures::assert_identical(dst.addr(), "mirror/two", "1", &two).await;
+    let log = dst.access_log_settled().await;
+    for digest in &shared {
+        assert!(
+            log.iter().any(|e| e.method == "POST"
+                && e.path.contains(&format!("mount={digest}"))
+                && e.path.contains("from=mirror/one")
+                && e.status == 201),
+            "no mount of {digest} from mirror/one: {log:?}"
+        );
+    }
+
+    // A source that does not hold a shared layer itself never gets it mounted from
+    // another repository (a manifest naming someone else's blob gains nothing).
+    let gone = &shared[0];
+    let resp = reqwest::Client::new()
+        .delete(format!("http://{}/v2/three/blobs/{gone}", src.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "blob delete in the source");
+    dst.access_log_settled().await;
+    dst.clear_access_log();
+    let err = new_engine()
+        .sync(
+            &r(&src.reference("three:1")),
+            &r(&dst.reference("mirror/three:1")),
+            &SyncOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(
+        fixtures::blob_status(dst.addr(), "mirror/three", gone).await,
+        404
+    );
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "mirror/three", "1").await,
+        404
+    );
+    let log = dst.access_log_settled().await;
+    assert!(
+        !log.iter()
+            .any(|e| e.method == "POST" && e.path.contains(&format!("mount={gone}"))),
+        "{log:?}"
+    );
+    drop(three);
+}

@@ -885,6 +885,7 @@ async fn imagesync_cli(args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(imagesync_e2e::bin("imagesync"))
         .args(args)
         .arg("--no-progress")
+        .arg("--no-blob-cache")
         .env_remove("IMAGESYNC_CREDS")
         .env("DOCKER_CONFIG", "/nonexistent-imagesync-test")
         .output()
