@@ -344,10 +344,8 @@ impl Dest {
         }
     }
 
-    /// Media type and bytes of `repo:reference` (None on 404).
-    async fn get(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
-        let resp = self
-            .client
+    async fn get_once(&self, repo: &str, reference: &str) -> reqwest::Response {
+        self.client
             .get(format!(
                 "http://{}/v2/{repo}/manifests/{reference}",
                 self.addr
@@ -364,7 +362,24 @@ impl Dest {
             )
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Media type and bytes of `repo:reference` (None on 404).
+    async fn get(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
+        // distribution's filesystem driver rewrites a tag's link file in place, so a read
+        // racing a tag write can get a 500: read again (a dangling tag stays a 404/500
+        // for good and still fails below).
+        let mut tries = 0;
+        let resp = loop {
+            tries += 1;
+            let resp = self.get_once(repo, reference).await;
+            if resp.status().is_server_error() && tries < 10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            break resp;
+        };
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return None;
         }
