@@ -739,6 +739,29 @@ fn contained(want: &Value, have: &Value, at: &str) -> Result<(), String> {
 
 /// Every object of the release exists on the server with every rendered field intact (a
 /// 1.20 server silently drops fields it does not know).
+/// The controller's args as the chart rendered them (read back from the server), with the
+/// value of each `--flag=` in `replace` swapped for a local one (the metrics listener on a
+/// free loopback port, the policy file's path on this machine).
+async fn rendered_controller_args(kube: &Kube, replace: &[(&str, &str)]) -> Vec<String> {
+    let (_, deploy) = kube
+        .get(&format!(
+            "/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{FULLNAME}"
+        ))
+        .await;
+    deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("deployment args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_owned())
+        .map(|a| {
+            replace
+                .iter()
+                .find(|(flag, _)| a.starts_with(&format!("{flag}=")))
+                .map_or(a.clone(), |(flag, value)| format!("{flag}={value}"))
+        })
+        .collect()
+}
+
 async fn assert_release_stored(kube: &Kube, objects: &[Value]) {
     assert!(!objects.is_empty(), "release has no objects");
     for obj in objects {
@@ -1158,25 +1181,9 @@ async fn controller_works_with_exactly_the_charts_service_account_permissions() 
 
     // Run the controller with the args the chart rendered (as stored by the server), only
     // moving the metrics listener to a free loopback port.
-    let (_, deploy) = kube
-        .get(&format!(
-            "/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{FULLNAME}"
-        ))
-        .await;
     let metrics_port = imagesync_e2e::registry::free_port().expect("free port");
-    let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .expect("deployment args")
-        .iter()
-        .map(|a| a.as_str().expect("string arg").to_owned())
-        .map(|a| {
-            if a.starts_with("--metrics-addr=") {
-                format!("--metrics-addr=127.0.0.1:{metrics_port}")
-            } else {
-                a
-            }
-        })
-        .collect();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let args = rendered_controller_args(&kube, &[("--metrics-addr", &metrics_addr)]).await;
     assert!(
         args.contains(&"--namespace=team-a".to_owned())
             && args.contains(&"--leader-elect".to_owned()),
@@ -1667,27 +1674,17 @@ async fn charts_policy_is_enforced_with_the_charts_service_account_permissions()
         .to_owned();
     std::fs::write(&policy_file, &good).expect("policy file");
 
-    let (_, deploy) = kube
-        .get(&format!(
-            "/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{FULLNAME}"
-        ))
-        .await;
     let metrics_port = imagesync_e2e::registry::free_port().expect("free port");
-    let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .expect("deployment args")
-        .iter()
-        .map(|a| a.as_str().expect("string arg").to_owned())
-        .map(|a| {
-            if a.starts_with("--metrics-addr=") {
-                format!("--metrics-addr=127.0.0.1:{metrics_port}")
-            } else if a.starts_with("--policy-file=") {
-                format!("--policy-file={}", policy_file.display())
-            } else {
-                a
-            }
-        })
-        .collect();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let policy_path = policy_file.display().to_string();
+    let args = rendered_controller_args(
+        &kube,
+        &[
+            ("--metrics-addr", &metrics_addr),
+            ("--policy-file", &policy_path),
+        ],
+    )
+    .await;
     assert!(
         args.contains(&format!("--deployment-name={FULLNAME}")),
         "{args:?}"
