@@ -25,6 +25,24 @@ fn fast_retry() -> RetryPolicy {
     }
 }
 
+/// `(registry, operation, status)` of every request an engine sent, as its
+/// [`imagesync_engine::RequestObserver`] saw them.
+pub(crate) type Seen = Arc<std::sync::Mutex<Vec<(String, &'static str, Option<u16>)>>>;
+
+/// An observer that records every request into the returned [`Seen`].
+pub(crate) fn recording_observer() -> (imagesync_engine::RequestObserver, Seen) {
+    let seen: Seen = Default::default();
+    let observer = imagesync_engine::RequestObserver::new({
+        let seen = seen.clone();
+        move |registry, operation, status| {
+            seen.lock()
+                .unwrap()
+                .push((registry.to_string(), operation, status))
+        }
+    });
+    (observer, seen)
+}
+
 fn engine(insecure: &[&str]) -> Engine {
     Engine::new(EngineConfig {
         insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
@@ -193,18 +211,11 @@ async fn second_copy_transfers_no_bytes() {
         "no-op re-copy must only HEAD: {log:?}"
     );
     // The request observer sees the same: two HEADs, one per side.
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (observer, seen) = recording_observer();
     let observed = Engine::new(EngineConfig {
         insecure_registries: vec![src.addr().to_string(), dst.addr().to_string()],
         retry: fast_retry(),
-        observer: Some(imagesync_engine::RequestObserver::new({
-            let seen = seen.clone();
-            move |registry, operation, status| {
-                seen.lock()
-                    .unwrap()
-                    .push((registry.to_string(), operation, status))
-            }
-        })),
+        observer: Some(observer),
         ..EngineConfig::default()
     })
     .unwrap();

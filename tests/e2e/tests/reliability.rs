@@ -9,15 +9,15 @@
 //! stay within the retry budget of the engine's [`RetryPolicy`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::engine::{recording_observer, Seen};
 use imagesync_e2e::fixtures::{self, Pushed};
 use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, ProxyRecord, Target};
 use imagesync_e2e::registry::{Registry, RegistryOptions};
 use imagesync_engine::{
-    Engine, EngineConfig, Error, ErrorKind, Outcome, Reference, RequestObserver, RetryPolicy,
-    SyncOptions,
+    Engine, EngineConfig, Error, ErrorKind, Outcome, Reference, RetryPolicy, SyncOptions,
 };
 
 /// Attempts per request in these tests.
@@ -37,22 +37,12 @@ fn retry() -> RetryPolicy {
     }
 }
 
-/// `(registry, operation, status)` of every request the engine sent.
-type Seen = Arc<Mutex<Vec<(String, &'static str, Option<u16>)>>>;
-
 fn observed_engine(insecure: &[&str], retry: RetryPolicy) -> (Engine, Seen) {
-    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let (observer, seen) = recording_observer();
     let e = Engine::new(EngineConfig {
         insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
         retry,
-        observer: Some(RequestObserver::new({
-            let seen = seen.clone();
-            move |registry, operation, status| {
-                seen.lock()
-                    .unwrap()
-                    .push((registry.to_string(), operation, status))
-            }
-        })),
+        observer: Some(observer),
         ..EngineConfig::default()
     })
     .unwrap();
