@@ -352,7 +352,7 @@ impl Client {
     }
 
     /// Reads a small body whole; fails when it stops arriving for the stall timeout.
-    async fn body(
+    pub(crate) async fn body(
         &self,
         operation: &'static str,
         reference: &str,
@@ -383,7 +383,7 @@ impl Client {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.inner.base, path)
     }
 
@@ -944,7 +944,7 @@ impl Client {
         }
     }
 
-    fn resolve_location(&self, location: &str) -> String {
+    pub(crate) fn resolve_location(&self, location: &str) -> String {
         if location.starts_with("http://") || location.starts_with("https://") {
             location.to_string()
         } else {
@@ -1199,7 +1199,7 @@ fn with_digest_query(location: &str, digest: &Digest) -> String {
     format!("{location}{sep}digest={digest}")
 }
 
-fn next_link(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
     for v in headers.get_all(reqwest::header::LINK) {
         let Ok(s) = v.to_str() else { continue };
         for part in s.split(',') {

@@ -77,6 +77,7 @@ pub(crate) async fn sync(
                 blobs_skipped: 0,
                 blobs_mounted: 0,
                 manifests_pushed: 0,
+                uploaded: Vec::new(),
             });
         }
         Ok(d) => {
@@ -130,6 +131,7 @@ pub(crate) async fn sync(
     // Cleared for the rest of this copy once the registry refuses a mount.
     let mounts = AtomicBool::new(true);
     let stats = Arc::new(Mutex::new((0u64, 0usize, 0usize, 0usize)));
+    let uploaded = Mutex::new(Vec::new());
     let jobs = engine.jobs();
     let (src_host, dst_host) = (source.api_host(), destination.api_host());
     futures::stream::iter(blobs.into_values().map(|desc| {
@@ -140,6 +142,7 @@ pub(crate) async fn sync(
         let stats = stats.clone();
         let emit = &emit;
         let mounts = &mounts;
+        let uploaded = &uploaded;
         async move {
             let job = BlobJob {
                 src: &src_client,
@@ -160,7 +163,13 @@ pub(crate) async fn sync(
             };
             s.0 += bytes;
             match action {
-                BlobAction::Uploaded => s.1 += 1,
+                BlobAction::Uploaded => {
+                    s.1 += 1;
+                    match uploaded.lock() {
+                        Ok(mut u) => u.push(desc.digest.clone()),
+                        Err(p) => p.into_inner().push(desc.digest.clone()),
+                    }
+                }
                 BlobAction::Skipped => s.2 += 1,
                 BlobAction::Mounted => s.3 += 1,
             }
@@ -188,6 +197,10 @@ pub(crate) async fn sync(
             digest: child.data.digest.clone(),
         });
         pushed += 1;
+        match uploaded.lock() {
+            Ok(mut u) => u.push(child.data.digest.clone()),
+            Err(p) => p.into_inner().push(child.data.digest.clone()),
+        }
     }
     // The tagged manifest last: the tag never points at an incomplete image.
     let written = dst_client
@@ -223,6 +236,11 @@ pub(crate) async fn sync(
         blobs_skipped,
         blobs_mounted,
         manifests_pushed: pushed,
+        uploaded: {
+            let mut u = uploaded.into_inner().unwrap_or_else(|p| p.into_inner());
+            u.sort();
+            u
+        },
     })
 }
 

@@ -25,8 +25,9 @@ pub mod error;
 pub mod manifest;
 pub mod progress;
 pub mod reference;
+mod referrers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -133,6 +134,11 @@ pub struct Outcome {
     pub blobs_mounted: usize,
     /// Manifests written (children and the tagged one).
     pub manifests_pushed: usize,
+    /// What this call wrote besides the tagged manifest, sorted: the blobs it uploaded
+    /// (not those the destination already had, not mounted ones) and the child manifests
+    /// it pushed. An owner that records them can later delete exactly what it wrote
+    /// ([`DeleteOptions::only_blobs`]).
+    pub uploaded: Vec<Digest>,
 }
 
 /// Per-call options of [`Engine::delete`].
@@ -142,6 +148,11 @@ pub struct DeleteOptions {
     pub expect_digest: Option<Digest>,
     /// Also delete blobs no remaining manifest in the repository references.
     pub delete_layers: bool,
+    /// When set, only these blobs and child manifests may be deleted: the ones the
+    /// owner's copies wrote ([`Outcome::uploaded`]), and still only if no manifest the
+    /// registry can enumerate references them. `None` (the CLI, which keeps no record):
+    /// any blob or child manifest of the image that no enumerable manifest references.
+    pub only_blobs: Option<BTreeSet<Digest>>,
 }
 
 impl Default for DeleteOptions {
@@ -149,6 +160,7 @@ impl Default for DeleteOptions {
         DeleteOptions {
             expect_digest: None,
             delete_layers: true,
+            only_blobs: None,
         }
     }
 }
@@ -184,8 +196,9 @@ struct EngineInner {
     config: EngineConfig,
     http: reqwest::Client,
     clients: Mutex<HashMap<String, Client>>,
-    /// Shared by every engine derived with [`Engine::with_credentials`]; a blob is only
-    /// ever mounted after the copy's own source showed it has it.
+    /// This engine's own table (engines derived with [`Engine::with_credentials`] get a
+    /// fresh one, so one credential set never learns where another's blobs are); a blob
+    /// is only ever mounted after the copy's own source showed it has it.
     blobs: Arc<blobs::BlobLocations>,
 }
 
@@ -217,16 +230,20 @@ impl Engine {
     }
 
     /// The same engine (connections shared) with other credentials, e.g. a controller's
-    /// per-object Secrets chained before the defaults. Token caches are not shared.
+    /// per-object Secrets chained before the defaults. Token caches and the blob-location
+    /// table are not shared: a blob seen with one credential set is never mounted for
+    /// another, so a tenant who knows a digest cannot have another tenant's layer linked
+    /// into its repository. Callers keep one derived engine per tenant and credential set.
     pub fn with_credentials(&self, credentials: Arc<dyn CredentialProvider>) -> Engine {
         let mut config = self.inner.config.clone();
         config.credentials = credentials;
+        config.blob_cache = None;
         Engine {
             inner: Arc::new(EngineInner {
                 config,
                 http: self.inner.http.clone(),
                 clients: Mutex::new(HashMap::new()),
-                blobs: self.inner.blobs.clone(),
+                blobs: Arc::new(blobs::BlobLocations::new(None)),
             }),
         }
     }
@@ -246,12 +263,10 @@ impl Engine {
         clients
             .entry(host.clone())
             .or_insert_with(|| {
-                let insecure = self
-                    .inner
-                    .config
-                    .insecure_registries
-                    .iter()
-                    .any(|r| r == reference.registry() || *r == host);
+                let insecure = self.inner.config.insecure_registries.iter().any(|r| {
+                    let r = reference::canonical_registry(r).unwrap_or_else(|_| r.clone());
+                    r == reference.registry() || r == host
+                });
                 Client::new(
                     self.inner.http.clone(),
                     reference.registry().to_string(),
