@@ -323,3 +323,28 @@ impl Engine {
 
 /// How long the engine waits overall for one registry operation, by default.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, item 5: a blob location learnt under one credential set (one tenant)
+    /// is never offered to an engine with other credentials, so a tenant who only knows
+    /// a digest cannot have another tenant's layer mounted into its own repository.
+    #[test]
+    fn engines_with_other_credentials_do_not_share_blob_locations() {
+        let base = Engine::new(EngineConfig::default()).unwrap();
+        let a = base.with_credentials(Arc::new(auth::Anonymous));
+        let b = base.with_credentials(Arc::new(auth::Anonymous));
+        let d = Digest::of(b"tenant a's private layer");
+        a.blobs().remember("r:5000", "team-a/app", &d);
+        assert_eq!(
+            a.blobs().lookup("r:5000", &d, "team-b/x").as_deref(),
+            Some("team-a/app")
+        );
+        assert_eq!(b.blobs().lookup("r:5000", &d, "team-b/x"), None);
+        assert_eq!(base.blobs().lookup("r:5000", &d, "team-b/x"), None);
+        // Clones of one engine (one credential set) do share what they learnt.
+        assert!(a.clone().blobs().lookup("r:5000", &d, "team-a/y").is_some());
+    }
+}
