@@ -13,4 +13,5 @@ mod engine;
 mod helm;
 mod policy;
 mod reliability;
+mod scripts;
 mod terraform;
