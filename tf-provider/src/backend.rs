@@ -1,6 +1,7 @@
 //! Where the resource's work happens. The plan/apply/read logic in [`crate::resource`]
 //! is written once against [`Backend`]; [`Direct`] copies in-process with the engine.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +86,9 @@ pub struct Target {
     pub create_timeout: Duration,
     /// How long to wait for a delete (Kubernetes mode).
     pub delete_timeout: Duration,
+    /// Destroy in direct mode: the only blobs that may be deleted (those this resource
+    /// uploaded); `None` leaves the choice to the engine's own rule.
+    pub only_blobs: Option<BTreeSet<Digest>>,
 }
 
 /// What a sync left at the destination.
@@ -96,6 +100,10 @@ pub struct Synced {
     pub destination_digest: Digest,
     /// The `id`.
     pub id: String,
+    /// The destination already held the digest: nothing was written (direct mode).
+    pub adopted: bool,
+    /// Blobs and child manifests this sync wrote (not blobs already there or mounted).
+    pub uploaded: Vec<Digest>,
 }
 
 /// What a refresh found.
@@ -248,6 +256,8 @@ impl Backend for Direct {
             ),
             source_digest: outcome.source_digest,
             destination_digest: outcome.destination_digest,
+            adopted: outcome.up_to_date,
+            uploaded: outcome.uploaded,
         })
     }
 
@@ -264,7 +274,7 @@ impl Backend for Direct {
                 &DeleteOptions {
                     expect_digest,
                     delete_layers: target.delete_layers,
-                    only_blobs: None,
+                    only_blobs: target.only_blobs.clone(),
                 },
             )
             .await?;

@@ -417,7 +417,8 @@ impl Core {
                 imported_resources: vec![pb::import_resource_state::ImportedResource {
                     type_name: req.type_name,
                     state: Some(state),
-                    private: Vec::new(),
+                    // The user declared the tag as this resource's.
+                    private: Private::imported().encode(),
                 }],
                 diagnostics: Vec::new(),
             },

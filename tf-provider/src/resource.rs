@@ -20,9 +20,11 @@ use std::time::Duration;
 
 use imagesync_engine::{Digest, ErrorKind, Reference};
 
-use crate::backend::{Backend, BackendError, Target};
+use crate::backend::{Backend, BackendError, Synced, Target};
 use crate::codec::Value;
 use crate::diag::Diagnostic;
+pub use crate::private::{Ownership, Private};
+pub use crate::timeouts::{parse_duration, DEFAULT_TIMEOUT};
 
 /// Attribute names.
 pub mod attr {
@@ -43,9 +45,6 @@ pub mod attr {
     /// The `timeouts` block (Kubernetes mode).
     pub const TIMEOUTS: &str = "timeouts";
 }
-
-/// Default wait for an `ImageSync` to become ready or go away.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The resource's attributes. Each is a [`Value`] so null and unknown survive.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,12 +112,14 @@ impl Model {
         }
     }
 
+    /// The timeout `which`. Plans reject invalid values (see [`crate::timeouts`]); one
+    /// still in a state written by an earlier version falls back to the default, so
+    /// read and destroy keep working.
     fn timeout(&self, which: &str) -> Duration {
-        self.timeouts
-            .get(which)
-            .as_str()
-            .and_then(parse_duration)
-            .unwrap_or(DEFAULT_TIMEOUT)
+        crate::timeouts::timeout(&self.timeouts, which).unwrap_or_else(|d| {
+            tracing::warn!(detail = %d.detail, "invalid timeouts.{which} in state; using the default");
+            DEFAULT_TIMEOUT
+        })
     }
 
     /// The parsed target; `Ok(None)` while source or destination is unknown.
@@ -137,63 +138,8 @@ impl Model {
             name: self.name.as_str().map(str::to_string),
             create_timeout: self.timeout("create"),
             delete_timeout: self.timeout("delete"),
+            only_blobs: None,
         }))
-    }
-}
-
-/// Parses Go-style durations: `90s`, `5m`, `1h30m`.
-pub fn parse_duration(input: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in input.trim().chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number.parse().ok()?;
-        number.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return None,
-        };
-    }
-    if !number.is_empty() || total == 0 {
-        return None;
-    }
-    Some(Duration::from_secs(total))
-}
-
-/// Private state kept with the resource: the digest we wrote, for safe deletion.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Private {
-    /// Digest written to the destination by the last sync.
-    pub written: Option<Digest>,
-}
-
-impl Private {
-    /// Decodes (empty or malformed bytes give the default).
-    pub fn decode(bytes: &[u8]) -> Private {
-        let written = serde_json::from_slice::<serde_json::Value>(bytes)
-            .ok()
-            .and_then(|v| {
-                v.get("written")
-                    .and_then(|w| w.as_str())
-                    .map(str::to_string)
-            })
-            .and_then(|s| s.parse().ok());
-        Private { written }
-    }
-
-    /// Encodes (empty when there is nothing to keep).
-    pub fn encode(&self) -> Vec<u8> {
-        match &self.written {
-            Some(d) => serde_json::json!({ "written": d.as_str() })
-                .to_string()
-                .into_bytes(),
-            None => Vec::new(),
-        }
     }
 }
 
@@ -269,6 +215,7 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
             diags.push(d);
         }
     }
+    diags.extend(crate::timeouts::validate(config.get(attr::TIMEOUTS)));
     diags
 }
 
@@ -332,6 +279,8 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
             return out;
         }
     };
+    out.diags
+        .extend(crate::timeouts::validate(&planned.timeouts));
     if direct {
         for a in [attr::NAMESPACE, attr::NAME] {
             let v = if a == attr::NAMESPACE {
@@ -482,10 +431,12 @@ pub async fn apply(
     match (prior, planned) {
         (None, None) => Applied::default(),
         (Some(prior), None) => destroy(backend, prior, private).await,
-        (None, Some(planned)) => sync(backend, None, planned).await,
+        // A create starts a new record, even when Terraform hands over the private state
+        // of the instance it replaces.
+        (None, Some(planned)) => sync(backend, None, planned, Private::default()).await,
         (Some(prior), Some(planned)) => {
             if planned.id.is_unknown() || planned.source_digest.is_unknown() {
-                sync(backend, Some(prior), planned).await
+                sync(backend, Some(prior), planned, private).await
             } else {
                 // Same digest: nothing to copy (e.g. `source` retagged).
                 Applied {
@@ -498,12 +449,8 @@ pub async fn apply(
     }
 }
 
-async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -> Applied {
-    let failed = |prior: Option<Model>, d: Diagnostic| Applied {
-        state: prior,
-        private: Private::default(),
-        diags: vec![d],
-    };
+/// The target of a sync, with the Kubernetes-mode defaults filled in.
+fn sync_target(backend: &dyn Backend, planned: &mut Model) -> Result<Target, Diagnostic> {
     if !backend.resolves_at_plan() {
         if planned.namespace.is_unknown() || planned.namespace.is_null() {
             planned.namespace = Value::string_or_null(backend.namespace());
@@ -513,15 +460,46 @@ async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -
                 Value::string_or_null(planned.destination.as_str().map(crate::kube::derive_name));
         }
     }
-    let target = match planned.target() {
-        Ok(Some(t)) => t,
-        Err(e) => return failed(prior, e),
-        Ok(None) => {
-            return failed(
-                prior,
-                Diagnostic::error("source and destination must be known at apply time", ""),
-            )
-        }
+    planned
+        .target()?
+        .ok_or_else(|| Diagnostic::error("source and destination must be known at apply time", ""))
+}
+
+/// The private state after a sync. `private` is the record so far: empty for a create,
+/// the prior instance's for an in-place re-sync (same destination).
+fn record_sync(mut private: Private, creating: bool, synced: &Synced) -> Private {
+    private.written = Some(synced.destination_digest.clone());
+    private.ownership = if !synced.adopted {
+        // Our own manifest PUT wrote the tag.
+        Some(Ownership::Written)
+    } else if creating {
+        // It was there before us: someone else's image, never ours to delete.
+        Some(Ownership::Adopted)
+    } else {
+        // Re-sync of the same destination that found it already in place: unchanged.
+        private.ownership
+    };
+    if !synced.adopted {
+        private.record_uploaded(synced.uploaded.iter().cloned());
+    }
+    private
+}
+
+async fn sync(
+    backend: &dyn Backend,
+    prior: Option<Model>,
+    mut planned: Model,
+    private: Private,
+) -> Applied {
+    // A failed apply keeps the prior state and its record.
+    let failed = |prior: Option<Model>, private: Private, d: Diagnostic| Applied {
+        state: prior,
+        private,
+        diags: vec![d],
+    };
+    let target = match sync_target(backend, &mut planned) {
+        Ok(t) => t,
+        Err(e) => return failed(prior, private, e),
     };
     let expect = planned
         .source_digest
@@ -535,7 +513,11 @@ async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -
             } else {
                 "Cannot copy the image"
             };
-            return failed(prior, error_diagnostic(what, &e, Some(attr::SOURCE)));
+            return failed(
+                prior,
+                private,
+                error_diagnostic(what, &e, Some(attr::SOURCE)),
+            );
         }
     };
     if synced.destination_digest != synced.source_digest
@@ -543,31 +525,79 @@ async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -
             .as_ref()
             .is_some_and(|e| *e != synced.destination_digest)
     {
+        let detail = format!(
+            "Planned {}, source {}, destination now {}.",
+            expect.map(|d| d.to_string()).unwrap_or_default(),
+            synced.source_digest,
+            synced.destination_digest
+        );
         return failed(
             prior,
-            Diagnostic::error(
-                "Copied image has an unexpected digest",
-                format!(
-                    "Planned {}, source {}, destination now {}.",
-                    expect.map(|d| d.to_string()).unwrap_or_default(),
-                    synced.source_digest,
-                    synced.destination_digest
-                ),
-            ),
+            private,
+            Diagnostic::error("Copied image has an unexpected digest", detail),
         );
     }
+    let private = record_sync(private, prior.is_none(), &synced);
     planned.id = Value::String(synced.id);
     planned.source_digest = Value::String(synced.source_digest.to_string());
     if planned.delete_layers.is_unknown() || planned.delete_layers.is_null() {
         planned.delete_layers = Value::Bool(true);
     }
+    let mut diags = Vec::new();
+    if private.ownership == Some(Ownership::Adopted) && backend.resolves_at_plan() {
+        diags.push(adopted_warning(&target.destination, "was adopted"));
+    }
     Applied {
         state: Some(planned),
-        private: Private {
-            written: Some(synced.destination_digest),
-        },
-        diags: Vec::new(),
+        private,
+        diags,
     }
+}
+
+fn adopted_warning(destination: &Reference, what: &str) -> Diagnostic {
+    Diagnostic::warning(
+        format!("Destination {what}: this resource did not write it"),
+        format!(
+            "{destination} already held this image when the resource was created, so imagesync \
+             wrote nothing there and will not delete it: destroying (or moving) this resource \
+             leaves the tag and its layers in place. To let Terraform delete it, remove the \
+             resource from the state and `terraform import` it (the user then declares the tag \
+             as this resource's)."
+        ),
+    )
+}
+
+/// What destroy may remove, from the record: the blobs this resource uploaded. Without a
+/// record (an earlier provider version, or an import) no blob is a candidate.
+fn destroy_target(
+    mut target: Target,
+    private: &Private,
+    direct: bool,
+) -> (Target, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    if !direct || !target.delete_layers {
+        return (target, diags);
+    }
+    let recorded = private.uploaded.clone().unwrap_or_default();
+    if private.uploaded.is_none() {
+        diags.push(Diagnostic::warning(
+            format!("Layers of {} kept", target.destination),
+            "This resource has no record of the blobs it uploaded (it was imported, or created \
+             by a provider version that kept no such record), so destroy deletes the tag but no layers. \
+             Delete unused layers with the registry's garbage collection.",
+        ));
+    } else if private.truncated {
+        diags.push(Diagnostic::warning(
+            format!("Some layers of {} kept", target.destination),
+            format!(
+                "This resource uploaded more than {} blobs and recorded only that many; the \
+                 others are left in place.",
+                crate::private::MAX_RECORDED_BLOBS
+            ),
+        ));
+    }
+    target.only_blobs = Some(recorded);
+    (target, diags)
 }
 
 async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Applied {
@@ -582,6 +612,16 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
             }
         }
     };
+    let direct = backend.resolves_at_plan();
+    if direct && private.ownership == Some(Ownership::Adopted) {
+        tracing::info!(destination = %target.destination, "adopted, not written by us: left in place");
+        return Applied {
+            state: None,
+            private: Private::default(),
+            diags: vec![adopted_warning(&target.destination, "left in place")],
+        };
+    }
+    let (target, mut diags) = destroy_target(target, &private, direct);
     let ours = private
         .written
         .clone()
@@ -589,39 +629,53 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
         .or_else(|| prior.id.as_str().and_then(id_digest));
     let destination = target.destination.clone();
     match backend.delete(&target, ours).await {
-        Ok(report) => Applied {
-            state: None,
-            private: Private::default(),
-            diags: report
-                .warnings
-                .into_iter()
-                .map(|w| Diagnostic::warning(format!("While deleting {destination}"), w))
-                .collect(),
-        },
-        Err(e) if e.is_not_owned() => Applied {
-            state: None,
-            private: Private::default(),
-            diags: vec![Diagnostic::warning(
-                "Destination left in place: it is not ours any more",
-                format!("{e}\n\nSomething else now owns the tag, so destroy did not delete it."),
-            )],
-        },
+        Ok(report) => {
+            diags.extend(
+                report
+                    .warnings
+                    .into_iter()
+                    .map(|w| Diagnostic::warning(format!("While deleting {destination}"), w)),
+            );
+            Applied {
+                state: None,
+                private: Private::default(),
+                diags,
+            }
+        }
+        Err(e) => delete_failed(prior, private, &destination, e),
+    }
+}
+
+fn delete_failed(
+    prior: Model,
+    private: Private,
+    destination: &Reference,
+    e: BackendError,
+) -> Applied {
+    let gone = |d: Diagnostic| Applied {
+        state: None,
+        private: Private::default(),
+        diags: vec![d],
+    };
+    match e {
+        e if e.is_not_owned() => gone(Diagnostic::warning(
+            "Destination left in place: it is not ours any more",
+            format!("{e}\n\nSomething else now owns the tag, so destroy did not delete it."),
+        )),
         // The registry refuses manifest DELETEs (e.g. distribution with
         // `storage.delete.enabled: false`): nothing was changed and nothing ever will be,
         // so keeping the resource would only make every destroy fail.
-        Err(e @ BackendError::Engine(_)) if e.kind() == ErrorKind::Unsupported => Applied {
-            state: None,
-            private: Private::default(),
-            diags: vec![Diagnostic::warning(
+        e @ BackendError::Engine(_) if e.kind() == ErrorKind::Unsupported => {
+            gone(Diagnostic::warning(
                 "Registry does not allow deletes: image left in place",
                 format!(
                     "{e}\n\nThe registry does not allow deleting images, so destroy removed \
                      {destination} from the Terraform state only; the image is still in the \
                      registry. Delete it there (or enable deletes) if it should go."
                 ),
-            )],
-        },
-        Err(e) => Applied {
+            ))
+        }
+        e => Applied {
             state: Some(prior),
             private,
             diags: vec![error_diagnostic(

@@ -902,3 +902,7 @@ pub(crate) async fn terraform_1_0_3_parallel_30() {
 pub(crate) async fn terraform_0_13_4_parallel_30() {
     parallel("0.13.4").await;
 }
+
+/// Direct mode: adoption, the blob record and hostile timeouts (issue 12).
+#[path = "terraform_ownership.rs"]
+mod ownership;
