@@ -11,6 +11,7 @@ use imagesync_engine::auth::{ChainProvider, Credential, StaticProvider};
 use imagesync_engine::{
     DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Reference, SyncOptions,
 };
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// Errors of a backend operation.
 #[derive(Debug, thiserror::Error)]
@@ -176,8 +177,19 @@ pub struct DirectConfig {
     pub ca_file: Option<PathBuf>,
     /// Docker config path.
     pub docker_config: Option<PathBuf>,
-    /// `registry_auth` blocks: (address, username, password).
-    pub registry_auth: Vec<(String, String, String)>,
+    /// `registry_auth` blocks.
+    pub registry_auth: Vec<RegistryAuth>,
+}
+
+/// One `registry_auth` block. `Debug` shows the password as `[REDACTED]`.
+#[derive(Clone, Debug)]
+pub struct RegistryAuth {
+    /// Registry host.
+    pub address: String,
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: SecretString,
 }
 
 /// Direct mode: the engine, in-process.
@@ -190,8 +202,11 @@ impl Direct {
     /// Builds the engine. Fails on an unreadable CA file.
     pub fn new(config: DirectConfig) -> Result<Direct, BackendError> {
         let mut explicit = StaticProvider::new();
-        for (address, username, password) in config.registry_auth {
-            explicit = explicit.with(&address, Credential::basic(username, password));
+        for auth in config.registry_auth {
+            explicit = explicit.with(
+                &auth.address,
+                Credential::basic(auth.username, auth.password.expose_secret()),
+            );
         }
         let engine = Engine::new(EngineConfig {
             insecure_registries: config.insecure_registries,

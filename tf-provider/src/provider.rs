@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tokio::sync::{Notify, RwLock};
 use tonic::{Request, Response, Status};
 
-use crate::backend::{Backend, Direct, DirectConfig};
+use secrecy::SecretString;
+
+use crate::backend::{Backend, Direct, DirectConfig, RegistryAuth};
 use crate::codec::Value;
 use crate::diag::{self, Diagnostic, PathStep};
 use crate::kube::{Kube, KubeConfig};
@@ -146,7 +148,11 @@ pub fn provider_config(config: &Value) -> (ProviderConfig, Diags) {
             if let (Some(address), Some(username), Some(password)) =
                 (field("address"), field("username"), field("password"))
             {
-                out.registry_auth.push((address, username, password));
+                out.registry_auth.push(RegistryAuth {
+                    address,
+                    username,
+                    password: SecretString::from(password),
+                });
             }
         }
     }
@@ -700,6 +706,36 @@ mod tests {
                 PathStep::Attr("password".into())
             ]
         );
+    }
+
+    /// Configuration types holding passwords never print them through `Debug` (a
+    /// `tracing::debug!(?config)` or an error message formatting them stays safe).
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let config = obj(vec![(
+            "registry_auth",
+            Value::List(vec![obj(vec![
+                ("address", Value::String("ghcr.io".into())),
+                ("username", Value::String("me".into())),
+                ("password", Value::String("hunter2-very-secret".into())),
+            ])]),
+        )]);
+        let (cfg, diags) = provider_config(&config);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(cfg.direct.registry_auth.len(), 1);
+        for shown in [
+            format!("{cfg:?}"),
+            format!("{cfg:#?}"),
+            format!("{:?}", cfg.direct),
+            format!("{:?}", cfg.direct.registry_auth[0]),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("REDACTED"), "{shown}");
+            assert!(shown.contains("ghcr.io") && shown.contains("me"), "{shown}");
+        }
+        // The backend built from it does not show it either.
+        let direct = Direct::new(cfg.direct).unwrap();
+        assert!(!format!("{direct:?}").contains("hunter2"));
     }
 
     #[test]
