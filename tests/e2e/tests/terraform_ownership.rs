@@ -4,7 +4,7 @@
 //! (1.11.4, 1.0.3, and 0.13.4 on protocol 5) against real distribution registries.
 
 use base64::Engine as _;
-use imagesync_e2e::fixtures;
+use imagesync_e2e::fixtures::{self, FixtureSpec};
 use imagesync_e2e::registry::Registry;
 
 use super::{combined, resource, spec, tag_digest, Tf};
@@ -147,6 +147,167 @@ pub(crate) async fn hostile_timeouts(version: &'static str) {
         assert!(!all.contains("panicked"), "{all}");
         assert_eq!(tag_digest(&b, "dst/app", "v1").await, None);
     }
+}
+
+/// A spec sharing no layer with [`spec`]'s images.
+fn unshared(seed: u64) -> FixtureSpec {
+    FixtureSpec {
+        shared_layers: 0,
+        ..spec(seed)
+    }
+}
+
+/// Issue 12 item 4: the destination repository holds an untagged earlier image (pushed
+/// as `:old`, then `:old` overwritten). The resource copies an image sharing its base
+/// layer, which is therefore not uploaded. Destroy deletes only the blobs this resource
+/// uploaded: the earlier image still pulls by digest, the resource's own layers go.
+pub(crate) async fn only_uploaded_layers(version: &'static str) {
+    let (a, b) = tokio::join!(Registry::start(), Registry::start());
+    let tf = Tf::new(version);
+    let earlier = fixtures::push_index_with(b.addr(), "dst/app", "old", spec(71)).await;
+    fixtures::push_index_with(b.addr(), "dst/app", "old", unshared(72)).await;
+    let src = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(73)).await;
+    let base: Vec<&String> = src
+        .layers
+        .iter()
+        .filter(|l| earlier.layers.contains(l))
+        .collect();
+    let own: Vec<&String> = src
+        .blobs
+        .iter()
+        .filter(|l| !earlier.blobs.contains(l))
+        .collect();
+    assert!(!base.is_empty() && !own.is_empty());
+    tf.config(
+        &[&a, &b],
+        &resource(
+            "app",
+            &a.reference("src/app:v1"),
+            &b.reference("dst/app:v1"),
+        ),
+    );
+    tf.init().await;
+    tf.apply(&[]).await;
+    let private = private_of(&tf, "app").await;
+    assert_eq!(private["ownership"], "written");
+    let uploaded: Vec<&str> = private["uploaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    for layer in &own {
+        assert!(
+            uploaded.contains(&layer.as_str()),
+            "{layer} not recorded: {private}"
+        );
+    }
+    for layer in &base {
+        assert!(
+            !uploaded.contains(&layer.as_str()),
+            "{layer} was already there: {private}"
+        );
+    }
+
+    destroy(&tf).await;
+    assert_eq!(
+        fixtures::manifest_status(b.addr(), "dst/app", "v1").await,
+        404
+    );
+    assert_eq!(
+        fixtures::manifest_status(b.addr(), "dst/app", &earlier.digest).await,
+        200
+    );
+    for blob in &earlier.blobs {
+        assert_eq!(
+            fixtures::blob_status(b.addr(), "dst/app", blob).await,
+            200,
+            "{blob} of the untagged earlier image was deleted"
+        );
+    }
+    for blob in &own {
+        assert_eq!(
+            fixtures::blob_status(b.addr(), "dst/app", blob).await,
+            404,
+            "{blob} this resource uploaded was kept"
+        );
+    }
+}
+
+/// Upgrade: a resource created by an earlier provider version has private state
+/// `{"written": ...}` only (what those versions wrote). Its destroy still deletes its tag
+/// but keeps every layer, and says so.
+pub(crate) async fn upgraded_without_record(version: &'static str) {
+    let (a, b) = tokio::join!(Registry::start(), Registry::start());
+    let tf = Tf::new(version);
+    let src = fixtures::push_index_with(a.addr(), "src/app", "v1", unshared(74)).await;
+    tf.config(
+        &[&a, &b],
+        &resource(
+            "app",
+            &a.reference("src/app:v1"),
+            &b.reference("dst/app:v1"),
+        ),
+    );
+    tf.init().await;
+    tf.apply(&[]).await;
+    let old = serde_json::json!({ "written": src.digest }).to_string();
+    set_private(&tf, "app", old.as_bytes()).await;
+    assert_eq!(
+        private_of(&tf, "app").await["ownership"],
+        serde_json::Value::Null
+    );
+
+    let out = destroy(&tf).await;
+    assert!(out.contains("Layers of"), "{out}");
+    assert_eq!(
+        fixtures::manifest_status(b.addr(), "dst/app", "v1").await,
+        404
+    );
+    for blob in &src.layers {
+        assert_eq!(
+            fixtures::blob_status(b.addr(), "dst/app", blob).await,
+            200,
+            "{blob}"
+        );
+    }
+}
+
+/// Replaces the private state of `imagesync.NAME` (`state pull`, edit, `state push`).
+async fn set_private(tf: &Tf, name: &str, private: &[u8]) {
+    let out = tf.ok(&["state", "pull"]).await;
+    let mut state = super::json_in(&out.stdout);
+    state["serial"] = serde_json::json!(state["serial"].as_u64().unwrap() + 1);
+    let resources = state["resources"].as_array_mut().unwrap();
+    let r = resources
+        .iter_mut()
+        .find(|r| r["type"] == "imagesync" && r["name"] == name)
+        .unwrap();
+    r["instances"][0]["private"] =
+        serde_json::json!(base64::engine::general_purpose::STANDARD.encode(private));
+    let path = tf.work().join("edited.tfstate");
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    tf.ok(&["state", "push", "edited.tfstate"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn terraform_1_11_4_destroy_deletes_only_uploaded_layers() {
+    only_uploaded_layers("1.11.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn terraform_0_13_4_destroy_deletes_only_uploaded_layers() {
+    only_uploaded_layers("0.13.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn terraform_1_11_4_resource_without_blob_record_keeps_layers() {
+    upgraded_without_record("1.11.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn terraform_0_13_4_resource_without_blob_record_keeps_layers() {
+    upgraded_without_record("0.13.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
