@@ -738,6 +738,42 @@ mod tests {
         assert!(!format!("{direct:?}").contains("hunter2"));
     }
 
+    /// The private state on the wire (the same messages serve protocols 5 and 6): import
+    /// records ownership, read hands the bytes back unchanged, plan passes them on.
+    #[tokio::test]
+    async fn private_state_is_set_by_import_and_carried_by_read_and_plan() {
+        let imported = Core::import(pb::import_resource_state::Request {
+            type_name: schema::RESOURCE_TYPE.into(),
+            id: "127.0.0.1:5000/src/app:1,127.0.0.1:6000/dst/app:1".into(),
+        });
+        let private = imported.imported_resources[0].private.clone();
+        assert_eq!(
+            Private::decode(&private).ownership,
+            Some(resource::Ownership::Imported)
+        );
+        let core = Core::default();
+        // A null current state needs no backend: read answers with the bytes it got.
+        let read = core
+            .read(pb::read_resource::Request {
+                type_name: schema::RESOURCE_TYPE.into(),
+                current_state: Some(encode(&Value::Null).unwrap()),
+                private: private.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(read.private, private);
+        let planned = core
+            .plan(pb::plan_resource_change::Request {
+                type_name: schema::RESOURCE_TYPE.into(),
+                prior_state: Some(encode(&Value::Null).unwrap()),
+                proposed_new_state: Some(encode(&Value::Null).unwrap()),
+                prior_private: private.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(planned.planned_private, private);
+    }
+
     #[test]
     fn kubernetes_block_selects_kubernetes_mode() {
         let config = obj(vec![(
