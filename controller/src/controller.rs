@@ -71,6 +71,8 @@ pub struct Context {
     pub default_resync: Duration,
     /// The tenant policy (allow-all without a policy file).
     pub policy: Arc<PolicyStore>,
+    /// Shortest `spec.resyncInterval` accepted (`--min-resync-interval`).
+    pub min_resync: Duration,
     gates: Mutex<HashMap<String, Gate>>,
     engines: Mutex<HashMap<String, Engine>>,
 }
@@ -127,6 +129,7 @@ impl Context {
             events,
             default_resync,
             policy: Arc::new(PolicyStore::allow_all()),
+            min_resync: crate::duration::MIN_RESYNC,
             gates: Mutex::new(HashMap::new()),
             engines: Mutex::new(HashMap::new()),
         }
@@ -135,6 +138,12 @@ impl Context {
     /// Enforces `policy` (the default allows everything).
     pub fn with_policy(mut self, policy: Arc<PolicyStore>) -> Context {
         self.policy = policy;
+        self
+    }
+
+    /// Accepts `spec.resyncInterval` values down to `min` (at least 1s) instead of 10s.
+    pub fn with_min_resync(mut self, min: Duration) -> Context {
+        self.min_resync = min.max(crate::duration::MIN_RESYNC_FLOOR);
         self
     }
 
@@ -178,7 +187,9 @@ impl Context {
         } else {
             0
         };
-        entry.due = Instant::now() + wait;
+        // Waits are bounded (at most 30 days), but never let an Instant overflow.
+        let now = Instant::now();
+        entry.due = now.checked_add(wait).unwrap_or(now);
         entry.failures
     }
 
@@ -195,14 +206,22 @@ impl Context {
         self.metrics.set_ready(&object_key(obj), None);
     }
 
-    /// The resync interval of `obj`.
+    /// The resync interval of `obj`: `spec.resyncInterval` when valid, else the default
+    /// (an invalid value is reported by [`Context::checked_resync_interval`]).
     pub fn resync_interval(&self, obj: &ImageSync) -> Duration {
-        obj.spec
-            .resync_interval
-            .as_deref()
-            .and_then(parse_duration)
-            .filter(|d| !d.is_zero())
+        self.checked_resync_interval(obj)
             .unwrap_or(self.default_resync)
+    }
+
+    /// `spec.resyncInterval` checked against its bounds (`min_resync` to 720h), or the
+    /// default when unset; [`Error::InvalidSpec`] when out of range or malformed.
+    pub fn checked_resync_interval(&self, obj: &ImageSync) -> Result<Duration> {
+        match obj.spec.resync_interval.as_deref() {
+            None => Ok(self.default_resync),
+            Some(value) => {
+                crate::duration::check_resync(value, self.min_resync).map_err(Error::InvalidSpec)
+            }
+        }
     }
 
     /// What the tenant policy says about `obj` copying `source` to `destination` (the
@@ -357,12 +376,10 @@ impl Context {
     }
 }
 
-/// Parses a Go-style duration (`90s`, `5m`, `1h30m`).
+/// Parses a Go-style duration (`90s`, `5m`, `1h30m`) without panicking; see
+/// [`crate::duration::parse`].
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    s.parse::<kube::core::Duration>()
-        .ok()
-        .filter(|d| !d.is_negative())
-        .map(Duration::from)
+    crate::duration::parse(s)
 }
 
 // === Decisions (pure, unit-tested) ===
@@ -628,6 +645,7 @@ async fn apply_inner(
         );
         return patch_status(api, obj, status).await;
     }
+    ctx.checked_resync_interval(obj)?;
     let source = Reference::parse(&spec.source).map_err(|source| Error::InvalidReference {
         field: "source",
         source,
