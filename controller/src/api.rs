@@ -84,7 +84,7 @@ pub struct ImageSyncSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(max = 32),
-        regex(pattern = r"^([0-9]{1,13}(\.[0-9]{1,9})?(ns|us|µs|ms|s|m|h)){1,4}$")
+        regex(pattern = r"^([0-9]{1,16}(\.[0-9]{1,9})?(ns|us|µs|ms|s|m|h)){1,4}$")
     )]
     pub resync_interval: Option<String>,
     /// What happens to the destination tag when this object is deleted or its

@@ -524,6 +524,13 @@ pub async fn reconcile(obj: Arc<ImageSync>, ctx: Arc<Context>) -> Result<Action>
     ctx.metrics.reconciles.inc();
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<ImageSync> = Api::namespaced(ctx.client.clone(), &namespace);
+    if obj.metadata.deletion_timestamp.is_none() {
+        if let Err(error) = ctx.checked_resync_interval(&obj) {
+            // Checked before the finalizer: an object stored under an older, looser CRD
+            // schema cannot even take a finalizer now, and nothing has been written for it.
+            return Err(report_invalid_spec(&obj, &ctx, &api, error).await);
+        }
+    }
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => apply(obj, ctx.clone(), &api).await,
@@ -532,6 +539,46 @@ pub async fn reconcile(obj: Arc<ImageSync>, ctx: Arc<Context>) -> Result<Action>
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// `Ready=False` reason `InvalidSpec` (and a Warning Event when that is news); nothing is
+/// checked or copied. Returns `error` for the requeue policy.
+async fn report_invalid_spec(
+    obj: &ImageSync,
+    ctx: &Context,
+    api: &Api<ImageSync>,
+    error: Error,
+) -> Error {
+    let message = error.to_string();
+    let generation = obj.metadata.generation;
+    let news = obj
+        .ready_condition()
+        .is_none_or(|c| c.reason != reasons::INVALID_SPEC || c.message != message);
+    let mut status = obj.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    set_ready(
+        &mut status,
+        false,
+        reasons::INVALID_SPEC,
+        &message,
+        generation,
+    );
+    ctx.metrics.set_ready(&object_key(obj), Some("false"));
+    if news {
+        ctx.events
+            .publish(
+                obj,
+                EventType::Warning,
+                reasons::INVALID_SPEC,
+                "Validate",
+                &message,
+            )
+            .await;
+    }
+    if let Err(e) = patch_status(api, obj, &status).await {
+        warn!(error = %e, "could not write InvalidSpec to status");
+    }
+    error
 }
 
 /// Requeue policy after a failed reconcile: exponential capped backoff for transient
@@ -645,7 +692,6 @@ async fn apply_inner(
         );
         return patch_status(api, obj, status).await;
     }
-    ctx.checked_resync_interval(obj)?;
     let source = Reference::parse(&spec.source).map_err(|source| Error::InvalidReference {
         field: "source",
         source,

@@ -95,6 +95,13 @@ pub fn parse(s: &str) -> Option<Duration> {
 /// why not (for a `Ready=False` condition with reason `InvalidSpec`).
 pub fn check_resync(value: &str, min: Duration) -> Result<Duration, String> {
     let Some(d) = parse(value) else {
+        if value.len() <= MAX_LEN && looks_like_a_duration(value) {
+            return Err(format!(
+                "spec.resyncInterval {value} is out of range: it must be from {} to {} (720h)",
+                human(min),
+                human(MAX_RESYNC)
+            ));
+        }
         return Err(format!(
             "spec.resyncInterval {:?} is not a duration such as 30s, 5m or 1h",
             truncated(value)
@@ -120,6 +127,13 @@ pub fn check_flag(value: &str) -> Result<Duration, String> {
             truncated(value)
         )),
     }
+}
+
+/// Digits and unit letters only: a duration too large to represent, not gibberish.
+fn looks_like_a_duration(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || "nsuµμmh.".contains(c))
 }
 
 fn truncated(s: &str) -> String {
@@ -189,9 +203,8 @@ mod tests {
     /// panics on this value (so a single object took the controller down).
     #[test]
     fn kube_duration_parser_panics_where_ours_returns_none() {
-        let old = std::panic::catch_unwind(|| {
-            "99999999999999999999h".parse::<kube::core::Duration>()
-        });
+        let old =
+            std::panic::catch_unwind(|| "99999999999999999999h".parse::<kube::core::Duration>());
         assert!(old.is_err(), "kube's parser no longer panics: {old:?}");
         assert_eq!(parse("99999999999999999999h"), None);
     }
@@ -219,6 +232,9 @@ mod tests {
         assert!(check_resync("junk", MIN_RESYNC)
             .unwrap_err()
             .contains("not a duration"));
+        assert!(check_resync("99999999999999999999h", MIN_RESYNC)
+            .unwrap_err()
+            .contains("out of range"));
         // An operator may lower the floor (the e2e harness uses 1s).
         assert_eq!(
             check_resync("2s", Duration::from_secs(1)),
