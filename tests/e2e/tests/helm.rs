@@ -1350,11 +1350,42 @@ fn dockerfile_builds_the_controller_and_runs_as_the_charts_non_root_user() {
         .map(str::trim)
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .collect();
-    let froms: Vec<&str> = lines
+    // `FROM ${ARG}` resolves to the ARG's default (the base images are build arguments, so
+    // they can be pinned by digest); an `@sha256:` digest, where one is given, is checked
+    // for form and then left aside.
+    let arg_default = |name: &str| -> Option<String> {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("ARG {name}=")))
+            .map(str::to_owned)
+    };
+    let resolved: Vec<String> = lines
         .iter()
-        .copied()
         .filter(|l| l.starts_with("FROM "))
+        .map(|l| {
+            let image = l["FROM ".len()..].split(' ').next().unwrap_or_default();
+            let image = match image.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                Some(arg) => arg_default(arg).unwrap_or_else(|| panic!("no ARG {arg}=default")),
+                None => image.to_owned(),
+            };
+            let image = match image.split_once("@sha256:") {
+                Some((name, hex)) => {
+                    assert!(
+                        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                        "malformed digest in {image}"
+                    );
+                    name.to_owned()
+                }
+                None => image,
+            };
+            let rest = l["FROM ".len()..].split_once(' ').map_or("", |(_, r)| r);
+            format!(
+                "FROM {image}{}{rest}",
+                if rest.is_empty() { "" } else { " " }
+            )
+        })
         .collect();
+    let froms: Vec<&str> = resolved.iter().map(String::as_str).collect();
     assert_eq!(froms.len(), 2, "multi-stage: build + runtime: {froms:?}");
     assert!(
         froms[0].starts_with("FROM rust:") && froms[0].ends_with(" AS build"),
