@@ -214,13 +214,12 @@ impl Context {
     }
 
     /// `spec.resyncInterval` checked against its bounds (`min_resync` to 720h), or the
-    /// default when unset; [`Error::InvalidSpec`] when out of range or malformed.
-    pub fn checked_resync_interval(&self, obj: &ImageSync) -> Result<Duration> {
+    /// default when unset; why not when out of range or malformed (reported as
+    /// [`Error::InvalidSpec`]).
+    pub fn checked_resync_interval(&self, obj: &ImageSync) -> Result<Duration, String> {
         match obj.spec.resync_interval.as_deref() {
             None => Ok(self.default_resync),
-            Some(value) => {
-                crate::duration::check_resync(value, self.min_resync).map_err(Error::InvalidSpec)
-            }
+            Some(value) => crate::duration::check_resync(value, self.min_resync),
         }
     }
 
@@ -525,9 +524,10 @@ pub async fn reconcile(obj: Arc<ImageSync>, ctx: Arc<Context>) -> Result<Action>
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<ImageSync> = Api::namespaced(ctx.client.clone(), &namespace);
     if obj.metadata.deletion_timestamp.is_none() {
-        if let Err(error) = ctx.checked_resync_interval(&obj) {
+        if let Err(message) = ctx.checked_resync_interval(&obj) {
             // Checked before the finalizer: an object stored under an older, looser CRD
             // schema cannot even take a finalizer now, and nothing has been written for it.
+            let error = Error::InvalidSpec(message);
             return Err(report_invalid_spec(&obj, &ctx, &api, error).await);
         }
     }
