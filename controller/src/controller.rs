@@ -1279,6 +1279,25 @@ mod tests {
         );
     }
 
+    /// A hostile `Retry-After` (or interval) never yields a wait that overflows
+    /// `Instant` arithmetic or the runtime's timer: every wait is capped.
+    #[test]
+    fn huge_retry_after_and_intervals_are_capped() {
+        let now = Instant::now();
+        for wait in [
+            backoff(1, false, Some(Duration::MAX), Duration::MAX),
+            backoff(u32::MAX, false, None, Duration::MAX),
+            backoff(1, true, None, Duration::MAX),
+        ] {
+            assert!(wait <= RETRY_AFTER_CAP, "{wait:?}");
+            assert!(now.checked_add(wait).is_some());
+        }
+        assert_eq!(
+            backoff(1, false, Some(Duration::ZERO), Duration::MAX),
+            Duration::from_millis(100)
+        );
+    }
+
     #[test]
     fn ready_transition_time_is_kept_while_status_is_unchanged() {
         let mut s = ImageSyncStatus::default();
