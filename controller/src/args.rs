@@ -382,7 +382,14 @@ impl Args {
                 healthy.store(false, Ordering::SeqCst);
                 error!("{why}; releasing the Lease and exiting");
                 if let Some(e) = &elector {
-                    e.release().await;
+                    // Bounded: exiting matters more than a clean release (the Lease then
+                    // expires on its own).
+                    if tokio::time::timeout(Duration::from_secs(5), e.release())
+                        .await
+                        .is_err()
+                    {
+                        warn!("releasing the Lease timed out");
+                    }
                 }
                 bail!("{why}: exiting so that a restart or another replica takes over")
             }
