@@ -3,9 +3,17 @@
 #   docker build -t imagesync-controller:dev .
 #
 # Not built in this project's CI (no container engine there); kept minimal on purpose.
+#
+# Base images are build arguments: pin them by digest for a reproducible build, e.g.
+#   docker build --build-arg RUST_IMAGE=rust:1.95-bookworm@sha256:<digest> \
+#                --build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:<digest> .
+# (`docker buildx imagetools inspect <image>` prints the digest). No digest is written here:
+# none could be verified when this file was written, and a guessed one would break the build.
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 # --- build ---------------------------------------------------------------------------------
-FROM rust:1.95-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p imagesync-controller --bin imagesync-controller \
@@ -14,7 +22,7 @@ RUN cargo build --release --locked -p imagesync-controller --bin imagesync-contr
 # --- runtime -------------------------------------------------------------------------------
 # distroless "cc": glibc + CA certificates, no shell, no package manager, same Debian release
 # (bookworm, glibc 2.36) as the build stage. The nonroot tag runs as uid/gid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="imagesync-controller" \
       org.opencontainers.image.source="https://github.com/imagesync/imagesync" \
       org.opencontainers.image.licenses="Apache-2.0"

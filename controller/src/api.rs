@@ -33,6 +33,9 @@ pub mod reasons {
     pub const RATE_LIMITED: &str = "RateLimited";
     /// `spec.source` or `spec.destination` is not a valid image reference.
     pub const INVALID_REFERENCE: &str = "InvalidReference";
+    /// A spec field the CRD schema cannot fully check is out of range (for example
+    /// `spec.resyncInterval` below 10s or above 720h); nothing is checked or copied.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A referenced Secret is missing, in another namespace, or holds no usable docker config.
     pub const INVALID_SECRET: &str = "InvalidSecret";
     /// A referenced Secret is not a `kubernetes.io/dockerconfigjson` or
@@ -75,9 +78,14 @@ pub struct ImageSyncSpec {
     pub destination: String,
     /// How often the source and destination are re-checked (HEAD only), as a Go
     /// duration such as `30s`, `5m` or `1h`. Defaults to the controller's
-    /// `--default-resync-interval` (5m).
+    /// `--default-resync-interval` (5m). From 10s (the controller's
+    /// `--min-resync-interval`) to 720h; outside that the object is `Ready=False` with
+    /// reason `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]{1,16}(\.[0-9]{1,9})?(ns|us|µs|ms|s|m|h)){1,4}$")
+    )]
     pub resync_interval: Option<String>,
     /// What happens to the destination tag when this object is deleted or its
     /// destination changes.
@@ -150,8 +158,8 @@ pub struct ImageSyncStatus {
     pub last_check_time: Option<Time>,
     /// `Ready`: `True` with reason `Synced`; `False` with `Syncing`, `Suspended`,
     /// `SourceNotFound`, `Unauthorized`, `Denied`, `RateLimited`, `InvalidReference`,
-    /// `InvalidSecret`, `SecretTypeUnsupported`, `PolicyDenied`, `SyncFailed`, `DeleteFailed`
-    /// or `RegistryError`.
+    /// `InvalidSpec`, `InvalidSecret`, `SecretTypeUnsupported`, `PolicyDenied`, `SyncFailed`,
+    /// `DeleteFailed` or `RegistryError`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ use kube::{Api, Client};
 use tracing::{error, info, warn};
 
 use crate::api::ImageSync;
-use crate::controller::{self, parse_duration, Context};
+use crate::controller::{self, Context};
+use crate::duration;
 use crate::events::Events;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
@@ -24,17 +25,14 @@ use crate::policy::{self, PolicyStore, Reloader};
 use crate::server::{self, ServerState};
 use crate::telemetry::{self, LogFormat};
 
-/// A Go-style duration flag (`30s`, `5m`, `1h`).
+/// A Go-style duration flag (`30s`, `5m`, `1h`): more than 0 and at most 720h.
 #[derive(Clone, Copy, Debug)]
 pub struct DurationArg(pub Duration);
 
 impl std::str::FromStr for DurationArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_duration(s)
-            .filter(|d| !d.is_zero())
-            .map(DurationArg)
-            .ok_or_else(|| format!("{s:?} is not a positive duration such as 30s, 5m or 1h"))
+        duration::check_flag(s).map(DurationArg)
     }
 }
 
@@ -60,9 +58,15 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     ca_file: Option<PathBuf>,
 
-    /// Address serving /metrics, /healthz and /readyz.
+    /// Address serving /metrics, /healthz and /readyz (for example 127.0.0.1:8080 to
+    /// serve metrics on localhost only).
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+
+    /// Serve /healthz and /readyz on this address instead (for example when
+    /// --metrics-addr is a loopback address and the kubelet must still probe the Pod).
+    #[arg(long, value_name = "ADDR")]
+    health_addr: Option<SocketAddr>,
 
     /// Run only while holding a coordination.k8s.io/v1 Lease (for several replicas).
     #[arg(long)]
@@ -87,6 +91,11 @@ pub struct Args {
     /// resyncInterval of objects that do not set one.
     #[arg(long, default_value = "5m")]
     default_resync_interval: DurationArg,
+
+    /// Shortest spec.resyncInterval accepted (at least 1s); shorter values, like values
+    /// over 720h, make the object Ready=False with reason InvalidSpec.
+    #[arg(long, env = "IMAGESYNC_MIN_RESYNC_INTERVAL", default_value = "10s")]
+    min_resync_interval: DurationArg,
 
     /// Tenant policy (YAML): which namespaces may copy what, with whose credentials.
     /// Without it every object is allowed and may use the controller's own credentials.
@@ -169,12 +178,14 @@ impl Args {
             insecure_registries,
             ca_file,
             metrics_addr,
+            health_addr,
             leader_elect,
             leader_election_namespace,
             lease_name,
             lease_duration,
             log_format,
             default_resync_interval,
+            min_resync_interval,
             policy_file,
             policy_reload_interval,
             deployment_name,
@@ -200,20 +211,10 @@ impl Args {
             .await
             .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
         let metrics = Arc::new(Metrics::new());
-        let ready = Arc::new(AtomicBool::new(false));
-        let state = ServerState {
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-        };
-        let listener_check = tokio::net::TcpListener::bind(metrics_addr)
-            .await
-            .with_context(|| format!("binding --metrics-addr {metrics_addr}"))?;
-        drop(listener_check);
-        tokio::spawn(async move {
-            if let Err(e) = server::serve(metrics_addr, state).await {
-                error!(error = %e, "metrics server stopped");
-            }
-        });
+        let state = ServerState::new(metrics.clone());
+        let ready = state.ready.clone();
+        let healthy = state.healthy.clone();
+        start_servers(metrics_addr, health_addr, state).await?;
 
         let base_credentials: Arc<dyn CredentialProvider> =
             Arc::new(ChainProvider::standard(StaticProvider::new(), None));
@@ -304,7 +305,8 @@ impl Args {
                 events,
                 default_resync_interval.0,
             )
-            .with_policy(policy_store),
+            .with_policy(policy_store)
+            .with_min_resync(min_resync_interval.0),
         );
 
         // Ready once the ImageSync API answers with our permissions.
@@ -338,50 +340,188 @@ impl Args {
             "starting imagesync-controller"
         );
 
-        if !leader_elect {
-            metrics.leader.set(1);
-            controller::run(ctx, api, concurrency, shutdown_signal()).await;
-            return Ok(());
-        }
-
-        let lease_namespace = controller_namespace;
-        let mut elector = LeaderElector::new(
-            client.clone(),
-            LeaseConfig {
-                namespace: lease_namespace,
-                name: lease_name,
-                identity,
-                lease_duration: lease_duration.0,
-            },
-        );
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
-        tokio::select! {
-            r = elector.acquire() => r.context("leader election")?,
-            _ = &mut shutdown => return Ok(()),
+        let mut elector = None;
+        if leader_elect {
+            let mut e = LeaderElector::new(
+                client.clone(),
+                LeaseConfig {
+                    namespace: controller_namespace,
+                    name: lease_name,
+                    identity,
+                    lease_duration: lease_duration.0,
+                },
+            );
+            tokio::select! {
+                r = e.acquire() => r.context("leader election")?,
+                _ = &mut shutdown => return Ok(()),
+            }
+            elector = Some(e);
         }
         metrics.leader.set(1);
 
+        // The reconcile loop runs in its own task, watched here: if it ends for any reason
+        // but our shutdown (a panic included), /healthz fails, the Lease is released and
+        // the process exits non-zero, so a restart or another replica takes over.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let controller = tokio::spawn(controller::run(ctx, api, concurrency, async move {
-            let _ = stop_rx.await;
-        }));
-        let lost = tokio::select! {
-            lost = elector.hold() => Some(lost),
-            _ = &mut shutdown => None,
+        let mut task = tokio::spawn(reconcile_loop(ctx, api, concurrency, stop_rx));
+        let stopped = tokio::select! {
+            r = &mut task => Stopped::LoopEnded(loop_end_message(r)),
+            lost = hold(elector.as_mut()) => Stopped::LeaseLost(lost),
+            _ = &mut shutdown => Stopped::Shutdown,
         };
         metrics.leader.set(0);
-        if let Some(lost) = lost {
-            // Another replica may already be acting: stop at once (client-go does the same).
-            error!(error = %lost, "lost leadership; exiting");
-            std::process::exit(1);
+        match stopped {
+            Stopped::LeaseLost(lost) => {
+                // Another replica may already be acting: stop at once (client-go does the same).
+                error!(error = %lost, "lost leadership; exiting");
+                std::process::exit(1);
+            }
+            Stopped::LoopEnded(why) => {
+                healthy.store(false, Ordering::SeqCst);
+                error!("{why}; releasing the Lease and exiting");
+                if let Some(e) = &elector {
+                    // Bounded: exiting matters more than a clean release (the Lease then
+                    // expires on its own).
+                    if tokio::time::timeout(Duration::from_secs(5), e.release())
+                        .await
+                        .is_err()
+                    {
+                        warn!("releasing the Lease timed out");
+                    }
+                }
+                bail!("{why}: exiting so that a restart or another replica takes over")
+            }
+            Stopped::Shutdown => {
+                let _ = stop_tx.send(());
+                if let Err(e) = task.await {
+                    warn!(error = %e, "controller task ended abnormally");
+                }
+                if let Some(e) = &elector {
+                    e.release().await;
+                }
+                Ok(())
+            }
         }
-        let _ = stop_tx.send(());
-        if let Err(e) = controller.await {
-            warn!(error = %e, "controller task ended abnormally");
+    }
+}
+
+/// Why [`Args::run`] stopped waiting.
+enum Stopped {
+    /// SIGTERM/SIGINT.
+    Shutdown,
+    /// The reconcile task ended on its own (panic, or the stream ended).
+    LoopEnded(String),
+    /// Leadership lost.
+    LeaseLost(crate::Error),
+}
+
+/// Renews the Lease until it is lost; without leader election, never completes.
+async fn hold(elector: Option<&mut LeaderElector>) -> crate::Error {
+    match elector {
+        Some(e) => e.hold().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds the endpoints now (a bad address fails the start) and serves them in the
+/// background: everything on `metrics_addr`, or `/healthz` and `/readyz` on `health_addr`.
+async fn start_servers(
+    metrics_addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
+    state: ServerState,
+) -> anyhow::Result<()> {
+    let metrics = server::bind(metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {metrics_addr}"))?;
+    let (metrics_router, health) = match health_addr {
+        None => (server::router(state), None),
+        Some(addr) => {
+            let listener = server::bind(addr)
+                .await
+                .with_context(|| format!("binding --health-addr {addr}"))?;
+            let metrics_only = server::router(state.clone());
+            (metrics_only, Some((listener, server::health_router(state))))
         }
-        elector.release().await;
-        Ok(())
+    };
+    info!(addr = %metrics_addr, "serving /metrics{}", if health.is_none() { ", /healthz and /readyz" } else { "" });
+    tokio::spawn(async move {
+        if let Err(e) = server::serve(metrics, metrics_router).await {
+            error!(error = %e, "metrics server stopped");
+        }
+    });
+    if let Some((listener, router)) = health {
+        info!(addr = ?health_addr, "serving /healthz and /readyz");
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(listener, router).await {
+                error!(error = %e, "health server stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The reconcile loop until `stop` fires.
+async fn reconcile_loop(
+    ctx: Arc<Context>,
+    api: Api<ImageSync>,
+    concurrency: u16,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let run = controller::run(ctx, api, concurrency, async move {
+        let _ = stop.await;
+    });
+    #[cfg(debug_assertions)]
+    if let Some(after) = test_hooks::panic_after() {
+        test_hooks::panic_after_delay(run, after).await;
+        return;
+    }
+    run.await;
+}
+
+/// What ended the reconcile task, for the log and the exit error.
+fn loop_end_message(r: Result<(), tokio::task::JoinError>) -> String {
+    match r {
+        Ok(()) => "the reconcile loop ended".into(),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic".into());
+            format!("the reconcile loop panicked: {text}")
+        }
+        Err(e) => format!("the reconcile loop was cancelled: {e}"),
+    }
+}
+
+/// Test-only hook, compiled into debug builds only (release images never have it): with
+/// `IMAGESYNC_TEST_PANIC_RECONCILE_LOOP_AFTER=<duration>` the reconcile task panics after
+/// that long, so the e2e tests can show what a panic in the loop does (health, Lease,
+/// exit code). Unset, it does nothing.
+#[cfg(debug_assertions)]
+mod test_hooks {
+    use std::time::Duration;
+
+    /// The environment variable.
+    pub const PANIC_AFTER: &str = "IMAGESYNC_TEST_PANIC_RECONCILE_LOOP_AFTER";
+
+    pub fn panic_after() -> Option<Duration> {
+        let value = std::env::var(PANIC_AFTER).ok()?;
+        crate::duration::parse(&value)
+    }
+
+    #[allow(clippy::panic)]
+    pub async fn panic_after_delay(run: impl std::future::Future<Output = ()>, after: Duration) {
+        tokio::select! {
+            _ = run => {}
+            _ = tokio::time::sleep(after) => {
+                tracing::warn!("{PANIC_AFTER} is set: panicking in the reconcile task (test only)");
+                panic!("test-only panic ({PANIC_AFTER})");
+            }
+        }
     }
 }
 
@@ -432,5 +572,51 @@ mod tests {
         assert_eq!(args.policy_reload_interval.0, Duration::from_secs(1));
         assert_eq!(args.deployment_name.as_deref(), Some("isync"));
         assert!(Args::try_parse_from(["x", "--policy-reload-interval", "0s"]).is_err());
+    }
+
+    /// Huge durations in flags (which used to overflow `Instant` arithmetic later) are
+    /// refused when parsing, with no panic.
+    #[test]
+    fn duration_flags_are_bounded() {
+        for flag in [
+            "--lease-duration",
+            "--default-resync-interval",
+            "--min-resync-interval",
+            "--policy-reload-interval",
+        ] {
+            for bad in ["99999999999999999999h", "2562047h", "721h", "0s", "1x"] {
+                assert!(
+                    Args::try_parse_from(["x", flag, bad]).is_err(),
+                    "{flag} {bad}"
+                );
+            }
+            assert!(Args::try_parse_from(["x", flag, "720h"]).is_ok(), "{flag}");
+        }
+        let args = Args::try_parse_from(["x"]).unwrap();
+        assert_eq!(args.min_resync_interval.0, duration::MIN_RESYNC);
+        assert!(args.health_addr.is_none());
+        let args = Args::try_parse_from([
+            "x",
+            "--metrics-addr",
+            "127.0.0.1:9090",
+            "--health-addr",
+            "0.0.0.0:8081",
+        ])
+        .unwrap();
+        assert!(args.metrics_addr.ip().is_loopback());
+        assert_eq!(args.health_addr.map(|a| a.port()), Some(8081));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_task_is_reported_with_its_message() {
+        let panicked = tokio::spawn(async { panic!("boom") }).await;
+        assert_eq!(
+            loop_end_message(panicked),
+            "the reconcile loop panicked: boom"
+        );
+        assert_eq!(
+            loop_end_message(tokio::spawn(async {}).await),
+            "the reconcile loop ended"
+        );
     }
 }

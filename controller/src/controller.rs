@@ -71,6 +71,8 @@ pub struct Context {
     pub default_resync: Duration,
     /// The tenant policy (allow-all without a policy file).
     pub policy: Arc<PolicyStore>,
+    /// Shortest `spec.resyncInterval` accepted (`--min-resync-interval`).
+    pub min_resync: Duration,
     gates: Mutex<HashMap<String, Gate>>,
     engines: Mutex<HashMap<String, Engine>>,
 }
@@ -127,6 +129,7 @@ impl Context {
             events,
             default_resync,
             policy: Arc::new(PolicyStore::allow_all()),
+            min_resync: crate::duration::MIN_RESYNC,
             gates: Mutex::new(HashMap::new()),
             engines: Mutex::new(HashMap::new()),
         }
@@ -135,6 +138,12 @@ impl Context {
     /// Enforces `policy` (the default allows everything).
     pub fn with_policy(mut self, policy: Arc<PolicyStore>) -> Context {
         self.policy = policy;
+        self
+    }
+
+    /// Accepts `spec.resyncInterval` values down to `min` (at least 1s) instead of 10s.
+    pub fn with_min_resync(mut self, min: Duration) -> Context {
+        self.min_resync = min.max(crate::duration::MIN_RESYNC_FLOOR);
         self
     }
 
@@ -178,7 +187,9 @@ impl Context {
         } else {
             0
         };
-        entry.due = Instant::now() + wait;
+        // Waits are bounded (at most 30 days), but never let an Instant overflow.
+        let now = Instant::now();
+        entry.due = now.checked_add(wait).unwrap_or(now);
         entry.failures
     }
 
@@ -195,14 +206,21 @@ impl Context {
         self.metrics.set_ready(&object_key(obj), None);
     }
 
-    /// The resync interval of `obj`.
+    /// The resync interval of `obj`: `spec.resyncInterval` when valid, else the default
+    /// (an invalid value is reported by [`Context::checked_resync_interval`]).
     pub fn resync_interval(&self, obj: &ImageSync) -> Duration {
-        obj.spec
-            .resync_interval
-            .as_deref()
-            .and_then(parse_duration)
-            .filter(|d| !d.is_zero())
+        self.checked_resync_interval(obj)
             .unwrap_or(self.default_resync)
+    }
+
+    /// `spec.resyncInterval` checked against its bounds (`min_resync` to 720h), or the
+    /// default when unset; why not when out of range or malformed (reported as
+    /// [`Error::InvalidSpec`]).
+    pub fn checked_resync_interval(&self, obj: &ImageSync) -> Result<Duration, String> {
+        match obj.spec.resync_interval.as_deref() {
+            None => Ok(self.default_resync),
+            Some(value) => crate::duration::check_resync(value, self.min_resync),
+        }
     }
 
     /// What the tenant policy says about `obj` copying `source` to `destination` (the
@@ -357,12 +375,10 @@ impl Context {
     }
 }
 
-/// Parses a Go-style duration (`90s`, `5m`, `1h30m`).
+/// Parses a Go-style duration (`90s`, `5m`, `1h30m`) without panicking; see
+/// [`crate::duration::parse`].
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    s.parse::<kube::core::Duration>()
-        .ok()
-        .filter(|d| !d.is_negative())
-        .map(Duration::from)
+    crate::duration::parse(s)
 }
 
 // === Decisions (pure, unit-tested) ===
@@ -507,6 +523,14 @@ pub async fn reconcile(obj: Arc<ImageSync>, ctx: Arc<Context>) -> Result<Action>
     ctx.metrics.reconciles.inc();
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<ImageSync> = Api::namespaced(ctx.client.clone(), &namespace);
+    if obj.metadata.deletion_timestamp.is_none() {
+        if let Err(message) = ctx.checked_resync_interval(&obj) {
+            // Checked before the finalizer: an object stored under an older, looser CRD
+            // schema cannot even take a finalizer now, and nothing has been written for it.
+            let error = Error::InvalidSpec(message);
+            return Err(report_invalid_spec(&obj, &ctx, &api, error).await);
+        }
+    }
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => apply(obj, ctx.clone(), &api).await,
@@ -515,6 +539,46 @@ pub async fn reconcile(obj: Arc<ImageSync>, ctx: Arc<Context>) -> Result<Action>
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// `Ready=False` reason `InvalidSpec` (and a Warning Event when that is news); nothing is
+/// checked or copied. Returns `error` for the requeue policy.
+async fn report_invalid_spec(
+    obj: &ImageSync,
+    ctx: &Context,
+    api: &Api<ImageSync>,
+    error: Error,
+) -> Error {
+    let message = error.to_string();
+    let generation = obj.metadata.generation;
+    let news = obj
+        .ready_condition()
+        .is_none_or(|c| c.reason != reasons::INVALID_SPEC || c.message != message);
+    let mut status = obj.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    set_ready(
+        &mut status,
+        false,
+        reasons::INVALID_SPEC,
+        &message,
+        generation,
+    );
+    ctx.metrics.set_ready(&object_key(obj), Some("false"));
+    if news {
+        ctx.events
+            .publish(
+                obj,
+                EventType::Warning,
+                reasons::INVALID_SPEC,
+                "Validate",
+                &message,
+            )
+            .await;
+    }
+    if let Err(e) = patch_status(api, obj, &status).await {
+        warn!(error = %e, "could not write InvalidSpec to status");
+    }
+    error
 }
 
 /// Requeue policy after a failed reconcile: exponential capped backoff for transient
@@ -1213,6 +1277,25 @@ mod tests {
         assert_eq!(
             backoff(3, false, Some(Duration::from_secs(42)), interval),
             Duration::from_secs(42)
+        );
+    }
+
+    /// A hostile `Retry-After` (or interval) never yields a wait that overflows
+    /// `Instant` arithmetic or the runtime's timer: every wait is capped.
+    #[test]
+    fn huge_retry_after_and_intervals_are_capped() {
+        let now = Instant::now();
+        for wait in [
+            backoff(1, false, Some(Duration::MAX), Duration::MAX),
+            backoff(u32::MAX, false, None, Duration::MAX),
+            backoff(1, true, None, Duration::MAX),
+        ] {
+            assert!(wait <= RETRY_AFTER_CAP, "{wait:?}");
+            assert!(now.checked_add(wait).is_some());
+        }
+        assert_eq!(
+            backoff(1, false, Some(Duration::ZERO), Duration::MAX),
+            Duration::from_millis(100)
         );
     }
 

@@ -44,7 +44,7 @@ impl LeaseConfig {
     }
     /// The leader steps down when it could not renew for this long.
     pub fn renew_deadline(&self) -> Duration {
-        self.lease_duration * 2 / 3
+        self.lease_duration.saturating_mul(2) / 3
     }
 }
 

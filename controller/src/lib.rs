@@ -16,6 +16,7 @@ pub mod api;
 pub mod args;
 pub mod controller;
 pub mod credentials;
+pub mod duration;
 pub mod events;
 pub mod leader;
 pub mod metrics;
@@ -88,6 +89,11 @@ pub enum Error {
         type_: String,
     },
 
+    /// A spec field is out of range or malformed beyond what the CRD schema checks
+    /// (for example `spec.resyncInterval` outside 10s..720h).
+    #[error("{0}")]
+    InvalidSpec(String),
+
     /// The tenant policy does not allow this object (nothing is copied or deleted).
     #[error("{message}")]
     PolicyDenied {
@@ -142,6 +148,7 @@ impl Error {
         use api::reasons;
         match self.innermost() {
             Error::InvalidReference { .. } => reasons::INVALID_REFERENCE,
+            Error::InvalidSpec(_) => reasons::INVALID_SPEC,
             Error::SourceNotFound { .. } => reasons::SOURCE_NOT_FOUND,
             Error::Secret { .. } => reasons::INVALID_SECRET,
             Error::SecretTypeUnsupported { .. } => reasons::SECRET_TYPE_UNSUPPORTED,
@@ -172,6 +179,7 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         match self.innermost() {
             Error::InvalidReference { .. }
+            | Error::InvalidSpec(_)
             | Error::SourceNotFound { .. }
             | Error::Secret { .. }
             | Error::SecretTypeUnsupported { .. }
@@ -196,6 +204,7 @@ impl Error {
             Error::Kube { .. } => "kube",
             Error::Engine { source, .. } => source.metric_label(),
             Error::InvalidReference { .. } => "invalid_reference",
+            Error::InvalidSpec(_) => "invalid_spec",
             Error::SourceNotFound { .. } => "source_not_found",
             Error::Secret { .. } => "secret",
             Error::SecretTypeUnsupported { .. } => "secret_type_unsupported",

@@ -63,3 +63,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The controller image: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "imagesync.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when /metrics is served on loopback only (health endpoints then move). */}}
+{{- define "imagesync.metricsLocal" -}}
+{{- if or .Values.metrics.localhostOnly (has .Values.metrics.bindAddress (list "127.0.0.1" "::1")) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The --metrics-addr value (IPv6 addresses in brackets). */}}
+{{- define "imagesync.metricsAddr" -}}
+{{- $ip := ternary "127.0.0.1" .Values.metrics.bindAddress .Values.metrics.localhostOnly -}}
+{{- if contains ":" $ip -}}
+{{- printf "[%s]:%v" $ip .Values.metrics.port -}}
+{{- else -}}
+{{- printf "%s:%v" $ip .Values.metrics.port -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The name of the port the probes use. */}}
+{{- define "imagesync.probePort" -}}
+{{- if include "imagesync.metricsLocal" . -}}health{{- else -}}metrics{{- end -}}
+{{- end -}}

@@ -64,6 +64,8 @@ impl ControllerProc {
             .env("RUST_LOG", "info,imagesync_controller=debug")
             .env_remove("IMAGESYNC_NAMESPACE")
             .env_remove("POD_NAMESPACE")
+            // The scenarios re-check every 2s; the production floor is 10s.
+            .env("IMAGESYNC_MIN_RESYNC_INTERVAL", "1s")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)

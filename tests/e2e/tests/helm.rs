@@ -214,6 +214,8 @@ fn chart_lints_cleanly_in_strict_mode_for_every_variant() {
         json!({"metrics": {"serviceMonitor": {"enabled": true}}}),
         json!({"caBundle": {"configMapName": "registry-ca"}, "insecureRegistries": ["127.0.0.1:5000"]}),
         policy_values(),
+        shared_cluster_values(),
+        json!({"metrics": {"localhostOnly": true}}),
     ] {
         let report = helmctl(&[
             "lint",
@@ -263,7 +265,8 @@ fn default_render_is_hardened_and_cluster_scoped_with_exact_rbac() {
             "--concurrency=4",
             "--metrics-addr=0.0.0.0:8080",
             "--log-format=json",
-            "--default-resync-interval=5m"
+            "--default-resync-interval=5m",
+            "--min-resync-interval=10s",
         ]
     );
     let deploy = r.one("Deployment");
@@ -424,6 +427,7 @@ fn ca_bundle_insecure_registries_and_identity_annotations_reach_the_pod() {
             "--metrics-addr=0.0.0.0:8080",
             "--log-format=text",
             "--default-resync-interval=90s",
+            "--min-resync-interval=10s",
         ]
     );
     let pod = &r.one("Deployment")["spec"]["template"]["spec"];
@@ -701,6 +705,7 @@ fn object_path(obj: &Value) -> String {
         "ClusterRoleBinding" => "clusterrolebindings",
         "ServiceMonitor" => "servicemonitors",
         "CustomResourceDefinition" => "customresourcedefinitions",
+        "NetworkPolicy" => "networkpolicies",
         other => panic!("object_path: unexpected kind {other}"),
     };
     let prefix = if api_version == "v1" {
@@ -1345,11 +1350,42 @@ fn dockerfile_builds_the_controller_and_runs_as_the_charts_non_root_user() {
         .map(str::trim)
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .collect();
-    let froms: Vec<&str> = lines
+    // `FROM ${ARG}` resolves to the ARG's default (the base images are build arguments, so
+    // they can be pinned by digest); an `@sha256:` digest, where one is given, is checked
+    // for form and then left aside.
+    let arg_default = |name: &str| -> Option<String> {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("ARG {name}=")))
+            .map(str::to_owned)
+    };
+    let resolved: Vec<String> = lines
         .iter()
-        .copied()
         .filter(|l| l.starts_with("FROM "))
+        .map(|l| {
+            let image = l["FROM ".len()..].split(' ').next().unwrap_or_default();
+            let image = match image.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                Some(arg) => arg_default(arg).unwrap_or_else(|| panic!("no ARG {arg}=default")),
+                None => image.to_owned(),
+            };
+            let image = match image.split_once("@sha256:") {
+                Some((name, hex)) => {
+                    assert!(
+                        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                        "malformed digest in {image}"
+                    );
+                    name.to_owned()
+                }
+                None => image,
+            };
+            let rest = l["FROM ".len()..].split_once(' ').map_or("", |(_, r)| r);
+            format!(
+                "FROM {image}{}{rest}",
+                if rest.is_empty() { "" } else { " " }
+            )
+        })
         .collect();
+    let froms: Vec<&str> = resolved.iter().map(String::as_str).collect();
     assert_eq!(froms.len(), 2, "multi-stage: build + runtime: {froms:?}");
     assert!(
         froms[0].starts_with("FROM rust:") && froms[0].ends_with(" AS build"),
@@ -1776,4 +1812,409 @@ async fn charts_policy_is_enforced_with_the_charts_service_account_permissions()
         !text.to_lowercase().contains("forbidden"),
         "the controller hit a permission the chart does not grant:\n{text}"
     );
+}
+
+// === shared-cluster defaults (issue 12, item 6) ===
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Every shared-cluster option at once: Secrets in listed namespaces only, the egress
+/// NetworkPolicy, metrics on loopback, the image by digest.
+fn shared_cluster_values() -> Value {
+    json!({
+        "image": {"digest": DIGEST},
+        "rbac": {"secrets": {"scope": "namespaces", "namespaces": ["team-a", "team-b"]}},
+        "networkPolicy": {"enabled": true, "apiServer": {"cidrs": ["10.0.0.1/32"]}},
+        "metrics": {"localhostOnly": true},
+    })
+}
+
+fn secret_rules(r: &Rendered) -> Vec<(String, String)> {
+    r.objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        .filter(|o| grants(o["rules"].as_array().map_or(&[][..], |v| v), "secrets"))
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap_or_default().to_owned(),
+                o["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("<cluster>")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn secrets_scope_namespaces_grants_get_secrets_only_in_the_listed_namespaces() {
+    // Default: one cluster-wide `get secrets`, as before.
+    assert_eq!(
+        secret_rules(&render(json!({}))),
+        [("ClusterRole".to_owned(), "<cluster>".to_owned())]
+    );
+
+    let r = render(
+        json!({"rbac": {"secrets": {"scope": "namespaces", "namespaces": ["team-a", "team-b"]}}}),
+    );
+    assert_hardened(&r);
+    let mut without_secrets = controller_rules();
+    without_secrets.as_array_mut().expect("rules").pop();
+    assert_eq!(r.one("ClusterRole")["rules"], without_secrets);
+    assert_eq!(
+        secret_rules(&r),
+        [
+            ("Role".to_owned(), "team-a".to_owned()),
+            ("Role".to_owned(), "team-b".to_owned())
+        ]
+    );
+    for ns in ["team-a", "team-b"] {
+        let role = r
+            .all("Role")
+            .into_iter()
+            .find(|o| o["metadata"]["namespace"] == ns)
+            .expect("Role");
+        assert_eq!(role["metadata"]["name"], format!("{FULLNAME}-secrets"));
+        assert_eq!(
+            role["rules"],
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
+        );
+        let binding = r
+            .all("RoleBinding")
+            .into_iter()
+            .find(|o| o["metadata"]["namespace"] == ns)
+            .expect("RoleBinding");
+        assert_eq!(
+            binding["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{FULLNAME}-secrets")})
+        );
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NS}])
+        );
+    }
+
+    // `none`: no Secret access anywhere.
+    assert!(secret_rules(&render(json!({"rbac": {"secrets": {"scope": "none"}}}))).is_empty());
+    // With watchNamespace: the listed namespace must be the watched one.
+    let r = render(json!({"watchNamespace": "team-a",
+                          "rbac": {"secrets": {"scope": "namespaces", "namespaces": ["team-a"]}}}));
+    assert_eq!(secret_rules(&r), [("Role".to_owned(), "team-a".to_owned())]);
+    assert_eq!(r.named("Role", FULLNAME)["rules"], without_secrets);
+}
+
+#[test]
+fn network_policy_denies_link_local_and_cluster_ranges_except_the_api_server_and_dns() {
+    assert!(
+        render(json!({})).all("NetworkPolicy").is_empty(),
+        "off by default"
+    );
+    let r = render(json!({"networkPolicy": {"enabled": true,
+        "apiServer": {"cidrs": ["10.0.0.1/32", "fd00::1/128"]}}}));
+    assert_hardened(&r);
+    let np = r.one("NetworkPolicy");
+    assert_eq!(np["metadata"]["namespace"], RELEASE_NS);
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        r.one("Deployment")["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Egress"]));
+    let egress = np["spec"]["egress"].as_array().expect("egress");
+    assert_eq!(egress.len(), 3, "{egress:?}");
+    assert_eq!(
+        egress[0],
+        json!({"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}, {"ipBlock": {"cidr": "fd00::1/128"}}],
+               "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]})
+    );
+    assert_eq!(
+        egress[1],
+        json!({"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+               "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]})
+    );
+    assert_eq!(
+        egress[2],
+        json!({"to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16", "10.0.0.0/8",
+                "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fe80::/10", "fc00::/7"]}}]})
+    );
+    // Extra rules are appended as given (e.g. an in-cluster registry).
+    let extra = json!({"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"port": 5000}]});
+    let r = render(json!({"networkPolicy": {"enabled": true,
+        "apiServer": {"cidrs": ["10.0.0.1/32"]}, "extraEgress": [extra]}}));
+    assert_eq!(r.one("NetworkPolicy")["spec"]["egress"][3], extra);
+}
+
+#[test]
+fn metrics_bind_address_and_localhost_only_move_the_probes_to_a_health_port() {
+    let r = render(json!({"metrics": {"bindAddress": "::", "port": 9090}}));
+    assert!(
+        r.args().contains(&"--metrics-addr=[::]:9090".to_owned()),
+        "{:?}",
+        r.args()
+    );
+    assert_eq!(r.container()["livenessProbe"]["httpGet"]["port"], "metrics");
+
+    for values in [
+        json!({"metrics": {"localhostOnly": true}}),
+        json!({"metrics": {"bindAddress": "127.0.0.1"}}),
+    ] {
+        let r = render(values.clone());
+        let args = r.args();
+        assert!(
+            args.contains(&"--metrics-addr=127.0.0.1:8080".to_owned())
+                && args.contains(&"--health-addr=0.0.0.0:8081".to_owned()),
+            "{values}: {args:?}"
+        );
+        let c = r.container();
+        assert_eq!(
+            c["ports"],
+            json!([{"name": "health", "containerPort": 8081, "protocol": "TCP"}])
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"],
+            json!({"path": "/healthz", "port": "health"})
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"],
+            json!({"path": "/readyz", "port": "health"})
+        );
+        assert!(
+            r.all("Service").is_empty(),
+            "{values}: no Service for a loopback listener"
+        );
+    }
+    // The rendered flags are ones the controller accepts.
+    let status = Command::new(imagesync_e2e::bin("imagesync-controller"))
+        .args([
+            "--metrics-addr=127.0.0.1:8080",
+            "--health-addr=0.0.0.0:8081",
+            "--help",
+        ])
+        .output()
+        .expect("controller --help");
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("--health-addr"));
+}
+
+#[test]
+fn image_digest_pins_the_controller_image() {
+    let r = render(json!({"image": {"digest": DIGEST, "tag": "0.1.0"}}));
+    assert_eq!(
+        r.container()["image"],
+        format!("ghcr.io/imagesync/imagesync-controller@{DIGEST}")
+    );
+    let r = render(shared_cluster_values());
+    assert_eq!(
+        r.container()["image"],
+        format!("ghcr.io/imagesync/imagesync-controller@{DIGEST}")
+    );
+}
+
+#[test]
+fn bad_shared_cluster_values_are_rejected_with_a_message_naming_the_key() {
+    let digest_err = json!({"image": {"digest": "sha256:short"}});
+    for (values, needle) in [
+        (digest_err, "/image/digest"),
+        (
+            json!({"rbac": {"secrets": {"scope": "some"}}}),
+            "/rbac/secrets/scope",
+        ),
+        (
+            json!({"rbac": {"secrets": {"scope": "namespaces", "namespaces": ["Team_A"]}}}),
+            "/rbac/secrets/namespaces/0",
+        ),
+        (
+            json!({"metrics": {"bindAddress": "localhost"}}),
+            "/metrics/bindAddress",
+        ),
+        (
+            json!({"networkPolicy": {"clusterCIDRs": ["10.0.0.0"]}}),
+            "/networkPolicy/clusterCIDRs/0",
+        ),
+        (
+            json!({"minResyncInterval": "99999999999999999999h"}),
+            "/minResyncInterval",
+        ),
+        (
+            json!({"defaultResyncInterval": "99999999999999999999h"}),
+            "/defaultResyncInterval",
+        ),
+    ] {
+        let failure = helmctl(&[
+            "validate",
+            &chart_arg(),
+            "--values-json",
+            &values.to_string(),
+        ])
+        .err()
+        .unwrap_or_else(|| panic!("accepted invalid values {values}"));
+        assert_eq!(failure.code, Some(3), "{values}: {failure:?}");
+        assert!(
+            failure.stderr.contains(needle),
+            "{values}: {}",
+            failure.stderr
+        );
+    }
+    for (values, needle) in [
+        (
+            json!({"rbac": {"secrets": {"scope": "namespaces"}}}),
+            "list at least one namespace",
+        ),
+        (
+            json!({"rbac": {"secrets": {"namespaces": ["team-a"]}}}),
+            "only with rbac.secrets.scope=namespaces",
+        ),
+        (
+            json!({"watchNamespace": "team-a", "rbac": {"secrets": {"scope": "namespaces", "namespaces": ["team-b"]}}}),
+            "team-b is not the watched namespace team-a",
+        ),
+        (
+            json!({"networkPolicy": {"enabled": true}}),
+            "networkPolicy.apiServer.cidrs",
+        ),
+        (
+            json!({"metrics": {"localhostOnly": true, "serviceMonitor": {"enabled": true}}}),
+            "loopback only",
+        ),
+        (
+            json!({"metrics": {"localhostOnly": true, "healthPort": 8080}}),
+            "metrics.healthPort must differ",
+        ),
+    ] {
+        let failure = helmctl(&[
+            "render",
+            &chart_arg(),
+            "--name",
+            RELEASE,
+            "--namespace",
+            RELEASE_NS,
+            "--values-json",
+            &values.to_string(),
+        ])
+        .err()
+        .unwrap_or_else(|| panic!("rendered invalid values {values}"));
+        assert!(
+            failure.stderr.contains(needle),
+            "{values}: {}",
+            failure.stderr
+        );
+    }
+}
+
+/// The RoleBinding mode on the real API server: the chart's ServiceAccount may get Secrets
+/// in the listed namespace and nowhere else, and the controller running with it reads a
+/// Secret there while an object elsewhere naming a Secret gets `InvalidSecret`. The
+/// NetworkPolicy is stored by a 1.20 server unchanged (nothing enforces it here: no CNI).
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_in_listed_namespaces_only_on_kube_apiserver_1_20() {
+    let kube = Kube::start().await;
+    let registry = imagesync_e2e::registry::Registry::start().await;
+    let reg = registry.addr().to_owned();
+    let source = imagesync_e2e::fixtures::push_index(&reg, "src/app", "v1", 43).await;
+    for ns in ["team-a", "team-b"] {
+        kube.create_namespace(ns).await;
+    }
+    let values = json!({"insecureRegistries": [reg], "logFormat": "text",
+        "rbac": {"secrets": {"scope": "namespaces", "namespaces": ["team-a"]}},
+        "networkPolicy": {"enabled": true, "apiServer": {"cidrs": ["127.0.0.1/32"]}}});
+    let out = helm_install(&kube, RELEASE, RELEASE_NS, &values)
+        .unwrap_or_else(|f| panic!("install: {f:?}"));
+    assert_release_stored(&kube, &objects(&out)).await;
+
+    let sa_kubeconfig = kube
+        .server
+        .service_account_kubeconfig(RELEASE_NS, FULLNAME)
+        .await;
+    let sa = imagesync_e2e::kube::client_for(&sa_kubeconfig).await;
+    assert!(can_i(&sa, "get", "", "secrets", "team-a").await);
+    for (verb, ns) in [
+        ("get", "team-b"),
+        ("get", "default"),
+        ("get", RELEASE_NS),
+        ("list", "team-a"),
+        ("watch", "team-a"),
+    ] {
+        assert!(
+            !can_i(&sa, verb, "", "secrets", ns).await,
+            "SA must not {verb} secrets in {ns}"
+        );
+    }
+    assert!(can_i(&sa, "patch", "imagesync.dev", "imagesyncs/status", "team-b").await);
+
+    // The controller with exactly these permissions.
+    let metrics_port = imagesync_e2e::registry::free_port().expect("free port");
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let args = rendered_controller_args(&kube, &[("--metrics-addr", &metrics_addr)]).await;
+    let log = kube.server.dir().join("controller.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let controller = ControllerProcess {
+        child: std::sync::Mutex::new(
+            Command::new(imagesync_e2e::bin("imagesync-controller"))
+                .args(&args)
+                .env("KUBECONFIG", &sa_kubeconfig)
+                .env_remove("POD_NAMESPACE")
+                .env_remove("IMAGESYNC_NAMESPACE")
+                .env("RUST_LOG", "info")
+                .stdout(log_file.try_clone().expect("log file"))
+                .stderr(log_file)
+                .spawn()
+                .expect("starting imagesync-controller"),
+        ),
+        log,
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let config = format!(
+        r#"{{"auths":{{"{reg}":{{"auth":"{}"}}}}}}"#,
+        b64.encode("u:p")
+    );
+    for ns in ["team-a", "team-b"] {
+        kube.create(
+            &format!("/api/v1/namespaces/{ns}/secrets"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                   "type": "kubernetes.io/dockerconfigjson",
+                   "data": {".dockerconfigjson": b64.encode(&config)}}),
+        )
+        .await;
+        kube.create(
+            &format!("/apis/imagesync.dev/v1alpha1/namespaces/{ns}/imagesyncs"),
+            json!({"apiVersion": "imagesync.dev/v1alpha1", "kind": "ImageSync",
+                   "metadata": {"name": "app"},
+                   "spec": {"source": format!("{reg}/src/app:v1"),
+                            "destination": format!("{reg}/dst/{ns}:v1"),
+                            "destinationSecretRef": {"name": "creds"}}}),
+        )
+        .await;
+    }
+    let path = |ns: &str| format!("/apis/imagesync.dev/v1alpha1/namespaces/{ns}/imagesyncs/app");
+    eventually(90, "team-a/app Ready=True with its Secret", || async {
+        controller.assert_running();
+        let (_, obj) = kube.get(&path("team-a")).await;
+        ready_condition(&obj).is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    let (_, obj) = kube.get(&path("team-a")).await;
+    assert_eq!(obj["status"]["destinationDigest"], source.digest.as_str());
+    eventually(60, "team-b/app InvalidSecret", || async {
+        controller.assert_running();
+        let (_, obj) = kube.get(&path("team-b")).await;
+        ready_condition(&obj).is_some_and(|c| c["reason"] == "InvalidSecret")
+    })
+    .await;
+    let (_, obj) = kube.get(&path("team-b")).await;
+    let message = ready_condition(&obj).expect("Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("team-b/creds") && message.contains("cannot read it"),
+        "{message}"
+    );
+    assert_eq!(
+        imagesync_e2e::fixtures::manifest_status(&reg, "dst/team-b", "v1").await,
+        404,
+        "nothing copied for team-b"
+    );
+    controller.assert_running();
 }
