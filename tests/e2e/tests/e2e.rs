@@ -11,7 +11,7 @@ mod controller;
 mod crash;
 mod engine;
 mod helm;
-mod hostile;
+mod hostile_objects;
 mod policy;
 mod reliability;
 mod scripts;
