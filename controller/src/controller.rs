@@ -756,9 +756,8 @@ async fn apply_inner(
             );
             if ownership::inherits(inherited.as_ref(), source_digest.as_str()) {
                 let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
-                status.uploaded_blobs = handed.map(|h| {
-                    ownership::merge_uploaded(status.uploaded_blobs.as_deref(), h)
-                });
+                status.uploaded_blobs =
+                    handed.map(|h| ownership::merge_uploaded(status.uploaded_blobs.as_deref(), h));
             }
             if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
                 report_adopted(obj, ctx, status, &source_digest).await;
@@ -773,10 +772,8 @@ async fn apply_inner(
             }
             let mut syncing = status.clone();
             syncing.observed_generation = generation;
-            syncing.write_intent = Some(ownership::intent(
-                &spec.destination,
-                source_digest.as_str(),
-            ));
+            syncing.write_intent =
+                Some(ownership::intent(&spec.destination, source_digest.as_str()));
             set_ready(
                 &mut syncing,
                 false,
@@ -1006,7 +1003,10 @@ async fn release_old_destination(
                 EventType::Normal,
                 "DestinationChanged",
                 "Delete",
-                &format!("destination changed; {old} left in place: {}", not_written(status)),
+                &format!(
+                    "destination changed; {old} left in place: {}",
+                    not_written(status)
+                ),
             )
             .await;
         return Ok(());

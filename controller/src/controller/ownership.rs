@@ -217,7 +217,11 @@ mod tests {
         let b = object("a", "b", "r.example/x:1", 11);
         assert_eq!(order(&a, &b), Ordering::Less);
         let c = object("a", "c", "r.example/x:1", 10);
-        assert_eq!(order(&c, &a), Ordering::Less, "same second: namespace decides");
+        assert_eq!(
+            order(&c, &a),
+            Ordering::Less,
+            "same second: namespace decides"
+        );
         let d = object("a", "b", "r.example/x:1", 10);
         assert_eq!(order(&d, &c), Ordering::Less, "then the name");
     }
