@@ -59,6 +59,8 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 /// Deletion retries transient failures for this long after `deletionTimestamp`, then
 /// releases the finalizer with a Warning event (never a stuck object).
 pub const DELETE_GIVE_UP: Duration = Duration::from_secs(600);
+/// Engines kept (one per namespace and credential set); beyond, the cache starts over.
+const MAX_ENGINES: usize = 1024;
 /// An object waiting for a holder that is being deleted looks again this often.
 const CONFLICT_POLL: Duration = Duration::from_secs(2);
 
@@ -311,8 +313,10 @@ impl Context {
     }
 
     /// The engine for `obj` copying between the registries of `source` and
-    /// `destination`: the shared one, or one with the object's Secrets (read now) chained
-    /// before the standard credentials, which the policy may withhold per registry.
+    /// `destination`: one per namespace and credential set (the object's Secrets, read
+    /// now, chained before the standard credentials, which the policy may withhold per
+    /// registry). Engines are never shared across namespaces, so neither are their blob
+    /// locations: a tenant cannot have another tenant's layer mounted into its repository.
     async fn engine_for(
         &self,
         obj: &ImageSync,
@@ -327,48 +331,59 @@ impl Context {
         .into_iter()
         .flatten()
         .collect();
-        let registries = ambient.registries(source.registry(), destination.registry());
-        if refs.is_empty() && registries.is_none() {
-            return Ok(self.engine.clone());
-        }
-        let (creds, mut key) = if refs.is_empty() {
+        let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+        let (creds, secrets_key) = if refs.is_empty() {
             (SecretCredentials::default(), String::new())
         } else {
-            let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
             SecretCredentials::load(&self.client, &namespace, &refs).await?
         };
-        if let Some(r) = &registries {
-            key.push_str("|ambient:");
-            key.push_str(&r.iter().cloned().collect::<Vec<_>>().join(","));
-        }
-        Ok(self.cached_engine(key, || {
-            let ambient: Arc<dyn CredentialProvider> = match registries {
-                None => self.base_credentials.clone(),
-                Some(r) => Arc::new(AmbientFor::new(Some(r), self.base_credentials.clone())),
-            };
-            creds.chained_before(ambient)
-        }))
+        let registries = ambient.registries(source.registry(), destination.registry());
+        Ok(
+            self.namespace_engine(&namespace, &secrets_key, registries, |ambient| {
+                if refs.is_empty() {
+                    ambient
+                } else {
+                    creds.chained_before(ambient)
+                }
+            }),
+        )
     }
 
     /// The engine without the object's Secrets (they are unusable), ambient credentials
     /// as the policy allows.
     fn engine_without_secrets(
         &self,
+        obj: &ImageSync,
         source: &Reference,
         destination: &Reference,
         ambient: Ambient,
     ) -> Engine {
-        match ambient.registries(source.registry(), destination.registry()) {
-            None => self.engine.clone(),
-            Some(r) => {
-                let key = format!(
-                    "|ambient:{}",
-                    r.iter().cloned().collect::<Vec<_>>().join(",")
-                );
-                let ambient = Arc::new(AmbientFor::new(Some(r), self.base_credentials.clone()));
-                self.cached_engine(key, || ambient)
-            }
+        let namespace = obj.namespace().unwrap_or_default();
+        let registries = ambient.registries(source.registry(), destination.registry());
+        self.namespace_engine(&namespace, "", registries, |ambient| ambient)
+    }
+
+    /// The cached engine of `namespace` with the credential set named `secrets_key`,
+    /// ambient credentials limited to `registries` (all when `None`).
+    fn namespace_engine(
+        &self,
+        namespace: &str,
+        secrets_key: &str,
+        registries: Option<std::collections::BTreeSet<String>>,
+        credentials: impl FnOnce(Arc<dyn CredentialProvider>) -> Arc<dyn CredentialProvider>,
+    ) -> Engine {
+        let mut key = format!("ns:{namespace}|{secrets_key}");
+        if let Some(r) = &registries {
+            key.push_str("|ambient:");
+            key.push_str(&r.iter().cloned().collect::<Vec<_>>().join(","));
         }
+        self.cached_engine(key, || {
+            let ambient: Arc<dyn CredentialProvider> = match registries {
+                None => self.base_credentials.clone(),
+                Some(r) => Arc::new(AmbientFor::new(Some(r), self.base_credentials.clone())),
+            };
+            credentials(ambient)
+        })
     }
 
     fn cached_engine(
@@ -383,7 +398,7 @@ impl Context {
         if let Some(e) = engines.get(&key) {
             return e.clone();
         }
-        if engines.len() > 256 {
+        if engines.len() > MAX_ENGINES {
             engines.clear();
         }
         let engine = self.engine.with_credentials(credentials());
@@ -1029,7 +1044,7 @@ async fn release_old_destination(
                 match ctx.engine_for(obj, source, &old_ref, ambient).await {
                     Ok(e) => e,
                     Err(Error::Secret { .. } | Error::SecretTypeUnsupported { .. }) => {
-                        ctx.engine_without_secrets(source, &old_ref, ambient)
+                        ctx.engine_without_secrets(obj, source, &old_ref, ambient)
                     }
                     Err(e) => return Err(e),
                 }
@@ -1289,7 +1304,7 @@ async fn cleanup_inner(
             Ok(e) => e,
             // Without the Secret, try the credentials the policy allows.
             Err(Error::Secret { .. } | Error::SecretTypeUnsupported { .. }) => {
-                ctx.engine_without_secrets(s, t, ambient)
+                ctx.engine_without_secrets(&obj, s, t, ambient)
             }
             Err(e) => return Err(e),
         },

@@ -328,3 +328,220 @@ pub(crate) async fn a_handed_over_tag_is_owned_by_the_next_object() {
     wait_gone(&isyncs, "new", Duration::from_secs(30), &controller).await;
     assert_eq!(fixtures::manifest_status(dst.addr(), "app", "1").await, 404);
 }
+
+// === tenants do not share blob locations (issue 12, item 5) ===
+
+/// A source registry run by an attacker: it serves one image (`evil:1`) whose manifest
+/// names a layer it does not have, and answers HEAD for that layer with 200 (the only
+/// guard before a cross-repository mount). GETs of the layer get 404.
+struct LyingSource {
+    addr: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LyingSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Lies {
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    stolen: String,
+    stolen_size: u64,
+}
+
+fn answer(
+    lies: &Lies,
+    method: &hyper::Method,
+    path: &str,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let manifest_digest = fixtures::sha256(&lies.manifest);
+    let config_digest = fixtures::sha256(&lies.config);
+    let head = method == hyper::Method::HEAD;
+    let ok = |ct: &str, digest: &str, body: &[u8], len: u64| {
+        let headers = vec![
+            ("content-type".to_string(), ct.to_string()),
+            ("docker-content-digest".to_string(), digest.to_string()),
+            ("content-length".to_string(), len.to_string()),
+        ];
+        (200, headers, if head { Vec::new() } else { body.to_vec() })
+    };
+    match path {
+        "/v2/" | "/v2" => (200, Vec::new(), Vec::new()),
+        p if p == "/v2/evil/manifests/1"
+            || p == format!("/v2/evil/manifests/{manifest_digest}") =>
+        {
+            ok(
+                "application/vnd.oci.image.manifest.v1+json",
+                &manifest_digest,
+                &lies.manifest,
+                lies.manifest.len() as u64,
+            )
+        }
+        p if p == format!("/v2/evil/blobs/{config_digest}") => ok(
+            "application/octet-stream",
+            &config_digest,
+            &lies.config,
+            lies.config.len() as u64,
+        ),
+        // The lie: "I have that layer" to HEAD, nothing to GET.
+        p if p == format!("/v2/evil/blobs/{}", lies.stolen) && head => {
+            let mut r = ok(
+                "application/octet-stream",
+                &lies.stolen,
+                &[],
+                lies.stolen_size,
+            );
+            r.2.clear();
+            r
+        }
+        _ => (
+            404,
+            Vec::new(),
+            br#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#.to_vec(),
+        ),
+    }
+}
+
+impl LyingSource {
+    async fn start(stolen: &str, stolen_size: u64) -> LyingSource {
+        use http_body_util::Full;
+        use std::convert::Infallible;
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": fixtures::sha256(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": stolen, "size": stolen_size}],
+        }))
+        .unwrap();
+        let lies = std::sync::Arc::new(Lies {
+            manifest,
+            config,
+            stolen: stolen.to_string(),
+            stolen_size,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let lies = lies.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let (code, headers, body) = answer(&lies, req.method(), req.uri().path());
+                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                        for (k, v) in headers {
+                            resp.headers_mut().insert(
+                                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                v.parse().unwrap(),
+                            );
+                        }
+                        async move { Ok::<_, Infallible>(resp) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        LyingSource { addr, task }
+    }
+}
+
+/// The size of `layer` in the manifest `repo:tag` of `addr`.
+async fn layer_size(addr: &str, repo: &str, tag: &str, layer: &str) -> u64 {
+    let (_, bytes) = fixtures::get_manifest(addr, repo, tag).await.unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["digest"] == layer)
+        .and_then(|l| l["size"].as_u64())
+        .unwrap()
+}
+
+/// Team A mirrors a private image into the shared destination registry; the
+/// controller learns where its layer lives. Team B's source (a registry it runs) names
+/// that layer's digest and claims to hold it. With one blob-location table for every
+/// namespace the controller mounted team A's layer into team B's repository with its own
+/// credentials; with one table per namespace it tries to read the layer from team B's
+/// source, which cannot serve it, and team B's repository never gets it.
+#[tokio::test]
+pub(crate) async fn a_tenant_cannot_mount_another_tenants_layer_by_naming_its_digest() {
+    let (api, private, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
+    let client = api.client().await;
+    api.create_namespace("team-a").await;
+    api.create_namespace("team-b").await;
+    let secret =
+        fixtures::push_image(private.addr(), "secret/app", "1", FixtureSpec::seeded(61)).await;
+    let stolen = secret.layers[0].clone();
+    let size = layer_size(private.addr(), "secret/app", "1", &stolen).await;
+    let liar = LyingSource::start(&stolen, size).await;
+    let args = controller_args(&[&private, &dst]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--insecure-registry", liar.addr.as_str()]);
+    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "tenants", &args);
+    let team_a: Api<ImageSync> = Api::namespaced(client.clone(), "team-a");
+    let team_b: Api<ImageSync> = Api::namespaced(client.clone(), "team-b");
+
+    api.apply_yaml(&image_sync_yaml(
+        "team-a",
+        "private",
+        &private.reference("secret/app:1"),
+        &dst.reference("team-a/app:1"),
+        "",
+    ));
+    wait_for(
+        &team_a,
+        "private",
+        Duration::from_secs(60),
+        "Ready",
+        Some(&controller),
+        |o| ready_with(o, &secret.digest),
+    )
+    .await;
+    assert_eq!(
+        fixtures::blob_status(dst.addr(), "team-a/app", &stolen).await,
+        200
+    );
+
+    api.apply_yaml(&image_sync_yaml(
+        "team-b",
+        "thief",
+        &format!("{}/evil:1", liar.addr),
+        &dst.reference("team-b/app:1"),
+        "",
+    ));
+    let obj = wait_for(
+        &team_b,
+        "thief",
+        Duration::from_secs(60),
+        "a failed copy",
+        Some(&controller),
+        |o| {
+            o.ready_condition()
+                .is_some_and(|c| c.status == "False" && c.reason != "Syncing")
+                || o.is_ready()
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // a retry or two
+    assert_eq!(
+        fixtures::blob_status(dst.addr(), "team-b/app", &stolen).await,
+        404,
+        "team A's layer was mounted into team B's repository"
+    );
+    assert!(!obj.is_ready(), "{:?}", obj.status);
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "team-b/app", "1").await,
+        404
+    );
+}
