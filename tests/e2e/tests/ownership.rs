@@ -545,3 +545,84 @@ pub(crate) async fn a_tenant_cannot_mount_another_tenants_layer_by_naming_its_di
         404
     );
 }
+
+/// Issue 12, item 4: the destination repository holds an earlier image no tag names
+/// (pulled by digest) that shares its base layer with the new image. The copy skips the
+/// base (already there) and records only what it uploaded; deleting the object removes
+/// the tag and those blobs, and the earlier image stays complete.
+#[tokio::test]
+pub(crate) async fn deletion_removes_only_the_blobs_this_object_uploaded() {
+    let (api, src, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
+    let client = api.client().await;
+    let shared = |seed| FixtureSpec {
+        shared_layers: 1,
+        ..FixtureSpec::seeded(seed)
+    };
+    let earlier = dst
+        .target()
+        .push_image_at("mirror/app", None, &shared(71))
+        .await
+        .unwrap();
+    let image = fixtures::push_image(src.addr(), "app", "1", shared(72)).await;
+    let base = image.layers[0].clone();
+    assert_eq!(
+        earlier.layers[0], base,
+        "the fixtures share their base layer"
+    );
+    let args = controller_args(&[&src, &dst]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "blobs", &args);
+    let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "default");
+    api.apply_yaml(&image_sync_yaml(
+        "default",
+        "mirror",
+        &src.reference("app:1"),
+        &dst.reference("mirror/app:1"),
+        "",
+    ));
+    let obj = wait_for(
+        &isyncs,
+        "mirror",
+        Duration::from_secs(60),
+        "Ready",
+        Some(&controller),
+        |o| ready_with(o, &image.digest),
+    )
+    .await;
+    let recorded = obj.status.as_ref().and_then(|s| s.uploaded_blobs.clone());
+    let mut expected: Vec<String> = image
+        .blobs
+        .iter()
+        .filter(|b| **b != base)
+        .cloned()
+        .collect();
+    expected.sort();
+    let mut got = recorded.clone().unwrap_or_default();
+    got.sort();
+
+    api.kubectl(&["delete", "isync", "-n", "default", "mirror", "--wait=false"]);
+    wait_gone(&isyncs, "mirror", Duration::from_secs(60), &controller).await;
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "mirror/app", "1").await,
+        404
+    );
+    for blob in &expected {
+        assert_eq!(
+            fixtures::blob_status(dst.addr(), "mirror/app", blob).await,
+            404,
+            "uploaded blob {blob} should be deleted"
+        );
+    }
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "mirror/app", &earlier.digest).await,
+        200
+    );
+    for blob in &earlier.blobs {
+        assert_eq!(
+            fixtures::blob_status(dst.addr(), "mirror/app", blob).await,
+            200,
+            "blob {blob} of the untagged earlier image was deleted"
+        );
+    }
+    assert_eq!(got, expected, "uploaded blobs recorded: all but the base");
+}
