@@ -712,13 +712,17 @@ async fn apply_inner(
     // The tenant policy decides before any registry is touched.
     let ambient = ctx.policy_allows(obj, &source, &destination).await?;
     // An earlier object names the same tag: write and delete nothing until it is gone.
+    let engine = ctx.engine_for(obj, &source, &destination, ambient).await?;
     let key = destination_key(&destination);
     let rivals = ctx.rivals(obj, &destination).await?;
     if let Some(holder) = rivals.iter().find(|r| ownership::order(r, obj).is_lt()) {
+        // Reads only: the source digest it will copy (Terraform reports it at once).
+        if let Ok(Some(d)) = ctx.head(&engine, &source, "source").await {
+            status.source_digest = Some(d.to_string());
+        }
         return wait_for_holder(obj, ctx, api, status, holder, &key).await;
     }
     let inherited = status.conflict.take();
-    let engine = ctx.engine_for(obj, &source, &destination, ambient).await?;
 
     // The destination moved: clean up the old one (only if this object wrote it and it
     // still holds what was written).
