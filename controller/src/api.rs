@@ -161,10 +161,10 @@ pub struct ImageSyncStatus {
     /// existed are treated as `Adopted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ownership: Option<Ownership>,
-    /// Blobs this object's copies to `syncedDestination` uploaded (not skipped, not
-    /// mounted): the only blobs its deletion may remove (at most 256 are recorded; the
-    /// rest are kept). Absent (objects synced before this field existed): no layer is
-    /// deleted.
+    /// Blobs (and child manifests) this object's copies to `syncedDestination` uploaded
+    /// (not those already there, not mounted ones): the only ones its deletion may remove
+    /// (at most 256 are recorded; the rest are kept). Absent (objects synced before this
+    /// field existed): no layer is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploaded_blobs: Option<Vec<String>>,
     /// A copy of `digest` to `destination` was started: if the destination holds that

@@ -72,6 +72,48 @@ pub(crate) async fn adopted_tags_survive_deletion() {
     let note = wait_event(&client, "default", "adopt", "LeftInPlace").await;
     assert!(note.contains("adopted"), "{note}");
 
+    // Adopted, then moved: the adopted tag stays (Normal Event), the new one is written
+    // and owned, and deleting the object removes only that one.
+    let moved = reg.reference("platform/api:moved");
+    api.apply_yaml(&image_sync_yaml("default", "mover", &victim, &victim, ""));
+    wait_for(
+        &isyncs,
+        "mover",
+        Duration::from_secs(60),
+        "Ready (adopted)",
+        Some(&controller),
+        |o| ready_with(o, &platform.digest) && ownership_of(o) == Some(Ownership::Adopted),
+    )
+    .await;
+    api.apply_yaml(&image_sync_yaml("default", "mover", &victim, &moved, ""));
+    let obj = wait_for(
+        &isyncs,
+        "mover",
+        Duration::from_secs(60),
+        "Ready at the new destination",
+        Some(&controller),
+        |o| {
+            ready_with(o, &platform.digest)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.synced_destination.as_deref())
+                    == Some(moved.as_str())
+        },
+    )
+    .await;
+    assert_eq!(ownership_of(&obj), Some(Ownership::Written));
+    let note = wait_event(&client, "default", "mover", "DestinationChanged").await;
+    assert!(note.contains("left in place"), "{note}");
+    fixtures::assert_identical(reg.addr(), "platform/api", "v3", &platform).await;
+    api.kubectl(&["delete", "isync", "-n", "default", "mover", "--wait=false"]);
+    wait_gone(&isyncs, "mover", Duration::from_secs(60), &controller).await;
+    assert_eq!(
+        fixtures::manifest_status(reg.addr(), "platform/api", "moved").await,
+        404,
+        "the tag the object wrote is deleted"
+    );
+    fixtures::assert_identical(reg.addr(), "platform/api", "v3", &platform).await;
+
     // A status written before ownership was tracked: the object is suspended (so the
     // controller does not touch its status) and its status is what the old controller
     // wrote for a synced object.
