@@ -773,10 +773,16 @@ async fn apply_inner(
                 source_digest.as_str(),
                 inherited.as_ref(),
             );
-            if ownership::inherits(inherited.as_ref(), source_digest.as_str()) {
-                let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
-                status.uploaded_blobs =
-                    handed.map(|h| ownership::merge_uploaded(status.uploaded_blobs.as_deref(), h));
+            let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
+            if let (true, Some(h)) = (
+                ownership::inherits(inherited.as_ref(), source_digest.as_str()),
+                handed,
+            ) {
+                // The previous holder's uploads come with its tag.
+                status.uploaded_blobs = Some(ownership::merge_uploaded(
+                    status.uploaded_blobs.as_deref(),
+                    h,
+                ));
             }
             if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
                 report_adopted(obj, ctx, status, &source_digest).await;

@@ -365,10 +365,27 @@ pub(crate) async fn a_handed_over_tag_is_owned_by_the_next_object() {
     )
     .await;
     assert_eq!(ownership_of(&obj), Some(Ownership::Written));
+    // The holder's record of uploaded blobs came with the tag.
+    let mut inherited = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.uploaded_blobs.clone())
+        .unwrap();
+    inherited.sort();
+    let mut wrote: Vec<String> = image.blobs.iter().chain(&image.children).cloned().collect();
+    wrote.sort();
+    assert_eq!(inherited, wrote);
     fixtures::assert_identical(dst.addr(), "app", "1", &image).await;
     api.kubectl(&["delete", "isync", "-n", "default", "new", "--wait=false"]);
     wait_gone(&isyncs, "new", Duration::from_secs(30), &controller).await;
     assert_eq!(fixtures::manifest_status(dst.addr(), "app", "1").await, 404);
+    for blob in &image.blobs {
+        assert_eq!(
+            fixtures::blob_status(dst.addr(), "app", blob).await,
+            404,
+            "inherited blob {blob} should be deleted with the tag"
+        );
+    }
 }
 
 // === tenants do not share blob locations (issue 12, item 5) ===
