@@ -49,7 +49,14 @@ pub mod reasons {
     pub const DELETE_FAILED: &str = "DeleteFailed";
     /// A temporary failure (network, 5xx); retried with backoff.
     pub const REGISTRY_ERROR: &str = "RegistryError";
+    /// Another `ImageSync` (created earlier) names the same destination tag: this one
+    /// writes and deletes nothing until the other is gone.
+    pub const DESTINATION_CONFLICT: &str = "DestinationConflict";
 }
+
+/// Most blobs recorded in `status.uploadedBlobs`; blobs uploaded beyond it are not
+/// recorded, so they are kept on deletion (status never grows without limit).
+pub const MAX_UPLOADED_BLOBS: usize = 256;
 
 /// Desired state: keep `destination` an exact copy of `source`.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -156,12 +163,72 @@ pub struct ImageSyncStatus {
     /// When source and destination were last checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_time: Option<Time>,
+    /// Whether this object's own copy wrote the tag at `syncedDestination`
+    /// (`Written`: deletion and destination moves remove it) or found it already holding
+    /// the digest (`Adopted`: it is left in place). Objects synced before this field
+    /// existed are treated as `Adopted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<Ownership>,
+    /// Blobs (and child manifests) this object's copies to `syncedDestination` uploaded
+    /// (not those already there, not mounted ones): the only ones its deletion may remove
+    /// (at most 256 are recorded; the rest are kept). Absent (objects synced before this
+    /// field existed): no layer is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_blobs: Option<Vec<String>>,
+    /// A copy of `digest` to `destination` was started: if the destination holds that
+    /// digest at the next check, this object wrote it (a copy interrupted after its tag
+    /// write, or a status write lost to another replica, is not mistaken for adoption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_intent: Option<WriteIntent>,
+    /// Set while `Ready` is `False` with reason `DestinationConflict`: the object that
+    /// holds the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ConflictRecord>,
     /// `Ready`: `True` with reason `Synced`; `False` with `Syncing`, `Suspended`,
     /// `SourceNotFound`, `Unauthorized`, `Denied`, `RateLimited`, `InvalidReference`,
-    /// `InvalidSpec`, `InvalidSecret`, `SecretTypeUnsupported`, `PolicyDenied`, `SyncFailed`,
-    /// `DeleteFailed` or `RegistryError`.
+    /// `InvalidSpec`, `InvalidSecret`, `SecretTypeUnsupported`, `PolicyDenied`,
+    /// `DestinationConflict`, `SyncFailed`, `DeleteFailed` or `RegistryError`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Who wrote the destination tag.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Ownership {
+    /// This object's own manifest PUT wrote the tag: deletion removes it.
+    Written,
+    /// The tag already held the digest: deletion leaves it in place.
+    Adopted,
+}
+
+/// A copy that was started (see `status.writeIntent`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct WriteIntent {
+    /// The destination reference being written.
+    pub destination: String,
+    /// The digest being written.
+    pub digest: String,
+}
+
+/// The `ImageSync` that holds a destination this object also names.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConflictRecord {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The digest it wrote at the destination (its `ownership` is `Written`). When it is
+    /// deleted it leaves the tag for this object, which then owns the tag if it still
+    /// holds this digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_digest: Option<String>,
+    /// Its `uploadedBlobs`, inherited with the tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_blobs: Option<Vec<String>>,
 }
 
 impl ImageSync {

@@ -16,7 +16,7 @@
 //! never copied or deleted; deleting it releases the finalizer without a registry call.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -29,18 +29,23 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn, Span};
 
 use crate::api::{
-    reasons, DeletionPolicy, ImageSync, ImageSyncStatus, SecretRef, FINALIZER, READY,
+    reasons, ConflictRecord, DeletionPolicy, ImageSync, ImageSyncStatus, Ownership, SecretRef,
+    FINALIZER, READY,
 };
 use crate::credentials::{AmbientFor, SecretCredentials};
 use crate::events::{EventType, Events};
 use crate::metrics::Metrics;
 use crate::policy::{Ambient, Decision as PolicyDecision, PolicyStore};
 use crate::{Error, Result};
+
+mod ownership;
+pub use ownership::destination_key;
 
 /// The field manager of our status writes.
 pub const FIELD_MANAGER: &str = "imagesync-controller";
@@ -54,6 +59,10 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 /// Deletion retries transient failures for this long after `deletionTimestamp`, then
 /// releases the finalizer with a Warning event (never a stuck object).
 pub const DELETE_GIVE_UP: Duration = Duration::from_secs(600);
+/// Engines kept (one per namespace and credential set); beyond, the cache starts over.
+const MAX_ENGINES: usize = 1024;
+/// An object waiting for a holder that is being deleted looks again this often.
+const CONFLICT_POLL: Duration = Duration::from_secs(2);
 
 /// Everything reconcile needs.
 pub struct Context {
@@ -75,6 +84,11 @@ pub struct Context {
     pub min_resync: Duration,
     gates: Mutex<HashMap<String, Gate>>,
     engines: Mutex<HashMap<String, Engine>>,
+    /// Every `ImageSync` the controller watches (set by [`run`]): destination conflicts
+    /// are found here, without API calls.
+    store: OnceLock<Store<ImageSync>>,
+    /// Reconciles an object at once (an object waiting for the holder of its destination).
+    wake: OnceLock<tokio::sync::mpsc::UnboundedSender<()>>,
 }
 
 /// What identifies "the object changed" for the gate: our own status writes change none
@@ -132,6 +146,8 @@ impl Context {
             min_resync: crate::duration::MIN_RESYNC,
             gates: Mutex::new(HashMap::new()),
             engines: Mutex::new(HashMap::new()),
+            store: OnceLock::new(),
+            wake: OnceLock::new(),
         }
     }
 
@@ -278,9 +294,47 @@ impl Context {
         }
     }
 
+    /// The other objects naming the tag `destination` names (canonically compared),
+    /// earliest first, among those the policy allows to write it: an object that may
+    /// never write a tag does not hold it.
+    async fn rivals(&self, obj: &ImageSync, destination: &Reference) -> Result<Vec<ImageSync>> {
+        let Some(store) = self.store.get() else {
+            return Ok(Vec::new());
+        };
+        let all = store.state();
+        let mut allowed = Vec::new();
+        for other in ownership::competitors(obj, destination, &all) {
+            let Ok(source) = Reference::parse(&other.spec.source) else {
+                continue;
+            };
+            if let PolicyDecision::Allow { .. } =
+                self.policy_decision(other, &source, destination).await?
+            {
+                allowed.push(other.clone());
+            }
+        }
+        Ok(allowed)
+    }
+
+    /// Reconciles `objects` now, past their gates.
+    fn wake(&self, objects: &[ImageSync]) {
+        let Some(tx) = self.wake.get() else {
+            return;
+        };
+        if objects.is_empty() {
+            return;
+        }
+        for o in objects {
+            self.gates().remove(&object_key(o));
+        }
+        let _ = tx.send(());
+    }
+
     /// The engine for `obj` copying between the registries of `source` and
-    /// `destination`: the shared one, or one with the object's Secrets (read now) chained
-    /// before the standard credentials, which the policy may withhold per registry.
+    /// `destination`: one per namespace and credential set (the object's Secrets, read
+    /// now, chained before the standard credentials, which the policy may withhold per
+    /// registry). Engines are never shared across namespaces, so neither are their blob
+    /// locations: a tenant cannot have another tenant's layer mounted into its repository.
     async fn engine_for(
         &self,
         obj: &ImageSync,
@@ -295,48 +349,59 @@ impl Context {
         .into_iter()
         .flatten()
         .collect();
-        let registries = ambient.registries(source.registry(), destination.registry());
-        if refs.is_empty() && registries.is_none() {
-            return Ok(self.engine.clone());
-        }
-        let (creds, mut key) = if refs.is_empty() {
+        let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+        let (creds, secrets_key) = if refs.is_empty() {
             (SecretCredentials::default(), String::new())
         } else {
-            let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
             SecretCredentials::load(&self.client, &namespace, &refs).await?
         };
-        if let Some(r) = &registries {
-            key.push_str("|ambient:");
-            key.push_str(&r.iter().cloned().collect::<Vec<_>>().join(","));
-        }
-        Ok(self.cached_engine(key, || {
-            let ambient: Arc<dyn CredentialProvider> = match registries {
-                None => self.base_credentials.clone(),
-                Some(r) => Arc::new(AmbientFor::new(Some(r), self.base_credentials.clone())),
-            };
-            creds.chained_before(ambient)
-        }))
+        let registries = ambient.registries(source.registry(), destination.registry());
+        Ok(
+            self.namespace_engine(&namespace, &secrets_key, registries, |ambient| {
+                if refs.is_empty() {
+                    ambient
+                } else {
+                    creds.chained_before(ambient)
+                }
+            }),
+        )
     }
 
     /// The engine without the object's Secrets (they are unusable), ambient credentials
     /// as the policy allows.
     fn engine_without_secrets(
         &self,
+        obj: &ImageSync,
         source: &Reference,
         destination: &Reference,
         ambient: Ambient,
     ) -> Engine {
-        match ambient.registries(source.registry(), destination.registry()) {
-            None => self.engine.clone(),
-            Some(r) => {
-                let key = format!(
-                    "|ambient:{}",
-                    r.iter().cloned().collect::<Vec<_>>().join(",")
-                );
-                let ambient = Arc::new(AmbientFor::new(Some(r), self.base_credentials.clone()));
-                self.cached_engine(key, || ambient)
-            }
+        let namespace = obj.namespace().unwrap_or_default();
+        let registries = ambient.registries(source.registry(), destination.registry());
+        self.namespace_engine(&namespace, "", registries, |ambient| ambient)
+    }
+
+    /// The cached engine of `namespace` with the credential set named `secrets_key`,
+    /// ambient credentials limited to `registries` (all when `None`).
+    fn namespace_engine(
+        &self,
+        namespace: &str,
+        secrets_key: &str,
+        registries: Option<std::collections::BTreeSet<String>>,
+        credentials: impl FnOnce(Arc<dyn CredentialProvider>) -> Arc<dyn CredentialProvider>,
+    ) -> Engine {
+        let mut key = format!("ns:{namespace}|{secrets_key}");
+        if let Some(r) = &registries {
+            key.push_str("|ambient:");
+            key.push_str(&r.iter().cloned().collect::<Vec<_>>().join(","));
         }
+        self.cached_engine(key, || {
+            let ambient: Arc<dyn CredentialProvider> = match registries {
+                None => self.base_credentials.clone(),
+                Some(r) => Arc::new(AmbientFor::new(Some(r), self.base_credentials.clone())),
+            };
+            credentials(ambient)
+        })
     }
 
     fn cached_engine(
@@ -351,7 +416,7 @@ impl Context {
         if let Some(e) = engines.get(&key) {
             return e.clone();
         }
-        if engines.len() > 256 {
+        if engines.len() > MAX_ENGINES {
             engines.clear();
         }
         let engine = self.engine.with_credentials(credentials());
@@ -521,6 +586,10 @@ pub async fn reconcile(obj: Arc<ImageSync>, ctx: Arc<Context>) -> Result<Action>
         return Ok(Action::requeue(wait));
     }
     ctx.metrics.reconciles.inc();
+    if let Some(store) = ctx.store.get() {
+        // Conflicts need every object: wait for the first complete list.
+        let _ = store.wait_until_ready().await;
+    }
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<ImageSync> = Api::namespaced(ctx.client.clone(), &namespace);
     if obj.metadata.deletion_timestamp.is_none() {
@@ -640,7 +709,9 @@ async fn apply(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -> 
     let mut status = obj.status.clone().unwrap_or_default();
     let result = apply_inner(&obj, &ctx, api, &mut status).await;
     match result {
-        Ok(()) => {
+        Ok(waiting) => {
+            // Waiting for the holder of the destination: sooner while it is being deleted.
+            let interval = waiting.map_or(interval, |w| w.min(interval));
             ctx.metrics
                 .set_ready(&object_key(&obj), Some(ready_label(&status)));
             if obj.spec.suspend {
@@ -673,12 +744,13 @@ async fn apply(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -> 
     }
 }
 
+/// `Ok(Some(wait))`: waiting for the object holding the destination; look again then.
 async fn apply_inner(
     obj: &ImageSync,
     ctx: &Context,
     api: &Api<ImageSync>,
     status: &mut ImageSyncStatus,
-) -> Result<()> {
+) -> Result<Option<Duration>> {
     let spec = &obj.spec;
     let generation = obj.metadata.generation;
     if spec.suspend {
@@ -690,7 +762,7 @@ async fn apply_inner(
             "spec.suspend is true",
             generation,
         );
-        return patch_status(api, obj, status).await;
+        return patch_status(api, obj, status).await.map(|()| None);
     }
     let source = Reference::parse(&spec.source).map_err(|source| Error::InvalidReference {
         field: "source",
@@ -703,19 +775,33 @@ async fn apply_inner(
         })?;
     // The tenant policy decides before any registry is touched.
     let ambient = ctx.policy_allows(obj, &source, &destination).await?;
+    // An earlier object names the same tag: write and delete nothing until it is gone.
     let engine = ctx.engine_for(obj, &source, &destination, ambient).await?;
+    let key = destination_key(&destination);
+    let rivals = ctx.rivals(obj, &destination).await?;
+    if let Some(holder) = rivals.iter().find(|r| ownership::order(r, obj).is_lt()) {
+        // Reads only: the source digest it will copy (Terraform reports it at once).
+        if let Ok(Some(d)) = ctx.head(&engine, &source, "source").await {
+            status.source_digest = Some(d.to_string());
+        }
+        return wait_for_holder(obj, ctx, api, status, holder, &key).await;
+    }
+    let inherited = status.conflict.take();
 
-    // The destination moved: clean up the old one (only if it still holds what we wrote).
+    // The destination moved: clean up the old one (only if this object wrote it and it
+    // still holds what was written).
     if let (Some(old), Some(digest)) = (
         status.synced_destination.clone(),
         status.destination_digest.clone(),
     ) {
         if !same_image_reference(&old, &destination) {
-            release_old_destination(obj, ctx, &source, &old, &digest).await?;
+            release_old_destination(obj, ctx, status, &source, &old, &digest).await?;
             status.destination_digest = None;
             status.id = None;
             status.synced_destination = None;
             status.last_sync_time = None;
+            status.ownership = None;
+            status.uploaded_blobs = None;
         }
     }
 
@@ -745,6 +831,27 @@ async fn apply_inner(
                     info!(digest = %source_digest, "destination already up to date");
                 }
             }
+            let found = ownership::ownership_when_found(
+                status,
+                &key,
+                source_digest.as_str(),
+                inherited.as_ref(),
+            );
+            let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
+            if let (true, Some(h)) = (
+                ownership::inherits(inherited.as_ref(), source_digest.as_str()),
+                handed,
+            ) {
+                // The previous holder's uploads come with its tag.
+                status.uploaded_blobs = Some(ownership::merge_uploaded(
+                    status.uploaded_blobs.as_deref(),
+                    h,
+                ));
+            }
+            if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
+                report_adopted(obj, ctx, status, &source_digest).await;
+            }
+            status.ownership = Some(found);
         }
         Decision::Copy(drift) => {
             ctx.metrics
@@ -754,6 +861,8 @@ async fn apply_inner(
             }
             let mut syncing = status.clone();
             syncing.observed_generation = generation;
+            syncing.write_intent =
+                Some(ownership::intent(&spec.destination, source_digest.as_str()));
             set_ready(
                 &mut syncing,
                 false,
@@ -817,9 +926,16 @@ async fn apply_inner(
                 )
                 .await;
             status.last_sync_time = Some(checked.clone());
+            status.ownership = Some(Ownership::Written);
+            status.uploaded_blobs = Some(uploaded_record(
+                status,
+                inherited.as_ref(),
+                &uploaded_by(&outcome),
+            ));
         }
     }
 
+    status.write_intent = None;
     status.source_digest = Some(source_digest.to_string());
     status.destination_digest = Some(source_digest.to_string());
     status.id = Some(destination.id(&source_digest));
@@ -833,7 +949,95 @@ async fn apply_inner(
         &format!("{} holds {}", spec.destination, source_digest),
         generation,
     );
-    patch_status(api, obj, status).await
+    patch_status(api, obj, status).await.map(|()| None)
+}
+
+/// The blobs a copy uploaded (not skipped, not mounted).
+fn uploaded_by(outcome: &imagesync_engine::Outcome) -> Vec<String> {
+    outcome.uploaded.iter().map(ToString::to_string).collect()
+}
+
+/// This object's record of uploaded blobs after a copy that uploaded `uploaded`: what it
+/// recorded before (same destination), what the previous holder handed over, and these.
+fn uploaded_record(
+    status: &ImageSyncStatus,
+    inherited: Option<&ConflictRecord>,
+    uploaded: &[String],
+) -> Vec<String> {
+    let handed = inherited
+        .filter(|c| c.written_digest.is_some())
+        .and_then(|c| c.uploaded_blobs.as_deref())
+        .unwrap_or_default();
+    let before = ownership::merge_uploaded(status.uploaded_blobs.as_deref(), handed);
+    ownership::merge_uploaded(Some(&before), uploaded)
+}
+
+/// Ready=False `DestinationConflict` naming `holder`; nothing is written or deleted.
+async fn wait_for_holder(
+    obj: &ImageSync,
+    ctx: &Context,
+    api: &Api<ImageSync>,
+    status: &mut ImageSyncStatus,
+    holder: &ImageSync,
+    key: &str,
+) -> Result<Option<Duration>> {
+    let generation = obj.metadata.generation;
+    let who = ownership::display(holder);
+    let message = format!(
+        "destination {} is also named by ImageSync {who}, created earlier, which holds it; \
+         this object writes and deletes nothing until {who} is gone",
+        obj.spec.destination
+    );
+    let changed = obj.ready_condition().is_none_or(|c| {
+        c.reason != reasons::DESTINATION_CONFLICT || c.message != message || c.status != "False"
+    });
+    status.conflict = Some(ownership::record_of(holder, key));
+    status.observed_generation = generation;
+    set_ready(
+        status,
+        false,
+        reasons::DESTINATION_CONFLICT,
+        &message,
+        generation,
+    );
+    if changed {
+        info!(holder = %who, "destination conflict; waiting");
+        ctx.events
+            .publish(
+                obj,
+                EventType::Warning,
+                reasons::DESTINATION_CONFLICT,
+                "Sync",
+                &message,
+            )
+            .await;
+    }
+    patch_status(api, obj, status).await?;
+    let deleting = holder.metadata.deletion_timestamp.is_some();
+    Ok(Some(if deleting {
+        CONFLICT_POLL
+    } else {
+        ctx.resync_interval(obj)
+    }))
+}
+
+/// A Normal Event: the destination already held the digest and is adopted (left in place
+/// on deletion and destination moves).
+async fn report_adopted(obj: &ImageSync, ctx: &Context, status: &ImageSyncStatus, digest: &Digest) {
+    let legacy = status.ownership.is_none() && status.synced_destination.is_some();
+    let why = if legacy {
+        "its status was recorded before ownership was tracked, so it is treated as adopted"
+    } else {
+        "it already held that digest, so this object did not write it"
+    };
+    let note = format!(
+        "{} holds {digest}; {why}: deleting this object or changing its destination leaves the tag in place",
+        obj.spec.destination
+    );
+    info!("{note}");
+    ctx.events
+        .publish(obj, EventType::Normal, "Adopted", "Sync", &note)
+        .await;
 }
 
 async fn report_drift(obj: &ImageSync, ctx: &Context, drift: &Drift, destination: &str) {
@@ -876,10 +1080,26 @@ async fn report_drift(obj: &ImageSync, ctx: &Context, drift: &Drift, destination
 async fn release_old_destination(
     obj: &ImageSync,
     ctx: &Context,
+    status: &ImageSyncStatus,
     source: &Reference,
     old: &str,
     digest: &str,
 ) -> Result<()> {
+    if status.ownership != Some(Ownership::Written) {
+        ctx.events
+            .publish(
+                obj,
+                EventType::Normal,
+                "DestinationChanged",
+                "Delete",
+                &format!(
+                    "destination changed; {old} left in place: {}",
+                    not_written(status)
+                ),
+            )
+            .await;
+        return Ok(());
+    }
     if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         ctx.events
             .publish(
@@ -898,7 +1118,7 @@ async fn release_old_destination(
                 match ctx.engine_for(obj, source, &old_ref, ambient).await {
                     Ok(e) => e,
                     Err(Error::Secret { .. } | Error::SecretTypeUnsupported { .. }) => {
-                        ctx.engine_without_secrets(source, &old_ref, ambient)
+                        ctx.engine_without_secrets(obj, source, &old_ref, ambient)
                     }
                     Err(e) => return Err(e),
                 }
@@ -919,7 +1139,7 @@ async fn release_old_destination(
         // Not a reference: delete_destination reports it without a registry call.
         Err(_) => ctx.engine.clone(),
     };
-    match delete_destination(obj, ctx, &engine, old, digest).await {
+    match delete_destination(obj, ctx, &engine, old, digest, status).await {
         DeleteResult::Done(note) => {
             ctx.events
                 .publish(
@@ -957,12 +1177,23 @@ enum DeleteResult {
     Retry(Error),
 }
 
+/// Why a recorded destination is not this object's to delete.
+fn not_written(status: &ImageSyncStatus) -> &'static str {
+    match status.ownership {
+        Some(Ownership::Adopted) => {
+            "this object adopted it (it already held the digest); it did not write it"
+        }
+        _ => "its status was recorded before ownership was tracked, so it is treated as adopted",
+    }
+}
+
 async fn delete_destination(
     obj: &ImageSync,
     ctx: &Context,
     engine: &Engine,
     target: &str,
     digest: &str,
+    status: &ImageSyncStatus,
 ) -> DeleteResult {
     let Ok(reference) = Reference::parse(target) else {
         return DeleteResult::Done(format!(
@@ -974,10 +1205,16 @@ async fn delete_destination(
             "recorded digest {digest} is invalid; nothing deleted"
         ));
     };
+    // Only blobs this object's copies uploaded may go; without a record, none.
+    let only_blobs = status.uploaded_blobs.as_ref().map(|b| {
+        b.iter()
+            .filter_map(|d| d.parse::<Digest>().ok())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
     let options = DeleteOptions {
         expect_digest: Some(expect),
-        delete_layers: obj.spec.delete_layers,
-        only_blobs: None,
+        delete_layers: obj.spec.delete_layers && only_blobs.is_some(),
+        only_blobs,
     };
     match engine.delete(&reference, &options).await {
         Ok(report) => {
@@ -1021,7 +1258,47 @@ async fn delete_destination(
     }
 }
 
+/// Deletion; the objects waiting for this one's destination are woken when it is done.
 async fn cleanup(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -> Result<Action> {
+    let waiting = match Reference::parse(&obj.spec.destination) {
+        Ok(d) => live(ctx.rivals(&obj, &d).await?),
+        Err(_) => Vec::new(),
+    };
+    let result = cleanup_inner(obj, ctx.clone(), api).await;
+    if result.is_ok() {
+        ctx.wake(&waiting);
+    }
+    result
+}
+
+/// The objects of `objects` not being deleted.
+fn live(objects: Vec<ImageSync>) -> Vec<ImageSync> {
+    objects
+        .into_iter()
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// What this object wrote: its recorded destination when its own copy wrote it, else a
+/// copy that was started and may have written the tag before status said so.
+fn written_by(status: &ImageSyncStatus) -> Option<(String, String)> {
+    match (
+        status.ownership,
+        &status.synced_destination,
+        &status.destination_digest,
+        &status.write_intent,
+    ) {
+        (Some(Ownership::Written), Some(t), Some(d), _) => Some((t.clone(), d.clone())),
+        (_, _, _, Some(w)) => Some((w.destination.clone(), w.digest.clone())),
+        _ => None,
+    }
+}
+
+async fn cleanup_inner(
+    obj: Arc<ImageSync>,
+    ctx: Arc<Context>,
+    api: &Api<ImageSync>,
+) -> Result<Action> {
     let status = obj.status.clone().unwrap_or_default();
     let done = |ctx: &Context| {
         ctx.forget(&obj);
@@ -1039,13 +1316,33 @@ async fn cleanup(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -
             .await;
         return Ok(done(&ctx));
     }
-    let (Some(target), Some(digest)) = (
-        status.synced_destination.clone(),
-        status.destination_digest.clone(),
-    ) else {
-        debug!("nothing was written; nothing to delete");
+    let Some((target, digest)) = written_by(&status) else {
+        if let Some(target) = &status.synced_destination {
+            let note = format!("{target} left in place: {}", not_written(&status));
+            info!("{note}");
+            ctx.events
+                .publish(&obj, EventType::Normal, "LeftInPlace", "Delete", &note)
+                .await;
+        } else {
+            debug!("nothing was written; nothing to delete");
+        }
         return Ok(done(&ctx));
     };
+    // Another object names the tag: it is left for that object (which takes it over, or
+    // holds it already), and nothing is deleted.
+    if let Ok(t) = Reference::parse(&target) {
+        if let Some(next) = live(ctx.rivals(&obj, &t).await?).first() {
+            let note = format!(
+                "{target} left in place for ImageSync {}, which names the same destination",
+                ownership::display(next)
+            );
+            info!("{note}");
+            ctx.events
+                .publish(&obj, EventType::Normal, "LeftInPlace", "Delete", &note)
+                .await;
+            return Ok(done(&ctx));
+        }
+    }
     // The policy in force now decides (for the destination actually deleted): a denied
     // object is released without any registry request, its destination left in place.
     let target_ref = Reference::parse(&target).ok();
@@ -1081,14 +1378,14 @@ async fn cleanup(obj: Arc<ImageSync>, ctx: Arc<Context>, api: &Api<ImageSync>) -
             Ok(e) => e,
             // Without the Secret, try the credentials the policy allows.
             Err(Error::Secret { .. } | Error::SecretTypeUnsupported { .. }) => {
-                ctx.engine_without_secrets(s, t, ambient)
+                ctx.engine_without_secrets(&obj, s, t, ambient)
             }
             Err(e) => return Err(e),
         },
         // No policy (see above): the standard credentials, as before.
         _ => ctx.engine.clone(),
     };
-    match delete_destination(&obj, &ctx, &engine, &target, &digest).await {
+    match delete_destination(&obj, &ctx, &engine, &target, &digest, &status).await {
         DeleteResult::Done(note) => {
             info!("{note}");
             ctx.events
@@ -1161,9 +1458,20 @@ pub async fn run(
         rx.changed().await.ok()?;
         Some(((), rx))
     });
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default());
+    // Destination conflicts are judged on the controller's own cache of every object.
+    let _ = ctx.store.set(controller.store());
+    // Waking objects: their gates are opened, then every object is offered (the others'
+    // gates skip them without a registry request).
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = ctx.wake.set(tx);
+    let wakes = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await?;
+        Some(((), rx))
+    });
+    controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .reconcile_all_on(policy_changes)
+        .reconcile_all_on(futures::stream::select(policy_changes, wakes))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imagesync_controller::api::{ImageSync, ImageSyncSpec, FINALIZER};
+use imagesync_controller::api::{reasons, ImageSync, ImageSyncSpec, FINALIZER};
+use imagesync_controller::controller::destination_key;
 use imagesync_engine::{Digest, Reference};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -112,6 +113,59 @@ pub fn derive_name(destination: &str) -> String {
     }
 }
 
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+impl Kube {
+    /// A replacement (`create_before_destroy`, or a new name or namespace) creates the new
+    /// object while the old one still holds the destination tag: the controller answers
+    /// `DestinationConflict` and the new object takes the tag over once Terraform destroys
+    /// the old one. When the holder is another Terraform-managed object naming the same
+    /// destination, that is the expected state: the create completes with the digest the
+    /// new object's source resolved to (the tag holds it after the old object's destroy).
+    async fn handover(
+        &self,
+        obj: &ImageSync,
+        target: &Target,
+    ) -> Result<Option<Synced>, BackendError> {
+        let Some(status) = obj.status.as_ref() else {
+            return Ok(None);
+        };
+        let (Some(holder), Some(digest)) = (&status.conflict, &status.source_digest) else {
+            return Ok(None);
+        };
+        let waiting = obj
+            .ready_condition()
+            .is_some_and(|c| c.reason == reasons::DESTINATION_CONFLICT);
+        let Ok(digest) = digest.parse::<Digest>() else {
+            return Ok(None);
+        };
+        if !waiting {
+            return Ok(None);
+        }
+        let api: Api<ImageSync> = Api::namespaced(self.client.clone(), &holder.namespace);
+        let Some(old) = api.get_opt(&holder.name).await? else {
+            // Gone already: the new object proceeds at its next check.
+            return Ok(None);
+        };
+        let by_terraform = old.labels().get(MANAGED_BY).map(String::as_str) == Some("terraform");
+        let same = Reference::parse(&old.spec.destination)
+            .is_ok_and(|d| destination_key(&d) == destination_key(&target.destination));
+        if !(by_terraform && same) {
+            return Ok(None);
+        }
+        tracing::warn!(
+            holder = %format!("{}/{}", holder.namespace, holder.name),
+            "the destination is held by another Terraform-managed ImageSync (the object this one replaces); \
+             the new object takes the tag over when that one is destroyed"
+        );
+        Ok(Some(Synced {
+            source_digest: digest.clone(),
+            destination_digest: digest.clone(),
+            id: target.destination.id(&digest),
+        }))
+    }
+}
+
 fn status_of(obj: &ImageSync) -> Option<(String, Option<Digest>, Digest)> {
     let st = obj.status.as_ref()?;
     let id = st.id.clone()?;
@@ -168,13 +222,7 @@ impl Backend for Kube {
                 suspend: false,
             },
         );
-        obj.metadata.labels = Some(
-            [(
-                "app.kubernetes.io/managed-by".to_string(),
-                "terraform".to_string(),
-            )]
-            .into(),
-        );
+        obj.metadata.labels = Some([(MANAGED_BY.to_string(), "terraform".to_string())].into());
         let applied = api
             .patch(
                 &name,
@@ -205,6 +253,11 @@ impl Backend for Kube {
                             adopted: false,
                             uploaded: Vec::new(),
                         });
+                    }
+                }
+                if current {
+                    if let Some(synced) = self.handover(&obj, target).await? {
+                        return Ok(synced);
                     }
                 }
             }

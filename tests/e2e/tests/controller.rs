@@ -623,11 +623,13 @@ pub(crate) async fn controller_reports_permanent_errors_with_reasons() {
         &dst,
         "destinationSecretRef: {name: wrong}",
     ));
+    // Its own tag: two objects naming one tag would make the later one wait
+    // (DestinationConflict) before its Secret is read.
     api.apply_yaml(&image_sync_yaml(
         ns,
         "nosecret",
         &src.reference("app:1"),
-        &dst,
+        &private.reference("mirror/nosecret:1"),
         "destinationSecretRef: {name: does-not-exist}",
     ));
 

@@ -897,16 +897,13 @@ pub(crate) async fn controller_killed_at_22_points_converges() {
 /// - six objects copy one image to six tags of one repository at the same time, then
 ///   three are deleted while both run: the deleted tags go, the others stay complete
 ///   (their shared layers survive);
-/// - two owners (`team-a/owner`, `team-b/owner`) copy different images to the SAME
-///   tag. Each re-check sees the other's image as an overwrite and copies its own again
-///   (Warning `DestinationOverwritten`): the tag flips between the two images, and at
-///   any moment holds the last writer's image, always complete (last writer wins, until
-///   the other's next check). Deleting `team-a/owner` mid-fight removes the tag only if
-///   it still points at its own digest; either way `team-b/owner` ends up holding it.
-///   A second team-a owner writes its image, then is suspended: `team-b/owner`'s image
-///   stays. Deleting the suspended owner must not delete the tag (it points at the digest
-///   `team-b/owner` holds: the engine's delete gets `expect_digest`): the finalizer is
-///   released with a Warning `DeleteFailed`; deleting `team-b/owner` removes the tag.
+/// - two owners (`team-a/owner`, `team-b/owner`) name the SAME tag with different
+///   images. Both controllers see both objects and judge alike: the earlier one holds the
+///   tag, the later gets `DestinationConflict` and never writes (the tag holds only
+///   team-a's image, sample after sample). Deleting the holder leaves the tag for the
+///   waiting object (the tag is never absent or incomplete), which then writes its own
+///   image and owns the tag. A new team-a object is the later one now: it waits, and
+///   deleting it deletes nothing; deleting `team-b/owner` removes the tag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn two_controllers_without_leader_election() {
     use crate::controller::{
@@ -1003,7 +1000,9 @@ pub(crate) async fn two_controllers_without_leader_election() {
         );
     }
 
-    // Two owners, one tag.
+    // Two owners, one tag: team-a/owner is created first and holds it; team-b/owner
+    // waits (DestinationConflict, judged the same way by both controllers) and never
+    // writes, so the tag holds team-a's image all along.
     api.create_namespace("team-a").await;
     api.create_namespace("team-b").await;
     let contested = dst.reference("contested/app:1");
@@ -1017,124 +1016,66 @@ pub(crate) async fn two_controllers_without_leader_election() {
     ));
     let team_a: Api<ImageSync> = Api::namespaced(client.clone(), "team-a");
     let team_b: Api<ImageSync> = Api::namespaced(client.clone(), "team-b");
-    // The fight: every sample is one complete image; both get written.
-    let mut seen = [0usize; 2];
+    wait_for(
+        &team_a,
+        "owner",
+        Duration::from_secs(60),
+        "a Ready",
+        Some(&c1),
+        |o| ready_with(o, &image_a.digest),
+    )
+    .await;
+    let waiting = wait_for(
+        &team_b,
+        "owner",
+        Duration::from_secs(30),
+        "b DestinationConflict",
+        Some(&c1),
+        |o| reason(o).as_deref() == Some("DestinationConflict"),
+    )
+    .await;
+    let message = waiting.ready_condition().unwrap().message.clone();
+    assert!(message.contains("team-a/owner"), "{message}");
+    // Many re-checks of both objects by both controllers: only team-a's image, ever.
     let mut samples = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (seen[0] == 0 || seen[1] == 0 || samples < 40) && Instant::now() < deadline {
-        if let Some(i) = check
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let held = check
             .absent_or_one_of("contested/app", "1", &[&image_a, &image_b], "contested")
-            .await
-        {
-            seen[i] += 1;
-        }
+            .await;
+        assert_eq!(held, Some(0), "the waiting object wrote the tag");
         samples += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let b_events = event_reasons(&client, "team-b", "owner").await;
     assert!(
-        seen[0] > 0 && seen[1] > 0,
-        "both owners' images should have been written: {seen:?} in {samples} samples"
+        !b_events
+            .iter()
+            .any(|(r, _)| r == "Synced" || r == "DestinationOverwritten"),
+        "{b_events:?}"
     );
-    let overwritten =
-        |events: &[(String, String)]| events.iter().any(|(r, _)| r == "DestinationOverwritten");
-    let deadline = Instant::now() + Duration::from_secs(30);
+
+    // Deleting the holder leaves the tag for the waiting object (never dangling, never
+    // absent), which then copies its own image and owns the tag.
+    api.kubectl(&["delete", "isync", "-n", "team-a", "owner", "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let a = event_reasons(&client, "team-a", "owner").await;
-        let b = event_reasons(&client, "team-b", "owner").await;
-        if overwritten(&a) || overwritten(&b) {
+        let held = check
+            .absent_or_one_of("contested/app", "1", &[&image_a, &image_b], "handover")
+            .await;
+        assert!(held.is_some(), "the tag vanished during the handover");
+        if held == Some(1) && team_a.get_opt("owner").await.unwrap().is_none() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no DestinationOverwritten: {a:?} {b:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    // Deleting team-a/owner in the middle of the fight: whether it removes the tag
-    // (pointing at its own digest) or leaves it (pointing at team-b/owner's), the tag
-    // is never dangling and team-b/owner ends up holding it.
-    api.kubectl(&["delete", "isync", "-n", "team-a", "owner", "--wait=false"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while team_a.get_opt("owner").await.unwrap().is_some() {
-        check
-            .absent_or_one_of(
-                "contested/app",
-                "1",
-                &[&image_a, &image_b],
-                "deleting mid-fight",
-            )
-            .await;
-        assert!(
-            Instant::now() < deadline,
-            "team-a/owner not deleted\n{}",
+            "team-b/owner did not take the tag\n{}",
             c1.log_text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let deleted_mid_fight: Vec<String> = event_reasons(&client, "team-a", "owner")
-        .await
-        .into_iter()
-        .map(|(r, _)| r)
-        .filter(|r| r == "Deleted" || r == "DeleteFailed")
-        .collect();
-    assert!(
-        !deleted_mid_fight.is_empty(),
-        "no Deleted/DeleteFailed event"
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while check
-        .absent_or_one_of(
-            "contested/app",
-            "1",
-            &[&image_a, &image_b],
-            "after the fight",
-        )
-        .await
-        != Some(1)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "team-b/owner did not take the tag"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // A second team-a owner writes its image at least once, then is suspended:
-    // team-b/owner takes the tag back for good.
-    api.apply_yaml(&owner("team-a", "second", "owner-a:1", ""));
-    wait_for(
-        &team_a,
-        "second",
-        Duration::from_secs(30),
-        "second synced",
-        Some(&c1),
-        |o| {
-            o.status
-                .as_ref()
-                .and_then(|s| s.destination_digest.as_deref())
-                == Some(image_a.digest.as_str())
-        },
-    )
-    .await;
-    api.apply_yaml(&owner("team-a", "second", "owner-a:1", "suspend: true"));
-    wait_for(
-        &team_a,
-        "second",
-        Duration::from_secs(30),
-        "Suspended",
-        Some(&c1),
-        |o| reason(o).as_deref() == Some("Suspended"),
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while check.tag_digest("contested/app", "1").await.as_deref() != Some(image_b.digest.as_str()) {
-        assert!(
-            Instant::now() < deadline,
-            "team-b/owner did not take the tag back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let note = wait_event(&client, "team-a", "owner", "LeftInPlace").await;
+    assert!(note.contains("team-b/owner"), "{note}");
     wait_for(
         &team_b,
         "owner",
@@ -1144,36 +1085,39 @@ pub(crate) async fn two_controllers_without_leader_election() {
         |o| ready_with(o, &image_b.digest),
     )
     .await;
-    // The suspended owner still records its own digest.
-    let a_status = team_a.get("second").await.unwrap().status.unwrap();
-    assert_eq!(
-        a_status.destination_digest.as_deref(),
-        Some(image_a.digest.as_str())
-    );
 
-    // Deleting team-a/second leaves team-b/owner's tag alone.
-    api.kubectl(&["delete", "isync", "-n", "team-a", "second", "--wait=false"]);
-    wait_gone(&team_a, "second", Duration::from_secs(60), &c1).await;
-    let note = wait_event(&client, "team-a", "second", "DeleteFailed").await;
-    assert!(note.contains("not deleted"), "{note}");
-    assert_eq!(
-        check
-            .absent_or_one_of("contested/app", "1", &[&image_b], "after deleting team-a")
-            .await,
-        Some(0)
-    );
-    check
-        .identical("contested/app", "1", &image_b, "after deleting team-a")
-        .await;
-    // ... and stays so across the re-checks of team-b/owner.
+    // A new team-a object is now the later one: it waits for team-b/owner, and deleting
+    // it deletes nothing.
+    api.apply_yaml(&owner("team-a", "second", "owner-a:1", ""));
+    let second = wait_for(
+        &team_a,
+        "second",
+        Duration::from_secs(30),
+        "second DestinationConflict",
+        Some(&c1),
+        |o| reason(o).as_deref() == Some("DestinationConflict"),
+    )
+    .await;
+    let message = second.ready_condition().unwrap().message.clone();
+    assert!(message.contains("team-b/owner"), "{message}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     check
-        .identical("contested/app", "1", &image_b, "after more re-checks")
+        .identical("contested/app", "1", &image_b, "while team-a/second waits")
+        .await;
+    api.kubectl(&["delete", "isync", "-n", "team-a", "second", "--wait=false"]);
+    wait_gone(&team_a, "second", Duration::from_secs(60), &c1).await;
+    check
+        .identical(
+            "contested/app",
+            "1",
+            &image_b,
+            "after deleting team-a/second",
+        )
         .await;
     let b = team_b.get("owner").await.unwrap();
     assert!(ready_with(&b, &image_b.digest), "{:?}", b.status);
 
-    // Deleting team-b/owner, which holds the tag, removes it.
+    // Deleting team-b/owner, which wrote the tag, removes it.
     api.kubectl(&["delete", "isync", "-n", "team-b", "owner", "--wait=false"]);
     wait_gone(&team_b, "owner", Duration::from_secs(60), &c1).await;
     assert_eq!(
@@ -1182,7 +1126,7 @@ pub(crate) async fn two_controllers_without_leader_election() {
     );
     assert!(c1.is_running() && c2.is_running());
     eprintln!(
-        "two controllers: contested tag samples {seen:?} (a, b) of {samples}; deleting team-a/owner mid-fight: {deleted_mid_fight:?}; {:?}",
+        "two controllers: {samples} samples of the contested tag while team-b/owner waited, all team-a's; {:?}",
         started.elapsed()
     );
 }

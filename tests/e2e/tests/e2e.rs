@@ -12,6 +12,7 @@ mod crash;
 mod engine;
 mod helm;
 mod hostile_objects;
+mod ownership;
 mod policy;
 mod reliability;
 mod scripts;

@@ -830,17 +830,14 @@ pub(crate) fn imagesyncs(api: &ApiServer) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Kubernetes mode against a real kube-apiserver v1.20.2 and the real controller: apply
-/// creates the object and returns the controller's `id`; a deleted destination heals with
-/// no Terraform run; destroy removes the object (after the finalizer) and the image.
-pub(crate) async fn kubernetes_mode(version: &'static str) {
-    let (api, a, b) = tokio::join!(ApiServer::start(), Registry::start(), Registry::start());
+/// The controller for Kubernetes-mode tests (CRD applied, re-checks every 2 s).
+pub(crate) async fn kube_controller(api: &ApiServer, a: &Registry, b: &Registry) -> Controller {
     api.apply_crd(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/imagesyncs.imagesync.dev.yaml"),
     )
     .await;
     let log = std::fs::File::create(api.dir().join("controller.log")).unwrap();
-    let _controller = Controller(
+    Controller(
         std::process::Command::new(imagesync_e2e::bin("imagesync-controller"))
             .args([
                 "--insecure-registry",
@@ -863,7 +860,15 @@ pub(crate) async fn kubernetes_mode(version: &'static str) {
             .stderr(log)
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+/// Kubernetes mode against a real kube-apiserver v1.20.2 and the real controller: apply
+/// creates the object and returns the controller's `id`; a deleted destination heals with
+/// no Terraform run; destroy removes the object (after the finalizer) and the image.
+pub(crate) async fn kubernetes_mode(version: &'static str) {
+    let (api, a, b) = tokio::join!(ApiServer::start(), Registry::start(), Registry::start());
+    let _controller = kube_controller(&api, &a, &b).await;
     let src = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(41)).await;
     let tf = Tf::new(version);
     tf.config_with(
@@ -953,6 +958,126 @@ pub(crate) async fn kubernetes_mode(version: &'static str) {
         fixtures::manifest_status(b.addr(), "dst/app", "v1").await,
         404
     );
+}
+
+/// Replacements in Kubernetes mode: a new `name` forces one. With
+/// `create_before_destroy` the new object is created while the old one still holds the
+/// destination tag (the controller says `DestinationConflict`); the provider takes that
+/// as the expected handover, the old object's destroy leaves the tag for the new one, and
+/// the new one owns it (its destroy removes it). The tag is never absent. A plain
+/// replacement (destroy, then create) also completes.
+pub(crate) async fn kubernetes_mode_replacements(version: &'static str) {
+    let (api, a, b) = tokio::join!(ApiServer::start(), Registry::start(), Registry::start());
+    let _controller = kube_controller(&api, &a, &b).await;
+    let src = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(43)).await;
+    let tf = Tf::new(version);
+    let configure = |name: &str, cbd: bool| {
+        let lifecycle = if cbd {
+            "  lifecycle {\n    create_before_destroy = true\n  }\n"
+        } else {
+            ""
+        };
+        tf.config_with(
+            &format!(
+                "kubernetes {{\n    config_path = \"{}\"\n    namespace   = \"default\"\n  }}",
+                api.kubeconfig().display()
+            ),
+            &format!(
+                "resource \"imagesync\" \"app\" {{\n  source      = \"{}\"\n  destination = \"{}\"\n  name        = \"{name}\"\n{lifecycle}  timeouts {{\n    create = \"2m\"\n    delete = \"2m\"\n  }}\n}}\n\noutput \"id\" {{\n  value = imagesync.app.id\n}}\n",
+                a.reference("src/app:v1"),
+                b.reference("dst/app:v1")
+            ),
+        );
+    };
+    let names = |api: &ApiServer| -> Vec<String> {
+        imagesyncs(api)
+            .iter()
+            .map(|o| {
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    configure("app-old", true);
+    tf.init().await;
+    tf.apply(&[]).await;
+    let id = format!("{}/dst/app@{}", b.addr(), src.digest);
+    assert_eq!(tf.output("id").await, id);
+
+    // create_before_destroy: sample the tag while the replacement runs.
+    configure("app-new", true);
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let watching = watching.clone();
+        let addr = b.addr().to_string();
+        tokio::spawn(async move {
+            let mut missing = 0;
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                if fixtures::manifest_status(&addr, "dst/app", "v1").await != 200 {
+                    missing += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            missing
+        })
+    };
+    let out = tf.apply(&[]).await;
+    let text = combined(&out);
+    assert!(
+        text.contains("create replacement and then destroy") || text.contains("+/-"),
+        "expected a replacement:\n{text}"
+    );
+    assert_eq!(tf.output("id").await, id);
+    assert_eq!(names(&api), ["app-new"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let obj = imagesyncs(&api).pop().unwrap();
+        let ready = obj["status"]["conditions"][0]["status"] == "True";
+        if ready && obj["status"]["ownership"] == "Written" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "app-new did not take the tag over: {obj}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let missing = sampler.await.unwrap();
+    assert_eq!(missing, 0, "the tag was absent during the replacement");
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src.digest.as_str())
+    );
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["no-op"])
+    );
+
+    // A plain replacement: destroy (the tag goes), then create (it comes back).
+    configure("app-plain", false);
+    tf.apply(&[]).await;
+    assert_eq!(names(&api), ["app-plain"]);
+    assert_eq!(tf.output("id").await, id);
+    assert_eq!(
+        tag_digest(&b, "dst/app", "v1").await.as_deref(),
+        Some(src.digest.as_str())
+    );
+
+    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
+        .await;
+    assert!(imagesyncs(&api).is_empty());
+    assert_eq!(
+        fixtures::manifest_status(b.addr(), "dst/app", "v1").await,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn terraform_1_11_4_kubernetes_mode_replacements() {
+    kubernetes_mode_replacements("1.11.4").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
