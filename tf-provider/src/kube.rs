@@ -162,6 +162,9 @@ impl Kube {
             source_digest: digest.clone(),
             destination_digest: digest.clone(),
             id: target.destination.id(&digest),
+            // The controller decides ownership in Kubernetes mode.
+            adopted: false,
+            uploaded: Vec::new(),
         }))
     }
 }
