@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use imagesync_engine::auth::{ChainProvider, StaticProvider};
 use imagesync_engine::progress::{BlobAction, ProgressEvent};
 use imagesync_engine::{
-    Credential, DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Reference, SyncOptions,
+    AddressPolicy, Credential, DeleteOptions, Digest, Engine, EngineConfig, ErrorKind,
+    InternalAddresses, Limits, Reference, SyncOptions,
 };
 
 /// Exit codes, documented in the README.
@@ -70,7 +71,9 @@ struct Args {
     )]
     jobs: usize,
 
-    /// Credentials for every registry, USER:PASSWORD.
+    /// Credentials for both registries of the command (source and destination),
+    /// USER:PASSWORD. Never sent to another host, except to a registry's token realm
+    /// over HTTPS.
     #[arg(
         long,
         value_name = "USER:PASS",
@@ -118,6 +121,34 @@ struct Args {
     /// Neither read nor write the blob cache.
     #[arg(long, global = true, conflicts_with = "blob_cache")]
     no_blob_cache: bool,
+
+    /// The longest one copy may take, in seconds (default 6 hours).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        global = true,
+        env = "IMAGESYNC_SYNC_DEADLINE",
+        default_value_t = 6 * 3600
+    )]
+    sync_deadline: u64,
+
+    /// The slowest a blob may move, in bytes per second, before its transfer is
+    /// abandoned and retried (0: no minimum).
+    #[arg(
+        long,
+        value_name = "BYTES_PER_SEC",
+        global = true,
+        env = "IMAGESYNC_MIN_TRANSFER_RATE",
+        default_value_t = 10 * 1024
+    )]
+    min_transfer_rate: u64,
+
+    /// A host that may be reached on an internal address (loopback, link-local,
+    /// private) even when a redirect, upload location or token realm leaves the
+    /// registry's host. Repeatable. The registries of the command and insecure
+    /// registries are always allowed.
+    #[arg(long = "allow-internal-host", value_name = "HOST", global = true)]
+    allow_internal_hosts: Vec<String>,
 
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", global = true)]
@@ -245,6 +276,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         docker_config,
         blob_cache,
         no_blob_cache,
+        sync_deadline,
+        min_transfer_rate,
+        allow_internal_hosts,
         log_format: _,
         no_progress,
     } = args;
@@ -268,7 +302,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut explicit = StaticProvider::new();
     if let Some(c) = &creds {
-        explicit = explicit.with_default(Credential::parse_user_pass(c).context("--creds")?);
+        // Only the command's own registries: never a default for whatever host a
+        // registry points us at.
+        let credential = Credential::parse_user_pass(c).context("--creds")?;
+        for r in src_ref.iter().chain(dst_ref.iter()) {
+            explicit = explicit.with(r.registry(), credential.clone());
+        }
     }
     if let (Some(c), Some(r)) = (&src_creds, &src_ref) {
         explicit = explicit.with(
@@ -288,6 +327,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         jobs: jobs.max(1),
         credentials: Arc::new(ChainProvider::standard(explicit, docker_config)),
         blob_cache,
+        limits: Limits {
+            sync_deadline: std::time::Duration::from_secs(sync_deadline),
+            min_blob_rate: min_transfer_rate,
+        },
+        addresses: allow_internal_hosts.iter().fold(
+            AddressPolicy::new(InternalAddresses::RegistryHosts),
+            |p, h| p.allow(h),
+        ),
         ..EngineConfig::default()
     })
     .context("configuring the engine")?;

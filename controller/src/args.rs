@@ -239,6 +239,7 @@ impl Args {
                     metrics.request(operation, &status);
                 }
             })),
+            ..EngineConfig::default()
         })
         .context("configuring the registry client")?;
 
