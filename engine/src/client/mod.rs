@@ -29,8 +29,9 @@ use crate::observer::RequestObserver;
 
 pub use crate::config::RetryPolicy;
 pub use blobs::Upload;
-pub use challenge::Scope;
+pub use challenge::{parse_challenge, token_expiry, Challenge, Scope};
 pub use manifests::ManifestData;
+pub use responses::parse_retry_after;
 pub(crate) use retry::Operation;
 pub(crate) use transport::build_http;
 
@@ -44,7 +45,7 @@ pub const MAX_TAG_PAGE_BYTES: u64 = 8 * 1024 * 1024;
 /// How much of an error answer's body is read (the rest is ignored).
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// The most tag-list pages followed for one listing.
-pub const MAX_TAG_PAGES: usize = 10_000;
+pub const MAX_TAG_PAGES: usize = 1_000;
 /// The most tags one listing may return.
 pub const MAX_TAGS: usize = 500_000;
 
