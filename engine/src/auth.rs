@@ -321,8 +321,7 @@ async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> 
     if !valid_helper_name(helper) {
         return Err(Error::Credentials {
             registry: registry.into(),
-            message: "docker config names a credential helper that is not [A-Za-z0-9._-]+"
-                .into(),
+            message: "docker config names a credential helper that is not [A-Za-z0-9._-]+".into(),
         });
     }
     let program = format!("docker-credential-{helper}");

@@ -268,4 +268,3 @@ impl Engine {
         self.inner.config.jobs.max(1)
     }
 }
-

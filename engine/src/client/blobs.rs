@@ -240,9 +240,10 @@ impl Client {
             }
             req
         };
+        let req = self.prepare(op, &what, &scopes, &build).await?;
         let watchdog = self.watchdog(started, &last_progress, self.transfer_allowance(size));
         let resp = tokio::select! {
-            result = self.send_authorized(op, &what, &scopes, &build) => result?,
+            result = self.execute(op, &what, req) => result?,
             fired = watchdog => return Err(match fired {
                 Watchdog::Stalled => self.stalled(op, &what),
                 Watchdog::TooSlow(allowed) => self.too_slow(op, &what, size, allowed),

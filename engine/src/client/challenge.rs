@@ -227,7 +227,13 @@ impl Client {
         let credential = self.credential().await?;
         let op = Operation::GetToken;
         let build = |http: &reqwest::Client| {
-            token_request(http, realm_url.clone(), service, &scopes, credential.as_ref())
+            token_request(
+                http,
+                realm_url.clone(),
+                service,
+                &scopes,
+                credential.as_ref(),
+            )
         };
         let body = self
             .retrying(op, &what, |_| async {
@@ -254,7 +260,10 @@ impl Client {
             .or(answer.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| bad("the token server returned no token"))?;
-        let expires_in = answer.expires_in.as_ref().and_then(serde_json::Value::as_u64);
+        let expires_in = answer
+            .expires_in
+            .as_ref()
+            .and_then(serde_json::Value::as_u64);
         let secret = Secret::new(token);
         let expiry = token_expiry(Instant::now(), expires_in);
         self.inner

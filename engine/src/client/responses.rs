@@ -80,11 +80,7 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Turns an error response into an [`Error`], reading the distribution error body.
-pub(crate) async fn error_from_response(
-    op: Operation,
-    reference: &str,
-    resp: Response,
-) -> Error {
+pub(crate) async fn error_from_response(op: Operation, reference: &str, resp: Response) -> Error {
     let operation = op.label();
     let status = resp.status().as_u16();
     let retry_after = parse_retry_after(resp.headers());
@@ -158,7 +154,10 @@ mod tests {
             HeaderValue::from_static("</v2/a/tags/list?last=b&n=2>; rel=\"next\""),
         );
         assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?last=b&n=2"));
-        h.insert(reqwest::header::LINK, HeaderValue::from_static(">x<; rel=next"));
+        h.insert(
+            reqwest::header::LINK,
+            HeaderValue::from_static(">x<; rel=next"),
+        );
         assert_eq!(next_link(&h), None);
     }
 

@@ -92,7 +92,10 @@ impl RetryPolicy {
         }
         // A Retry-After longer than we are willing to wait: retrying earlier would only
         // be refused again, so hand the RateLimited error (with its Retry-After) back.
-        if err.retry_after().is_some_and(|ra| ra > self.max_retry_after) {
+        if err
+            .retry_after()
+            .is_some_and(|ra| ra > self.max_retry_after)
+        {
             return Err(err);
         }
         let delay = self.delay(attempt, err.retry_after());
@@ -124,7 +127,12 @@ fn jitter() -> f64 {
 impl Client {
     /// Runs `attempt` (given the attempt number, from 1) until it succeeds, fails with
     /// an error that is not retryable, or the operation's budget is spent.
-    pub(super) async fn retrying<T, F, Fut>(&self, op: Operation, what: &str, attempt: F) -> Result<T>
+    pub(super) async fn retrying<T, F, Fut>(
+        &self,
+        op: Operation,
+        what: &str,
+        attempt: F,
+    ) -> Result<T>
     where
         F: Fn(u32) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -137,7 +145,13 @@ impl Client {
                 Ok(t) => return Ok(t),
                 Err(err) => {
                     let delay = self.inner.retry.next(op.label(), what, n, started, err)?;
-                    tracing::warn!(operation = op.label(), reference = what, attempt = n, delay_ms = delay.as_millis() as u64, "retrying");
+                    tracing::warn!(
+                        operation = op.label(),
+                        reference = what,
+                        attempt = n,
+                        delay_ms = delay.as_millis() as u64,
+                        "retrying"
+                    );
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -205,8 +219,10 @@ impl Client {
         build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
     ) -> Result<Response> {
         let reauthed = AtomicBool::new(false);
-        self.retrying(op, what, |_| self.attempt(op, what, scopes, &reauthed, build))
-            .await
+        self.retrying(op, what, |_| {
+            self.attempt(op, what, scopes, &reauthed, build)
+        })
+        .await
     }
 
     /// A request and the read of its body (at most `cap` bytes), retried together.
@@ -273,7 +289,10 @@ mod tests {
         assert!(p.next("x", "r", 1, t, transient()).is_ok());
         assert!(p.next("x", "r", 2, t, transient()).is_ok());
         let given_up = p.next("x", "r", 3, t, transient()).unwrap_err();
-        assert!(matches!(given_up, Error::RetriesExhausted { attempts: 3, .. }));
+        assert!(matches!(
+            given_up,
+            Error::RetriesExhausted { attempts: 3, .. }
+        ));
         // An enclosing operation does not retry an exhausted one.
         assert!(!given_up.is_retryable());
         let late = Instant::now().checked_sub(p.deadline).unwrap_or(t);

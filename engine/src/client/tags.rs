@@ -39,9 +39,14 @@ impl Client {
             }
             let u = url.clone();
             let page = self
-                .request_body(op, &what, &scopes, MAX_TAG_PAGE_BYTES, "tag-list page", &|h| {
-                    h.get(&u)
-                })
+                .request_body(
+                    op,
+                    &what,
+                    &scopes,
+                    MAX_TAG_PAGE_BYTES,
+                    "tag-list page",
+                    &|h| h.get(&u),
+                )
                 .await;
             let (headers, body) = match page {
                 Ok(p) => p,

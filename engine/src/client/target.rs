@@ -29,7 +29,10 @@ pub(crate) fn scrub(url: &str) -> String {
 impl Client {
     /// Whether `url` has the registry's own scheme, host and port.
     pub(super) fn same_origin(&self, url: &Url) -> bool {
-        self.inner.origin.as_ref().is_some_and(|o| url.origin() == *o)
+        self.inner
+            .origin
+            .as_ref()
+            .is_some_and(|o| url.origin() == *o)
     }
 
     fn registry_is_https(&self) -> bool {
@@ -109,14 +112,10 @@ impl Client {
         let op = Operation::GetToken;
         let url = Url::parse(realm)
             .map_err(|_| self.refused(op, what, realm, "the token realm is not a URL"))?;
-        let registry_host = self
-            .inner
-            .origin
-            .as_ref()
-            .and_then(|o| match o {
-                url::Origin::Tuple(_, h, _) => Some(h.to_string()),
-                url::Origin::Opaque(_) => None,
-            });
+        let registry_host = self.inner.origin.as_ref().and_then(|o| match o {
+            url::Origin::Tuple(_, h, _) => Some(h.to_string()),
+            url::Origin::Opaque(_) => None,
+        });
         let ok = match url.scheme() {
             "https" => true,
             "http" => {
@@ -187,9 +186,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let kept: Vec<SocketAddr> = found
                 .iter()
                 .copied()

@@ -100,15 +100,15 @@ impl Client {
         }
     }
 
-    /// Builds the request, checks where it goes, attaches the auth header for `scopes`
-    /// when it goes to the registry's own origin, and sends it once.
-    pub(super) async fn send_authorized(
+    /// Builds the request, checks where it goes, and attaches the auth header for
+    /// `scopes` when it goes to the registry's own origin (never to another).
+    pub(super) async fn prepare(
         &self,
         op: Operation,
         what: &str,
         scopes: &[Scope],
         build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
-    ) -> Result<Response> {
+    ) -> Result<reqwest::Request> {
         let mut req = build(&self.inner.http)
             .build()
             .map_err(|e| self.transport_error(op, what, e))?;
@@ -121,7 +121,38 @@ impl Client {
             tracing::debug!(registry = %self.inner.registry, operation = op.label(), target = %scrub(req.url().as_str()), "request to another origin, without credentials");
             req.headers_mut().remove(AUTHORIZATION);
         }
+        Ok(req)
+    }
+
+    /// [`Client::prepare`], then sent once under the stall timeout.
+    pub(super) async fn send_authorized(
+        &self,
+        op: Operation,
+        what: &str,
+        scopes: &[Scope],
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response> {
+        let req = self.prepare(op, what, scopes, build).await?;
         self.send_once(op, what, req).await
+    }
+
+    /// Sends `req` without a time limit (uploads: the caller's watchdog decides).
+    pub(super) async fn execute(
+        &self,
+        op: Operation,
+        what: &str,
+        req: reqwest::Request,
+    ) -> Result<Response> {
+        match self.inner.http.execute(req).await {
+            Ok(resp) => {
+                self.observe(op, Some(resp.status().as_u16()));
+                Ok(resp)
+            }
+            Err(e) => {
+                self.observe(op, None);
+                Err(self.transport_error(op, what, e))
+            }
+        }
     }
 
     /// Sends `req`; fails when the registry does not answer within the stall timeout.

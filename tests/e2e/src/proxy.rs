@@ -558,7 +558,9 @@ async fn handle(
             record(s, &req, key, Some(f));
             return Ok(hostile_answer(s, f, req.uri()));
         }
-        Some(f @ (Fault::RewriteLocation { .. } | Fault::LinkTo { .. } | Fault::Trickle { .. })) => {
+        Some(
+            f @ (Fault::RewriteLocation { .. } | Fault::LinkTo { .. } | Fault::Trickle { .. }),
+        ) => {
             applied = Some(f);
         }
         // `Mix` was resolved above.
@@ -571,9 +573,9 @@ async fn handle(
     let uri = req.uri().clone();
     match forward(s, req, request, response).await {
         Ok(Some(r)) => Ok(match applied {
-            Some(f @ (Fault::RewriteLocation { .. } | Fault::LinkTo { .. } | Fault::Trickle { .. })) => {
-                rewrite_answer(s, f, &uri, r)
-            }
+            Some(
+                f @ (Fault::RewriteLocation { .. } | Fault::LinkTo { .. } | Fault::Trickle { .. }),
+            ) => rewrite_answer(s, f, &uri, r),
             _ => r,
         }),
         // The request body was cut off: no answer, the connection is dropped.
@@ -826,7 +828,11 @@ fn generated(prefix: String, filler: u8, total: u64) -> impl futures::Stream<Ite
     let chunks = rest.div_ceil(CHUNK);
     futures::stream::once(async move { head }).chain(futures::stream::iter(0..chunks).map(
         move |i| {
-            let n = if i + 1 == chunks { rest - i * CHUNK } else { CHUNK };
+            let n = if i + 1 == chunks {
+                rest - i * CHUNK
+            } else {
+                CHUNK
+            };
             Bytes::from(vec![filler; n as usize])
         },
     ))
@@ -843,7 +849,11 @@ fn hostile_answer(s: &Shared, fault: Fault, uri: &hyper::Uri) -> Response<Body> 
                 to.to_string()
             };
             *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-            set(&mut r, hyper::header::LOCATION, &format!("http://{host}{pq}"));
+            set(
+                &mut r,
+                hyper::header::LOCATION,
+                &format!("http://{host}{pq}"),
+            );
         }
         Fault::Challenge { realm } => {
             *r.status_mut() = StatusCode::UNAUTHORIZED;
@@ -856,14 +866,20 @@ fn hostile_answer(s: &Shared, fault: Fault, uri: &hyper::Uri) -> Response<Body> 
         Fault::Endless { bytes } => {
             let prefix = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":""#;
             *r.body_mut() = counted_body(s.served.clone(), generated(prefix.into(), b'a', bytes));
-            set(&mut r, hyper::header::CONTENT_TYPE, "application/vnd.oci.image.manifest.v1+json");
+            set(
+                &mut r,
+                hyper::header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json",
+            );
         }
         Fault::HugeIndex { entries } => {
             let entry = format!(
                 r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":1}}"#,
                 "0".repeat(64)
             );
-            let head = Bytes::from(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":["#);
+            let head = Bytes::from(
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":["#,
+            );
             let entries_stream = futures::stream::iter(0..entries).map(move |i| {
                 let sep = if i == 0 { "" } else { "," };
                 Bytes::from(format!("{sep}{entry}"))
@@ -872,7 +888,11 @@ fn hostile_answer(s: &Shared, fault: Fault, uri: &hyper::Uri) -> Response<Body> 
                 .chain(entries_stream)
                 .chain(futures::stream::once(async { Bytes::from_static(b"]}") }));
             *r.body_mut() = counted_body(s.served.clone(), stream);
-            set(&mut r, hyper::header::CONTENT_TYPE, "application/vnd.oci.image.index.v1+json");
+            set(
+                &mut r,
+                hyper::header::CONTENT_TYPE,
+                "application/vnd.oci.image.index.v1+json",
+            );
         }
         Fault::TagLoop { cycle } => {
             let n = s.requests.load(Ordering::SeqCst);
@@ -880,7 +900,11 @@ fn hostile_answer(s: &Shared, fault: Fault, uri: &hyper::Uri) -> Response<Body> 
             let path = uri.path();
             *r.body_mut() = full(format!(r#"{{"name":"loop","tags":["t{n}"]}}"#));
             set(&mut r, hyper::header::CONTENT_TYPE, "application/json");
-            set(&mut r, hyper::header::LINK, &format!("<{path}?n=1&last=t{next}>; rel=\"next\""));
+            set(
+                &mut r,
+                hyper::header::LINK,
+                &format!("<{path}?n=1&last=t{next}>; rel=\"next\""),
+            );
         }
         _ => {}
     }
@@ -888,7 +912,12 @@ fn hostile_answer(s: &Shared, fault: Fault, uri: &hyper::Uri) -> Response<Body> 
 }
 
 /// Hostile changes to a forwarded answer.
-fn rewrite_answer(s: &Shared, fault: Fault, uri: &hyper::Uri, mut r: Response<Body>) -> Response<Body> {
+fn rewrite_answer(
+    s: &Shared,
+    fault: Fault,
+    uri: &hyper::Uri,
+    mut r: Response<Body>,
+) -> Response<Body> {
     match fault {
         Fault::RewriteLocation { to } => {
             let loc = r
@@ -906,7 +935,11 @@ fn rewrite_answer(s: &Shared, fault: Fault, uri: &hyper::Uri, mut r: Response<Bo
         }
         Fault::LinkTo { to } => {
             let path = uri.path();
-            set(&mut r, hyper::header::LINK, &format!("<http://{to}{path}?n=1&last=zzz>; rel=\"next\""));
+            set(
+                &mut r,
+                hyper::header::LINK,
+                &format!("<http://{to}{path}?n=1&last=zzz>; rel=\"next\""),
+            );
         }
         Fault::Trickle { bytes_per_sec } => {
             let served = s.served.clone();
@@ -914,7 +947,10 @@ fn rewrite_answer(s: &Shared, fault: Fault, uri: &hyper::Uri, mut r: Response<Bo
             let per_tick = (bytes_per_sec / 10).max(1) as usize;
             let stream = body.into_data_stream().flat_map(move |chunk| {
                 let pieces: Vec<Bytes> = match chunk {
-                    Ok(c) => (0..c.len()).step_by(per_tick).map(|i| c.slice(i..(i + per_tick).min(c.len()))).collect(),
+                    Ok(c) => (0..c.len())
+                        .step_by(per_tick)
+                        .map(|i| c.slice(i..(i + per_tick).min(c.len())))
+                        .collect(),
                     Err(_) => Vec::new(),
                 };
                 futures::stream::iter(pieces)
@@ -966,7 +1002,9 @@ impl Canary {
         let listener = TcpListener::bind(format!("{ip}:0"))
             .await
             .unwrap_or_else(|e| panic!("binding a canary on {ip}: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("canary address: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("canary address: {e}"));
         let shared = Arc::new(CanaryShared {
             connections: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
@@ -980,25 +1018,31 @@ impl Canary {
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let s = s.clone();
-                        async move {
-                            lock(&s.requests).push(CanaryRequest {
-                                method: req.method().to_string(),
-                                target: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-                                authorization: req
-                                    .headers()
-                                    .get(hyper::header::AUTHORIZATION)
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_string),
-                            });
-                            let mut r = Response::new(full(
-                                r#"{"errors":[{"code":"NAME_UNKNOWN","message":"canary"}]}"#.to_string(),
-                            ));
-                            *r.status_mut() = StatusCode::NOT_FOUND;
-                            Ok::<_, std::io::Error>(r)
-                        }
-                    });
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let s = s.clone();
+                            async move {
+                                lock(&s.requests).push(CanaryRequest {
+                                    method: req.method().to_string(),
+                                    target: req
+                                        .uri()
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    authorization: req
+                                        .headers()
+                                        .get(hyper::header::AUTHORIZATION)
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_string),
+                                });
+                                let mut r = Response::new(full(
+                                    r#"{"errors":[{"code":"NAME_UNKNOWN","message":"canary"}]}"#
+                                        .to_string(),
+                                ));
+                                *r.status_mut() = StatusCode::NOT_FOUND;
+                                Ok::<_, std::io::Error>(r)
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;

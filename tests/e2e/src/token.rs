@@ -204,13 +204,15 @@ fn respond(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response
             let served = state.served.clone();
             let chunks = bytes.div_ceil(CHUNK);
             let head = futures::stream::once(async { Bytes::from_static(b"{\"token\":\"") });
-            let rest = futures::stream::iter(1..chunks)
-                .map(|_| Bytes::from(vec![b'a'; CHUNK as usize]));
+            let rest =
+                futures::stream::iter(1..chunks).map(|_| Bytes::from(vec![b'a'; CHUNK as usize]));
             let stream = head.chain(rest).map(move |c| {
                 served.fetch_add(c.len() as u64, std::sync::atomic::Ordering::SeqCst);
                 Ok::<_, Infallible>(hyper::body::Frame::data(c))
             });
-            let mut r = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream)));
+            let mut r = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+                stream,
+            )));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/json"),
@@ -221,13 +223,21 @@ fn respond(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response
             // MaxExpiry: the same token, with the largest lifetime JSON can say.
             let (parts, body) = normal.into_parts();
             let max = async move {
-                let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 v["expires_in"] = serde_json::Value::from(u64::MAX);
                 Bytes::from(v.to_string())
             };
-            let stream = futures::stream::once(max).map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
-            Response::from_parts(parts, BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream)))
+            let stream = futures::stream::once(max)
+                .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
+            Response::from_parts(
+                parts,
+                BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream)),
+            )
         }
     }
 }
