@@ -264,6 +264,38 @@ fn parse_ref(input: &str, what: &str) -> anyhow::Result<Reference> {
     Reference::parse(input).with_context(|| format!("bad {what} reference"))
 }
 
+/// The credentials of the command line: `--creds` for the command's source and
+/// destination registries only (never a default for other hosts), `--src-creds` and
+/// `--dest-creds` for one side each (the destination's wins on a shared registry).
+fn explicit_credentials(
+    creds: Option<&str>,
+    src_creds: Option<&str>,
+    dest_creds: Option<&str>,
+    src: Option<&Reference>,
+    dst: Option<&Reference>,
+) -> anyhow::Result<StaticProvider> {
+    let mut explicit = StaticProvider::new();
+    if let Some(c) = creds {
+        let credential = Credential::parse_user_pass(c).context("--creds")?;
+        for r in src.iter().chain(dst.iter()) {
+            explicit = explicit.with(r.registry(), credential.clone());
+        }
+    }
+    if let (Some(c), Some(r)) = (src_creds, src) {
+        explicit = explicit.with(
+            r.registry(),
+            Credential::parse_user_pass(c).context("--src-creds")?,
+        );
+    }
+    if let (Some(c), Some(r)) = (dest_creds, dst) {
+        explicit = explicit.with(
+            r.registry(),
+            Credential::parse_user_pass(c).context("--dest-creds")?,
+        );
+    }
+    Ok(explicit)
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let Args {
         command,
@@ -300,27 +332,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Delete { destination, .. } => (None, Some(parse_ref(destination, "destination")?)),
     };
 
-    let mut explicit = StaticProvider::new();
-    if let Some(c) = &creds {
-        // Only the command's own registries: never a default for whatever host a
-        // registry points us at.
-        let credential = Credential::parse_user_pass(c).context("--creds")?;
-        for r in src_ref.iter().chain(dst_ref.iter()) {
-            explicit = explicit.with(r.registry(), credential.clone());
-        }
-    }
-    if let (Some(c), Some(r)) = (&src_creds, &src_ref) {
-        explicit = explicit.with(
-            r.registry(),
-            Credential::parse_user_pass(c).context("--src-creds")?,
-        );
-    }
-    if let (Some(c), Some(r)) = (&dest_creds, &dst_ref) {
-        explicit = explicit.with(
-            r.registry(),
-            Credential::parse_user_pass(c).context("--dest-creds")?,
-        );
-    }
+    let explicit = explicit_credentials(
+        creds.as_deref(),
+        src_creds.as_deref(),
+        dest_creds.as_deref(),
+        src_ref.as_ref(),
+        dst_ref.as_ref(),
+    )?;
     let engine = Engine::new(EngineConfig {
         insecure_registries,
         ca_file,
@@ -536,4 +554,30 @@ async fn copy(
     }
     println!("{}", outcome.id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use imagesync_engine::CredentialProvider;
+
+    #[tokio::test]
+    async fn creds_apply_to_the_commands_registries_only() {
+        let src = Reference::parse("127.0.0.1:5000/a:1").unwrap();
+        let dst = Reference::parse("127.0.0.1:6000/b:1").unwrap();
+        let p = explicit_credentials(Some("u:all"), None, Some("d:dst"), Some(&src), Some(&dst))
+            .unwrap();
+        assert_eq!(
+            p.credential("127.0.0.1:5000").await.unwrap(),
+            Some(Credential::basic("u", "all"))
+        );
+        assert_eq!(
+            p.credential("127.0.0.1:6000").await.unwrap(),
+            Some(Credential::basic("d", "dst"))
+        );
+        // A token realm or any other host the registries name gets nothing.
+        assert_eq!(p.credential("127.0.0.2:7000").await.unwrap(), None);
+        assert_eq!(p.credential("auth.example").await.unwrap(), None);
+    }
 }

@@ -21,20 +21,29 @@ use tokio::sync::OnceCell;
 use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
 
-/// A secret string. Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret string. Never printed; zeroed in memory when dropped (`secrecy`).
+#[derive(Clone)]
+pub struct Secret(secrecy::SecretString);
 
 impl Secret {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        Secret(secrecy::SecretString::from(value.into()))
     }
     /// The secret value; only for building request headers.
     pub fn expose(&self) -> &str {
-        &self.0
+        use secrecy::ExposeSecret as _;
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

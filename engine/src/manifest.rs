@@ -29,6 +29,23 @@ pub const MAX_INDEX_ENTRIES: usize = 10_000;
 /// 127 layers; OCI artifacts may hold one blob per file).
 pub const MAX_LAYERS: usize = 10_000;
 
+/// The most manifest bytes one sync reads (every child of an index, recursively): an
+/// index may name 10,000 children of up to 4 MiB each, which must not all be held.
+pub const MAX_TREE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Fails when the manifest bytes held so far plus `next` pass [`MAX_TREE_BYTES`].
+pub(crate) fn check_tree_size(reference: &str, held: u64, next: usize) -> Result<()> {
+    if held.saturating_add(next as u64) > MAX_TREE_BYTES {
+        return Err(Error::Limit {
+            operation: "GET manifest",
+            reference: reference.to_string(),
+            what: "manifest bytes of one image's index tree".to_string(),
+            limit: MAX_TREE_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// A content descriptor.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Descriptor {

@@ -77,7 +77,7 @@ impl Client {
         let what = reference.to_string();
         let url = self.manifest_url(reference);
         let scopes = [Scope::pull(reference.repository())];
-        let (headers, bytes) = self
+        let answer = self
             .request_body(
                 Operation::GetManifest,
                 &what,
@@ -87,7 +87,9 @@ impl Client {
                 &|h| h.get(&url).header(ACCEPT, MANIFEST_ACCEPT),
             )
             .await?;
-        let media_type = headers
+        let bytes = answer.body;
+        let media_type = answer
+            .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())

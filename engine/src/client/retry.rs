@@ -234,17 +234,32 @@ impl Client {
         cap: u64,
         kind: &str,
         build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
-    ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes)> {
+    ) -> Result<Answer> {
         let reauthed = AtomicBool::new(false);
         self.retrying(op, what, |_| async {
             let resp = self.attempt(op, what, scopes, &reauthed, build).await?;
+            let status = resp.status().as_u16();
             let headers = resp.headers().clone();
             let body = self.read_capped(op, what, resp, cap, kind).await?;
-            Ok((headers, body))
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
         })
         .await
     }
 }
+
+/// A successful answer read whole.
+pub(super) struct Answer {
+    /// The HTTP status the registry sent.
+    pub(super) status: u16,
+    pub(super) headers: reqwest::header::HeaderMap,
+    pub(super) body: bytes::Bytes,
+}
+
+impl Client {}
 
 #[cfg(test)]
 mod tests {

@@ -29,12 +29,11 @@ impl Client {
                 return Err(limit(op, &what, "tag-list pages", MAX_TAG_PAGES));
             }
             if !seen.insert(url.clone()) {
-                return Err(Error::BadResponse {
+                return Err(Error::Limit {
                     operation: op.label(),
                     reference: what,
-                    status: 200,
-                    reason: "the tag list's pages link back to a page already read".into(),
-                    transient: false,
+                    what: "tag-list pages (a page links back to a page already read)".into(),
+                    limit: seen.len() as u64,
                 });
             }
             let u = url.clone();
@@ -48,23 +47,24 @@ impl Client {
                     &|h| h.get(&u),
                 )
                 .await;
-            let (headers, body) = match page {
+            let answer = match page {
                 Ok(p) => p,
                 Err(e) if e.is_not_found() && tags.is_empty() => return Ok(tags),
                 Err(e) => return Err(e),
             };
-            let list: TagList = serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
-                operation: op.label(),
-                reference: what.clone(),
-                status: 200,
-                reason: format!("tag list is not JSON: {e}"),
-                transient: true,
-            })?;
+            let list: TagList =
+                serde_json::from_slice(&answer.body).map_err(|e| Error::BadResponse {
+                    operation: op.label(),
+                    reference: what.clone(),
+                    status: answer.status,
+                    reason: format!("tag list is not JSON: {e}"),
+                    transient: true,
+                })?;
             tags.extend(list.tags.unwrap_or_default());
             if tags.len() > MAX_TAGS {
                 return Err(limit(op, &what, "tags", MAX_TAGS));
             }
-            match responses::next_link(&headers) {
+            match responses::next_link(&answer.headers) {
                 Some(next) => url = self.resolve_location(&next),
                 None => return Ok(tags),
             }
