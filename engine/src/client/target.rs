@@ -204,6 +204,119 @@ impl reqwest::dns::Resolve for GuardedResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Network;
+    use crate::config::{InternalAddresses, Limits};
+
+    /// A client for `host` (no request is ever sent here).
+    fn client(host: &str, insecure: &[&str], policy: AddressPolicy) -> Client {
+        let insecure: Vec<String> = insecure.iter().map(|s| s.to_string()).collect();
+        policy.learn_registry(host);
+        Client::new(
+            reqwest::Client::new(),
+            host.to_string(),
+            host.to_string(),
+            insecure.iter().any(|h| h == host),
+            std::sync::Arc::new(crate::auth::Anonymous),
+            crate::config::RetryPolicy::default(),
+            None,
+            Network {
+                addresses: policy.with_insecure(&insecure),
+                insecure,
+                limits: Limits::default(),
+            },
+        )
+    }
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn only_the_registrys_own_origin_is_the_same_origin() {
+        let c = client("127.0.0.1:5000", &[], AddressPolicy::default());
+        assert!(c.same_origin(&url("https://127.0.0.1:5000/v2/a/blobs/uploads/x?_state=s")));
+        assert!(!c.same_origin(&url("http://127.0.0.1:5000/v2/")));
+        assert!(!c.same_origin(&url("https://127.0.0.1:5001/v2/")));
+        assert!(!c.same_origin(&url("https://localhost:5000/v2/")));
+    }
+
+    #[test]
+    fn an_https_registry_is_never_followed_to_plain_http_unless_listed() {
+        let c = client(
+            "127.0.0.1:5000",
+            &["127.0.0.1:6000"],
+            AddressPolicy::default(),
+        );
+        let op = Operation::GetBlob;
+        let err = c
+            .check_target(op, "r", &url("http://127.0.0.1:7000/blob?sig=secret"))
+            .unwrap_err();
+        assert!(matches!(err, Error::Refused { .. }), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(c
+            .check_target(op, "r", &url("http://127.0.0.1:6000/blob"))
+            .is_ok());
+        assert!(c
+            .check_target(op, "r", &url("ftp://127.0.0.1:5000/x"))
+            .is_err());
+    }
+
+    #[test]
+    fn internal_literals_need_a_configured_host() {
+        let c = client("127.0.0.1:5000", &[], AddressPolicy::default());
+        let op = Operation::GetBlob;
+        assert!(c
+            .check_target(op, "r", &url("https://127.0.0.1:9999/x"))
+            .is_ok());
+        assert!(c
+            .check_target(op, "r", &url("https://127.0.0.2:9999/x"))
+            .is_err());
+        assert!(c
+            .check_target(op, "r", &url("https://[::1]:9999/x"))
+            .is_err());
+        let open = client(
+            "127.0.0.1:5000",
+            &[],
+            AddressPolicy::new(InternalAddresses::Allowed),
+        );
+        assert!(open
+            .check_target(op, "r", &url("https://127.0.0.2:9999/x"))
+            .is_ok());
+        let listed = client(
+            "127.0.0.1:5000",
+            &[],
+            AddressPolicy::new(InternalAddresses::ListedOnly).allow("127.0.0.2"),
+        );
+        assert!(listed
+            .check_target(op, "r", &url("https://127.0.0.2:9999/x"))
+            .is_ok());
+        assert!(listed
+            .check_target(op, "r", &url("https://127.0.0.3:9999/x"))
+            .is_err());
+    }
+
+    #[test]
+    fn token_realms_need_https_a_listed_host_or_the_plain_registrys_own_host() {
+        let https = client("127.0.0.1:5000", &[], AddressPolicy::default());
+        assert!(https
+            .check_realm("r", "http://127.0.0.1:5001/token")
+            .is_err());
+        assert!(https
+            .check_realm("r", "https://127.0.0.1:5001/token")
+            .is_ok());
+        let plain = client(
+            "127.0.0.1:5000",
+            &["127.0.0.1:5000"],
+            AddressPolicy::default(),
+        );
+        assert!(plain
+            .check_realm("r", "http://127.0.0.1:5001/token")
+            .is_ok());
+        assert!(plain
+            .check_realm("r", "http://127.0.0.2:5001/token")
+            .is_err());
+        assert!(plain.check_realm("r", "not a url").is_err());
+    }
 
     #[test]
     fn scrubbed_urls_lose_queries_and_user_info() {
