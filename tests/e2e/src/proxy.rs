@@ -141,6 +141,15 @@ pub enum Mode {
     /// fails its first `n` times, then passes: every retry pattern converges, whatever
     /// the concurrency.
     PerRequest(usize),
+    /// Each distinct request (as in `PerRequest`) fails `fail` times, passes `pass`
+    /// times, and so on, forever: a retry that succeeds inside an attempt meets the next
+    /// failure in the next attempt.
+    Cycle {
+        /// Failures per cycle.
+        fail: usize,
+        /// Passes per cycle.
+        pass: usize,
+    },
     /// Every candidate, forever.
     Always,
     /// Each candidate with probability `percent`/100, decided by hashing the seed, the
@@ -394,6 +403,7 @@ fn should_fault(s: &Shared, plan: &FaultPlan, key: &str) -> (bool, usize) {
         Mode::FirstN(k) => n < k,
         Mode::EveryNth(k) => n.is_multiple_of(k.max(1)),
         Mode::PerRequest(k) => occurrence <= k,
+        Mode::Cycle { fail, pass } => (occurrence - 1) % (fail + pass).max(1) < fail,
         Mode::Always => true,
         Mode::Random { percent, seed } => draw(seed, key, occurrence, 1) % 100 < u64::from(percent),
     };

@@ -646,6 +646,41 @@ async fn each_request_is_sent_at_most_max_attempts_times() {
     }
     assert!(blob_gets.iter().any(|(_, n)| **n == N), "{blob_gets:?}");
 
+    // Budgets do not multiply: each blob GET fails twice and then passes, and every
+    // upload is reset. Retrying the GET inside each of the N transfer attempts would
+    // send it N * N times; one retry layer sends it N times.
+    let dst_proxy = FaultProxy::start(dst.addr(), plan(Fault::ResetMidBody, Target::Uploads)).await;
+    proxy.set_plan(FaultPlan {
+        fault: Fault::Status(500),
+        target: Target::BlobGets,
+        mode: Mode::Cycle {
+            fail: N as usize - 1,
+            pass: 1,
+        },
+    });
+    proxy.clear_log();
+    let e2 = Engine::new(EngineConfig {
+        jobs: 1,
+        retry: retry(N),
+        ..config(&[&proxy.addr(), &dst_proxy.addr()])
+    })
+    .unwrap();
+    let to = r(&format!("{}/mirror:1", dst_proxy.addr()));
+    let err = e2
+        .sync(&from, &to, &SyncOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RetriesExhausted { attempts: N, .. }),
+        "{err}"
+    );
+    let mut gets = std::collections::HashMap::<String, u32>::new();
+    for rec in proxy.log().into_iter().filter(|q| q.method == "GET") {
+        *gets.entry(rec.key).or_default() += 1;
+    }
+    assert!(gets.values().all(|n| *n <= N), "{gets:?}");
+    assert!(gets.values().any(|n| *n == N), "{gets:?}");
+
     // A manifest HEAD: N attempts, no more.
     proxy.set_plan(plan(Fault::Status(503), Target::Manifests));
     proxy.clear_log();
