@@ -307,7 +307,7 @@ impl Client {
                 if elapsed >= allowed {
                     return Watchdog::TooSlow(allowed);
                 }
-                wait = wait.min(allowed - elapsed);
+                wait = wait.min(allowed.saturating_sub(elapsed));
             }
             tokio::time::sleep(wait).await;
         }
@@ -339,7 +339,7 @@ impl Client {
                 Some(a) if started.elapsed() >= a => {
                     return Err(self.too_slow(Operation::PutBlob, &what, size, a))
                 }
-                Some(a) => stall.min(a - started.elapsed()),
+                Some(a) => stall.min(a.saturating_sub(started.elapsed())),
                 None => stall,
             };
             let next = match tokio::time::timeout(wait, body.next()).await {
