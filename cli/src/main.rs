@@ -183,6 +183,13 @@ enum Command {
     ///
     /// On a registry that does not allow deletes, prints a warning, changes nothing and
     /// exits with code 6.
+    ///
+    /// Layers: the CLI keeps no record of what it uploaded, so it deletes every layer of
+    /// the image that no other tag (including `sha256-<hex>` referrer tags and cosign's
+    /// `.sig`, `.att` and `.sbom` tags) and no manifest listed by the registry's referrers
+    /// API still uses. Manifests that no tag or referrer names (an image pulled only by
+    /// digest, e.g. one whose tag moved) are invisible to it and can lose shared layers:
+    /// use --keep-layers in repositories that hold such images.
     Delete {
         /// Destination image reference.
         destination: String,
@@ -406,6 +413,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     &DeleteOptions {
                         expect_digest,
                         delete_layers: !keep_layers,
+                        only_blobs: None,
                     },
                 )
                 .await;

@@ -913,6 +913,7 @@ async fn delete_destination(
     let options = DeleteOptions {
         expect_digest: Some(expect),
         delete_layers: obj.spec.delete_layers,
+        only_blobs: None,
     };
     match engine.delete(&reference, &options).await {
         Ok(report) => {

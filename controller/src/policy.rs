@@ -242,30 +242,38 @@ impl Patterns {
 }
 
 /// The strings a reference pattern is matched against: `registry/repo`, and that with
-/// `:tag`, `@digest` and `:tag@digest` when present.
+/// `:tag`. A reference that carries a digest is copied by that digest whatever its tag
+/// says, so it is matched on `registry/repo` and `registry/repo@digest` only: a rule for
+/// `busybox:1.*` says nothing about `busybox:1.36@sha256:<anything>`.
 fn candidates(r: &Reference) -> Vec<String> {
     let repo = r.repo_name();
     let mut out = vec![repo.clone()];
-    if let Some(t) = r.tag() {
-        out.push(format!("{repo}:{t}"));
-    }
-    if let Some(d) = r.digest() {
-        out.push(format!("{repo}@{d}"));
-        if let Some(t) = r.tag() {
-            out.push(format!("{repo}:{t}@{d}"));
-        }
+    match (r.digest(), r.tag()) {
+        (Some(d), _) => out.push(format!("{repo}@{d}")),
+        (None, Some(t)) => out.push(format!("{repo}:{t}")),
+        (None, None) => {}
     }
     out
 }
 
-/// Docker Hub aliases in a pattern's first segment become `docker.io`, as in references.
-fn normalise_pattern(pattern: &str) -> String {
-    match pattern.split_once('/') {
-        Some(("index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com", rest)) => {
-            format!("docker.io/{rest}")
-        }
-        _ => pattern.to_string(),
+/// A pattern's first segment, when it names a registry host without glob characters, is
+/// written the way references are (the engine's one canonical spelling: lower case, no
+/// trailing dot or `:443`, `docker.io` for Docker Hub's aliases).
+fn normalise_pattern(pattern: &str) -> Result<String, String> {
+    let Some((first, rest)) = pattern.split_once('/') else {
+        return Ok(pattern.to_string());
+    };
+    let is_host =
+        first.contains('.') || first.contains(':') || first.eq_ignore_ascii_case("localhost");
+    if !is_host {
+        return Ok(pattern.to_string());
     }
+    if first.contains(['*', '?', '[', '{', '\\']) {
+        return Ok(format!("{}/{rest}", first.to_ascii_lowercase()));
+    }
+    let host = imagesync_engine::reference::canonical_registry(first)
+        .map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+    Ok(format!("{host}/{rest}"))
 }
 
 fn glob(pattern: &str, separator: bool) -> Result<Glob, String> {
@@ -289,7 +297,7 @@ fn reference_patterns(list: Option<Vec<String>>, field: &str) -> Result<Patterns
         if p.trim().is_empty() {
             return Err(format!("{field} has an empty pattern"));
         }
-        let p = normalise_pattern(&p);
+        let p = normalise_pattern(&p).map_err(|e| format!("{field}: {e}"))?;
         builder.add(glob(&p, true).map_err(|e| format!("{field}: {e}"))?);
         text.push(p);
     }
@@ -740,6 +748,105 @@ mod tests {
             Decision::Deny { message } => message,
             Decision::Allow { .. } => panic!("allowed: {d:?}"),
         }
+    }
+
+    /// Issue 12, item 3: every other spelling of a denied registry or image is denied
+    /// too (or refused as an invalid reference), never let through by a later rule.
+    #[test]
+    fn every_spelling_of_a_denied_host_is_denied() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - {name: no-prod, action: Deny, namespaces: ["*"], sources: ["europe-docker.pkg.dev/prod/**"], destinations: ["**"]}
+  - {name: no-gcr, action: Deny, namespaces: ["*"], sources: ["gcr.io/**"], destinations: ["**"]}
+  - {name: no-busybox-1, action: Deny, namespaces: ["*"], sources: ["docker.io/library/busybox:1.*"], destinations: ["**"]}
+  - {name: no-loopback, action: Deny, namespaces: ["*"], sources: ["127.0.0.1:5000/**", "localhost:5000/**"], destinations: ["**"]}
+  - {name: all, namespaces: ["*"], sources: ["**"], destinations: ["**"]}
+"#,
+        )
+        .unwrap();
+        let spellings = [
+            "EUROPE-docker.pkg.dev/prod/x:1",
+            "europe-docker.pkg.dev:443/prod/x:1",
+            "europe-docker.pkg.dev:0443/prod/x:1",
+            "europe-docker.pkg.dev./prod/x:1",
+            "GCR.IO/x:1",
+            "gcr.io:443/x:1",
+            "gcr.io./x:1",
+            "Index.Docker.IO/library/busybox:1.36",
+            "index.docker.io:443/library/busybox:1.36",
+            "registry-1.docker.io./library/busybox:1.36",
+            "127.0.0.1.:5000/x:1",
+            "127.0.0.1:05000/x:1",
+            "LOCALHOST:5000/x:1",
+            "127.1:5000/x:1",
+            "2130706433:5000/x:1",
+            "0x7f.0.0.1:5000/x:1",
+            "0x7f.1:5000/x:1",
+        ];
+        for src in spellings {
+            match Reference::parse(src) {
+                Err(e) => assert!(e.to_string().contains("IPv4"), "{src}: {e}"),
+                Ok(source) => {
+                    let d = p.evaluate("t", &BTreeMap::new(), &source, &r("127.0.0.1:6000/d:1"));
+                    assert_eq!(allowed_by(&d), None, "{src} was allowed: {d:?}");
+                }
+            }
+        }
+        // The canonical forms themselves, for contrast, and a neighbour that is allowed.
+        assert_eq!(
+            allowed_by(&eval(&p, "t", "gcr.io/x:1", "127.0.0.1:6000/d:1")),
+            None
+        );
+        assert_eq!(
+            allowed_by(&eval(
+                &p,
+                "t",
+                "europe-docker.pkg.dev/dev/x:1",
+                "127.0.0.1:6000/d:1"
+            )),
+            Some("all")
+        );
+    }
+
+    /// A reference with a digest is copied by the digest: a rule about tags neither
+    /// allows nor denies it, and a pattern in another spelling still matches.
+    #[test]
+    fn a_digest_reference_is_matched_on_its_digest_form() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - {name: busybox-1, namespaces: ["*"], sources: ["docker.io/library/busybox:1.*"], destinations: ["**"]}
+  - {name: pinned, namespaces: ["*"], sources: ["GCR.IO:443/p/app@sha256:*"], destinations: ["**"]}
+"#,
+        )
+        .unwrap();
+        let hex = "0".repeat(64);
+        let dst = "127.0.0.1:6000/d:1";
+        assert_eq!(
+            allowed_by(&eval(&p, "t", "busybox:1.36", dst)),
+            Some("busybox-1")
+        );
+        assert_eq!(
+            allowed_by(&eval(&p, "t", &format!("busybox:1.36@sha256:{hex}"), dst)),
+            None
+        );
+        assert_eq!(
+            allowed_by(&eval(
+                &p,
+                "t",
+                &format!("gcr.io/p/app:v1@sha256:{hex}"),
+                dst
+            )),
+            Some("pinned")
+        );
+        // A pattern host that is numeric shorthand is an invalid policy, not a silent miss.
+        let err = Policy::parse(
+            "rules:\n  - {name: x, namespaces: [\"*\"], sources: [\"127.1:5000/**\"], destinations: [\"**\"]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("IPv4"), "{err}");
     }
 
     const TEAMS: &str = r#"

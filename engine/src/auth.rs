@@ -186,18 +186,15 @@ impl CredentialProvider for ChainProvider {
     }
 }
 
-/// Maps registry spellings (URLs, Docker Hub aliases) to the engine's registry name.
+/// Maps registry spellings (URLs, Docker Hub aliases, upper case, `:443`) to the
+/// engine's registry name, with [`crate::reference::canonical_registry`]. A spelling
+/// that is not a valid registry host is returned lower-cased, so it matches nothing.
 pub fn normalise_registry(input: &str) -> String {
     let s = input
         .trim_start_matches("https://")
         .trim_start_matches("http://");
     let s = s.split('/').next().unwrap_or(s);
-    match s {
-        "index.docker.io" | "registry.hub.docker.com" | "registry-1.docker.io" | "docker.io" => {
-            DOCKER_HUB.to_string()
-        }
-        other => other.to_string(),
-    }
+    crate::reference::canonical_registry(s).unwrap_or_else(|_| s.to_ascii_lowercase())
 }
 
 // === Docker config ===

@@ -48,9 +48,87 @@ pub(crate) async fn sync(
         Some(d) => source.with_digest(d.clone()),
         None => source.clone(),
     };
+    let source_digest = source_digest(&src_client, &source, destination).await?;
+    let id = destination.id(&source_digest);
+    if destination_up_to_date(&dst_client, destination, &source_digest).await? {
+        tracing::info!(%source, %destination, digest = %source_digest, "destination up to date");
+        return Ok(Outcome {
+            source_digest: source_digest.clone(),
+            destination_digest: source_digest,
+            id,
+            up_to_date: true,
+            bytes_uploaded: 0,
+            blobs_uploaded: 0,
+            blobs_skipped: 0,
+            blobs_mounted: 0,
+            manifests_pushed: 0,
+            uploaded: Vec::new(),
+        });
+    }
+
+    let tree = read_source(
+        &src_client,
+        &dst_client,
+        &source,
+        destination,
+        &source_digest,
+    )
+    .await?;
+    let blobs = tree.blobs();
+    let total_bytes = blobs
+        .values()
+        .fold(0u64, |total, d| total.saturating_add(d.size));
+    let manifests = tree.missing_children.len() + 1;
+    emit.send(ProgressEvent::Planned {
+        blobs: blobs.len(),
+        bytes: total_bytes,
+        manifests,
+    });
+    tracing::info!(%source, %destination, blobs = blobs.len(), bytes = total_bytes, manifests, "copying");
+
+    let stats = transfer_blobs(
+        engine,
+        &src_client,
+        &dst_client,
+        &source,
+        destination,
+        blobs,
+        &emit,
+    )
+    .await?;
+    let (written, mut uploaded) =
+        push_manifests(&dst_client, destination, &tree, &source_digest, &emit).await?;
+    uploaded.extend(stats.uploaded);
+    uploaded.sort();
+    tracing::info!(
+        %source, %destination, digest = %written, bytes_uploaded = stats.bytes, blobs_uploaded = stats.count_uploaded,
+        blobs_skipped = stats.count_skipped, blobs_mounted = stats.count_mounted,
+        elapsed_ms = started.elapsed().as_millis() as u64, "synced"
+    );
+    Ok(Outcome {
+        source_digest,
+        destination_digest: written,
+        id,
+        up_to_date: false,
+        bytes_uploaded: stats.bytes,
+        blobs_uploaded: stats.count_uploaded,
+        blobs_skipped: stats.count_skipped,
+        blobs_mounted: stats.count_mounted,
+        manifests_pushed: manifests,
+        uploaded,
+    })
+}
+
+/// The digest to copy: the source's (pinned or resolved by HEAD), which must equal the
+/// destination's digest when the destination is written by digest.
+async fn source_digest(
+    src_client: &Client,
+    source: &Reference,
+    destination: &Reference,
+) -> Result<Digest> {
     let source_digest = match source.digest() {
         Some(d) => d.clone(),
-        None => src_client.resolve(&source).await?,
+        None => src_client.resolve(source).await?,
     };
     if let Some(want) = destination.digest() {
         if *want != source_digest {
@@ -61,40 +139,65 @@ pub(crate) async fn sync(
             });
         }
     }
-    let id = destination.id(&source_digest);
+    Ok(source_digest)
+}
 
-    // No-op check: HEAD only.
+/// The no-op check, by HEAD only: the destination already resolves to `digest`.
+async fn destination_up_to_date(
+    dst_client: &Client,
+    destination: &Reference,
+    digest: &Digest,
+) -> Result<bool> {
     match dst_client.resolve(destination).await {
-        Ok(d) if d == source_digest => {
-            tracing::info!(%source, %destination, digest = %source_digest, "destination up to date");
-            return Ok(Outcome {
-                source_digest: source_digest.clone(),
-                destination_digest: source_digest,
-                id,
-                up_to_date: true,
-                bytes_uploaded: 0,
-                blobs_uploaded: 0,
-                blobs_skipped: 0,
-                blobs_mounted: 0,
-                manifests_pushed: 0,
-            });
-        }
+        Ok(d) if d == *digest => Ok(true),
         Ok(d) => {
-            tracing::info!(%destination, current = %d, wanted = %source_digest, "destination differs")
+            tracing::info!(%destination, current = %d, wanted = %digest, "destination differs");
+            Ok(false)
         }
-        Err(e) if e.is_not_found() => tracing::debug!(%destination, "destination missing"),
-        Err(e) => return Err(e),
+        Err(e) if e.is_not_found() => {
+            tracing::debug!(%destination, "destination missing");
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
+}
 
-    // Read the source tree (verified against digests).
-    let pinned = source.with_digest(source_digest.clone());
+/// The source tree to write: the top manifest and the child manifests the destination
+/// lacks (children before parents), all verified against their digests.
+struct SourceTree {
+    top: ManifestData,
+    top_manifest: Manifest,
+    missing_children: Vec<Node>,
+}
+
+impl SourceTree {
+    /// Every blob the top manifest and the missing children reference, once each.
+    fn blobs(&self) -> BTreeMap<Digest, Descriptor> {
+        let mut blobs = BTreeMap::new();
+        for d in self.top_manifest.blobs().into_iter().chain(
+            self.missing_children
+                .iter()
+                .flat_map(|c| c.manifest.blobs()),
+        ) {
+            blobs.entry(d.digest.clone()).or_insert(d);
+        }
+        blobs
+    }
+}
+
+async fn read_source(
+    src_client: &Client,
+    dst_client: &Client,
+    source: &Reference,
+    destination: &Reference,
+    digest: &Digest,
+) -> Result<SourceTree> {
+    let pinned = source.with_digest(digest.clone());
     let top = src_client.get_manifest(&pinned).await?;
     let top_manifest = Manifest::parse(&pinned.to_string(), &top.media_type, &top.bytes)?;
     let mut children: Vec<Node> = Vec::new();
-    collect_children(&src_client, &source, &top_manifest, &mut children, 0).await?;
-
+    collect_children(src_client, source, &top_manifest, &mut children, 0).await?;
     // Children already at the destination have all their blobs there.
-    let dst_repo = destination.repository().to_string();
     let mut missing_children = Vec::new();
     for child in children {
         let r = destination.with_digest(child.data.digest.clone());
@@ -106,66 +209,66 @@ pub(crate) async fn sync(
             Err(e) => return Err(e),
         }
     }
-    let mut blobs: BTreeMap<Digest, Descriptor> = BTreeMap::new();
-    for d in top_manifest
-        .blobs()
-        .into_iter()
-        .chain(missing_children.iter().flat_map(|c| c.manifest.blobs()))
-    {
-        blobs.entry(d.digest.clone()).or_insert(d);
-    }
-    // Sizes come from the manifest: saturate instead of overflowing on absurd ones.
-    let total_bytes = blobs
-        .values()
-        .fold(0u64, |total, d| total.saturating_add(d.size));
-    emit.send(ProgressEvent::Planned {
-        blobs: blobs.len(),
-        bytes: total_bytes,
-        manifests: missing_children.len() + 1,
-    });
-    tracing::info!(%source, %destination, blobs = blobs.len(), bytes = total_bytes, manifests = missing_children.len() + 1, "copying");
+    Ok(SourceTree {
+        top,
+        top_manifest,
+        missing_children,
+    })
+}
 
-    let same_registry =
-        source.api_host() == destination.api_host() && source.repository() != dst_repo;
+/// What the blob transfers did.
+#[derive(Default)]
+struct BlobStats {
+    bytes: u64,
+    count_uploaded: usize,
+    count_skipped: usize,
+    count_mounted: usize,
+    uploaded: Vec<Digest>,
+}
+
+/// Copies every blob, `engine.jobs()` at a time; the first failure fails the copy.
+async fn transfer_blobs(
+    engine: &Engine,
+    src_client: &Client,
+    dst_client: &Client,
+    source: &Reference,
+    destination: &Reference,
+    blobs: BTreeMap<Digest, Descriptor>,
+    emit: &Emit,
+) -> Result<BlobStats> {
+    let (src_repo, dst_repo) = (source.repository(), destination.repository());
+    let same_registry = source.api_host() == destination.api_host() && src_repo != dst_repo;
     // Cleared for the rest of this copy once the registry refuses a mount.
     let mounts = AtomicBool::new(true);
-    let stats = Arc::new(Mutex::new((0u64, 0usize, 0usize, 0usize)));
-    let jobs = engine.jobs();
-    let (src_host, dst_host) = (source.api_host(), destination.api_host());
+    let stats = Mutex::new(BlobStats::default());
+    let job = BlobJob {
+        src: src_client,
+        dst: dst_client,
+        src_host: source.api_host(),
+        dst_host: destination.api_host(),
+        src_repo,
+        dst_repo,
+        same_registry,
+        mounts: &mounts,
+        known: engine.blobs(),
+        emit,
+    };
     futures::stream::iter(blobs.into_values().map(|desc| {
-        let src_client = src_client.clone();
-        let dst_client = dst_client.clone();
-        let src_repo = source.repository().to_string();
-        let dst_repo = dst_repo.clone();
-        let stats = stats.clone();
-        let emit = &emit;
-        let mounts = &mounts;
+        let (job, stats) = (&job, &stats);
         async move {
-            let job = BlobJob {
-                src: &src_client,
-                dst: &dst_client,
-                src_host,
-                dst_host,
-                src_repo: &src_repo,
-                dst_repo: &dst_repo,
-                same_registry,
-                mounts,
-                known: engine.blobs(),
-                emit,
-            };
-            let (action, bytes) = copy_blob(&job, &desc).await?;
-            let mut s = match stats.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            s.0 += bytes;
+            let (action, bytes) = copy_blob(job, &desc).await?;
+            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+            s.bytes = s.bytes.saturating_add(bytes);
             match action {
-                BlobAction::Uploaded => s.1 += 1,
-                BlobAction::Skipped => s.2 += 1,
-                BlobAction::Mounted => s.3 += 1,
+                BlobAction::Uploaded => {
+                    s.count_uploaded += 1;
+                    s.uploaded.push(desc.digest.clone());
+                }
+                BlobAction::Skipped => s.count_skipped += 1,
+                BlobAction::Mounted => s.count_mounted += 1,
             }
             drop(s);
-            emit.send(ProgressEvent::Blob {
+            job.emit.send(ProgressEvent::Blob {
                 digest: desc.digest.clone(),
                 size: desc.size,
                 action,
@@ -173,13 +276,24 @@ pub(crate) async fn sync(
             Ok::<(), Error>(())
         }
     }))
-    .buffer_unordered(jobs)
+    .buffer_unordered(engine.jobs())
     .try_collect::<Vec<()>>()
     .await?;
+    Ok(stats.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
 
-    // Child manifests by digest, deepest first (collect_children pushes children before parents).
-    let mut pushed = 0;
-    for child in &missing_children {
+/// Pushes the missing child manifests by digest, deepest first (collect_children puts
+/// children before parents), then the tagged manifest last, so the tag never points at
+/// an incomplete image. Returns the digest written and the child manifests pushed.
+async fn push_manifests(
+    dst_client: &Client,
+    destination: &Reference,
+    tree: &SourceTree,
+    source_digest: &Digest,
+    emit: &Emit,
+) -> Result<(Digest, Vec<Digest>)> {
+    let mut pushed = Vec::new();
+    for child in &tree.missing_children {
         let r = destination.with_digest(child.data.digest.clone());
         dst_client
             .put_manifest(&r, &child.data.media_type, child.data.bytes.clone())
@@ -187,13 +301,12 @@ pub(crate) async fn sync(
         emit.send(ProgressEvent::Manifest {
             digest: child.data.digest.clone(),
         });
-        pushed += 1;
+        pushed.push(child.data.digest.clone());
     }
-    // The tagged manifest last: the tag never points at an incomplete image.
     let written = dst_client
-        .put_manifest(destination, &top.media_type, top.bytes.clone())
+        .put_manifest(destination, &tree.top.media_type, tree.top.bytes.clone())
         .await?;
-    if written != source_digest {
+    if written != *source_digest {
         return Err(Error::DigestMismatch {
             reference: destination.to_string(),
             expected: source_digest.to_string(),
@@ -203,27 +316,7 @@ pub(crate) async fn sync(
     emit.send(ProgressEvent::Manifest {
         digest: written.clone(),
     });
-    pushed += 1;
-
-    let (bytes_uploaded, blobs_uploaded, blobs_skipped, blobs_mounted) = match stats.lock() {
-        Ok(g) => *g,
-        Err(p) => *p.into_inner(),
-    };
-    tracing::info!(
-        %source, %destination, digest = %written, bytes_uploaded, blobs_uploaded, blobs_skipped, blobs_mounted,
-        elapsed_ms = started.elapsed().as_millis() as u64, "synced"
-    );
-    Ok(Outcome {
-        source_digest,
-        destination_digest: written,
-        id,
-        up_to_date: false,
-        bytes_uploaded,
-        blobs_uploaded,
-        blobs_skipped,
-        blobs_mounted,
-        manifests_pushed: pushed,
-    })
+    Ok((written, pushed))
 }
 
 /// Reads every child manifest of `manifest` (recursively), children before parents.

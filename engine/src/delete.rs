@@ -60,20 +60,77 @@ pub(crate) async fn delete(
     opts: &DeleteOptions,
 ) -> Result<DeleteReport> {
     let client = engine.client(dst);
-    let repo = dst.repository();
     let mut report = DeleteReport::default();
-
-    let digest = match client.resolve(dst).await {
-        Ok(d) => d,
-        Err(e) if e.is_not_found() => {
-            tracing::info!(%dst, "already gone");
-            report.already_gone = true;
-            report.tag_removed = true;
-            return Ok(report);
-        }
-        Err(e) => return Err(e),
+    let Some(digest) = resolve_owned(&client, dst, opts).await? else {
+        tracing::info!(%dst, "already gone");
+        report.already_gone = true;
+        report.tag_removed = true;
+        return Ok(report);
     };
     report.digest = Some(digest.clone());
+    // What the image references, read before anything is removed.
+    let mut ours = Tree::default();
+    read_tree(&client, dst, &digest, &mut ours).await?;
+
+    let this_tag = dst
+        .tag()
+        .filter(|_| dst.digest().is_none())
+        .map(str::to_string);
+    if this_tag.is_some() {
+        report.tag_removed = delete_by_tag(&client, dst).await?;
+    }
+    let scan = scan_repository(&client, dst, &digest, this_tag.as_deref(), &ours).await?;
+    report.kept_tags = scan.kept_tags.clone();
+    for u in &scan.unreadable {
+        report.warnings.push(format!(
+            "could not read {u}; kept everything it might reference"
+        ));
+    }
+    remove_manifest_or_tag(
+        &client,
+        dst,
+        &digest,
+        &scan,
+        this_tag.is_some(),
+        &mut report,
+    )
+    .await?;
+
+    if opts.delete_layers && report.manifest_deleted {
+        if scan.complete() {
+            delete_unreferenced(
+                engine,
+                &client,
+                dst,
+                &digest,
+                &ours,
+                &scan,
+                opts,
+                &mut report,
+            )
+            .await;
+        } else {
+            report.blobs_kept = ours.blobs.len();
+        }
+    }
+    for w in &report.warnings {
+        tracing::warn!(%dst, "{w}");
+    }
+    Ok(report)
+}
+
+/// The digest `dst` points at (`None`: already gone), refused with `NotOwned` when it
+/// is not the digest the caller wrote.
+async fn resolve_owned(
+    client: &Client,
+    dst: &Reference,
+    opts: &DeleteOptions,
+) -> Result<Option<Digest>> {
+    let digest = match client.resolve(dst).await {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
     if let Some(expected) = &opts.expect_digest {
         if *expected != digest {
             return Err(Error::NotOwned {
@@ -83,42 +140,65 @@ pub(crate) async fn delete(
             });
         }
     }
-    // What the image references, read before anything is removed.
-    let mut ours = Tree::default();
-    read_tree(&client, dst, &digest, &mut ours).await?;
+    Ok(Some(digest))
+}
 
-    let this_tag = dst
-        .tag()
-        .filter(|_| dst.digest().is_none())
-        .map(str::to_string);
-
-    // 1. The OCI way: DELETE by tag removes only the tag.
-    if let Some(tag) = &this_tag {
-        match client.delete_manifest(dst).await {
-            Ok(_) => match client.resolve(dst).await {
-                Err(e) if e.is_not_found() => {
-                    tracing::info!(%dst, "tag deleted");
-                    report.tag_removed = true;
-                }
-                Ok(_) => tracing::debug!(%dst, "tag still resolves after DELETE by tag"),
-                Err(e) => return Err(e),
-            },
-            Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::InvalidInput) => {
-                tracing::debug!(%dst, tag, error = %e, "DELETE by tag not supported; scanning the repository");
+/// The OCI way: DELETE by tag removes only the tag. `Ok(false)` when the registry does
+/// not support it (distribution answers 400/405) or the tag still resolves.
+async fn delete_by_tag(client: &Client, dst: &Reference) -> Result<bool> {
+    match client.delete_manifest(dst).await {
+        Ok(_) => match client.resolve(dst).await {
+            Err(e) if e.is_not_found() => {
+                tracing::info!(%dst, "tag deleted");
+                Ok(true)
             }
-            Err(e) => return Err(e),
+            Ok(_) => {
+                tracing::debug!(%dst, "tag still resolves after DELETE by tag");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::InvalidInput) => {
+            tracing::debug!(%dst, error = %e, "DELETE by tag not supported; scanning the repository");
+            Ok(false)
         }
+        Err(e) => Err(e),
     }
+}
 
-    // 2. Scan the repository: other tags on the digest, indexes referencing it, and
-    //    everything the remaining manifests reference.
-    let tags = client.list_tags(repo).await?;
+/// What the rest of the repository holds, as far as the registry lets us enumerate it.
+struct Scan {
+    /// Other tags on the digest being deleted (kept).
+    kept_tags: Vec<String>,
+    /// Everything reachable from the other tags (fallback `sha256-<hex>` and cosign
+    /// `.sig|.att|.sbom` tags included, since they are tags) and from the referrers API.
+    remaining: Tree,
+    /// What could not be read; a scan with any of these deletes no blob.
+    unreadable: Vec<String>,
+}
+
+impl Scan {
+    fn complete(&self) -> bool {
+        self.unreadable.is_empty()
+    }
+}
+
+/// Lists the repository's other tags, reads what they point at (concurrently), and adds
+/// the manifests the referrers API names for anything seen, so blobs of signatures,
+/// attestations and SBOMs attached to any image are kept too.
+async fn scan_repository(
+    client: &Client,
+    dst: &Reference,
+    digest: &Digest,
+    this_tag: Option<&str>,
+    ours: &Tree,
+) -> Result<Scan> {
+    let tags = client.list_tags(dst.repository()).await?;
     let others: Vec<String> = tags
         .into_iter()
-        .filter(|t| Some(t) != this_tag.as_ref())
+        .filter(|t| Some(t.as_str()) != this_tag)
         .collect();
     let heads: Vec<(String, Result<Digest>)> = futures::stream::iter(others.into_iter().map(|t| {
-        let client = client.clone();
         let r = dst.with_tag(&t);
         async move {
             match r {
@@ -144,48 +224,120 @@ pub(crate) async fn delete(
             Err(e) => unreadable.push(format!("{t}: {e}")),
         }
     }
-    report.kept_tags = tag_digests
+    let mut kept_tags: Vec<String> = tag_digests
         .iter()
-        .filter(|(_, d)| **d == digest)
+        .filter(|(_, d)| *d == digest)
         .map(|(t, _)| t.clone())
         .collect();
-    report.kept_tags.sort();
+    kept_tags.sort();
+    let distinct: BTreeSet<Digest> = tag_digests.into_values().filter(|d| d != digest).collect();
+    let mut remaining = Tree::default();
+    read_trees(client, dst, distinct, &mut remaining, &mut unreadable).await;
+    add_referrers(client, dst, ours, &mut remaining, &mut unreadable).await;
+    Ok(Scan {
+        kept_tags,
+        remaining,
+        unreadable,
+    })
+}
 
-    let distinct: BTreeSet<Digest> = tag_digests
-        .values()
-        .filter(|d| **d != digest)
-        .cloned()
-        .collect();
-    let trees: Vec<Result<Tree>> = futures::stream::iter(distinct.into_iter().map(|d| {
-        let client = client.clone();
-        async move {
-            let mut t = Tree::default();
-            read_tree(&client, dst, &d, &mut t).await.map(|_| t)
-        }
+/// Reads the trees of `roots` into `into`; failures are recorded in `unreadable`.
+async fn read_trees(
+    client: &Client,
+    dst: &Reference,
+    roots: BTreeSet<Digest>,
+    into: &mut Tree,
+    unreadable: &mut Vec<String>,
+) {
+    let trees: Vec<Result<Tree>> = futures::stream::iter(roots.into_iter().map(|d| async move {
+        let mut t = Tree::default();
+        read_tree(client, dst, &d, &mut t).await.map(|_| t)
     }))
     .buffer_unordered(SCAN_JOBS)
     .collect()
     .await;
-    let mut remaining = Tree::default();
     for t in trees {
         match t {
             Ok(t) => {
-                remaining.manifests.extend(t.manifests);
-                remaining.blobs.extend(t.blobs);
+                into.manifests.extend(t.manifests);
+                into.blobs.extend(t.blobs);
             }
             Err(e) => unreadable.push(e.to_string()),
         }
     }
-    let referenced = !report.kept_tags.is_empty() || remaining.manifests.contains(&digest);
-    let complete_scan = unreadable.is_empty();
-    for u in &unreadable {
-        report.warnings.push(format!(
-            "could not read {u}; kept everything it might reference"
-        ));
-    }
+}
 
-    if !referenced && complete_scan {
-        // Nothing else uses the manifest: delete it by digest (this also drops our tag).
+/// Referrers of referrers are followed this deep (a signature on an attestation).
+const REFERRER_DEPTH: usize = 3;
+/// Manifests asked for their referrers at most in one delete.
+const MAX_REFERRER_QUERIES: usize = 2_000;
+
+/// Adds to `remaining` every manifest the referrers API names for a manifest of the
+/// repository we know of (ours and the remaining ones), to a small fixed depth. Stops at
+/// the first 404: the registry has no referrers API (its referrers are fallback tags,
+/// already scanned).
+async fn add_referrers(
+    client: &Client,
+    dst: &Reference,
+    ours: &Tree,
+    remaining: &mut Tree,
+    unreadable: &mut Vec<String>,
+) {
+    let mut asked: BTreeSet<Digest> = BTreeSet::new();
+    let mut wave: BTreeSet<Digest> = ours
+        .manifests
+        .union(&remaining.manifests)
+        .cloned()
+        .collect();
+    for _ in 0..REFERRER_DEPTH {
+        let mut found = BTreeSet::new();
+        for subject in wave
+            .iter()
+            .filter(|d| !asked.contains(*d))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            if asked.len() >= MAX_REFERRER_QUERIES {
+                unreadable.push(format!(
+                    "referrers of more than {MAX_REFERRER_QUERIES} manifests"
+                ));
+                return;
+            }
+            asked.insert(subject.clone());
+            match client.referrers(dst.repository(), &subject).await {
+                Ok(None) => return,
+                Ok(Some(list)) => found.extend(
+                    list.into_iter()
+                        .map(|d| d.digest)
+                        .filter(|d| !remaining.manifests.contains(d)),
+                ),
+                Err(e) => {
+                    unreadable.push(format!("referrers of {subject}: {e}"));
+                    return;
+                }
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        let before: BTreeSet<Digest> = remaining.manifests.clone();
+        read_trees(client, dst, found, remaining, unreadable).await;
+        wave = remaining.manifests.difference(&before).cloned().collect();
+    }
+}
+
+/// Deletes the manifest by digest when nothing else uses it (this also drops our tag);
+/// otherwise detaches only our tag, keeping the digest for its other users.
+async fn remove_manifest_or_tag(
+    client: &Client,
+    dst: &Reference,
+    digest: &Digest,
+    scan: &Scan,
+    tagged: bool,
+    report: &mut DeleteReport,
+) -> Result<()> {
+    let referenced = !scan.kept_tags.is_empty() || scan.remaining.manifests.contains(digest);
+    if !referenced && scan.complete() {
         match client
             .delete_manifest(&dst.with_digest(digest.clone()))
             .await
@@ -195,14 +347,12 @@ pub(crate) async fn delete(
                 report.tag_removed = true;
                 tracing::info!(%dst, %digest, "manifest deleted");
             }
-            Err(e) if e.kind() == ErrorKind::Unsupported => {
-                return Err(deletes_disabled(dst, e));
-            }
+            Err(e) if e.kind() == ErrorKind::Unsupported => return Err(deletes_disabled(dst, e)),
             Err(e) => return Err(e),
         }
     } else if !report.tag_removed {
-        if this_tag.is_some() {
-            match detach_tag(&client, dst, &digest).await {
+        if tagged {
+            match detach_tag(client, dst, digest).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Unsupported => {
                     return Err(deletes_disabled(dst, e));
@@ -218,58 +368,67 @@ pub(crate) async fn delete(
             ));
         }
     }
+    Ok(())
+}
 
-    // 3. Blobs (and child manifests of a deleted index) nothing else references.
-    if opts.delete_layers && report.manifest_deleted && complete_scan {
-        for child in ours
-            .manifests
-            .iter()
-            .filter(|m| **m != digest && !remaining.manifests.contains(m))
+/// Deletes the blobs and child manifests of our image that nothing remaining references
+/// (and, with [`DeleteOptions::only_blobs`], that the owner wrote). Failures are warnings.
+#[allow(clippy::too_many_arguments)] // one step of `delete`, called once, with its state
+async fn delete_unreferenced(
+    engine: &Engine,
+    client: &Client,
+    dst: &Reference,
+    digest: &Digest,
+    ours: &Tree,
+    scan: &Scan,
+    opts: &DeleteOptions,
+    report: &mut DeleteReport,
+) {
+    let written = |d: &Digest| opts.only_blobs.as_ref().is_none_or(|set| set.contains(d));
+    for child in ours
+        .manifests
+        .iter()
+        .filter(|m| *m != digest && !scan.remaining.manifests.contains(m) && written(m))
+    {
+        if let Err(e) = client
+            .delete_manifest(&dst.with_digest(child.clone()))
+            .await
         {
-            match client
-                .delete_manifest(&dst.with_digest(child.clone()))
-                .await
-            {
-                Ok(_) => {}
-                Err(e) => report
-                    .warnings
-                    .push(format!("child manifest {child} not deleted: {e}")),
-            }
+            report
+                .warnings
+                .push(format!("child manifest {child} not deleted: {e}"));
         }
-        let doomed: Vec<Digest> = ours.blobs.difference(&remaining.blobs).cloned().collect();
-        report.blobs_kept = ours.blobs.len() - doomed.len();
-        let results: Vec<(Digest, Result<bool>)> =
-            futures::stream::iter(doomed.into_iter().map(|b| {
-                let client = client.clone();
-                async move {
-                    let r = client.delete_blob(repo, &b).await;
-                    (b, r)
-                }
-            }))
-            .buffer_unordered(engine.jobs())
-            .collect()
-            .await;
-        let mut unsupported = false;
-        for (b, r) in results {
-            match r {
-                Ok(_) => report.blobs_deleted += 1,
-                Err(e) if e.kind() == ErrorKind::Unsupported => unsupported = true,
-                Err(e) => report.warnings.push(format!("blob {b} not deleted: {e}")),
-            }
-        }
-        if unsupported {
-            report.warnings.push(format!(
-                "{} does not support blob deletion (405/UNSUPPORTED); layers were left for the registry's garbage collection",
-                dst.registry()
-            ));
-        }
-    } else if opts.delete_layers && report.manifest_deleted {
-        report.blobs_kept = ours.blobs.len();
     }
-    for w in &report.warnings {
-        tracing::warn!(%dst, "{w}");
+    let doomed: Vec<Digest> = ours
+        .blobs
+        .difference(&scan.remaining.blobs)
+        .filter(|b| written(b))
+        .cloned()
+        .collect();
+    report.blobs_kept = ours.blobs.len() - doomed.len();
+    let repo = dst.repository();
+    let results: Vec<(Digest, Result<bool>)> =
+        futures::stream::iter(doomed.into_iter().map(|b| async move {
+            let r = client.delete_blob(repo, &b).await;
+            (b, r)
+        }))
+        .buffer_unordered(engine.jobs())
+        .collect()
+        .await;
+    let mut unsupported = false;
+    for (b, r) in results {
+        match r {
+            Ok(_) => report.blobs_deleted += 1,
+            Err(e) if e.kind() == ErrorKind::Unsupported => unsupported = true,
+            Err(e) => report.warnings.push(format!("blob {b} not deleted: {e}")),
+        }
     }
-    Ok(report)
+    if unsupported {
+        report.warnings.push(format!(
+            "{} does not support blob deletion (405/UNSUPPORTED); layers were left for the registry's garbage collection",
+            dst.registry()
+        ));
+    }
 }
 
 /// The registry refuses manifest deletion (405 / `UNSUPPORTED`, e.g. distribution with

@@ -27,8 +27,9 @@ pub mod manifest;
 mod observer;
 pub mod progress;
 pub mod reference;
+mod referrers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 pub use auth::{Credential, CredentialProvider};
@@ -73,6 +74,11 @@ pub struct Outcome {
     pub blobs_mounted: usize,
     /// Manifests written (children and the tagged one).
     pub manifests_pushed: usize,
+    /// What this call wrote besides the tagged manifest, sorted: the blobs it uploaded
+    /// (not those the destination already had, not mounted ones) and the child manifests
+    /// it pushed. An owner that records them can later delete exactly what it wrote
+    /// ([`DeleteOptions::only_blobs`]).
+    pub uploaded: Vec<Digest>,
 }
 
 /// Per-call options of [`Engine::delete`].
@@ -82,6 +88,11 @@ pub struct DeleteOptions {
     pub expect_digest: Option<Digest>,
     /// Also delete blobs no remaining manifest in the repository references.
     pub delete_layers: bool,
+    /// When set, only these blobs and child manifests may be deleted: the ones the
+    /// owner's copies wrote ([`Outcome::uploaded`]), and still only if no manifest the
+    /// registry can enumerate references them. `None` (the CLI, which keeps no record):
+    /// any blob or child manifest of the image that no enumerable manifest references.
+    pub only_blobs: Option<BTreeSet<Digest>>,
 }
 
 impl Default for DeleteOptions {
@@ -89,6 +100,7 @@ impl Default for DeleteOptions {
         DeleteOptions {
             expect_digest: None,
             delete_layers: true,
+            only_blobs: None,
         }
     }
 }
@@ -124,8 +136,9 @@ struct EngineInner {
     config: EngineConfig,
     http: reqwest::Client,
     clients: Mutex<HashMap<String, Client>>,
-    /// Shared by every engine derived with [`Engine::with_credentials`]; a blob is only
-    /// ever mounted after the copy's own source showed it has it.
+    /// This engine's own table (engines derived with [`Engine::with_credentials`] get a
+    /// fresh one, so one credential set never learns where another's blobs are); a blob
+    /// is only ever mounted after the copy's own source showed it has it.
     blobs: Arc<blobs::BlobLocations>,
 }
 
@@ -157,16 +170,20 @@ impl Engine {
     }
 
     /// The same engine (connections shared) with other credentials, e.g. a controller's
-    /// per-object Secrets chained before the defaults. Token caches are not shared.
+    /// per-object Secrets chained before the defaults. Token caches and the blob-location
+    /// table are not shared: a blob seen with one credential set is never mounted for
+    /// another, so a tenant who knows a digest cannot have another tenant's layer linked
+    /// into its repository. Callers keep one derived engine per tenant and credential set.
     pub fn with_credentials(&self, credentials: Arc<dyn CredentialProvider>) -> Engine {
         let mut config = self.inner.config.clone();
         config.credentials = credentials;
+        config.blob_cache = None;
         Engine {
             inner: Arc::new(EngineInner {
                 config,
                 http: self.inner.http.clone(),
                 clients: Mutex::new(HashMap::new()),
-                blobs: self.inner.blobs.clone(),
+                blobs: Arc::new(blobs::BlobLocations::new(None)),
             }),
         }
     }
@@ -187,10 +204,10 @@ impl Engine {
             .entry(host.clone())
             .or_insert_with(|| {
                 let config = &self.inner.config;
-                let insecure = config
-                    .insecure_registries
-                    .iter()
-                    .any(|r| r == reference.registry() || *r == host);
+                let insecure = config.insecure_registries.iter().any(|r| {
+                    let r = reference::canonical_registry(r).unwrap_or_else(|_| r.clone());
+                    r == reference.registry() || r == host
+                });
                 // A registry the caller named may be on an internal address (unless
                 // the policy only allows listed hosts).
                 config.addresses.learn_registry(&host);
@@ -266,5 +283,30 @@ impl Engine {
 
     pub(crate) fn jobs(&self) -> usize {
         self.inner.config.jobs.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, item 5: a blob location learnt under one credential set (one tenant)
+    /// is never offered to an engine with other credentials, so a tenant who only knows
+    /// a digest cannot have another tenant's layer mounted into its own repository.
+    #[test]
+    fn engines_with_other_credentials_do_not_share_blob_locations() {
+        let base = Engine::new(EngineConfig::default()).unwrap();
+        let a = base.with_credentials(Arc::new(auth::Anonymous));
+        let b = base.with_credentials(Arc::new(auth::Anonymous));
+        let d = Digest::of(b"tenant a's private layer");
+        a.blobs().remember("r:5000", "team-a/app", &d);
+        assert_eq!(
+            a.blobs().lookup("r:5000", &d, "team-b/x").as_deref(),
+            Some("team-a/app")
+        );
+        assert_eq!(b.blobs().lookup("r:5000", &d, "team-b/x"), None);
+        assert_eq!(base.blobs().lookup("r:5000", &d, "team-b/x"), None);
+        // Clones of one engine (one credential set) do share what they learnt.
+        assert!(a.clone().blobs().lookup("r:5000", &d, "team-a/y").is_some());
     }
 }

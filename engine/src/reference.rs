@@ -160,17 +160,16 @@ impl Reference {
         }
         let (registry, path) = match name.split_once('/') {
             Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first.eq_ignore_ascii_case("localhost") =>
             {
-                (first.to_string(), rest.to_string())
+                (
+                    canonical_registry(first).map_err(|r| bad(&r))?,
+                    rest.to_string(),
+                )
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
-        };
-        check_host(&registry).map_err(|r| bad(&r))?;
-        let registry = if DOCKER_HUB_ALIASES.contains(&registry.as_str()) {
-            DOCKER_HUB.to_string()
-        } else {
-            registry
         };
         check_path(&path).map_err(|r| bad(&r))?;
         let repository = if registry == DOCKER_HUB && !path.contains('/') {
@@ -319,19 +318,52 @@ fn check_tag(tag: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_host(host: &str) -> Result<(), String> {
+/// The one canonical spelling of a registry host, used by the reference parser, the
+/// credential lookup and the controller's tenant policy, so that two spellings of one
+/// registry can never be told apart by a rule or a credential:
+/// - the host is lower-cased and loses a trailing dot (`GCR.IO.` is `gcr.io`);
+/// - the HTTPS default port goes (`gcr.io:443` and `gcr.io:0443` are `gcr.io`), other
+///   ports are written as plain numbers (`:05000` is `:5000`);
+/// - Docker Hub's aliases (`index.docker.io`, `registry-1.docker.io`,
+///   `registry.hub.docker.com`) are `docker.io`;
+/// - a host that ends in a number must be a dotted-quad IPv4 address in plain decimal:
+///   shorthand that resolvers also accept (`127.1`, `2130706433`, `0x7f.0.0.1`,
+///   `0177.0.0.1`) is refused, since a policy could not recognise it.
+///
+/// The error says what is wrong, for an `InvalidReference`.
+pub fn canonical_registry(host: &str) -> Result<String, String> {
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) => (n, Some(p)),
         None => (host, None),
     };
-    if let Some(p) = port {
-        if p.parse::<u16>().is_err() {
-            return Err(format!(
-                "registry port {p:?} is not a number between 0 and 65535"
-            ));
-        }
-    }
+    let port = match port {
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|_| p.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| {
+                    format!("registry port {p:?} is not a number between 0 and 65535")
+                })?,
+        ),
+        None => None,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    check_host_name(&name)?;
+    check_numeric_host(&name)?;
+    let name = if DOCKER_HUB_ALIASES.contains(&name.as_str()) {
+        DOCKER_HUB.to_string()
+    } else {
+        name
+    };
+    Ok(match port {
+        None | Some(443) => name,
+        Some(p) => format!("{name}:{p}"),
+    })
+}
+
+fn check_host_name(name: &str) -> Result<(), String> {
     if name.is_empty()
+        || name.len() > 253
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
@@ -342,6 +374,34 @@ fn check_host(host: &str) -> Result<(), String> {
         return Err(format!("registry host {name:?} is not a valid host name"));
     }
     Ok(())
+}
+
+/// URL parsers and resolvers read a host whose last label is a number as an IPv4
+/// address, in many spellings; only the plain dotted quad is accepted.
+fn check_numeric_host(name: &str) -> Result<(), String> {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let numeric = |l: &str| {
+        !l.is_empty()
+            && (l.bytes().all(|b| b.is_ascii_digit())
+                || (l.starts_with("0x") && l[2..].bytes().all(|b| b.is_ascii_hexdigit())))
+    };
+    if !numeric(last) {
+        return Ok(());
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    let plain = labels.len() == 4
+        && labels.iter().all(|l| {
+            l.bytes().all(|b| b.is_ascii_digit())
+                && (l.len() == 1 || !l.starts_with('0'))
+                && l.parse::<u8>().is_ok()
+        });
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "registry host {name:?} is a numeric IPv4 shorthand; write the address as four decimal numbers (e.g. 127.0.0.1)"
+        ))
+    }
 }
 
 fn check_path(path: &str) -> Result<(), String> {
@@ -451,6 +511,56 @@ mod tests {
             assert!(err.contains(needle), "{input:?}: {err}");
             assert!(err.contains(&format!("{input:?}")), "{input:?}: {err}");
         }
+    }
+
+    #[test]
+    fn spellings_of_one_registry_are_one_registry() {
+        for (input, registry) in [
+            ("EUROPE-docker.pkg.dev/prod/x:1", "europe-docker.pkg.dev"),
+            (
+                "europe-docker.pkg.dev:443/prod/x:1",
+                "europe-docker.pkg.dev",
+            ),
+            (
+                "europe-docker.pkg.dev:0443/prod/x:1",
+                "europe-docker.pkg.dev",
+            ),
+            ("europe-docker.pkg.dev./prod/x:1", "europe-docker.pkg.dev"),
+            ("GCR.IO/x:1", "gcr.io"),
+            ("gcr.io./x:1", "gcr.io"),
+            ("gcr.io:443/x:1", "gcr.io"),
+            ("Index.Docker.IO/library/busybox:1", "docker.io"),
+            ("index.docker.io:443/library/busybox:1", "docker.io"),
+            ("REGISTRY-1.docker.io./library/busybox:1", "docker.io"),
+            ("127.0.0.1.:5000/x:1", "127.0.0.1:5000"),
+            ("127.0.0.1:05000/x:1", "127.0.0.1:5000"),
+            ("LOCALHOST:5000/x:1", "localhost:5000"),
+        ] {
+            let r = Reference::parse(input).unwrap();
+            assert_eq!(r.registry(), registry, "{input}");
+        }
+    }
+
+    #[test]
+    fn numeric_ipv4_shorthand_is_refused() {
+        for host in [
+            "127.1",
+            "2130706433",
+            "0x7f.0.0.1",
+            "0x7f.1",
+            "0177.0.0.1",
+            "127.000.0.1",
+            "127.0.0.256",
+            "1.2.3.4.5",
+        ] {
+            let input = format!("{host}:5000/x:1");
+            let err = Reference::parse(&input).unwrap_err().to_string();
+            assert!(err.contains("numeric IPv4"), "{input}: {err}");
+        }
+        assert!(Reference::parse("127.0.0.1:5000/x").is_ok());
+        assert!(Reference::parse("10.0.0.1/x").is_ok());
+        // A port that is not plain digits is refused too.
+        assert!(Reference::parse("gcr.io:+443/x").is_err());
     }
 
     #[test]

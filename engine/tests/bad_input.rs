@@ -78,9 +78,11 @@ proptest! {
 
 // === references ===
 
-/// A host the parser must take as a registry: with a dot, a port, or `localhost`.
+/// A host the parser must take as a registry: with a dot, a port, or `localhost`, in
+/// its canonical spelling (a last label that is a number is an IPv4 address, which must
+/// be a dotted quad, and `:443` is dropped: see `canonical_registry`).
 fn host() -> impl Strategy<Value = String> {
-    let label = "[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?";
+    let label = "[a-z]([a-z0-9-]{0,8}[a-z0-9])?";
     prop_oneof![
         (label, "[a-z]{2,6}").prop_map(|(a, b)| format!("{a}.{b}")),
         (label, any::<u16>()).prop_map(|(a, p)| format!("{a}:{p}")),
@@ -92,6 +94,7 @@ fn host() -> impl Strategy<Value = String> {
     .prop_filter("not a Docker Hub alias", |h| {
         !["docker.io", "index.docker.io", "registry-1.docker.io"].contains(&h.as_str())
     })
+    .prop_filter("not the default HTTPS port", |h| !h.ends_with(":443"))
 }
 
 /// A repository path: 1-4 lowercase components with single separators.

@@ -264,6 +264,7 @@ impl Backend for Direct {
                 &DeleteOptions {
                     expect_digest,
                     delete_layers: target.delete_layers,
+                    only_blobs: None,
                 },
             )
             .await?;

@@ -31,6 +31,7 @@ pub use crate::config::RetryPolicy;
 pub use blobs::Upload;
 pub use challenge::{parse_challenge, token_expiry, Challenge, Scope};
 pub use manifests::ManifestData;
+pub(crate) use responses::next_link;
 pub use responses::parse_retry_after;
 pub(crate) use retry::Operation;
 pub(crate) use transport::build_http;
@@ -129,7 +130,7 @@ impl Client {
     }
 
     /// `base` + `path` (an absolute path of the registry API).
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.inner.base, path)
     }
 

@@ -48,7 +48,7 @@ async fn error_body(resp: Response) -> Vec<u8> {
 }
 
 /// The `rel="next"` target of a `Link` header.
-pub(super) fn next_link(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
     for v in headers.get_all(reqwest::header::LINK) {
         let Ok(s) = v.to_str() else { continue };
         for part in s.split(',') {

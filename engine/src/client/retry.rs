@@ -32,6 +32,7 @@ pub(crate) enum Operation {
     CancelUpload,
     DeleteBlob,
     GetTags,
+    GetReferrers,
     GetToken,
 }
 
@@ -51,6 +52,7 @@ impl Operation {
             Operation::CancelUpload => "DELETE upload",
             Operation::DeleteBlob => "DELETE blob",
             Operation::GetTags => "GET tags",
+            Operation::GetReferrers => "GET referrers",
             Operation::GetToken => "GET token",
         }
     }
@@ -226,7 +228,7 @@ impl Client {
     }
 
     /// A request and the read of its body (at most `cap` bytes), retried together.
-    pub(super) async fn request_body(
+    pub(crate) async fn request_body(
         &self,
         op: Operation,
         what: &str,
@@ -252,11 +254,11 @@ impl Client {
 }
 
 /// A successful answer read whole.
-pub(super) struct Answer {
+pub(crate) struct Answer {
     /// The HTTP status the registry sent.
-    pub(super) status: u16,
-    pub(super) headers: reqwest::header::HeaderMap,
-    pub(super) body: bytes::Bytes,
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: bytes::Bytes,
 }
 
 impl Client {}

@@ -66,7 +66,7 @@ impl Client {
     }
 
     /// A `Location` or `Link` target, relative ones resolved against the registry.
-    pub(super) fn resolve_location(&self, location: &str) -> String {
+    pub(crate) fn resolve_location(&self, location: &str) -> String {
         if location.starts_with("http://") || location.starts_with("https://") {
             location.to_string()
         } else {

@@ -31,9 +31,24 @@ else
   TERRAFORM="$(bash "$SCRIPTS/terraform-fetch.sh" 1.0.3)"
 fi
 
-log "building terraform-provider-imagesync"
-(cd "$ROOT" && cargo build -q -p terraform-provider-imagesync)
-PROVIDER="$ROOT/target/debug/terraform-provider-imagesync"
+# IMAGESYNC_DEMO_PROVIDER=/path/to/terraform-provider-imagesync uses that binary as it is;
+# IMAGESYNC_DEMO_PROFILE=release uses (and, only if stale, rebuilds) the release build.
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ -n "${IMAGESYNC_DEMO_PROVIDER:-}" ]; then
+  PROVIDER="$IMAGESYNC_DEMO_PROVIDER"
+  [ -x "$PROVIDER" ] || { echo "IMAGESYNC_DEMO_PROVIDER=$PROVIDER is not an executable" >&2; exit 1; }
+  log "using the provider at $PROVIDER (IMAGESYNC_DEMO_PROVIDER)"
+else
+  case "${IMAGESYNC_DEMO_PROFILE:-debug}" in
+    release) log "building terraform-provider-imagesync (release; a no-op when up to date)"
+             (cd "$ROOT" && cargo build -q --release -p terraform-provider-imagesync)
+             PROVIDER="$TARGET_DIR/release/terraform-provider-imagesync" ;;
+    debug)   log "building terraform-provider-imagesync"
+             (cd "$ROOT" && cargo build -q -p terraform-provider-imagesync)
+             PROVIDER="$TARGET_DIR/debug/terraform-provider-imagesync" ;;
+    *) echo "IMAGESYNC_DEMO_PROFILE must be debug or release" >&2; exit 1 ;;
+  esac
+fi
 
 WORK_PREFIX=imagesync-demo
 # shellcheck source=../scripts/registries.sh

@@ -3,6 +3,13 @@
 # loopback use). Idempotent: skips what is already present.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+# On a fresh VM, unattended upgrades often hold the dpkg lock at boot: wait for it (up to
+# IMAGESYNC_APT_LOCK_TIMEOUT seconds, 600 by default) instead of failing at once.
+LOCK_TIMEOUT="${IMAGESYNC_APT_LOCK_TIMEOUT:-600}"
+apt_get() {
+  echo "apt-get $1 (waits up to ${LOCK_TIMEOUT}s if another apt or dpkg holds the lock)" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout="$LOCK_TIMEOUT" "$@"
+}
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
@@ -14,8 +21,8 @@ command -v jq >/dev/null || need+=(jq)
 command -v rsync >/dev/null || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq "${need[@]}" >/dev/null
 fi
 
 # --- Helm (chart tests) -------------------------------------------------------------------
@@ -24,8 +31,8 @@ fi
 # Used by tests/e2e/helm/helmctl.py. Set IMAGESYNC_E2E_PYTHON to use another interpreter.
 PY="${IMAGESYNC_E2E_PYTHON:-python3}"
 if ! command -v "$PY" >/dev/null; then
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-pip >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq python3 python3-pip >/dev/null
 fi
 if ! "$PY" -c 'import helm_python, yaml; assert helm_python.__version__ == "0.2.2"' 2>/dev/null; then
   echo "installing: helm-python-sdk==0.2.2 PyYAML (pip)" >&2

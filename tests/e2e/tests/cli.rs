@@ -191,3 +191,41 @@ async fn cli_delete_refuses_what_it_does_not_own_then_deletes() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("already gone"), "{}", stderr(&out));
 }
+
+/// Issue 12, item 3: numeric IPv4 shorthand for a loopback registry is refused before any
+/// request (it used to reach the registry), while the other spellings of the same host
+/// reach it under their one canonical name.
+#[tokio::test]
+async fn cli_refuses_numeric_ipv4_shorthand_and_canonicalises_other_spellings() {
+    let reg = Registry::start().await;
+    let pushed = fixtures::push_image(reg.addr(), "app", "1", FixtureSpec::seeded(191)).await;
+    let port = reg.addr().rsplit_once(':').unwrap().1.to_string();
+    reg.access_log_settled().await;
+    reg.clear_access_log();
+    for host in ["127.1", "2130706433", "0x7f.0.0.1", "0x7f.1", "0177.0.0.1"] {
+        let r = format!("{host}:{port}/app:1");
+        let insecure = format!("{host}:{port}");
+        let out = imagesync(&["digest", &r, "--insecure-registry", &insecure]).await;
+        assert_eq!(out.status.code(), Some(1), "{r}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("numeric IPv4"),
+            "{r}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        reg.access_log_settled().await.is_empty(),
+        "no request may reach the registry: {:?}",
+        reg.access_log()
+    );
+    // A trailing dot and a zero-padded port are the same registry, under its one name
+    // (the insecure-registry entry in the canonical spelling matches them).
+    for r in [
+        format!("127.0.0.1.:{port}/app:1"),
+        format!("127.0.0.1:0{port}/app:1"),
+    ] {
+        let out = imagesync(&["digest", &r, "--insecure-registry", reg.addr()]).await;
+        assert_eq!(out.status.code(), Some(0), "{r}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), pushed.digest, "{r}");
+    }
+}

@@ -14,4 +14,5 @@ mod helm;
 mod hostile;
 mod policy;
 mod reliability;
+mod scripts;
 mod terraform;

@@ -1140,6 +1140,7 @@ async fn delete_removes_unshared_layers_and_keeps_shared_ones() {
             &DeleteOptions {
                 expect_digest: None,
                 delete_layers: false,
+                only_blobs: None,
             },
         )
         .await
@@ -1151,6 +1152,69 @@ async fn delete_removes_unshared_layers_and_keeps_shared_ones() {
     for blob in &b.blobs {
         assert_eq!(fixtures::blob_status(reg.addr(), "app", blob).await, 200);
     }
+}
+
+/// Issue 12, item 4: an image that no tag names (pushed by digest, or left behind by a
+/// moved tag) shares its base layer with a new copy. Deleting the copy with the record
+/// of what it uploaded keeps the base, so the old image still pulls by digest. Without
+/// the record (the CLI's rule, the only rule before this change) the same delete takes
+/// the base with it: the attack the record closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_the_upload_record_keeps_layers_of_untagged_images() {
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let spec = |seed| FixtureSpec {
+        layers: 2,
+        shared_layers: 1,
+        ..FixtureSpec::seeded(seed)
+    };
+    let (s, d) = (Target::plain(src.addr()), Target::plain(dst.addr()));
+    let old = d.push_image_at("app", None, &spec(171)).await.unwrap();
+    s.push_image("app", "new", &spec(172)).await.unwrap();
+    let base = old.layers[0].clone();
+    let e = engine(&[src.addr(), dst.addr()]);
+    let copy = |e: Engine| {
+        let (from, to) = (r(&src.reference("app:new")), r(&dst.reference("app:1")));
+        async move { e.sync(&from, &to, &SyncOptions::default()).await.unwrap() }
+    };
+    let outcome = copy(e.clone()).await;
+    assert!(!outcome.up_to_date);
+    // The base was already there: not uploaded, so not ours.
+    assert_eq!(outcome.blobs_uploaded, 2, "{outcome:?}");
+    assert_eq!(outcome.uploaded.len(), 2, "{outcome:?}");
+    assert!(!outcome.uploaded.iter().any(|b| b.as_str() == base));
+
+    let owned = DeleteOptions {
+        expect_digest: Some(outcome.destination_digest.clone()),
+        delete_layers: true,
+        only_blobs: Some(outcome.uploaded.iter().cloned().collect()),
+    };
+    let report = e.delete(&r(&dst.reference("app:1")), &owned).await.unwrap();
+    assert!(report.manifest_deleted, "{report:?}");
+    assert_eq!(report.blobs_deleted, 2, "{report:?}");
+    assert_eq!(report.blobs_kept, 1, "{report:?}");
+    for blob in &old.blobs {
+        assert_eq!(
+            fixtures::blob_status(dst.addr(), "app", blob).await,
+            200,
+            "{blob}"
+        );
+    }
+    for blob in &outcome.uploaded {
+        assert_eq!(
+            fixtures::blob_status(dst.addr(), "app", blob.as_str()).await,
+            404
+        );
+    }
+
+    // The record-less rule (CLI): the untagged image is invisible and loses its base.
+    let outcome = copy(e.clone()).await;
+    let report = e
+        .delete(&r(&dst.reference("app:1")), &DeleteOptions::default())
+        .await
+        .unwrap();
+    assert!(report.manifest_deleted, "{report:?} {outcome:?}");
+    assert_eq!(fixtures::blob_status(dst.addr(), "app", &base).await, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1189,6 +1253,7 @@ async fn delete_with_mismatched_expect_digest_refuses_and_changes_nothing() {
             &DeleteOptions {
                 expect_digest: Some(other.digest.parse().unwrap()),
                 delete_layers: true,
+                only_blobs: None,
             },
         )
         .await
@@ -1209,6 +1274,7 @@ async fn delete_with_mismatched_expect_digest_refuses_and_changes_nothing() {
             &DeleteOptions {
                 expect_digest: Some(pushed.digest.parse().unwrap()),
                 delete_layers: true,
+                only_blobs: None,
             },
         )
         .await

@@ -785,3 +785,109 @@ pub(crate) async fn secrets_must_be_docker_config_types_from_the_objects_own_nam
     )
     .await;
 }
+
+/// Issue 12, item 3, on the real controller: a source registry denied by its canonical
+/// name stays denied in every other spelling (case, trailing dot, zero-padded port,
+/// `localhost` in capitals), and numeric IPv4 shorthand is an invalid reference. None of
+/// these objects sends a single request to the registry, while an allowed object next to
+/// them syncs.
+#[tokio::test]
+pub(crate) async fn every_spelling_of_a_denied_registry_is_denied_and_never_contacted() {
+    let (api, denied, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
+    let client = api.client().await;
+    api.create_namespace("spell").await;
+    let image = fixtures::push_image(
+        denied.addr(),
+        "src/app",
+        "1",
+        fixtures::FixtureSpec::seeded(192),
+    )
+    .await;
+    let port = denied.addr().rsplit_once(':').unwrap().1.to_string();
+    denied.access_log_settled().await;
+    denied.clear_access_log();
+    let policy = format!(
+        r#"
+rules:
+  - {{name: no-denied, action: Deny, namespaces: ["*"], sources: ["127.0.0.1:{port}/**", "localhost:{port}/**"], destinations: ["**"]}}
+  - {{name: rest, namespaces: ["*"], sources: ["**"], destinations: ["**"], ambientCredentials: {{source: true, destination: true}}}}
+"#
+    );
+    let policy = PolicyDir::new(api.dir(), &policy);
+    let policy_arg = policy.arg();
+    let insecure: Vec<String> = [
+        denied.addr().to_string(),
+        dst.addr().to_string(),
+        format!("localhost:{port}"),
+    ]
+    .into_iter()
+    .collect();
+    let mut args = vec!["--policy-file", policy_arg.as_str()];
+    for i in &insecure {
+        args.extend(["--insecure-registry", i.as_str()]);
+    }
+    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "spellings", &args);
+    let denied_spellings = [
+        format!("127.0.0.1.:{port}/src/app:1"),
+        format!("127.0.0.1:0{port}/src/app:1"),
+        format!("LOCALHOST:{port}/src/app:1"),
+        format!("Localhost.:{port}/src/app:1"),
+    ];
+    let invalid_spellings = [
+        format!("127.1:{port}/src/app:1"),
+        format!("2130706433:{port}/src/app:1"),
+        format!("0x7f.0.0.1:{port}/src/app:1"),
+    ];
+    let all: Vec<&String> = denied_spellings.iter().chain(&invalid_spellings).collect();
+    for (i, src) in all.iter().enumerate() {
+        api.apply_yaml(&image_sync_yaml(
+            "spell",
+            &format!("s{i}"),
+            src,
+            &dst.reference(&format!("dst/s{i}:1")),
+            "",
+        ));
+    }
+    // The control: the same image, allowed, from the destination registry's own copy.
+    fixtures::push_image(
+        dst.addr(),
+        "src/app",
+        "1",
+        fixtures::FixtureSpec::seeded(192),
+    )
+    .await;
+    api.apply_yaml(&image_sync_yaml(
+        "spell",
+        "allowed",
+        &dst.reference("src/app:1"),
+        &dst.reference("dst/allowed:1"),
+        "",
+    ));
+    let objs: Api<ImageSync> = Api::namespaced(client.clone(), "spell");
+    let t = Duration::from_secs(60);
+    let c = Some(&controller);
+    wait_for(&objs, "allowed", t, "the allowed object syncs", c, |o| {
+        ready_with(o, &image.digest)
+    })
+    .await;
+    for (i, src) in all.iter().enumerate() {
+        let want = if i < denied_spellings.len() {
+            "PolicyDenied"
+        } else {
+            "InvalidReference"
+        };
+        let o = wait_for(&objs, &format!("s{i}"), t, want, c, |o| {
+            reason(o).as_deref() == Some(want)
+        })
+        .await;
+        assert!(
+            o.status.as_ref().unwrap().destination_digest.is_none(),
+            "{src}"
+        );
+    }
+    let log = denied.access_log_settled().await;
+    assert!(log.is_empty(), "the denied registry was contacted: {log:?}");
+    for i in 0..all.len() {
+        assert_eq!(dst.manifest_status(&format!("dst/s{i}"), "1").await, 404);
+    }
+}
