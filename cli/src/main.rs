@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use imagesync_engine::auth::{ChainProvider, StaticProvider};
 use imagesync_engine::progress::{BlobAction, ProgressEvent};
 use imagesync_engine::{
-    Credential, DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Reference, SyncOptions,
+    AddressPolicy, Credential, DeleteOptions, Digest, Engine, EngineConfig, ErrorKind,
+    InternalAddresses, Limits, Reference, SyncOptions,
 };
 
 /// Exit codes, documented in the README.
@@ -70,7 +71,9 @@ struct Args {
     )]
     jobs: usize,
 
-    /// Credentials for every registry, USER:PASSWORD.
+    /// Credentials for both registries of the command (source and destination),
+    /// USER:PASSWORD. Never sent to another host, except to a registry's token realm
+    /// over HTTPS.
     #[arg(
         long,
         value_name = "USER:PASS",
@@ -118,6 +121,34 @@ struct Args {
     /// Neither read nor write the blob cache.
     #[arg(long, global = true, conflicts_with = "blob_cache")]
     no_blob_cache: bool,
+
+    /// The longest one copy may take, in seconds (default 6 hours).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        global = true,
+        env = "IMAGESYNC_SYNC_DEADLINE",
+        default_value_t = 6 * 3600
+    )]
+    sync_deadline: u64,
+
+    /// The slowest a blob may move, in bytes per second, before its transfer is
+    /// abandoned and retried (0: no minimum).
+    #[arg(
+        long,
+        value_name = "BYTES_PER_SEC",
+        global = true,
+        env = "IMAGESYNC_MIN_TRANSFER_RATE",
+        default_value_t = 10 * 1024
+    )]
+    min_transfer_rate: u64,
+
+    /// A host that may be reached on an internal address (loopback, link-local,
+    /// private) even when a redirect, upload location or token realm leaves the
+    /// registry's host. Repeatable. The registries of the command and insecure
+    /// registries are always allowed.
+    #[arg(long = "allow-internal-host", value_name = "HOST", global = true)]
+    allow_internal_hosts: Vec<String>,
 
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", global = true)]
@@ -240,6 +271,38 @@ fn parse_ref(input: &str, what: &str) -> anyhow::Result<Reference> {
     Reference::parse(input).with_context(|| format!("bad {what} reference"))
 }
 
+/// The credentials of the command line: `--creds` for the command's source and
+/// destination registries only (never a default for other hosts), `--src-creds` and
+/// `--dest-creds` for one side each (the destination's wins on a shared registry).
+fn explicit_credentials(
+    creds: Option<&str>,
+    src_creds: Option<&str>,
+    dest_creds: Option<&str>,
+    src: Option<&Reference>,
+    dst: Option<&Reference>,
+) -> anyhow::Result<StaticProvider> {
+    let mut explicit = StaticProvider::new();
+    if let Some(c) = creds {
+        let credential = Credential::parse_user_pass(c).context("--creds")?;
+        for r in src.iter().chain(dst.iter()) {
+            explicit = explicit.with(r.registry(), credential.clone());
+        }
+    }
+    if let (Some(c), Some(r)) = (src_creds, src) {
+        explicit = explicit.with(
+            r.registry(),
+            Credential::parse_user_pass(c).context("--src-creds")?,
+        );
+    }
+    if let (Some(c), Some(r)) = (dest_creds, dst) {
+        explicit = explicit.with(
+            r.registry(),
+            Credential::parse_user_pass(c).context("--dest-creds")?,
+        );
+    }
+    Ok(explicit)
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let Args {
         command,
@@ -252,6 +315,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         docker_config,
         blob_cache,
         no_blob_cache,
+        sync_deadline,
+        min_transfer_rate,
+        allow_internal_hosts,
         log_format: _,
         no_progress,
     } = args;
@@ -273,28 +339,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Delete { destination, .. } => (None, Some(parse_ref(destination, "destination")?)),
     };
 
-    let mut explicit = StaticProvider::new();
-    if let Some(c) = &creds {
-        explicit = explicit.with_default(Credential::parse_user_pass(c).context("--creds")?);
-    }
-    if let (Some(c), Some(r)) = (&src_creds, &src_ref) {
-        explicit = explicit.with(
-            r.registry(),
-            Credential::parse_user_pass(c).context("--src-creds")?,
-        );
-    }
-    if let (Some(c), Some(r)) = (&dest_creds, &dst_ref) {
-        explicit = explicit.with(
-            r.registry(),
-            Credential::parse_user_pass(c).context("--dest-creds")?,
-        );
-    }
+    let explicit = explicit_credentials(
+        creds.as_deref(),
+        src_creds.as_deref(),
+        dest_creds.as_deref(),
+        src_ref.as_ref(),
+        dst_ref.as_ref(),
+    )?;
     let engine = Engine::new(EngineConfig {
         insecure_registries,
         ca_file,
         jobs: jobs.max(1),
         credentials: Arc::new(ChainProvider::standard(explicit, docker_config)),
         blob_cache,
+        limits: Limits {
+            sync_deadline: std::time::Duration::from_secs(sync_deadline),
+            min_blob_rate: min_transfer_rate,
+        },
+        addresses: allow_internal_hosts.iter().fold(
+            AddressPolicy::new(InternalAddresses::RegistryHosts),
+            |p, h| p.allow(h),
+        ),
         ..EngineConfig::default()
     })
     .context("configuring the engine")?;
@@ -497,4 +562,30 @@ async fn copy(
     }
     println!("{}", outcome.id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use imagesync_engine::CredentialProvider;
+
+    #[tokio::test]
+    async fn creds_apply_to_the_commands_registries_only() {
+        let src = Reference::parse("127.0.0.1:5000/a:1").unwrap();
+        let dst = Reference::parse("127.0.0.1:6000/b:1").unwrap();
+        let p = explicit_credentials(Some("u:all"), None, Some("d:dst"), Some(&src), Some(&dst))
+            .unwrap();
+        assert_eq!(
+            p.credential("127.0.0.1:5000").await.unwrap(),
+            Some(Credential::basic("u", "all"))
+        );
+        assert_eq!(
+            p.credential("127.0.0.1:6000").await.unwrap(),
+            Some(Credential::basic("d", "dst"))
+        );
+        // A token realm or any other host the registries name gets nothing.
+        assert_eq!(p.credential("127.0.0.2:7000").await.unwrap(), None);
+        assert_eq!(p.credential("auth.example").await.unwrap(), None);
+    }
 }

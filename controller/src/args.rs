@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use imagesync_engine::auth::{ChainProvider, StaticProvider};
-use imagesync_engine::{CredentialProvider, Engine, EngineConfig, RequestObserver, RetryPolicy};
+use imagesync_engine::{
+    AddressPolicy, CredentialProvider, Engine, EngineConfig, InternalAddresses, RequestObserver,
+    RetryPolicy,
+};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::ListParams;
 use kube::{Api, Client};
@@ -57,6 +60,19 @@ pub struct Args {
     /// PEM bundle of extra CA certificates trusted for registries.
     #[arg(long, value_name = "PATH")]
     ca_file: Option<PathBuf>,
+
+    /// A registry host that may be on an internal address (repeatable, or
+    /// comma-separated in the variable; a port is ignored). Every other loopback,
+    /// link-local (cloud metadata), private or unique-local address is refused, checked
+    /// after DNS resolution, whatever an ImageSync, a redirect, an upload `Location` or a
+    /// token realm names; insecure registries are allowed too. `*` turns the check off.
+    #[arg(
+        long = "allow-internal-registry",
+        value_name = "HOST",
+        env = "IMAGESYNC_ALLOW_INTERNAL_REGISTRIES",
+        value_delimiter = ','
+    )]
+    allow_internal_registries: Vec<String>,
 
     /// Address serving /metrics, /healthz and /readyz (for example 127.0.0.1:8080 to
     /// serve metrics on localhost only).
@@ -177,6 +193,7 @@ impl Args {
             concurrency,
             insecure_registries,
             ca_file,
+            allow_internal_registries,
             metrics_addr,
             health_addr,
             leader_elect,
@@ -221,6 +238,7 @@ impl Args {
         let engine = Engine::new(EngineConfig {
             insecure_registries,
             ca_file,
+            addresses: internal_addresses(&allow_internal_registries),
             jobs: 4,
             credentials: base_credentials.clone(),
             // The controller requeues failed objects itself: fail fast and let long
@@ -240,6 +258,7 @@ impl Args {
                     metrics.request(operation, &status);
                 }
             })),
+            ..EngineConfig::default()
         })
         .context("configuring the registry client")?;
 
@@ -481,6 +500,22 @@ async fn reconcile_loop(
 }
 
 /// What ended the reconcile task, for the log and the exit error.
+/// The controller's internal-address rule: specs come from tenants, so even the
+/// registry an object names may not be internal unless the operator listed it
+/// (`ListedOnly`); `*` in the list turns the check off.
+fn internal_addresses(allowed: &[String]) -> AddressPolicy {
+    if allowed.iter().any(|h| h.trim() == "*") {
+        return AddressPolicy::new(InternalAddresses::Allowed);
+    }
+    allowed
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .fold(AddressPolicy::new(InternalAddresses::ListedOnly), |p, h| {
+            p.allow(h)
+        })
+}
+
 fn loop_end_message(r: Result<(), tokio::task::JoinError>) -> String {
     match r {
         Ok(()) => "the reconcile loop ended".into(),

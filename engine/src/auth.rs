@@ -21,20 +21,29 @@ use tokio::sync::OnceCell;
 use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
 
-/// A secret string. Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret string. Never printed; zeroed in memory when dropped (`secrecy`).
+#[derive(Clone)]
+pub struct Secret(secrecy::SecretString);
 
 impl Secret {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        Secret(secrecy::SecretString::from(value.into()))
     }
     /// The secret value; only for building request headers.
     pub fn expose(&self) -> &str {
-        &self.0
+        use secrecy::ExposeSecret as _;
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -304,8 +313,23 @@ fn auth_from_entries(
     Ok(None)
 }
 
+/// Whether `name` may name a credential helper: `[A-Za-z0-9._-]+` (a config file
+/// must not pick a path or shell syntax for the program we run).
+pub fn valid_helper_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> {
     use tokio::io::AsyncWriteExt;
+    if !valid_helper_name(helper) {
+        return Err(Error::Credentials {
+            registry: registry.into(),
+            message: "docker config names a credential helper that is not [A-Za-z0-9._-]+".into(),
+        });
+    }
     let program = format!("docker-credential-{helper}");
     // Docker Hub's credentials are stored under the legacy index URL.
     let server = if registry == DOCKER_HUB {
@@ -522,6 +546,23 @@ mod tests {
             Some(Credential::IdentityToken(Secret::new("tok")))
         );
         assert_eq!(docker_config_auth(json, "quay.io").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn credential_helper_names_are_checked_before_running_anything() {
+        assert!(valid_helper_name("ecr-login"));
+        assert!(valid_helper_name("desktop.exe"));
+        for bad in ["", "../../tmp/x", "a b", "x;rm", "/bin/sh", "a\nb"] {
+            assert!(!valid_helper_name(bad), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, br#"{"credHelpers":{"r.example":"../../../bin/sh"}}"#).unwrap();
+        let err = DockerConfigProvider::new(Some(path))
+            .credential("r.example")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("[A-Za-z0-9._-]+"), "{err}");
     }
 
     struct Fake;

@@ -342,6 +342,8 @@ fn collect_children<'a>(
             }
             let r = source.with_digest(child.digest.clone());
             let data = client.get_manifest(&r).await?;
+            let held: u64 = out.iter().map(|n| n.data.bytes.len() as u64).sum();
+            crate::manifest::check_tree_size(&r.to_string(), held, data.bytes.len())?;
             if data.bytes.len() as u64 != child.size {
                 return Err(Error::DigestMismatch {
                     reference: r.to_string(),

@@ -161,6 +161,73 @@ pub enum Error {
         last: Box<Error>,
     },
 
+    /// A request the engine refused to send: credentials or a connection would have gone
+    /// where they do not belong (another origin, plain HTTP after HTTPS, an internal
+    /// address nobody configured).
+    #[error("{operation} {reference}: refused to contact {target}: {reason}")]
+    Refused {
+        /// What we were doing.
+        operation: &'static str,
+        /// The image or blob reference concerned.
+        reference: String,
+        /// The target, without its query string.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A registry answer exceeded one of the engine's caps (body size, entries, pages).
+    #[error("{operation} {reference}: {what} exceeds the limit of {limit}")]
+    Limit {
+        /// What we were doing.
+        operation: &'static str,
+        /// The image or blob reference concerned.
+        reference: String,
+        /// What was too big, e.g. "manifest body (bytes)".
+        what: String,
+        /// The cap.
+        limit: u64,
+    },
+
+    /// A registry answered with a success status but a body or headers we cannot use.
+    #[error("{operation} {reference}: HTTP {status}: {reason}")]
+    BadResponse {
+        /// What we were doing.
+        operation: &'static str,
+        /// The image or blob reference concerned.
+        reference: String,
+        /// The HTTP status the registry sent.
+        status: u16,
+        /// What is wrong.
+        reason: String,
+        /// Whether the kind is transient (worth another attempt) or invalid input.
+        transient: bool,
+    },
+
+    /// A blob moved slower than the configured minimum rate.
+    #[error("{operation} {reference}: slower than {min_rate} bytes/s (limit {}s for {size} bytes)", allowed.as_secs())]
+    TooSlow {
+        /// What we were doing.
+        operation: &'static str,
+        /// The blob concerned.
+        reference: String,
+        /// Its size.
+        size: u64,
+        /// The configured minimum rate.
+        min_rate: u64,
+        /// The time one attempt was allowed.
+        allowed: Duration,
+    },
+
+    /// The sync deadline passed.
+    #[error("{reference}: the sync did not finish within {}s", after.as_secs())]
+    Deadline {
+        /// The destination.
+        reference: String,
+        /// The deadline.
+        after: Duration,
+    },
+
     /// Local I/O (reading a CA file, a docker config, ...).
     #[error("{context}: {source}")]
     Io {
@@ -187,8 +254,18 @@ impl Error {
             | Error::UnsupportedManifest { .. }
             | Error::Config(_) => ErrorKind::InvalidInput,
             Error::Registry { kind, .. } => *kind,
-            Error::Transport { .. } | Error::Stalled { .. } | Error::Io { .. } => {
-                ErrorKind::Transient
+            Error::Transport { .. }
+            | Error::Stalled { .. }
+            | Error::Io { .. }
+            | Error::TooSlow { .. }
+            | Error::Deadline { .. } => ErrorKind::Transient,
+            Error::Refused { .. } | Error::Limit { .. } => ErrorKind::InvalidInput,
+            Error::BadResponse { transient, .. } => {
+                if *transient {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::InvalidInput
+                }
             }
             Error::DigestMismatch { .. } => ErrorKind::Integrity,
             Error::NotOwned { .. } => ErrorKind::Conflict,
@@ -205,7 +282,7 @@ impl Error {
     /// The HTTP status, when the registry answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Error::Registry { status, .. } => Some(*status),
+            Error::Registry { status, .. } | Error::BadResponse { status, .. } => Some(*status),
             Error::RetriesExhausted { last, .. } => last.status(),
             _ => None,
         }
@@ -234,13 +311,17 @@ impl Error {
         self.kind().label()
     }
 
-    /// Whether another attempt may succeed.
+    /// Whether another attempt may succeed: the one rule the retry layer follows.
+    /// Network failures, stalls, too-slow transfers, 5xx, 408 and 429 answers and
+    /// unusable success answers are; everything else (including exhausted retries, so
+    /// an inner operation's budget is never multiplied by an outer one) is not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport { .. } | Error::Stalled { .. } => true,
+            Error::Transport { .. } | Error::Stalled { .. } | Error::TooSlow { .. } => true,
             Error::Registry { kind, status, .. } => {
                 *kind == ErrorKind::RateLimited || *kind == ErrorKind::Transient || *status >= 500
             }
+            Error::BadResponse { transient, .. } => *transient,
             _ => false,
         }
     }

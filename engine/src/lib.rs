@@ -19,88 +19,28 @@
 pub mod auth;
 mod blobs;
 pub mod client;
+pub mod config;
 mod copy;
 mod delete;
 pub mod error;
 pub mod manifest;
+mod observer;
 pub mod progress;
 pub mod reference;
 mod referrers;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 pub use auth::{Credential, CredentialProvider};
-pub use client::{Client, RetryPolicy};
+pub use client::Client;
+pub use config::{
+    AddressPolicy, EngineConfig, InternalAddresses, Limits, RetryPolicy, DEFAULT_DEADLINE,
+};
 pub use error::{Error, ErrorKind, Result};
+pub use observer::RequestObserver;
 pub use progress::{Progress, ProgressEvent};
 pub use reference::{Digest, Reference};
-
-/// Settings shared by every registry the engine talks to.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// `host:port` of registries reached over plain HTTP. Everything else uses HTTPS
-    /// with certificate verification.
-    pub insecure_registries: Vec<String>,
-    /// Extra CA certificates (PEM bundle) trusted in addition to the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// Blobs transferred at once per image (default 4).
-    pub jobs: usize,
-    /// Where credentials come from.
-    pub credentials: Arc<dyn CredentialProvider>,
-    /// Retry and timeout behaviour.
-    pub retry: RetryPolicy,
-    /// `User-Agent` sent to registries.
-    pub user_agent: String,
-    /// Sees every HTTP request sent to a registry (metrics).
-    pub observer: Option<RequestObserver>,
-    /// A file remembering which repository of a registry holds which blob, so that
-    /// separate runs mount shared layers instead of uploading them again (`None`: the
-    /// engine remembers only for its own lifetime).
-    pub blob_cache: Option<PathBuf>,
-}
-
-/// Called once per HTTP request the engine sends to a registry, retries included, with
-/// the registry, the operation (`"HEAD manifest"`, `"PUT blob"`, ...) and the HTTP status
-/// (`None` when the request failed without an answer).
-#[derive(Clone)]
-pub struct RequestObserver(Arc<ObserveFn>);
-
-type ObserveFn = dyn Fn(&str, &'static str, Option<u16>) + Send + Sync;
-
-impl RequestObserver {
-    /// Wraps a callback.
-    pub fn new(f: impl Fn(&str, &'static str, Option<u16>) + Send + Sync + 'static) -> Self {
-        RequestObserver(Arc::new(f))
-    }
-
-    pub(crate) fn observe(&self, registry: &str, operation: &'static str, status: Option<u16>) {
-        (self.0)(registry, operation, status)
-    }
-}
-
-impl std::fmt::Debug for RequestObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RequestObserver")
-    }
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            insecure_registries: Vec::new(),
-            ca_file: None,
-            jobs: 4,
-            credentials: Arc::new(auth::Anonymous),
-            retry: RetryPolicy::default(),
-            user_agent: format!("imagesync/{}", env!("CARGO_PKG_VERSION")),
-            observer: None,
-            blob_cache: None,
-        }
-    }
-}
 
 /// Per-call options of [`Engine::sync`].
 #[derive(Clone, Default)]
@@ -263,18 +203,31 @@ impl Engine {
         clients
             .entry(host.clone())
             .or_insert_with(|| {
-                let insecure = self.inner.config.insecure_registries.iter().any(|r| {
+                let config = &self.inner.config;
+                let insecure = config.insecure_registries.iter().any(|r| {
                     let r = reference::canonical_registry(r).unwrap_or_else(|_| r.clone());
                     r == reference.registry() || r == host
                 });
+                // A registry the caller named may be on an internal address (unless
+                // the policy only allows listed hosts).
+                config.addresses.learn_registry(&host);
+                let network = client::Network {
+                    insecure: config.insecure_registries.clone(),
+                    addresses: config
+                        .addresses
+                        .clone()
+                        .with_insecure(&config.insecure_registries),
+                    limits: config.limits.clone(),
+                };
                 Client::new(
                     self.inner.http.clone(),
                     reference.registry().to_string(),
                     host,
                     insecure,
-                    self.inner.config.credentials.clone(),
-                    self.inner.config.retry.clone(),
-                    self.inner.config.observer.clone(),
+                    config.credentials.clone(),
+                    config.retry.clone(),
+                    config.observer.clone(),
+                    network,
                 )
             })
             .clone()
@@ -298,7 +251,19 @@ impl Engine {
         destination: &Reference,
         options: &SyncOptions,
     ) -> Result<Outcome> {
-        let result = copy::sync(self, source, destination, options).await;
+        // Nothing is tagged until every blob and child is in place, so a sync cut off
+        // by its deadline leaves the destination tag as it was.
+        let deadline = self.inner.config.limits.sync_deadline;
+        let result =
+            match tokio::time::timeout(deadline, copy::sync(self, source, destination, options))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Error::Deadline {
+                    reference: destination.to_string(),
+                    after: deadline,
+                }),
+            };
         self.inner.blobs.save();
         result
     }
@@ -320,9 +285,6 @@ impl Engine {
         self.inner.config.jobs.max(1)
     }
 }
-
-/// How long the engine waits overall for one registry operation, by default.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,30 @@ pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.man
 /// The `Accept` header for manifest requests: every type we can copy.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
+/// The most child manifests an index may list (real multi-arch indexes list a few
+/// dozen, with attestations).
+pub const MAX_INDEX_ENTRIES: usize = 10_000;
+/// The most blobs (config included) an image manifest may reference (Docker's limit is
+/// 127 layers; OCI artifacts may hold one blob per file).
+pub const MAX_LAYERS: usize = 10_000;
+
+/// The most manifest bytes one sync reads (every child of an index, recursively): an
+/// index may name 10,000 children of up to 4 MiB each, which must not all be held.
+pub const MAX_TREE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Fails when the manifest bytes held so far plus `next` pass [`MAX_TREE_BYTES`].
+pub(crate) fn check_tree_size(reference: &str, held: u64, next: usize) -> Result<()> {
+    if held.saturating_add(next as u64) > MAX_TREE_BYTES {
+        return Err(Error::Limit {
+            operation: "GET manifest",
+            reference: reference.to_string(),
+            what: "manifest bytes of one image's index tree".to_string(),
+            limit: MAX_TREE_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// A content descriptor.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Descriptor {
@@ -92,12 +116,24 @@ impl Manifest {
                 "Docker schema 1 manifests are deprecated and cannot be copied byte for byte; rebuild or re-push the image with a current client",
             ));
         }
+        let limit = |what: &str, cap: usize| Error::Limit {
+            operation: "parse manifest",
+            reference: reference.to_string(),
+            what: what.to_string(),
+            limit: cap as u64,
+        };
         if let Some(manifests) = raw.manifests {
+            if manifests.len() > MAX_INDEX_ENTRIES {
+                return Err(limit("index entries", MAX_INDEX_ENTRIES));
+            }
             return Ok(Manifest::Index { manifests });
         }
         if raw.config.is_some() || raw.layers.is_some() || raw.blobs.is_some() {
             let mut layers = raw.layers.unwrap_or_default();
             layers.extend(raw.blobs.unwrap_or_default());
+            if layers.len() > MAX_LAYERS {
+                return Err(limit("layers", MAX_LAYERS));
+            }
             return Ok(Manifest::Image {
                 config: raw.config,
                 layers,

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use reqwest::header::ACCEPT;
 
-use crate::client::{next_link, Client, Scope};
+use crate::client::{next_link, Client, Operation, Scope, MAX_MANIFEST_BYTES};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{Descriptor, OCI_INDEX};
 use crate::reference::Digest;
@@ -37,20 +37,24 @@ impl Client {
         for _ in 0..MAX_PAGES {
             seen.insert(url.clone());
             let u = url.clone();
-            let resp = self
-                .send("GET referrers", &what, &scopes, |h| {
-                    h.get(&u).header(ACCEPT, OCI_INDEX)
-                })
-                .await?;
-            if resp.status() == reqwest::StatusCode::NOT_FOUND && out.is_empty() {
-                return Ok(None);
-            }
-            if !resp.status().is_success() {
-                return Err(crate::client::error_from_response("GET referrers", &what, resp).await);
-            }
-            let status = resp.status().as_u16();
-            let next = next_link(resp.headers()).map(|l| self.resolve_location(&l));
-            let body = self.body("GET referrers", &what, resp).await?;
+            let page = self
+                .request_body(
+                    Operation::GetReferrers,
+                    &what,
+                    &scopes,
+                    MAX_MANIFEST_BYTES,
+                    "referrers page",
+                    &|h| h.get(&u).header(ACCEPT, OCI_INDEX),
+                )
+                .await;
+            let answer = match page {
+                Ok(a) => a,
+                Err(e) if e.status() == Some(404) && out.is_empty() => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let status = answer.status;
+            let next = next_link(&answer.headers).map(|l| self.resolve_location(&l));
+            let body = answer.body;
             out.extend(parse_page(&what, status, &body)?);
             if out.len() > MAX_REFERRERS {
                 return Err(too_many(&what, status, "more than 10000 referrers"));

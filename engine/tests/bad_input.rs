@@ -512,3 +512,101 @@ fn deeply_nested_json_never_overflows_the_stack() {
     assert_eq!(m.children().len(), 1);
     assert_eq!(m.children()[0].media_type, OCI_INDEX);
 }
+
+// === registry answers (issue 13): the challenge parser, token lifetimes, Retry-After,
+// and the index / layer caps ===
+
+use imagesync_engine::client::{parse_challenge, parse_retry_after, token_expiry, Challenge};
+use imagesync_engine::manifest::{MAX_INDEX_ENTRIES, MAX_LAYERS};
+
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn challenge_parser_never_panics(header in ".{0,300}") {
+        let _ = parse_challenge(&header);
+    }
+
+    #[test]
+    fn bearer_challenges_keep_realm_and_service_whatever_the_order_and_quoting(
+        realm in "[ -~]{1,80}",
+        service in "[ -~]{0,40}",
+        scope in "[ -~]{0,40}",
+        scheme in prop_oneof![Just("Bearer"), Just("bearer"), Just("BEARER")],
+        realm_first in any::<bool>(),
+        spaces in "[ ]{0,3}",
+    ) {
+        let parts = if realm_first {
+            [format!("realm={}", quoted(&realm)), format!("service={}", quoted(&service)), format!("scope={}", quoted(&scope))]
+        } else {
+            [format!("scope={}", quoted(&scope)), format!("service={}", quoted(&service)), format!("realm={}", quoted(&realm))]
+        };
+        let header = format!("{scheme} {}", parts.join(&format!(",{spaces}")));
+        prop_assert_eq!(
+            parse_challenge(&header),
+            Some(Challenge::Bearer { realm: realm.clone(), service: Some(service.clone()) }),
+            "{}", header
+        );
+    }
+
+    #[test]
+    fn token_lifetimes_never_overflow(expires_in in any::<Option<u64>>()) {
+        let now = std::time::Instant::now();
+        let exp = token_expiry(now, expires_in);
+        prop_assert!(exp >= now);
+        prop_assert!(exp <= now + std::time::Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn retry_after_never_panics(value in ".{0,60}", secs in any::<u64>()) {
+        for v in [value, secs.to_string()] {
+            let mut h = reqwest::header::HeaderMap::new();
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&v) {
+                h.insert(reqwest::header::RETRY_AFTER, v);
+                let _ = parse_retry_after(&h);
+            }
+        }
+    }
+}
+
+fn descriptors(n: usize, media_type: &str) -> Vec<Value> {
+    let d = format!("sha256:{}", "a".repeat(64));
+    (0..n)
+        .map(|_| json!({"mediaType": media_type, "digest": d, "size": 1}))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(config(12))]
+
+    #[test]
+    fn index_entries_are_capped(extra in -3i64..=3) {
+        let n = (MAX_INDEX_ENTRIES as i64 + extra) as usize;
+        let body = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors(n, OCI_MANIFEST)});
+        let result = Manifest::parse("r", OCI_INDEX, body.to_string().as_bytes());
+        if n > MAX_INDEX_ENTRIES {
+            let err = result.unwrap_err();
+            prop_assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            prop_assert!(err.to_string().contains("index entries"), "{}", err);
+        } else {
+            prop_assert_eq!(result.unwrap().children().len(), n);
+        }
+    }
+
+    #[test]
+    fn layers_are_capped(extra in -3i64..=3) {
+        let n = (MAX_LAYERS as i64 + extra) as usize;
+        let config = json!({"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", "b".repeat(64)), "size": 2});
+        let body = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": descriptors(n, "application/vnd.oci.image.layer.v1.tar")});
+        let result = Manifest::parse("r", OCI_MANIFEST, body.to_string().as_bytes());
+        if n > MAX_LAYERS {
+            prop_assert_eq!(result.unwrap_err().kind(), ErrorKind::InvalidInput);
+        } else {
+            prop_assert_eq!(result.unwrap().blobs().len(), n + 1);
+        }
+    }
+}

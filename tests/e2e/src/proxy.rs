@@ -56,8 +56,56 @@ pub enum Fault {
         /// Pause after half of the response body.
         mid_body_ms: u64,
     },
-    /// One of the faults above (except `RefuseMonolithic`), picked per request from the
-    /// seed (see [`FaultPlan::random_mix`]).
+    /// Hostile: answer with `307` to the same path (and query) on `to`, or on
+    /// `localhost:<to's port>` with `by_name` (a name that resolves to loopback).
+    Redirect {
+        /// Where the redirect points.
+        to: SocketAddr,
+        /// Use the name `localhost` instead of `to`'s address.
+        by_name: bool,
+    },
+    /// Hostile: forward, then point the answer's `Location` (an upload session) at the
+    /// same path and query on `to`.
+    RewriteLocation {
+        /// Where the rewritten `Location` points.
+        to: SocketAddr,
+    },
+    /// Hostile: forward, then add a `Link: <http://to/...>; rel="next"` header (tag
+    /// lists: the next page on another host).
+    LinkTo {
+        /// Where the next page is said to be.
+        to: SocketAddr,
+    },
+    /// Hostile: answer 401 with a Bearer challenge whose realm is `http://realm/token`.
+    Challenge {
+        /// The realm's address.
+        realm: SocketAddr,
+    },
+    /// Hostile: answer 200 with a chunked body of `bytes` bytes of manifest-like JSON
+    /// (no `Content-Length`), generated as it is sent ([`FaultProxy::bytes_served`]).
+    Endless {
+        /// How many bytes to offer.
+        bytes: u64,
+    },
+    /// Hostile: answer 200 with an OCI index of `entries` child manifests, generated as
+    /// it is sent (chunked, no `Content-Length`).
+    HugeIndex {
+        /// How many entries.
+        entries: u64,
+    },
+    /// Hostile: answer tag lists with one tag and a `Link` to a next page forever (each
+    /// page a new URL), or (`cycle`) alternating between two pages.
+    TagLoop {
+        /// Alternate between two page URLs instead of always a new one.
+        cycle: bool,
+    },
+    /// Hostile: forward, sending the answer's body at `bytes_per_sec`.
+    Trickle {
+        /// The rate.
+        bytes_per_sec: u64,
+    },
+    /// One of the faults above (except `RefuseMonolithic` and the hostile ones), picked
+    /// per request from the seed (see [`FaultPlan::random_mix`]).
     Mix {
         /// The seed the pick is derived from.
         seed: u64,
@@ -93,6 +141,15 @@ pub enum Mode {
     /// fails its first `n` times, then passes: every retry pattern converges, whatever
     /// the concurrency.
     PerRequest(usize),
+    /// Each distinct request (as in `PerRequest`) fails `fail` times, passes `pass`
+    /// times, and so on, forever: a retry that succeeds inside an attempt meets the next
+    /// failure in the next attempt.
+    Cycle {
+        /// Failures per cycle.
+        fail: usize,
+        /// Passes per cycle.
+        pass: usize,
+    },
     /// Every candidate, forever.
     Always,
     /// Each candidate with probability `percent`/100, decided by hashing the seed, the
@@ -163,6 +220,8 @@ struct Shared {
     requests: AtomicUsize,
     log: Mutex<Vec<ProxyRecord>>,
     addr: SocketAddr,
+    /// Body bytes of hostile answers handed to the connection so far.
+    served: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A running proxy; stops on drop.
@@ -211,6 +270,7 @@ impl FaultProxy {
             requests: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             addr,
+            served: Arc::default(),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -266,6 +326,12 @@ impl FaultProxy {
     /// Every request handled so far, in arrival order.
     pub fn log(&self) -> Vec<ProxyRecord> {
         lock(&self.shared.log).clone()
+    }
+
+    /// Body bytes of generated hostile answers ([`Fault::Endless`],
+    /// [`Fault::HugeIndex`], [`Fault::Trickle`]) the connection accepted so far.
+    pub fn bytes_served(&self) -> u64 {
+        self.shared.served.load(Ordering::SeqCst)
     }
 
     /// Forgets the log.
@@ -337,6 +403,7 @@ fn should_fault(s: &Shared, plan: &FaultPlan, key: &str) -> (bool, usize) {
         Mode::FirstN(k) => n < k,
         Mode::EveryNth(k) => n.is_multiple_of(k.max(1)),
         Mode::PerRequest(k) => occurrence <= k,
+        Mode::Cycle { fail, pass } => (occurrence - 1) % (fail + pass).max(1) < fail,
         Mode::Always => true,
         Mode::Random { percent, seed } => draw(seed, key, occurrence, 1) % 100 < u64::from(percent),
     };
@@ -491,6 +558,21 @@ async fn handle(
             }
             applied = Some(f);
         }
+        Some(
+            f @ (Fault::Redirect { .. }
+            | Fault::Challenge { .. }
+            | Fault::Endless { .. }
+            | Fault::HugeIndex { .. }
+            | Fault::TagLoop { .. }),
+        ) => {
+            record(s, &req, key, Some(f));
+            return Ok(hostile_answer(s, f, req.uri()));
+        }
+        Some(
+            f @ (Fault::RewriteLocation { .. } | Fault::LinkTo { .. } | Fault::Trickle { .. }),
+        ) => {
+            applied = Some(f);
+        }
         // `Mix` was resolved above.
         Some(Fault::Mix { .. }) => {}
     }
@@ -498,8 +580,14 @@ async fn handle(
     if !before_headers.is_zero() {
         tokio::time::sleep(before_headers).await;
     }
+    let uri = req.uri().clone();
     match forward(s, req, request, response).await {
-        Ok(Some(r)) => Ok(r),
+        Ok(Some(r)) => Ok(match applied {
+            Some(
+                f @ (Fault::RewriteLocation { .. } | Fault::LinkTo { .. } | Fault::Trickle { .. }),
+            ) => rewrite_answer(s, f, &uri, r),
+            _ => r,
+        }),
         // The request body was cut off: no answer, the connection is dropped.
         Ok(None) => Err(std::io::Error::other("request reset by the fault proxy")),
         Err(e) => {
@@ -726,4 +814,272 @@ async fn forward(
         .body(body)
         .context("building the response")
         .map(Some)
+}
+
+// === hostile answers ===
+
+/// A body streamed from `chunks`, counting what the connection takes into `served`.
+fn counted_body<S>(served: Arc<std::sync::atomic::AtomicU64>, chunks: S) -> Body
+where
+    S: futures::Stream<Item = Bytes> + Send + 'static,
+{
+    let stream = chunks.map(move |c| {
+        served.fetch_add(c.len() as u64, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(Frame::data(c))
+    });
+    BodyExt::boxed_unsync(StreamBody::new(stream))
+}
+
+/// `total` bytes: `prefix`, then `filler` repeated (64 KiB chunks), made as they go.
+fn generated(prefix: String, filler: u8, total: u64) -> impl futures::Stream<Item = Bytes> + Send {
+    const CHUNK: u64 = 64 * 1024;
+    let head = Bytes::from(prefix);
+    let rest = total.saturating_sub(head.len() as u64);
+    let chunks = rest.div_ceil(CHUNK);
+    futures::stream::once(async move { head }).chain(futures::stream::iter(0..chunks).map(
+        move |i| {
+            let n = if i + 1 == chunks {
+                rest - i * CHUNK
+            } else {
+                CHUNK
+            };
+            Bytes::from(vec![filler; n as usize])
+        },
+    ))
+}
+
+fn hostile_answer(s: &Shared, fault: Fault, uri: &hyper::Uri) -> Response<Body> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut r = Response::new(full(String::new()));
+    match fault {
+        Fault::Redirect { to, by_name } => {
+            let host = if by_name {
+                format!("localhost:{}", to.port())
+            } else {
+                to.to_string()
+            };
+            *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            set(
+                &mut r,
+                hyper::header::LOCATION,
+                &format!("http://{host}{pq}"),
+            );
+        }
+        Fault::Challenge { realm } => {
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            set(
+                &mut r,
+                hyper::header::WWW_AUTHENTICATE,
+                &format!("Bearer realm=\"http://{realm}/token\",service=\"hostile\""),
+            );
+        }
+        Fault::Endless { bytes } => {
+            let prefix = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":""#;
+            *r.body_mut() = counted_body(s.served.clone(), generated(prefix.into(), b'a', bytes));
+            set(
+                &mut r,
+                hyper::header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json",
+            );
+        }
+        Fault::HugeIndex { entries } => {
+            let entry = format!(
+                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":1}}"#,
+                "0".repeat(64)
+            );
+            let head = Bytes::from(
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":["#,
+            );
+            let entries_stream = futures::stream::iter(0..entries).map(move |i| {
+                let sep = if i == 0 { "" } else { "," };
+                Bytes::from(format!("{sep}{entry}"))
+            });
+            let stream = futures::stream::once(async move { head })
+                .chain(entries_stream)
+                .chain(futures::stream::once(async { Bytes::from_static(b"]}") }));
+            *r.body_mut() = counted_body(s.served.clone(), stream);
+            set(
+                &mut r,
+                hyper::header::CONTENT_TYPE,
+                "application/vnd.oci.image.index.v1+json",
+            );
+        }
+        Fault::TagLoop { cycle } => {
+            let n = s.requests.load(Ordering::SeqCst);
+            let next = if cycle { n % 2 } else { n };
+            let path = uri.path();
+            *r.body_mut() = full(format!(r#"{{"name":"loop","tags":["t{n}"]}}"#));
+            set(&mut r, hyper::header::CONTENT_TYPE, "application/json");
+            set(
+                &mut r,
+                hyper::header::LINK,
+                &format!("<{path}?n=1&last=t{next}>; rel=\"next\""),
+            );
+        }
+        _ => {}
+    }
+    r
+}
+
+/// Hostile changes to a forwarded answer.
+fn rewrite_answer(
+    s: &Shared,
+    fault: Fault,
+    uri: &hyper::Uri,
+    mut r: Response<Body>,
+) -> Response<Body> {
+    match fault {
+        Fault::RewriteLocation { to } => {
+            let loc = r
+                .headers()
+                .get(hyper::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if let Some(loc) = loc {
+                let pq = match loc.find("/v2/") {
+                    Some(i) => loc[i..].to_string(),
+                    None => loc,
+                };
+                set(&mut r, hyper::header::LOCATION, &format!("http://{to}{pq}"));
+            }
+        }
+        Fault::LinkTo { to } => {
+            let path = uri.path();
+            set(
+                &mut r,
+                hyper::header::LINK,
+                &format!("<http://{to}{path}?n=1&last=zzz>; rel=\"next\""),
+            );
+        }
+        Fault::Trickle { bytes_per_sec } => {
+            let served = s.served.clone();
+            let (parts, body) = r.into_parts();
+            let per_tick = (bytes_per_sec / 10).max(1) as usize;
+            let stream = body.into_data_stream().flat_map(move |chunk| {
+                let pieces: Vec<Bytes> = match chunk {
+                    Ok(c) => (0..c.len())
+                        .step_by(per_tick)
+                        .map(|i| c.slice(i..(i + per_tick).min(c.len())))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                futures::stream::iter(pieces)
+            });
+            let slow = stream.then(|piece| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                piece
+            });
+            return Response::from_parts(parts, counted_body(served, slow));
+        }
+        _ => {}
+    }
+    r
+}
+
+fn set(r: &mut Response<Body>, name: hyper::header::HeaderName, value: &str) {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+/// What a [`Canary`] saw of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+}
+
+struct CanaryShared {
+    connections: AtomicUsize,
+    requests: Mutex<Vec<CanaryRequest>>,
+}
+
+/// A listener that must never be reached, or reached only without credentials: counts
+/// connections, records requests (with their `Authorization`), answers 404.
+pub struct Canary {
+    addr: SocketAddr,
+    shared: Arc<CanaryShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Canary {
+    /// Listens on `ip:0` (a loopback address, e.g. `127.0.0.2`).
+    pub async fn start(ip: &str) -> Canary {
+        let listener = TcpListener::bind(format!("{ip}:0"))
+            .await
+            .unwrap_or_else(|e| panic!("binding a canary on {ip}: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("canary address: {e}"));
+        let shared = Arc::new(CanaryShared {
+            connections: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+        });
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let s = s.clone();
+                            async move {
+                                lock(&s.requests).push(CanaryRequest {
+                                    method: req.method().to_string(),
+                                    target: req
+                                        .uri()
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    authorization: req
+                                        .headers()
+                                        .get(hyper::header::AUTHORIZATION)
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_string),
+                                });
+                                let mut r = Response::new(full(
+                                    r#"{"errors":[{"code":"NAME_UNKNOWN","message":"canary"}]}"#
+                                        .to_string(),
+                                ));
+                                *r.status_mut() = StatusCode::NOT_FOUND;
+                                Ok::<_, std::io::Error>(r)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Canary { addr, shared, task }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests seen so far.
+    pub fn requests(&self) -> Vec<CanaryRequest> {
+        lock(&self.shared.requests).clone()
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

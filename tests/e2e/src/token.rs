@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
@@ -40,10 +41,28 @@ pub struct TokenPolicy {
     pub refuse_cross_repository_mounts: bool,
 }
 
+/// How the token server answers a request it grants (hostile variants for tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenAnswer {
+    /// A signed token valid for 300 s.
+    #[default]
+    Normal,
+    /// A signed token with `"expires_in": 18446744073709551615` (u64::MAX).
+    MaxExpiry,
+    /// A JSON answer of `bytes` bytes (chunked, no `Content-Length`) that never ends
+    /// its token string, generated as it is sent.
+    Huge {
+        /// How many bytes to offer.
+        bytes: u64,
+    },
+}
+
 /// The token server: issuer, service and the users it accepts.
 pub struct TokenServer {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<TokenRequest>>>,
+    answer: Arc<Mutex<TokenAnswer>>,
+    served: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,6 +79,8 @@ struct State {
     user: Option<(String, String)>,
     policy: TokenPolicy,
     log: Arc<Mutex<Vec<TokenRequest>>>,
+    answer: Arc<Mutex<TokenAnswer>>,
+    served: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TokenServer {
@@ -89,12 +110,16 @@ impl TokenServer {
             .context("binding the token server")?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(Vec::new()));
+        let answer_mode = Arc::new(Mutex::new(TokenAnswer::Normal));
+        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let state = Arc::new(State {
             signer,
             x5c: STANDARD.encode(&signing.cert_der),
             user,
             policy,
             log: log.clone(),
+            answer: answer_mode.clone(),
+            served: served.clone(),
         });
         let task = tokio::spawn(async move {
             loop {
@@ -112,7 +137,7 @@ impl TokenServer {
                                     Ok(b) => b.to_bytes(),
                                     Err(_) => Bytes::new(),
                                 };
-                                Ok::<_, Infallible>(answer(&state, &parts, &form))
+                                Ok::<_, Infallible>(respond(&state, &parts, &form))
                             }
                         });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -121,7 +146,23 @@ impl TokenServer {
                 });
             }
         });
-        Ok(TokenServer { addr, log, task })
+        Ok(TokenServer {
+            addr,
+            log,
+            answer: answer_mode,
+            served,
+            task,
+        })
+    }
+
+    /// Changes how granted requests are answered.
+    pub fn set_answer(&self, answer: TokenAnswer) {
+        *lock(&self.answer) = answer;
+    }
+
+    /// Body bytes of [`TokenAnswer::Huge`] answers the connection accepted so far.
+    pub fn bytes_served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The realm URL for the registry config.
@@ -145,6 +186,59 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
+    }
+}
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+/// The answer, with the hostile variants applied.
+fn respond(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response<Body> {
+    let normal = answer(state, parts, form);
+    let mode = *lock(&state.answer);
+    if normal.status() != StatusCode::OK || mode == TokenAnswer::Normal {
+        return normal.map(BodyExt::boxed_unsync);
+    }
+    match mode {
+        TokenAnswer::Huge { bytes } => {
+            const CHUNK: u64 = 64 * 1024;
+            let served = state.served.clone();
+            let chunks = bytes.div_ceil(CHUNK);
+            let head = futures::stream::once(async { Bytes::from_static(b"{\"token\":\"") });
+            let rest =
+                futures::stream::iter(1..chunks).map(|_| Bytes::from(vec![b'a'; CHUNK as usize]));
+            let stream = head.chain(rest).map(move |c| {
+                served.fetch_add(c.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, Infallible>(hyper::body::Frame::data(c))
+            });
+            let mut r = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+                stream,
+            )));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        _ => {
+            // MaxExpiry: the same token, with the largest lifetime JSON can say.
+            let (parts, body) = normal.into_parts();
+            let max = async move {
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                v["expires_in"] = serde_json::Value::from(u64::MAX);
+                Bytes::from(v.to_string())
+            };
+            let stream = futures::stream::once(max)
+                .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
+            Response::from_parts(
+                parts,
+                BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream)),
+            )
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod controller;
 mod crash;
 mod engine;
 mod helm;
+mod hostile;
 mod hostile_objects;
 mod ownership;
 mod policy;

@@ -411,6 +411,7 @@ fn ca_bundle_insecure_registries_and_identity_annotations_reach_the_pod() {
     let r = render(json!({
         "caBundle": {"configMapName": "registry-ca", "key": "bundle.pem"},
         "insecureRegistries": ["127.0.0.1:5000", "mirror.local:8443"],
+        "allowInternalRegistries": ["registry.corp.internal"],
         "concurrency": 16,
         "logFormat": "text",
         "defaultResyncInterval": "90s",
@@ -423,6 +424,7 @@ fn ca_bundle_insecure_registries_and_identity_annotations_reach_the_pod() {
             "--concurrency=16",
             "--insecure-registry=127.0.0.1:5000",
             "--insecure-registry=mirror.local:8443",
+            "--allow-internal-registry=registry.corp.internal",
             "--ca-file=/etc/imagesync/ca/ca.crt",
             "--metrics-addr=0.0.0.0:8080",
             "--log-format=text",

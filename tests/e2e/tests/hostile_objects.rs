@@ -376,3 +376,84 @@ pub(crate) async fn a_dead_reconcile_task_releases_the_lease_and_the_standby_tak
     assert!(standby.is_running());
     standby.kill();
 }
+
+/// Issue 13 (controller side): the controller refuses internal addresses an object names
+/// unless the operator listed the registry. A TLS source registry on loopback, named
+/// `localhost:PORT` (not an insecure or allowed registry), is refused after DNS: nothing
+/// reaches it and the object reports the refusal. Listed with
+/// `--allow-internal-registry localhost`, the same object syncs.
+#[tokio::test]
+pub(crate) async fn internal_registries_must_be_listed_by_the_operator() {
+    use imagesync_e2e::registry::{Registry, RegistryOptions};
+    let (api, src, dst) = tokio::join!(
+        crate::controller::cluster(),
+        Registry::start_with(RegistryOptions {
+            tls: true,
+            ..RegistryOptions::default()
+        }),
+        Registry::start()
+    );
+    let client = api.client().await;
+    api.create_namespace("internal").await;
+    let image = src
+        .target()
+        .push_image("src/app", "1", &imagesync_e2e::fixtures::FixtureSpec::seeded(211))
+        .await
+        .unwrap();
+    src.access_log_settled().await;
+    src.clear_access_log();
+    let port = src.addr().rsplit_once(':').unwrap().1.to_string();
+    let source = format!("localhost:{port}/src/app:1");
+    let ca = src.ca_pem_path().unwrap().display().to_string();
+    let base = ["--insecure-registry", dst.addr(), "--ca-file", ca.as_str()];
+    let objs: kube::Api<imagesync_controller::api::ImageSync> =
+        kube::Api::namespaced(client.clone(), "internal");
+    api.apply_yaml(&crate::controller::image_sync_yaml(
+        "internal",
+        "app",
+        &source,
+        &dst.reference("dst/app:1"),
+        "",
+    ));
+    let refused = crate::controller::ControllerProc::start_with_env(
+        api.kubeconfig(),
+        api.dir(),
+        "internal-refused",
+        &base,
+        &[("IMAGESYNC_ALLOW_INTERNAL_REGISTRIES", "")],
+    );
+    let o = crate::controller::wait_for(
+        &objs,
+        "app",
+        std::time::Duration::from_secs(60),
+        "refused",
+        Some(&refused),
+        |o| {
+            o.ready_condition()
+                .is_some_and(|c| c.status == "False" && c.message.contains("internal address"))
+        },
+    )
+    .await;
+    assert!(o.status.as_ref().unwrap().destination_digest.is_none());
+    drop(refused);
+    let log = src.access_log_settled().await;
+    assert!(log.is_empty(), "the internal registry was reached: {log:?}");
+
+    let mut args = base.to_vec();
+    args.extend(["--allow-internal-registry", "localhost"]);
+    let allowed = crate::controller::ControllerProc::start(
+        api.kubeconfig(),
+        api.dir(),
+        "internal-allowed",
+        &args,
+    );
+    crate::controller::wait_for(
+        &objs,
+        "app",
+        std::time::Duration::from_secs(60),
+        "Ready once listed",
+        Some(&allowed),
+        |o| crate::controller::ready_with(o, &image.digest),
+    )
+    .await;
+}

@@ -1,0 +1,140 @@
+//! One registry endpoint: the distribution API's manifest, blob and tag operations over
+//! one transport (caps, stall watchdog, where credentials may go), one retry layer,
+//! and the auth challenge with its token cache.
+//!
+//! - [`transport`]: a single send, body reads with caps, the upload watchdog;
+//! - [`retry`]: the operations, the attempt budget and deadline of each;
+//! - [`challenge`]: `WWW-Authenticate`, credentials, tokens and scopes;
+//! - [`target`]: which URLs a request may go to, and with which credentials;
+//! - [`manifests`], [`blobs`], [`tags`]: the API families;
+//! - [`responses`]: error answers to [`Error`](crate::Error)s.
+
+mod blobs;
+mod challenge;
+mod manifests;
+mod responses;
+mod retry;
+mod tags;
+mod target;
+mod transport;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::auth::CredentialProvider;
+use crate::config::{AddressPolicy, Limits};
+use crate::observer::RequestObserver;
+
+pub use crate::config::RetryPolicy;
+pub use blobs::Upload;
+pub use challenge::{parse_challenge, token_expiry, Challenge, Scope};
+pub use manifests::ManifestData;
+pub(crate) use responses::next_link;
+pub use responses::parse_retry_after;
+pub(crate) use retry::Operation;
+pub(crate) use transport::build_http;
+
+/// The largest manifest (or index) accepted, as containerd and containers/image do.
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest token server answer accepted.
+pub const MAX_TOKEN_BYTES: u64 = 1024 * 1024;
+/// The largest tag-list page accepted (1,000 tags of the longest legal name are 130 KiB;
+/// registries that ignore `n` and add metadata, like GCR, need more).
+pub const MAX_TAG_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+/// How much of an error answer's body is read (the rest is ignored).
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// The most tag-list pages followed for one listing.
+pub const MAX_TAG_PAGES: usize = 1_000;
+/// The most tags one listing may return.
+pub const MAX_TAGS: usize = 500_000;
+
+/// A client for one registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+/// Where a client may send what: its own origin, the hosts listed as insecure, and the
+/// internal-address policy.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    /// `host:port` (or `host`) entries reached over plain HTTP.
+    pub(crate) insecure: Vec<String>,
+    /// Internal addresses allowed.
+    pub(crate) addresses: AddressPolicy,
+    /// The blob transfer rate floor.
+    pub(crate) limits: Limits,
+}
+
+struct ClientInner {
+    http: reqwest::Client,
+    registry: String,
+    /// `scheme://host[:port]`.
+    base: String,
+    /// The registry's own origin (scheme, host, port): the only one that gets its
+    /// credentials. `None` if the host does not parse as a URL (then none does).
+    origin: Option<url::Origin>,
+    credentials: Arc<dyn CredentialProvider>,
+    retry: RetryPolicy,
+    network: Network,
+    auth: Mutex<challenge::AuthState>,
+    /// Set once the registry refused a monolithic upload; then chunked PATCH is used.
+    chunked_only: AtomicBool,
+    observer: Option<RequestObserver>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.inner.base)
+            .finish()
+    }
+}
+
+impl Client {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        http: reqwest::Client,
+        registry: String,
+        host: String,
+        insecure: bool,
+        credentials: Arc<dyn CredentialProvider>,
+        retry: RetryPolicy,
+        observer: Option<RequestObserver>,
+        network: Network,
+    ) -> Client {
+        let scheme = if insecure { "http" } else { "https" };
+        let base = format!("{scheme}://{host}");
+        let origin = url::Url::parse(&base).ok().map(|u| u.origin());
+        Client {
+            inner: Arc::new(ClientInner {
+                http,
+                registry,
+                base,
+                origin,
+                credentials,
+                retry,
+                network,
+                auth: Mutex::new(challenge::AuthState::default()),
+                chunked_only: AtomicBool::new(false),
+                observer,
+            }),
+        }
+    }
+
+    /// The retry policy in use.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    /// `base` + `path` (an absolute path of the registry API).
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.inner.base, path)
+    }
+
+    fn blob_what(&self, repository: &str, digest: &crate::Digest) -> String {
+        format!("{}/{}@{}", self.inner.registry, repository, digest)
+    }
+}

@@ -1,0 +1,221 @@
+//! The transport: the HTTP client, a single send under the stall timeout (with the
+//! registry's credentials only for its own origin), and body reads with caps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::{RequestBuilder, Response};
+
+use super::challenge::Scope;
+use super::target::{refused_in, scrub, GuardedResolver};
+use super::{Client, Operation};
+use crate::config::{EngineConfig, InternalAddresses};
+use crate::error::{Error, Result};
+
+pub(crate) fn build_http(config: &EngineConfig) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(config.user_agent.clone())
+        .connect_timeout(config.retry.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        // Redirects are followed by hand so credentials never leak to blob storage.
+        .redirect(reqwest::redirect::Policy::none());
+    if config.addresses.mode() != InternalAddresses::Allowed {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver {
+            policy: config
+                .addresses
+                .clone()
+                .with_insecure(&config.insecure_registries),
+        }));
+    }
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|e| Error::Io {
+            context: format!("reading CA file {}", path.display()),
+            source: e,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::Config(format!(
+                "CA file {}: not a PEM certificate bundle: {e}",
+                path.display()
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(Error::Config(format!(
+                "CA file {} contains no PEM certificates",
+                path.display()
+            )));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))
+}
+
+/// A header value that is never logged.
+pub(super) fn sensitive(v: &str) -> Result<HeaderValue> {
+    let mut h = HeaderValue::from_str(v).map_err(|_| {
+        Error::Config("credential contains characters not allowed in an HTTP header".into())
+    })?;
+    h.set_sensitive(true);
+    Ok(h)
+}
+
+impl Client {
+    /// Reports one request (its status, or `None`) to the observer.
+    pub(super) fn observe(&self, op: Operation, status: Option<u16>) {
+        if let Some(o) = &self.inner.observer {
+            o.observe(&self.inner.registry, op.label(), status);
+        }
+    }
+
+    /// The error of a request the registry left unanswered for the stall timeout,
+    /// reported to the observer as a request without an answer.
+    pub(super) fn stalled(&self, op: Operation, what: &str) -> Error {
+        self.observe(op, None);
+        Error::Stalled {
+            operation: op.label(),
+            reference: what.to_string(),
+            after: self.inner.retry.stall_timeout,
+        }
+    }
+
+    /// A transport error, without the URL (it may carry a pre-signed query), or the
+    /// refusal the resolver gave.
+    pub(super) fn transport_error(&self, op: Operation, what: &str, e: reqwest::Error) -> Error {
+        if let Some(r) = refused_in(&e) {
+            return Error::Refused {
+                operation: op.label(),
+                reference: what.to_string(),
+                target: r.host().to_string(),
+                reason: r.to_string(),
+            };
+        }
+        Error::Transport {
+            operation: op.label(),
+            reference: what.to_string(),
+            source: e.without_url(),
+        }
+    }
+
+    /// Builds the request, checks where it goes, and attaches the auth header for
+    /// `scopes` when it goes to the registry's own origin (never to another).
+    pub(super) async fn prepare(
+        &self,
+        op: Operation,
+        what: &str,
+        scopes: &[Scope],
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<reqwest::Request> {
+        let mut req = build(&self.inner.http)
+            .build()
+            .map_err(|e| self.transport_error(op, what, e))?;
+        self.check_target(op, what, req.url())?;
+        if self.same_origin(req.url()) {
+            if let Some(h) = self.auth_header(scopes).await? {
+                req.headers_mut().insert(AUTHORIZATION, h);
+            }
+        } else {
+            tracing::debug!(registry = %self.inner.registry, operation = op.label(), target = %scrub(req.url().as_str()), "request to another origin, without credentials");
+            req.headers_mut().remove(AUTHORIZATION);
+        }
+        Ok(req)
+    }
+
+    /// [`Client::prepare`], then sent once under the stall timeout.
+    pub(super) async fn send_authorized(
+        &self,
+        op: Operation,
+        what: &str,
+        scopes: &[Scope],
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response> {
+        let req = self.prepare(op, what, scopes, build).await?;
+        self.send_once(op, what, req).await
+    }
+
+    /// Sends `req` without a time limit (uploads: the caller's watchdog decides).
+    pub(super) async fn execute(
+        &self,
+        op: Operation,
+        what: &str,
+        req: reqwest::Request,
+    ) -> Result<Response> {
+        match self.inner.http.execute(req).await {
+            Ok(resp) => {
+                self.observe(op, Some(resp.status().as_u16()));
+                Ok(resp)
+            }
+            Err(e) => {
+                self.observe(op, None);
+                Err(self.transport_error(op, what, e))
+            }
+        }
+    }
+
+    /// Sends `req`; fails when the registry does not answer within the stall timeout.
+    pub(super) async fn send_once(
+        &self,
+        op: Operation,
+        what: &str,
+        req: reqwest::Request,
+    ) -> Result<Response> {
+        let sent = self.inner.http.execute(req);
+        match tokio::time::timeout(self.inner.retry.stall_timeout, sent).await {
+            Ok(Ok(resp)) => {
+                self.observe(op, Some(resp.status().as_u16()));
+                Ok(resp)
+            }
+            Ok(Err(e)) => {
+                self.observe(op, None);
+                Err(self.transport_error(op, what, e))
+            }
+            Err(_) => Err(self.stalled(op, what)),
+        }
+    }
+
+    /// Reads a body of at most `cap` bytes; fails when it stops arriving for the stall
+    /// timeout, or (as soon as it is known) when it is larger than `cap`.
+    pub(super) async fn read_capped(
+        &self,
+        op: Operation,
+        what: &str,
+        resp: Response,
+        cap: u64,
+        kind: &str,
+    ) -> Result<Bytes> {
+        let too_big = || Error::Limit {
+            operation: op.label(),
+            reference: what.to_string(),
+            what: format!("{kind} (bytes)"),
+            limit: cap,
+        };
+        if resp.content_length().is_some_and(|n| n > cap) {
+            return Err(too_big());
+        }
+        let stall = self.inner.retry.stall_timeout;
+        let mut stream = resp.bytes_stream();
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match tokio::time::timeout(stall, stream.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    if (buf.len() as u64).saturating_add(chunk.len() as u64) > cap {
+                        return Err(too_big());
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(Some(Err(e))) => return Err(self.transport_error(op, what, e)),
+                Ok(None) => return Ok(buf.freeze()),
+                Err(_) => {
+                    return Err(Error::Stalled {
+                        operation: op.label(),
+                        reference: what.to_string(),
+                        after: stall,
+                    })
+                }
+            }
+        }
+    }
+}
