@@ -43,6 +43,22 @@ enum Watchdog {
 }
 
 impl Client {
+    /// The answer's `Location`, resolved against the registry; a missing one is a bad
+    /// (transient) answer, `reason` saying which.
+    fn location(&self, op: Operation, what: &str, resp: &Response, reason: &str) -> Result<String> {
+        resp.headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| self.resolve_location(l))
+            .ok_or_else(|| Error::BadResponse {
+                operation: op.label(),
+                reference: what.to_string(),
+                status: resp.status().as_u16(),
+                reason: reason.into(),
+                transient: true,
+            })
+    }
+
     /// The longest one transfer of `size` bytes may take: the stall timeout plus the
     /// size at the minimum rate (`None`: no minimum rate).
     fn transfer_allowance(&self, size: u64) -> Option<Duration> {
@@ -95,18 +111,7 @@ impl Client {
         if !resp.status().is_redirection() {
             return Ok(resp);
         }
-        let target = resp
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(|l| self.resolve_location(l))
-            .ok_or_else(|| Error::BadResponse {
-                operation: op.label(),
-                reference: what.clone(),
-                status: resp.status().as_u16(),
-                reason: "redirect without a Location".into(),
-                transient: true,
-            })?;
+        let target = self.location(op, &what, &resp, "redirect without a Location")?;
         // Storage gets no credentials (another origin), and is checked like any target.
         let resp = self
             .send_authorized(op, &what, &[], &|h| h.get(&target))
@@ -141,18 +146,7 @@ impl Client {
         match resp.status() {
             StatusCode::CREATED if mount_from.is_some() => Ok((Upload::Mounted, None)),
             StatusCode::ACCEPTED | StatusCode::CREATED => {
-                let loc = resp
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|l| self.resolve_location(l))
-                    .ok_or_else(|| Error::BadResponse {
-                        operation: op.label(),
-                        reference: what.clone(),
-                        status: resp.status().as_u16(),
-                        reason: "upload started without a Location".into(),
-                        transient: true,
-                    })?;
+                let loc = self.location(op, &what, &resp, "upload started without a Location")?;
                 Ok((Upload::Session, Some(loc)))
             }
             other => Err(Error::BadResponse {

@@ -397,7 +397,11 @@ pub(crate) async fn internal_registries_must_be_listed_by_the_operator() {
     api.create_namespace("internal").await;
     let image = src
         .target()
-        .push_image("src/app", "1", &imagesync_e2e::fixtures::FixtureSpec::seeded(211))
+        .push_image(
+            "src/app",
+            "1",
+            &imagesync_e2e::fixtures::FixtureSpec::seeded(211),
+        )
         .await
         .unwrap();
     src.access_log_settled().await;
