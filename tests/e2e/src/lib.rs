@@ -5,6 +5,8 @@
 //!
 //! Helpers panic with context when the environment is broken: they are for tests.
 
+pub mod buildah;
+pub mod containerd;
 pub mod fixtures;
 pub mod kube;
 pub mod proxy;

@@ -11,6 +11,7 @@ mod controller;
 mod crash;
 mod engine;
 mod helm;
+mod image;
 mod policy;
 mod reliability;
 mod scripts;
