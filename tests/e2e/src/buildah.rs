@@ -19,7 +19,7 @@ pub struct Buildah {
 pub struct PushFormat {
     /// `oci` or `v2s2` (Docker schema 2).
     pub format: &'static str,
-    /// `gzip`, `zstd` or `none` (uncompressed layers).
+    /// `gzip` or `zstd` (buildah 1.28 ignores `--disable-compression` on push).
     pub compression: &'static str,
 }
 
@@ -124,11 +124,7 @@ impl Buildah {
             how.format,
         ];
         let compression = format!("--compression-format={}", how.compression);
-        if how.compression == "none" {
-            args.push("--disable-compression");
-        } else {
-            args.push(&compression);
-        }
+        args.push(&compression);
         let digest_arg = digestfile.display().to_string();
         args.extend(["--digestfile", &digest_arg, name]);
         let dest = format!("docker://{dest}");
@@ -156,7 +152,7 @@ impl Buildah {
                 "manifest",
                 "add",
                 list,
-                &format!("containers-storage:{image}"),
+                &format!("containers-storage:localhost/{image}"),
             ]);
         }
         let digestfile = self.dir().join("list-digest");

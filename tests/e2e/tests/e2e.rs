@@ -13,6 +13,7 @@ mod engine;
 mod helm;
 mod image;
 mod policy;
+mod producers;
 mod reliability;
 mod scripts;
 mod terraform;
