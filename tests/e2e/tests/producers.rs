@@ -191,3 +191,40 @@ async fn helm_chart_pushed_by_helm_is_pulled_identical_from_the_mirror() {
         "the mirrored chart archive differs from the pushed one"
     );
 }
+
+/// The Terraform path: a buildah manifest list mirrored by `terraform apply` (the real
+/// Terraform 1.11.4 and the provider); containerd pulls the resource's `id` output, every
+/// platform, complete.
+#[tokio::test]
+async fn terraform_id_of_a_buildah_manifest_list_is_pulled_by_containerd() {
+    use crate::terraform::{resource, Tf};
+    let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let buildah = Buildah::new();
+    buildah.image("tf-amd64", "amd64", &layers(500));
+    buildah.image("tf-arm64", "arm64", &layers(510));
+    let digest = buildah.push_manifest_list(
+        "tf-list",
+        &["tf-amd64", "tf-arm64"],
+        &src.reference("buildah/tf:1"),
+        "oci",
+    );
+    let tf = Tf::new("1.11.4");
+    let output = "output \"id\" {\n  value = imagesync.app.id\n}\n";
+    tf.config(
+        &[&src, &dst],
+        &format!(
+            "{}{output}",
+            resource(
+                "app",
+                &src.reference("buildah/tf:1"),
+                &dst.reference("mirror/tf:1")
+            )
+        ),
+    );
+    tf.init().await;
+    tf.apply(&[]).await;
+    let id = tf.output("id").await;
+    assert_eq!(id, format!("{}/mirror/tf@{digest}", dst.addr()));
+    let ctd = Containerd::start();
+    ctd.pull_and_check(&id);
+}
