@@ -33,6 +33,10 @@ impl Buildah {
     /// A fresh, empty store. Panics when buildah is missing.
     pub fn new() -> Buildah {
         assert!(
+            crate::is_root(),
+            "this test needs root (as CI runs it): containerd and buildah run without a rootless setup"
+        );
+        assert!(
             crate::have("buildah"),
             "buildah not found on PATH: run tests/e2e/scripts/install-deps.sh"
         );

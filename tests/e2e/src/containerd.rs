@@ -30,6 +30,10 @@ impl Containerd {
     /// Starts containerd and waits until `ctr version` answers. Panics with its log if it
     /// cannot start.
     pub fn start() -> Containerd {
+        assert!(
+            crate::is_root(),
+            "this test needs root (as CI runs it): containerd and buildah run without a rootless setup"
+        );
         for tool in ["containerd", "ctr", "runc"] {
             assert!(
                 crate::have(tool),

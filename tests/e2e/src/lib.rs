@@ -43,6 +43,19 @@ pub fn bin(name: &str) -> PathBuf {
     )
 }
 
+/// Whether this process runs as root (uid 0 in `/proc/self/status`): containerd and
+/// buildah's chroot isolation need it, as on CI.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// Whether `program` is on `PATH`.
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")

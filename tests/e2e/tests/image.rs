@@ -432,3 +432,21 @@ async fn controller_image_is_reproducible_and_reconciles_under_containerd() {
     assert!(run.get_ok("/metrics").await.contains("imagesync_"));
     run.stop();
 }
+
+/// The image script never writes a `latest` tag: it refuses before building or pushing.
+#[test]
+fn image_script_refuses_a_latest_tag() {
+    let script = repo_root().join("images/build-controller-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--binary", "/nonexistent", "--push"])
+        .arg("docker://127.0.0.1:9/imagesync-controller:latest")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to write a 'latest' tag"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
