@@ -10,6 +10,7 @@ mod cli;
 mod controller;
 mod crash;
 mod engine;
+mod gcr;
 mod helm;
 mod image;
 mod policy;
