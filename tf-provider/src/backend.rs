@@ -1,6 +1,7 @@
 //! Where the resource's work happens. The plan/apply/read logic in [`crate::resource`]
 //! is written once against [`Backend`]; [`Direct`] copies in-process with the engine.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use imagesync_engine::auth::{ChainProvider, Credential, StaticProvider};
 use imagesync_engine::{
     DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Reference, SyncOptions,
 };
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// Errors of a backend operation.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,9 @@ pub struct Target {
     pub create_timeout: Duration,
     /// How long to wait for a delete (Kubernetes mode).
     pub delete_timeout: Duration,
+    /// Destroy in direct mode: the only blobs that may be deleted (those this resource
+    /// uploaded); `None` leaves the choice to the engine's own rule.
+    pub only_blobs: Option<BTreeSet<Digest>>,
 }
 
 /// What a sync left at the destination.
@@ -96,6 +101,10 @@ pub struct Synced {
     pub destination_digest: Digest,
     /// The `id`.
     pub id: String,
+    /// The destination already held the digest: nothing was written (direct mode).
+    pub adopted: bool,
+    /// Blobs and child manifests this sync wrote (not blobs already there or mounted).
+    pub uploaded: Vec<Digest>,
 }
 
 /// What a refresh found.
@@ -168,8 +177,19 @@ pub struct DirectConfig {
     pub ca_file: Option<PathBuf>,
     /// Docker config path.
     pub docker_config: Option<PathBuf>,
-    /// `registry_auth` blocks: (address, username, password).
-    pub registry_auth: Vec<(String, String, String)>,
+    /// `registry_auth` blocks.
+    pub registry_auth: Vec<RegistryAuth>,
+}
+
+/// One `registry_auth` block. `Debug` shows the password as `[REDACTED]`.
+#[derive(Clone, Debug)]
+pub struct RegistryAuth {
+    /// Registry host.
+    pub address: String,
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: SecretString,
 }
 
 /// Direct mode: the engine, in-process.
@@ -182,8 +202,11 @@ impl Direct {
     /// Builds the engine. Fails on an unreadable CA file.
     pub fn new(config: DirectConfig) -> Result<Direct, BackendError> {
         let mut explicit = StaticProvider::new();
-        for (address, username, password) in config.registry_auth {
-            explicit = explicit.with(&address, Credential::basic(username, password));
+        for auth in config.registry_auth {
+            explicit = explicit.with(
+                &auth.address,
+                Credential::basic(auth.username, auth.password.expose_secret()),
+            );
         }
         let engine = Engine::new(EngineConfig {
             insecure_registries: config.insecure_registries,
@@ -248,6 +271,8 @@ impl Backend for Direct {
             ),
             source_digest: outcome.source_digest,
             destination_digest: outcome.destination_digest,
+            adopted: outcome.up_to_date,
+            uploaded: outcome.uploaded,
         })
     }
 
@@ -264,7 +289,7 @@ impl Backend for Direct {
                 &DeleteOptions {
                     expect_digest,
                     delete_layers: target.delete_layers,
-                    only_blobs: None,
+                    only_blobs: target.only_blobs.clone(),
                 },
             )
             .await?;

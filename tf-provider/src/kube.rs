@@ -202,6 +202,8 @@ impl Backend for Kube {
                             source_digest: src.unwrap_or_else(|| dst.clone()),
                             destination_digest: dst,
                             id,
+                            adopted: false,
+                            uploaded: Vec::new(),
                         });
                     }
                 }

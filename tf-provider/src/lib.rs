@@ -4,6 +4,8 @@
 //! - [`codec`]: `DynamicValue` msgpack/JSON, unknowns included.
 //! - [`schema`]: provider and resource schemas.
 //! - [`resource`]: plan/apply/read/import logic against a [`backend::Backend`].
+//! - [`private`]: the private state (ownership of the tag, blobs uploaded).
+//! - [`timeouts`]: the `timeouts` block, bounded durations.
 //! - [`backend`]: the [`backend::Direct`] backend over the imagesync engine.
 //! - [`kube`]: the Kubernetes backend (`ImageSync` objects for the controller).
 //! - [`provider`]: the tfplugin5/tfplugin6 gRPC services.
@@ -14,7 +16,9 @@ pub mod codec;
 pub mod diag;
 pub mod kube;
 pub mod plugin;
+pub mod private;
 pub mod proto;
 pub mod provider;
 pub mod resource;
 pub mod schema;
+pub mod timeouts;

@@ -8,6 +8,8 @@
 //! is marked as a CA, which webpki refuses as an end-entity certificate).
 
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tokio::net::TcpListener;
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, Notify};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -53,16 +55,62 @@ pub fn negotiate(offered: Option<&str>) -> Option<u32> {
     PROTOCOLS.into_iter().find(|p| offered.contains(p))
 }
 
-/// The handshake line go-plugin expects on stdout.
+/// The handshake line go-plugin expects on stdout: core protocol, plugin protocol,
+/// network (`unix` or `tcp`), address, `grpc`, and the server certificate (base64 DER,
+/// unpadded; empty without AutoMTLS).
 pub fn handshake_line(
     protocol: u32,
-    addr: &std::net::SocketAddr,
+    network: &str,
+    addr: &str,
     server_cert_der: Option<&[u8]>,
 ) -> String {
     let cert = server_cert_der
         .map(|c| base64::engine::general_purpose::STANDARD_NO_PAD.encode(c))
         .unwrap_or_default();
-    format!("{CORE_PROTOCOL_VERSION}|{protocol}|tcp|{addr}|grpc|{cert}")
+    format!("{CORE_PROTOCOL_VERSION}|{protocol}|{network}|{addr}|grpc|{cert}")
+}
+
+/// go-plugin's variable naming the directory for plugin sockets.
+pub const SOCKET_DIR_ENV: &str = "PLUGIN_UNIX_SOCKET_DIR";
+
+/// A private directory (mode 0700) holding the plugin's Unix socket, as go-plugin
+/// makes one: no other local user can reach the socket. Removed (with the socket) on
+/// drop.
+#[derive(Debug)]
+pub struct SocketDir {
+    dir: tempfile::TempDir,
+}
+
+impl SocketDir {
+    /// Creates it in `PLUGIN_UNIX_SOCKET_DIR`, else the system temporary directory.
+    pub fn create() -> anyhow::Result<SocketDir> {
+        let base = std::env::var_os(SOCKET_DIR_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        SocketDir::create_in(&base)
+    }
+
+    /// Creates it in `base`.
+    pub fn create_in(base: &std::path::Path) -> anyhow::Result<SocketDir> {
+        let private = std::fs::Permissions::from_mode(0o700);
+        let dir = tempfile::Builder::new()
+            .prefix("imagesync-plugin-")
+            .permissions(private.clone())
+            .tempdir_in(base)
+            .with_context(|| {
+                format!("creating the plugin socket directory in {}", base.display())
+            })?;
+        // Whatever the umask did: owner only, before the socket exists.
+        std::fs::set_permissions(dir.path(), private)
+            .context("making the plugin socket directory private")?;
+        Ok(SocketDir { dir })
+    }
+
+    /// The socket's path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("plugin.sock")
+    }
 }
 
 // === TLS ===
@@ -260,33 +308,16 @@ pub async fn serve() -> anyhow::Result<()> {
         _ => None,
     };
 
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding 127.0.0.1")?;
-    let addr = listener.local_addr().context("listener address")?;
+    // A Unix socket in a private directory, as go-plugin does: no TCP port, and only
+    // this user can connect (with AutoMTLS, only Terraform's certificate on top).
+    let socket_dir = SocketDir::create()?;
+    let socket = socket_dir.socket();
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("binding the plugin socket {}", socket.display()))?;
 
     let core = Arc::new(Core::default());
     let shutdown = core.shutdown.clone();
-    let service = ProviderService::new(core);
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
-        .await;
-
-    let mut builder = tonic::transport::Server::builder();
-    let router = builder
-        .add_service(health)
-        .add_service(grpc_controller_server::GrpcControllerServer::new(
-            Controller {
-                shutdown: shutdown.clone(),
-            },
-        ))
-        .add_service(grpc_stdio_server::GrpcStdioServer::new(Stdio))
-        .add_service(grpc_broker_server::GrpcBrokerServer::new(Broker));
-    let router = match protocol {
-        6 => router.add_service(tfplugin6::provider_server::ProviderServer::new(service)),
-        _ => router.add_service(tfplugin5::provider_server::ProviderServer::new(service)),
-    };
+    let router = router(protocol, core, shutdown.clone()).await;
 
     // Ctrl-C reaches the whole process group; Terraform itself decides when we stop.
     tokio::spawn(async {
@@ -294,60 +325,103 @@ pub async fn serve() -> anyhow::Result<()> {
             tracing::debug!("interrupt received; waiting for Terraform to stop the provider");
         }
     });
+    // SIGTERM stops serving, so the socket directory is removed.
+    let on_term = shutdown.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
+    tokio::spawn(async move {
+        if term.recv().await.is_some() {
+            tracing::debug!("SIGTERM received; stopping");
+            on_term.notify_one();
+        }
+    });
 
-    let line = handshake_line(protocol, &addr, tls.as_ref().map(|t| t.cert_der.as_slice()));
+    let line = handshake_line(
+        protocol,
+        "unix",
+        &socket.display().to_string(),
+        tls.as_ref().map(|t| t.cert_der.as_slice()),
+    );
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{line}").context("writing the handshake")?;
         stdout.flush().context("writing the handshake")?;
     }
-    tracing::info!(%addr, protocol, tls = tls.is_some(), "serving");
+    tracing::info!(socket = %socket.display(), protocol, tls = tls.is_some(), "serving");
 
     let stop = async move { shutdown.notified().await };
-    match tls {
+    let served = match tls {
         Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
-            let (tx, rx) = mpsc::channel(16);
-            tokio::spawn(async move {
-                loop {
-                    let (tcp, peer) = match listener.accept().await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            continue;
-                        }
-                    };
-                    let acceptor = acceptor.clone();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        match acceptor.accept(tcp).await {
-                            Ok(stream) => {
-                                let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
-                            }
-                            // Terraform never mentions TLS in its own errors; say it here.
-                            Err(e) => {
-                                tracing::error!(%peer, error = %e, "TLS handshake with Terraform failed")
-                            }
-                        }
-                    });
-                }
-            });
-            router
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), stop)
-                .await
-                .context("serving gRPC")?;
+            let incoming = tls_incoming(listener, tokio_rustls::TlsAcceptor::from(tls.config));
+            router.serve_with_incoming_shutdown(incoming, stop).await
         }
         None => {
-            router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop,
-                )
-                .await
-                .context("serving gRPC")?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, stop).await
         }
+    };
+    drop(socket_dir);
+    served.context("serving gRPC")
+}
+
+/// The gRPC services: health, go-plugin's controller, stdio and broker, and the provider
+/// on the negotiated protocol.
+async fn router(
+    protocol: u32,
+    core: Arc<Core>,
+    shutdown: Arc<Notify>,
+) -> tonic::transport::server::Router {
+    let service = ProviderService::new(core);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
+        .await;
+    let mut builder = tonic::transport::Server::builder();
+    let router = builder
+        .add_service(health)
+        .add_service(grpc_controller_server::GrpcControllerServer::new(
+            Controller { shutdown },
+        ))
+        .add_service(grpc_stdio_server::GrpcStdioServer::new(Stdio))
+        .add_service(grpc_broker_server::GrpcBrokerServer::new(Broker));
+    match protocol {
+        6 => router.add_service(tfplugin6::provider_server::ProviderServer::new(service)),
+        _ => router.add_service(tfplugin5::provider_server::ProviderServer::new(service)),
     }
-    Ok(())
+}
+
+/// Connections that completed the TLS handshake with Terraform's pinned certificate.
+fn tls_incoming(
+    listener: UnixListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::UnixStream>, std::io::Error>,
+> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    // Terraform never mentions TLS in its own errors; say it here.
+                    Err(e) => tracing::error!(error = %e, "TLS handshake with Terraform failed"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// True when go-plugin's magic cookie is Terraform's.
@@ -370,13 +444,26 @@ mod tests {
 
     #[test]
     fn handshake_line_has_six_fields_and_unpadded_cert() {
-        let addr: std::net::SocketAddr = "127.0.0.1:1234".parse().unwrap();
-        let line = handshake_line(6, &addr, Some(&[1, 2, 3, 4]));
-        assert_eq!(line, "1|6|tcp|127.0.0.1:1234|grpc|AQIDBA");
+        let line = handshake_line(6, "unix", "/tmp/x/plugin.sock", Some(&[1, 2, 3, 4]));
+        assert_eq!(line, "1|6|unix|/tmp/x/plugin.sock|grpc|AQIDBA");
         assert_eq!(
-            handshake_line(5, &addr, None),
-            "1|5|tcp|127.0.0.1:1234|grpc|"
+            handshake_line(5, "unix", "/tmp/x/plugin.sock", None),
+            "1|5|unix|/tmp/x/plugin.sock|grpc|"
         );
+    }
+
+    #[test]
+    fn the_socket_directory_is_private_and_removed_on_drop() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = SocketDir::create_in(base.path()).unwrap();
+        let path = dir.dir.path().to_path_buf();
+        assert_eq!(path.parent(), Some(base.path()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        assert_eq!(dir.socket(), path.join("plugin.sock"));
+        let _listener = std::os::unix::net::UnixListener::bind(dir.socket()).unwrap();
+        drop(dir);
+        assert!(!path.exists(), "socket directory left behind");
     }
 
     #[test]

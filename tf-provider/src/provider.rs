@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tokio::sync::{Notify, RwLock};
 use tonic::{Request, Response, Status};
 
-use crate::backend::{Backend, Direct, DirectConfig};
+use secrecy::SecretString;
+
+use crate::backend::{Backend, Direct, DirectConfig, RegistryAuth};
 use crate::codec::Value;
 use crate::diag::{self, Diagnostic, PathStep};
 use crate::kube::{Kube, KubeConfig};
@@ -146,7 +148,11 @@ pub fn provider_config(config: &Value) -> (ProviderConfig, Diags) {
             if let (Some(address), Some(username), Some(password)) =
                 (field("address"), field("username"), field("password"))
             {
-                out.registry_auth.push((address, username, password));
+                out.registry_auth.push(RegistryAuth {
+                    address,
+                    username,
+                    password: SecretString::from(password),
+                });
             }
         }
     }
@@ -417,7 +423,8 @@ impl Core {
                 imported_resources: vec![pb::import_resource_state::ImportedResource {
                     type_name: req.type_name,
                     state: Some(state),
-                    private: Vec::new(),
+                    // The user declared the tag as this resource's.
+                    private: Private::imported().encode(),
                 }],
                 diagnostics: Vec::new(),
             },
@@ -699,6 +706,72 @@ mod tests {
                 PathStep::Attr("password".into())
             ]
         );
+    }
+
+    /// Configuration types holding passwords never print them through `Debug` (a
+    /// `tracing::debug!(?config)` or an error message formatting them stays safe).
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let config = obj(vec![(
+            "registry_auth",
+            Value::List(vec![obj(vec![
+                ("address", Value::String("ghcr.io".into())),
+                ("username", Value::String("me".into())),
+                ("password", Value::String("hunter2-very-secret".into())),
+            ])]),
+        )]);
+        let (cfg, diags) = provider_config(&config);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(cfg.direct.registry_auth.len(), 1);
+        for shown in [
+            format!("{cfg:?}"),
+            format!("{cfg:#?}"),
+            format!("{:?}", cfg.direct),
+            format!("{:?}", cfg.direct.registry_auth[0]),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("REDACTED"), "{shown}");
+            assert!(shown.contains("ghcr.io") && shown.contains("me"), "{shown}");
+        }
+        // The backend built from it does not show it either.
+        let direct = Direct::new(cfg.direct).unwrap();
+        assert!(!format!("{direct:?}").contains("hunter2"));
+    }
+
+    /// The private state on the wire (the same messages serve protocols 5 and 6): import
+    /// records ownership, read hands the bytes back unchanged, plan passes them on.
+    #[tokio::test]
+    async fn private_state_is_set_by_import_and_carried_by_read_and_plan() {
+        let imported = Core::import(pb::import_resource_state::Request {
+            type_name: schema::RESOURCE_TYPE.into(),
+            id: "127.0.0.1:5000/src/app:1,127.0.0.1:6000/dst/app:1".into(),
+        });
+        let private = imported.imported_resources[0].private.clone();
+        assert_eq!(
+            Private::decode(&private).ownership,
+            Some(resource::Ownership::Imported)
+        );
+        let core = Core::default();
+        // A null current state needs no backend: read answers with the bytes it got.
+        let read = core
+            .read(pb::read_resource::Request {
+                type_name: schema::RESOURCE_TYPE.into(),
+                current_state: Some(encode(&Value::Null).unwrap()),
+                private: private.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(read.private, private);
+        let planned = core
+            .plan(pb::plan_resource_change::Request {
+                type_name: schema::RESOURCE_TYPE.into(),
+                prior_state: Some(encode(&Value::Null).unwrap()),
+                proposed_new_state: Some(encode(&Value::Null).unwrap()),
+                prior_private: private.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(planned.planned_private, private);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   the resource from state; a destination pointing at another digest than
 //!   `source_digest` shows as drift and plans an in-place re-sync.
 //! - Create and re-sync copy `source@<planned digest>`, never the tag again.
-//! - Delete removes the tag only while it still points at the digest we wrote.
+//! - Delete removes only what the resource wrote ([`apply`], [`crate::private`]): not a
+//!   destination that already held the image at create (adopted), only while the tag
+//!   still points at the digest written, and only blobs this resource uploaded.
 //! - Kubernetes mode ([`crate::kube`]): plans do not look at registries (the controller
 //!   follows the source); apply writes the `ImageSync` object and waits for `Ready`; read
 //!   takes `id` and `source_digest` from its status; a gone object leaves the state.
@@ -23,6 +25,8 @@ use imagesync_engine::{Digest, ErrorKind, Reference};
 use crate::backend::{Backend, BackendError, Target};
 use crate::codec::Value;
 use crate::diag::Diagnostic;
+pub use crate::private::{Ownership, Private};
+pub use crate::timeouts::{parse_duration, DEFAULT_TIMEOUT};
 
 /// Attribute names.
 pub mod attr {
@@ -43,9 +47,6 @@ pub mod attr {
     /// The `timeouts` block (Kubernetes mode).
     pub const TIMEOUTS: &str = "timeouts";
 }
-
-/// Default wait for an `ImageSync` to become ready or go away.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The resource's attributes. Each is a [`Value`] so null and unknown survive.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,12 +114,14 @@ impl Model {
         }
     }
 
+    /// The timeout `which`. Plans reject invalid values (see [`crate::timeouts`]); one
+    /// still in a state written by an earlier version falls back to the default, so
+    /// read and destroy keep working.
     fn timeout(&self, which: &str) -> Duration {
-        self.timeouts
-            .get(which)
-            .as_str()
-            .and_then(parse_duration)
-            .unwrap_or(DEFAULT_TIMEOUT)
+        crate::timeouts::timeout(&self.timeouts, which).unwrap_or_else(|d| {
+            tracing::warn!(detail = %d.detail, "invalid timeouts.{which} in state; using the default");
+            DEFAULT_TIMEOUT
+        })
     }
 
     /// The parsed target; `Ok(None)` while source or destination is unknown.
@@ -137,63 +140,8 @@ impl Model {
             name: self.name.as_str().map(str::to_string),
             create_timeout: self.timeout("create"),
             delete_timeout: self.timeout("delete"),
+            only_blobs: None,
         }))
-    }
-}
-
-/// Parses Go-style durations: `90s`, `5m`, `1h30m`.
-pub fn parse_duration(input: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in input.trim().chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number.parse().ok()?;
-        number.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return None,
-        };
-    }
-    if !number.is_empty() || total == 0 {
-        return None;
-    }
-    Some(Duration::from_secs(total))
-}
-
-/// Private state kept with the resource: the digest we wrote, for safe deletion.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Private {
-    /// Digest written to the destination by the last sync.
-    pub written: Option<Digest>,
-}
-
-impl Private {
-    /// Decodes (empty or malformed bytes give the default).
-    pub fn decode(bytes: &[u8]) -> Private {
-        let written = serde_json::from_slice::<serde_json::Value>(bytes)
-            .ok()
-            .and_then(|v| {
-                v.get("written")
-                    .and_then(|w| w.as_str())
-                    .map(str::to_string)
-            })
-            .and_then(|s| s.parse().ok());
-        Private { written }
-    }
-
-    /// Encodes (empty when there is nothing to keep).
-    pub fn encode(&self) -> Vec<u8> {
-        match &self.written {
-            Some(d) => serde_json::json!({ "written": d.as_str() })
-                .to_string()
-                .into_bytes(),
-            None => Vec::new(),
-        }
     }
 }
 
@@ -269,6 +217,7 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
             diags.push(d);
         }
     }
+    diags.extend(crate::timeouts::validate(config.get(attr::TIMEOUTS)));
     diags
 }
 
@@ -332,6 +281,8 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
             return out;
         }
     };
+    out.diags
+        .extend(crate::timeouts::validate(&planned.timeouts));
     if direct {
         for a in [attr::NAMESPACE, attr::NAME] {
             let v = if a == attr::NAMESPACE {
@@ -461,178 +412,6 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
     out
 }
 
-/// The result of applying.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// New state (`None`: gone).
-    pub state: Option<Model>,
-    /// New private state.
-    pub private: Private,
-    /// Diagnostics.
-    pub diags: Vec<Diagnostic>,
-}
-
-/// Applies a planned change.
-pub async fn apply(
-    backend: &dyn Backend,
-    prior: Option<Model>,
-    planned: Option<Model>,
-    private: Private,
-) -> Applied {
-    match (prior, planned) {
-        (None, None) => Applied::default(),
-        (Some(prior), None) => destroy(backend, prior, private).await,
-        (None, Some(planned)) => sync(backend, None, planned).await,
-        (Some(prior), Some(planned)) => {
-            if planned.id.is_unknown() || planned.source_digest.is_unknown() {
-                sync(backend, Some(prior), planned).await
-            } else {
-                // Same digest: nothing to copy (e.g. `source` retagged).
-                Applied {
-                    state: Some(planned),
-                    private,
-                    diags: Vec::new(),
-                }
-            }
-        }
-    }
-}
-
-async fn sync(backend: &dyn Backend, prior: Option<Model>, mut planned: Model) -> Applied {
-    let failed = |prior: Option<Model>, d: Diagnostic| Applied {
-        state: prior,
-        private: Private::default(),
-        diags: vec![d],
-    };
-    if !backend.resolves_at_plan() {
-        if planned.namespace.is_unknown() || planned.namespace.is_null() {
-            planned.namespace = Value::string_or_null(backend.namespace());
-        }
-        if planned.name.is_unknown() || planned.name.is_null() {
-            planned.name =
-                Value::string_or_null(planned.destination.as_str().map(crate::kube::derive_name));
-        }
-    }
-    let target = match planned.target() {
-        Ok(Some(t)) => t,
-        Err(e) => return failed(prior, e),
-        Ok(None) => {
-            return failed(
-                prior,
-                Diagnostic::error("source and destination must be known at apply time", ""),
-            )
-        }
-    };
-    let expect = planned
-        .source_digest
-        .as_str()
-        .and_then(|d| d.parse::<Digest>().ok());
-    let synced = match backend.sync(&target, expect.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            let what = if e.is_not_found() {
-                "Source image not found"
-            } else {
-                "Cannot copy the image"
-            };
-            return failed(prior, error_diagnostic(what, &e, Some(attr::SOURCE)));
-        }
-    };
-    if synced.destination_digest != synced.source_digest
-        || expect
-            .as_ref()
-            .is_some_and(|e| *e != synced.destination_digest)
-    {
-        return failed(
-            prior,
-            Diagnostic::error(
-                "Copied image has an unexpected digest",
-                format!(
-                    "Planned {}, source {}, destination now {}.",
-                    expect.map(|d| d.to_string()).unwrap_or_default(),
-                    synced.source_digest,
-                    synced.destination_digest
-                ),
-            ),
-        );
-    }
-    planned.id = Value::String(synced.id);
-    planned.source_digest = Value::String(synced.source_digest.to_string());
-    if planned.delete_layers.is_unknown() || planned.delete_layers.is_null() {
-        planned.delete_layers = Value::Bool(true);
-    }
-    Applied {
-        state: Some(planned),
-        private: Private {
-            written: Some(synced.destination_digest),
-        },
-        diags: Vec::new(),
-    }
-}
-
-async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Applied {
-    let target = match prior.target() {
-        Ok(Some(t)) => t,
-        Ok(None) => return Applied::default(),
-        Err(d) => {
-            return Applied {
-                state: Some(prior),
-                private,
-                diags: vec![d],
-            }
-        }
-    };
-    let ours = private
-        .written
-        .clone()
-        .or_else(|| prior.source_digest.as_str().and_then(|d| d.parse().ok()))
-        .or_else(|| prior.id.as_str().and_then(id_digest));
-    let destination = target.destination.clone();
-    match backend.delete(&target, ours).await {
-        Ok(report) => Applied {
-            state: None,
-            private: Private::default(),
-            diags: report
-                .warnings
-                .into_iter()
-                .map(|w| Diagnostic::warning(format!("While deleting {destination}"), w))
-                .collect(),
-        },
-        Err(e) if e.is_not_owned() => Applied {
-            state: None,
-            private: Private::default(),
-            diags: vec![Diagnostic::warning(
-                "Destination left in place: it is not ours any more",
-                format!("{e}\n\nSomething else now owns the tag, so destroy did not delete it."),
-            )],
-        },
-        // The registry refuses manifest DELETEs (e.g. distribution with
-        // `storage.delete.enabled: false`): nothing was changed and nothing ever will be,
-        // so keeping the resource would only make every destroy fail.
-        Err(e @ BackendError::Engine(_)) if e.kind() == ErrorKind::Unsupported => Applied {
-            state: None,
-            private: Private::default(),
-            diags: vec![Diagnostic::warning(
-                "Registry does not allow deletes: image left in place",
-                format!(
-                    "{e}\n\nThe registry does not allow deleting images, so destroy removed \
-                     {destination} from the Terraform state only; the image is still in the \
-                     registry. Delete it there (or enable deletes) if it should go."
-                ),
-            )],
-        },
-        Err(e) => Applied {
-            state: Some(prior),
-            private,
-            diags: vec![error_diagnostic(
-                "Cannot delete the destination image",
-                &e,
-                Some(attr::DESTINATION),
-            )],
-        },
-    }
-}
-
 /// Refreshes state from the destination (or, in Kubernetes mode, the object's status).
 pub async fn read(backend: &dyn Backend, mut current: Model) -> (Option<Model>, Vec<Diagnostic>) {
     if !backend.resolves_at_plan() {
@@ -735,6 +514,9 @@ pub fn upgrade(raw: Value) -> Model {
     }
     m
 }
+
+mod apply;
+pub use apply::{apply, Applied};
 
 #[cfg(test)]
 mod tests;

@@ -59,7 +59,7 @@ fn which(tool: &str) -> std::io::Result<PathBuf> {
     for dir in ["/usr/local/bin", "/usr/bin", "/bin"] {
         let p = Path::new(dir).join(tool);
         if p.is_file() {
-            return Ok(std::fs::canonicalize(p)?);
+            return std::fs::canonicalize(p);
         }
     }
     Err(std::io::Error::other(format!("{tool} not found")))

@@ -687,12 +687,12 @@ pub(crate) fn provider_binary_refuses_to_run_without_terraform() {
     );
 }
 
-/// Plain gRPC when Terraform disables plugin TLS (TF_DISABLE_PLUGIN_TLS).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-pub(crate) async fn terraform_1_11_4_without_plugin_tls() {
+/// Plain gRPC when Terraform disables plugin TLS (TF_DISABLE_PLUGIN_TLS): Terraform sends
+/// no `PLUGIN_CLIENT_CERT` and the provider serves on its private Unix socket.
+pub(crate) async fn without_plugin_tls(version: &'static str) {
     let (a, b) = tokio::join!(Registry::start(), Registry::start());
     let src = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(51)).await;
-    let tf = Tf::new("1.11.4");
+    let tf = Tf::new(version);
     tf.config(
         &[&a, &b],
         &resource(
@@ -701,17 +701,114 @@ pub(crate) async fn terraform_1_11_4_without_plugin_tls() {
             &b.reference("dst/app:v1"),
         ),
     );
+    tf.init().await;
     let out = tf
         .run_env(
             &["apply", "-auto-approve", "-input=false", "-no-color"],
             &[("TF_DISABLE_PLUGIN_TLS", "1"), ("TF_LOG", "debug")],
         )
         .await;
-    assert!(out.status.success(), "{}", combined(&out));
+    let all = combined(&out);
+    assert!(out.status.success(), "{all}");
+    // The provider's own log line (Terraform shows it with TF_LOG=debug).
+    let sockets: Vec<PathBuf> = all
+        .lines()
+        .filter(|l| l.contains("serving socket="))
+        .map(|l| {
+            assert!(l.contains("tls=false"), "{l}");
+            let path = l.split("socket=").nth(1).unwrap();
+            PathBuf::from(path.split_whitespace().next().unwrap())
+        })
+        .collect();
+    assert!(!sockets.is_empty(), "not served on a Unix socket: {all}");
+    // Terraform stops each provider process through go-plugin's Shutdown: every
+    // socket directory is gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for socket in &sockets {
+        assert!(
+            !socket.parent().unwrap().exists(),
+            "left behind: {}",
+            socket.display()
+        );
+    }
     assert_eq!(
         tag_digest(&b, "dst/app", "v1").await.as_deref(),
         Some(src.digest.as_str())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn terraform_1_11_4_without_plugin_tls() {
+    without_plugin_tls("1.11.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn terraform_1_0_3_without_plugin_tls() {
+    without_plugin_tls("1.0.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn terraform_0_13_4_without_plugin_tls() {
+    without_plugin_tls("0.13.4").await;
+}
+
+/// Started as Terraform starts it but with no client certificate (reattach/debug, old
+/// clients), the provider serves on a Unix socket in a private directory (mode 0700),
+/// never on a TCP port, and removes the directory when stopped.
+#[test]
+pub(crate) fn provider_without_client_cert_serves_on_a_private_unix_socket() {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let base = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(imagesync_e2e::bin(PROVIDER))
+        .env("TF_PLUGIN_MAGIC_COOKIE", imagesync_e2e_cookie())
+        .env("PLUGIN_PROTOCOL_VERSIONS", "5,6")
+        .env("PLUGIN_UNIX_SOCKET_DIR", base.path())
+        .env_remove("PLUGIN_CLIENT_CERT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let fields: Vec<&str> = line.trim_end().split('|').collect();
+    assert_eq!(fields.len(), 6, "{line:?}");
+    assert_eq!(&fields[..3], &["1", "6", "unix"], "{line:?}");
+    assert_eq!((fields[4], fields[5]), ("grpc", ""), "{line:?}");
+    let socket = PathBuf::from(fields[3]);
+    let dir = socket.parent().unwrap().to_path_buf();
+    assert_eq!(dir.parent(), Some(base.path()), "{line:?}");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "socket directory mode {mode:o}");
+    assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
+    std::os::unix::net::UnixStream::connect(&socket).expect("the socket accepts connections");
+
+    // SIGTERM (to this child, by its id): it stops and cleans up.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "provider did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !dir.exists(),
+        "socket directory left behind: {}",
+        dir.display()
+    );
+}
+
+/// Terraform's magic cookie (go-plugin handshake).
+fn imagesync_e2e_cookie() -> &'static str {
+    "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2"
 }
 
 /// A running `imagesync-controller`; killed on drop.
@@ -902,3 +999,7 @@ pub(crate) async fn terraform_1_0_3_parallel_30() {
 pub(crate) async fn terraform_0_13_4_parallel_30() {
     parallel("0.13.4").await;
 }
+
+/// Direct mode: adoption, the blob record and hostile timeouts (issue 12).
+#[path = "terraform_ownership.rs"]
+mod ownership;

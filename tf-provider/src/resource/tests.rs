@@ -1,7 +1,7 @@
 //! Plan/apply/read logic against a fake backend (the real Terraform runs are in
 //! tests/e2e/tests/terraform.rs).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -18,6 +18,11 @@ fn hex(n: u8) -> String {
     format!("{n:02x}").repeat(32)
 }
 
+/// The blob the fake "uploads" on every write.
+fn uploaded_blob() -> Digest {
+    digest(0xb1)
+}
+
 #[derive(Debug, Default)]
 struct Fake {
     tags: Mutex<HashMap<String, Digest>>,
@@ -25,6 +30,10 @@ struct Fake {
     fail_digest: Mutex<Option<u16>>,
     /// The registry refuses manifest DELETEs (`storage.delete.enabled: false`).
     deletes_disabled: Mutex<bool>,
+    /// `only_blobs` of the last delete.
+    last_only_blobs: Mutex<Option<BTreeSet<Digest>>>,
+    /// Syncs fail (e.g. the registry is down).
+    fail_sync: Mutex<bool>,
 }
 
 impl Fake {
@@ -100,6 +109,9 @@ impl Backend for Fake {
             .lock()
             .unwrap()
             .push(format!("sync {s} {d} {expect:?}"));
+        if *self.fail_sync.lock().unwrap() {
+            return Err(registry_error(503));
+        }
         let src = match &expect {
             Some(e) => e.clone(),
             None => self
@@ -110,20 +122,28 @@ impl Backend for Fake {
                 .cloned()
                 .ok_or_else(|| registry_error(404))?,
         };
-        self.tags.lock().unwrap().insert(key(d), src.clone());
+        let adopted = self.tags.lock().unwrap().insert(key(d), src.clone()) == Some(src.clone());
         Ok(Synced {
             id: make_id(&t.destination_text, d, &src),
             source_digest: src.clone(),
             destination_digest: src,
+            adopted,
+            // One blob uploaded per write: the "layer" UPLOADED.
+            uploaded: if adopted {
+                vec![]
+            } else {
+                vec![uploaded_blob()]
+            },
         })
     }
 
     async fn delete(&self, t: &Target, expect: Option<Digest>) -> Result<Deleted, BackendError> {
         let (d, layers) = (&t.destination, t.delete_layers);
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("delete {d} {expect:?} {layers}"));
+        let only = t.only_blobs.as_ref().map(|b| b.len());
+        self.calls.lock().unwrap().push(format!(
+            "delete {d} {expect:?} {layers} only_blobs={only:?}"
+        ));
+        *self.last_only_blobs.lock().unwrap() = t.only_blobs.clone();
         let mut tags = self.tags.lock().unwrap();
         if *self.deletes_disabled.lock().unwrap() && tags.contains_key(&key(d)) {
             // What the engine answers when the registry refuses the manifest DELETE.
@@ -180,11 +200,15 @@ fn s(v: &str) -> Value {
 }
 
 async fn created(fake: &Fake) -> Model {
+    created_with_private(fake).await.0
+}
+
+async fn created_with_private(fake: &Fake) -> (Model, Private) {
     let planned = plan(fake, None, Some(config(s(SRC), DST))).await;
     assert!(planned.diags.is_empty(), "{:?}", planned.diags);
     let applied = apply(fake, None, planned.state, Private::default()).await;
     assert!(applied.diags.is_empty(), "{:?}", applied.diags);
-    applied.state.unwrap()
+    (applied.state.unwrap(), applied.private)
 }
 
 #[tokio::test]
@@ -326,10 +350,9 @@ async fn read_removes_only_on_not_found_and_reports_drift() {
 #[tokio::test]
 async fn destroy_deletes_only_what_we_wrote() {
     let fake = Fake::with(&[(SRC, digest(1))]);
-    let state = created(&fake).await;
-    let private = Private {
-        written: Some(digest(1)),
-    };
+    let (state, private) = created_with_private(&fake).await;
+    assert_eq!(private.written, Some(digest(1)));
+    assert_eq!(private.ownership, Some(Ownership::Written));
     // Someone else took the tag: warning, tag left alone, resource gone from state.
     fake.tags
         .lock()
@@ -344,27 +367,29 @@ async fn destroy_deletes_only_what_we_wrote() {
         .lock()
         .unwrap()
         .insert(key(&Reference::parse(DST).unwrap()), digest(1));
-    let applied = apply(&fake, Some(state.clone()), None, private).await;
-    assert!(applied.diags.is_empty());
+    let applied = apply(&fake, Some(state.clone()), None, private.clone()).await;
+    assert!(applied.diags.is_empty(), "{:?}", applied.diags);
     assert_eq!(fake.get(DST), None);
     assert!(fake
         .calls()
         .last()
         .unwrap()
-        .ends_with(&format!("Some({}) true", digest(1))));
+        .ends_with(&format!("Some({}) true only_blobs=Some(1)", digest(1))));
+    // Only the blob this resource uploaded may be deleted.
+    assert_eq!(
+        *fake.last_only_blobs.lock().unwrap(),
+        Some(BTreeSet::from([uploaded_blob()]))
+    );
     // Already gone: success.
-    let applied = apply(&fake, Some(state), None, Private::default()).await;
+    let applied = apply(&fake, Some(state), None, private).await;
     assert!(applied.diags.is_empty() && applied.state.is_none());
 }
 
 #[tokio::test]
 async fn destroy_on_a_registry_without_deletes_warns_and_leaves_the_image() {
     let fake = Fake::with(&[(SRC, digest(1))]);
-    let state = created(&fake).await;
+    let (state, private) = created_with_private(&fake).await;
     *fake.deletes_disabled.lock().unwrap() = true;
-    let private = Private {
-        written: Some(digest(1)),
-    };
     let applied = apply(&fake, Some(state), None, private).await;
     // Gone from state, with one warning (not an error) saying why the image stays.
     assert!(applied.state.is_none(), "{:?}", applied.state);
@@ -456,18 +481,6 @@ fn upgrade_fills_delete_layers_and_keeps_the_rest() {
     assert_eq!(upgrade(flat).delete_layers, Value::Bool(false));
 }
 
-#[test]
-fn durations_parse_like_go() {
-    assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-    assert_eq!(parse_duration("5"), None);
-    assert_eq!(parse_duration("5x"), None);
-    let mut m = config(s(SRC), DST);
-    assert_eq!(m.timeout("create"), DEFAULT_TIMEOUT);
-    m.timeouts = Value::Object([("create".to_string(), s("2m"))].into());
-    assert_eq!(m.timeout("create"), Duration::from_secs(120));
-}
-
 #[tokio::test]
 async fn kubernetes_only_attributes_are_rejected_in_direct_mode() {
     let fake = Fake::with(&[(SRC, digest(1))]);
@@ -480,12 +493,192 @@ async fn kubernetes_only_attributes_are_rejected_in_direct_mode() {
         .any(|d| d.error && d.path == vec![crate::diag::PathStep::Attr("namespace".into())]));
 }
 
-#[test]
-fn private_state_round_trips() {
-    let p = Private {
-        written: Some(digest(7)),
-    };
-    assert_eq!(Private::decode(&p.encode()), p);
-    assert_eq!(Private::decode(b""), Private::default());
-    assert_eq!(Private::decode(b"garbage"), Private::default());
+/// The attack of issue 12 on a fake registry: `source` = `destination` = someone
+/// else's existing tag. Create adopts it (nothing written), destroy leaves it and warns.
+#[tokio::test]
+async fn a_destination_that_already_held_the_image_is_adopted_and_survives_destroy() {
+    let theirs = "127.0.0.1:6000/platform/api:v3";
+    for source in [theirs, SRC] {
+        let fake = Fake::with(&[(theirs, digest(3)), (SRC, digest(3))]);
+        let planned = plan(&fake, None, Some(config(s(source), theirs))).await;
+        let applied = apply(&fake, None, planned.state, Private::default()).await;
+        let state = applied.state.clone().unwrap();
+        assert_eq!(applied.private.ownership, Some(Ownership::Adopted));
+        assert_eq!(applied.private.uploaded, None, "nothing uploaded");
+        assert!(
+            applied
+                .diags
+                .iter()
+                .any(|d| !d.error && d.summary.contains("adopted")),
+            "{:?}",
+            applied.diags
+        );
+        // The private state survives the refresh (echoed by ReadResource) and the plan.
+        let private = Private::decode(&applied.private.encode());
+        let destroyed = apply(&fake, Some(state), None, private).await;
+        assert!(destroyed.state.is_none());
+        assert_eq!(destroyed.diags.len(), 1, "{:?}", destroyed.diags);
+        let d = &destroyed.diags[0];
+        assert!(!d.error && d.summary.contains("left in place"), "{d:?}");
+        assert!(d.detail.contains("platform/api:v3"), "{d:?}");
+        assert_eq!(fake.get(theirs), Some(digest(3)), "their tag was deleted");
+        assert!(
+            fake.calls().iter().all(|c| !c.starts_with("delete ")),
+            "{:?}",
+            fake.calls()
+        );
+    }
+}
+
+/// Moving an adopted resource to another destination (a replacement) leaves the old tag.
+#[tokio::test]
+async fn replacing_an_adopted_resource_leaves_the_old_destination() {
+    let fake = Fake::with(&[(SRC, digest(1)), (DST, digest(1))]);
+    let planned = plan(&fake, None, Some(config(s(SRC), DST))).await;
+    let first = apply(&fake, None, planned.state, Private::default()).await;
+    let state = first.state.clone().unwrap();
+    assert_eq!(first.private.ownership, Some(Ownership::Adopted));
+    let mut moved = state.clone();
+    moved.destination = s("127.0.0.1:6000/dst/app:2");
+    let p = plan(&fake, Some(state.clone()), Some(moved)).await;
+    assert_eq!(p.requires_replace, vec![attr::DESTINATION]);
+    // Terraform applies a replacement as a destroy of the old instance and a create,
+    // handing the old instance's private state to both.
+    let gone = apply(&fake, Some(state), None, first.private.clone()).await;
+    assert!(gone.state.is_none());
+    assert_eq!(
+        fake.get(DST),
+        Some(digest(1)),
+        "the adopted tag was deleted"
+    );
+    let new = apply(&fake, None, p.state, first.private.clone()).await;
+    assert_eq!(new.private.ownership, Some(Ownership::Written));
+    assert_eq!(fake.get("127.0.0.1:6000/dst/app:2"), Some(digest(1)));
+}
+
+/// An in-place re-sync that writes the tag takes ownership; one that finds it in place
+/// keeps the record it had, and a failed one keeps it too.
+#[tokio::test]
+async fn re_syncs_update_the_record_and_failures_keep_it() {
+    let fake = Fake::with(&[(SRC, digest(1)), (DST, digest(1))]);
+    let planned = plan(&fake, None, Some(config(s(SRC), DST))).await;
+    let adopted = apply(&fake, None, planned.state, Private::default()).await;
+    let state = adopted.state.clone().unwrap();
+    // Found in place again: still adopted.
+    let mut drifted = state.clone();
+    drifted.id = Value::Unknown;
+    let again = apply(
+        &fake,
+        Some(state.clone()),
+        Some(drifted.clone()),
+        adopted.private.clone(),
+    )
+    .await;
+    assert_eq!(again.private.ownership, Some(Ownership::Adopted));
+    // A failed re-sync keeps the prior state and record.
+    *fake.fail_sync.lock().unwrap() = true;
+    let failed = apply(
+        &fake,
+        Some(state.clone()),
+        Some(drifted.clone()),
+        adopted.private.clone(),
+    )
+    .await;
+    assert!(failed.diags.iter().any(|d| d.error));
+    assert_eq!(failed.private, adopted.private);
+    assert_eq!(failed.state, Some(state.clone()));
+    *fake.fail_sync.lock().unwrap() = false;
+    // The tag moved elsewhere and the re-sync wrote it back: now ours, with its blob.
+    fake.tags
+        .lock()
+        .unwrap()
+        .insert(key(&Reference::parse(DST).unwrap()), digest(9));
+    let written = apply(&fake, Some(state), Some(drifted), adopted.private).await;
+    assert_eq!(written.private.ownership, Some(Ownership::Written));
+    assert_eq!(
+        written.private.uploaded,
+        Some(BTreeSet::from([uploaded_blob()]))
+    );
+}
+
+/// `terraform import` takes ownership of the tag (the user declared it) but of no blob.
+#[tokio::test]
+async fn an_imported_resource_deletes_its_tag_but_no_layers() {
+    let fake = Fake::with(&[(DST, digest(5))]);
+    let private = Private::decode(&Private::imported().encode());
+    assert_eq!(private.ownership, Some(Ownership::Imported));
+    let (state, _) = read(&fake, import(&format!("{SRC},{DST}")).unwrap()).await;
+    let applied = apply(&fake, state, None, private).await;
+    assert!(applied.state.is_none());
+    assert_eq!(fake.get(DST), None, "the imported tag was not deleted");
+    assert_eq!(*fake.last_only_blobs.lock().unwrap(), Some(BTreeSet::new()));
+    assert!(
+        applied
+            .diags
+            .iter()
+            .any(|d| !d.error && d.summary.contains("Layers of")),
+        "{:?}",
+        applied.diags
+    );
+}
+
+/// Upgrade: a resource created by an earlier version (private state `{"written": ...}`
+/// only) keeps the earlier rule for its tag and keeps every layer, with a warning.
+#[tokio::test]
+async fn a_resource_from_an_earlier_version_keeps_its_layers() {
+    let fake = Fake::with(&[(SRC, digest(1))]);
+    let state = created(&fake).await;
+    let old = Private::decode(format!(r#"{{"written":"{}"}}"#, digest(1)).as_bytes());
+    let applied = apply(&fake, Some(state.clone()), None, old).await;
+    assert!(applied.state.is_none());
+    assert_eq!(fake.get(DST), None);
+    assert_eq!(*fake.last_only_blobs.lock().unwrap(), Some(BTreeSet::new()));
+    assert!(
+        applied
+            .diags
+            .iter()
+            .any(|d| d.summary.contains("Layers of")),
+        "{:?}",
+        applied.diags
+    );
+    // delete_layers = false: no candidates either way, and no warning.
+    let fake = Fake::with(&[(SRC, digest(1))]);
+    let mut state = created(&fake).await;
+    state.delete_layers = Value::Bool(false);
+    let applied = apply(&fake, Some(state), None, Private::default()).await;
+    assert!(applied.diags.is_empty(), "{:?}", applied.diags);
+    assert_eq!(*fake.last_only_blobs.lock().unwrap(), None);
+}
+
+/// A hostile `timeouts { create = "99999999999999999999h" }` is a plan error on the
+/// attribute (it used to be replaced by the default silently; a smaller huge value
+/// overflowed the multiplication, and `Instant::now() + timeout` panics).
+#[tokio::test]
+async fn hostile_timeouts_are_a_plan_error_not_a_panic() {
+    let fake = Fake::with(&[(SRC, digest(1))]);
+    for hostile in ["99999999999999999999h", "5124095576030432h", "25h"] {
+        let mut m = config(s(SRC), DST);
+        m.timeouts = Value::Object([("create".to_string(), s(hostile))].into());
+        let diags = validate(&m.to_value());
+        assert_eq!(diags.len(), 1, "{hostile}: {diags:?}");
+        assert_eq!(
+            diags[0].path,
+            vec![
+                crate::diag::PathStep::Attr("timeouts".into()),
+                crate::diag::PathStep::Attr("create".into())
+            ]
+        );
+        let p = plan(&fake, None, Some(m.clone())).await;
+        assert!(p.diags.iter().any(|d| d.error), "{hostile}");
+        assert!(p.state.is_none());
+        // Already in a state: read and destroy still work, with the default timeout.
+        let t = m.target().unwrap().unwrap();
+        assert_eq!(t.create_timeout, DEFAULT_TIMEOUT);
+    }
+    let mut m = config(s(SRC), DST);
+    m.timeouts = Value::Object([("delete".to_string(), s("2m"))].into());
+    assert_eq!(
+        m.target().unwrap().unwrap().delete_timeout,
+        std::time::Duration::from_secs(120)
+    );
 }
