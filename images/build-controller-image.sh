@@ -49,6 +49,11 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$format" in
+  oci) push_format=oci ;;
+  docker) push_format=v2s2 ;;
+  *) echo "--format must be oci or docker" >&2; exit 2 ;;
+esac
 [ -n "$dest" ] || { echo "--push DEST is required (see --help)" >&2; exit 2; }
 case "$dest" in
   *:latest) echo "refusing to write a 'latest' tag: tag the image with its version" >&2; exit 2 ;;
@@ -93,7 +98,8 @@ chmod 1777 "$rootfs/tmp"
 strip --strip-debug -o "$rootfs/usr/local/bin/imagesync-controller" "$binary"
 chmod 0755 "$rootfs/usr/local/bin/imagesync-controller"
 # Shared libraries and the ELF interpreter, at the paths ldd shows (symlinks resolved).
-ldd "$binary" | awk '/=> \// {print $3} /^\t\// {print $1}' | sort -u | while read -r lib; do
+# (A static binary has none: ldd then prints "not a dynamic executable".)
+{ ldd "$binary" 2>/dev/null || true; } | awk '/=> \// {print $3} /^\t\// {print $1}' | sort -u | while read -r lib; do
   mkdir -p "$rootfs$(dirname "$lib")"
   cp -L "$lib" "$rootfs$lib"
   chmod 0755 "$rootfs$lib"
@@ -136,7 +142,7 @@ b commit --quiet --format "$format" --timestamp "$SOURCE_DATE_EPOCH" --identity-
 ctr=""
 
 digest_out="$work/digest"
-b push --quiet --format "$format" --tls-verify="$tls_verify" --digestfile "$digest_out" \
+b push --quiet --format "$push_format" --tls-verify="$tls_verify" --digestfile "$digest_out" \
   "$image" "$dest"
 digest="$(cat "$digest_out")"
 [ -n "$digestfile" ] && printf '%s\n' "$digest" >"$digestfile"
