@@ -13,11 +13,12 @@
 #
 # Options:
 #   --binary PATH       the controller binary to package. Without it the script builds one
-#                       with `cargo build --locked --profile image` (the release profile
-#                       without LTO: see [profile.image] in Cargo.toml; a thin-LTO release
-#                       build takes several times longer on a small CI machine for a binary
-#                       that is only somewhat faster). The e2e tests package the debug binary
-#                       CI has already built, so the image costs CI seconds, not minutes.
+#                       with `cargo build --locked --profile image`: the release profile
+#                       without its thin LTO (see [profile.image] in Cargo.toml), so a
+#                       publishing build skips the link-time optimisation pass. The e2e
+#                       tests package the debug binary CI has already built instead: no
+#                       second optimised build of the workspace in CI, and the image costs
+#                       seconds (about 4 s a build here), not minutes.
 #   --push DEST         where to push: any buildah destination, e.g. docker://HOST/REPO:TAG
 #                       or oci:/path/dir:TAG. Required.
 #   --tls-verify=false  push over plain HTTP / without verifying the registry's certificate
