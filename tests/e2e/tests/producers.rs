@@ -153,7 +153,13 @@ async fn helm_chart_pushed_by_helm_is_pulled_identical_from_the_mirror() {
     let (src, dst) = tokio::join!(Registry::start(), Registry::start());
     let work = tempfile::tempdir().unwrap();
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/imagesync");
-    let version = env!("CARGO_PKG_VERSION");
+    let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
+    let version = chart_yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("version:"))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("Chart.yaml version");
+    let version = version.as_str();
     let pushed = chart_oci(&[
         "push",
         &chart.display().to_string(),
