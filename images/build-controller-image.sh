@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the imagesync-controller OCI image offline with buildah and pushes it to a
-# destination the caller names. The image is the one the Dockerfile describes (keep the two
+# Builds the imagesync-controller OCI image (or the CLI's, with --bin imagesync) offline
+# with buildah and pushes it to a destination the caller names. The image is the one the Dockerfile describes (keep the two
 # in step): the controller at /usr/local/bin/imagesync-controller as the ENTRYPOINT, user
 # and group 65532 (numeric, for runAsNonRoot), port 8080, OCI labels. Instead of a
 # distroless base (which cannot be fetched offline) it carries what the binary needs at run
@@ -8,11 +8,14 @@
 # /etc/ssl/certs/ca-certificates.crt, and /etc/passwd, /etc/group entries for 65532.
 #
 #   images/build-controller-image.sh --push docker://REGISTRY/imagesync-controller:0.1.0
+#   images/build-controller-image.sh --bin imagesync --push docker://REGISTRY/imagesync:0.1.0
 #   images/build-controller-image.sh --binary target/debug/imagesync-controller \
 #       --push docker://127.0.0.1:5000/imagesync-controller:0.1.0 --tls-verify=false
 #
 # Options:
-#   --binary PATH       the controller binary to package. Without it the script builds one
+#   --bin NAME          imagesync-controller (the default) or imagesync: the CLI image,
+#                       built the same way, with the CLI as its ENTRYPOINT and no port.
+#   --binary PATH       the binary to package. Without it the script builds one
 #                       with `cargo build --locked --profile image`: the release profile
 #                       without its thin LTO (see [profile.image] in Cargo.toml), so a
 #                       publishing build skips the link-time optimisation pass. The e2e
@@ -38,9 +41,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 UID_GID=65532
 
-binary="" dest="" tls_verify=true digestfile="" format=oci
+bin=imagesync-controller binary="" dest="" tls_verify=true digestfile="" format=oci
 while [ $# -gt 0 ]; do
   case "$1" in
+    --bin) bin="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
     --push) dest="$2"; shift 2 ;;
     --tls-verify=false) tls_verify=false; shift ;;
@@ -50,6 +54,15 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$bin" in
+  imagesync-controller)
+    package=imagesync-controller port=8080
+    description="imagesync controller: keeps ImageSync destinations in sync with their sources" ;;
+  imagesync)
+    package=imagesync-cli port=""
+    description="imagesync CLI: copies container images between OCI registries byte for byte" ;;
+  *) echo "--bin must be imagesync-controller or imagesync" >&2; exit 2 ;;
+esac
 case "$format" in
   oci) push_format=oci ;;
   docker) push_format=v2s2 ;;
@@ -62,9 +75,9 @@ esac
 command -v buildah >/dev/null || { echo "buildah not found: tests/e2e/scripts/install-deps.sh installs it" >&2; exit 1; }
 
 if [ -z "$binary" ]; then
-  echo "building imagesync-controller (cargo --profile image)" >&2
-  (cd "$ROOT" && cargo build --locked --profile image -p imagesync-controller --bin imagesync-controller)
-  binary="${CARGO_TARGET_DIR:-$ROOT/target}/image/imagesync-controller"
+  echo "building $bin (cargo --profile image)" >&2
+  (cd "$ROOT" && cargo build --locked --profile image -p "$package" --bin "$bin")
+  binary="${CARGO_TARGET_DIR:-$ROOT/target}/image/$bin"
 fi
 [ -x "$binary" ] || { echo "not an executable: $binary" >&2; exit 1; }
 version="$("$binary" --version | awk '{print $2}')"
@@ -96,8 +109,8 @@ rootfs="$work/rootfs"
 home="$work/home"
 mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/ssl/certs" "$rootfs/tmp" "$rootfs/home" "$home/nonroot"
 chmod 1777 "$rootfs/tmp"
-strip --strip-debug -o "$rootfs/usr/local/bin/imagesync-controller" "$binary"
-chmod 0755 "$rootfs/usr/local/bin/imagesync-controller"
+strip --strip-debug -o "$rootfs/usr/local/bin/$bin" "$binary"
+chmod 0755 "$rootfs/usr/local/bin/$bin"
 # Shared libraries and the ELF interpreter, at the paths ldd shows (symlinks resolved).
 # (A static binary has none: ldd then prints "not a dynamic executable".)
 { ldd "$binary" 2>/dev/null || true; } | awk '/=> \// {print $3} /^\t\// {print $1}' | sort -u | while read -r lib; do
@@ -127,17 +140,17 @@ b config \
   --env PATH=/usr/local/bin \
   --env HOME=/home/nonroot \
   --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-  --port 8080 \
-  --entrypoint '["/usr/local/bin/imagesync-controller"]' \
-  --label org.opencontainers.image.title=imagesync-controller \
-  --label "org.opencontainers.image.description=imagesync controller: keeps ImageSync destinations in sync with their sources" \
+  ${port:+--port "$port"} \
+  --entrypoint "[\"/usr/local/bin/$bin\"]" \
+  --label "org.opencontainers.image.title=$bin" \
+  --label "org.opencontainers.image.description=$description" \
   --label org.opencontainers.image.source=https://github.com/imagesync/imagesync \
   --label org.opencontainers.image.licenses=Apache-2.0 \
   --label "org.opencontainers.image.version=$version" \
   --label "org.opencontainers.image.revision=$revision" \
   --label "org.opencontainers.image.created=$created" \
   "$ctr"
-image="imagesync-controller-build:$version"
+image="$bin-build:$version"
 b commit --quiet --format "$format" --timestamp "$SOURCE_DATE_EPOCH" --identity-label=false \
   --rm "$ctr" "$image" >/dev/null
 ctr=""

@@ -23,9 +23,15 @@ fn repo_root() -> PathBuf {
 
 /// Runs the image script on `binary`, pushing to `dest` (plain HTTP); returns the digest.
 pub(crate) fn build_image(binary: &Path, dest: &str) -> String {
+    build_image_of("imagesync-controller", binary, dest)
+}
+
+/// The image script for `--bin name`.
+fn build_image_of(name: &str, binary: &Path, dest: &str) -> String {
     let script = repo_root().join("images/build-controller-image.sh");
     let out = Command::new("bash")
         .arg(&script)
+        .args(["--bin", name])
         .arg("--binary")
         .arg(binary)
         .args(["--push", &format!("docker://{dest}"), "--tls-verify=false"])
@@ -449,4 +455,62 @@ fn image_script_refuses_a_latest_tag() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The CLI image (same script, `--bin imagesync`), run by containerd read-only as 65532
+/// on the host network, copies an image between loopback registries and prints its id.
+#[tokio::test]
+async fn cli_image_copies_an_image_when_run_by_containerd() {
+    let (src, dst) = tokio::join!(Registry::start(), Registry::start());
+    let version = env!("CARGO_PKG_VERSION");
+    let cli = imagesync_e2e::bin("imagesync");
+    let digest = build_image_of(
+        "imagesync",
+        &cli,
+        &src.reference(&format!("imagesync:{version}")),
+    );
+    let config = image_config(&src, "imagesync", &digest).await;
+    assert_eq!(config["config"]["User"], "65532:65532");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/imagesync"])
+    );
+    assert_eq!(
+        config["config"]["Labels"]["org.opencontainers.image.title"],
+        "imagesync"
+    );
+
+    let app = fixtures::push_index(src.addr(), "app", "1", 161).await;
+    let ctd = Containerd::start();
+    let image = format!("{}/imagesync@{digest}", src.addr());
+    ctd.pull_and_check(&image);
+    let log = ctd.dir().join("cli.log");
+    let mut extra = vec!["--net-host", "--read-only", "--seccomp"];
+    for cap in DEFAULT_CAPS {
+        extra.extend(["--cap-drop", cap]);
+    }
+    let (from, to) = (src.reference("app:1"), dst.reference("copied/app:1"));
+    let command = [
+        "/usr/local/bin/imagesync",
+        "copy",
+        &from,
+        &to,
+        "--no-progress",
+        "--insecure-registry",
+        src.addr(),
+        "--insecure-registry",
+        dst.addr(),
+    ];
+    let mut child = ctd.run("cli-copy", &image, &extra, &command, &log);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "CLI container failed: {output}");
+    assert!(
+        output.contains(&format!("{}/copied/app@{}", dst.addr(), app.digest)),
+        "{output}"
+    );
+    fixtures::assert_identical(dst.addr(), "copied/app", "1", &app).await;
 }
