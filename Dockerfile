@@ -2,7 +2,10 @@
 #
 #   docker build -t imagesync-controller:dev .
 #
-# Not built in this project's CI (no container engine there); kept minimal on purpose.
+# The same image is built offline (no base images) by images/build-controller-image.sh,
+# which CI builds and runs with containerd; keep the two in step: binary at
+# /usr/local/bin/imagesync-controller as the ENTRYPOINT, USER 65532:65532, port 8080, CA
+# certificates, the OCI labels below.
 #
 # Base images are build arguments: pin them by digest for a reproducible build, e.g.
 #   docker build --build-arg RUST_IMAGE=rust:1.95-bookworm@sha256:<digest> \

@@ -19,6 +19,12 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v jq >/dev/null || need+=(jq)
 command -v rsync >/dev/null || need+=(rsync)
+# The controller image and the real producers/consumers (tests/e2e/tests/image.rs,
+# producers.rs): buildah builds images offline (vfs storage, chroot isolation); containerd
+# and runc pull and run them without a system service.
+command -v buildah >/dev/null || need+=(buildah)
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   apt_get update -qq

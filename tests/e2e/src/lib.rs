@@ -5,6 +5,8 @@
 //!
 //! Helpers panic with context when the environment is broken: they are for tests.
 
+pub mod buildah;
+pub mod containerd;
 pub mod fixtures;
 pub mod kube;
 pub mod proxy;
@@ -39,6 +41,19 @@ pub fn bin(name: &str) -> PathBuf {
     panic!(
         "binary {name:?} not found (looked in {candidates:?}); build it first: cargo build --workspace --bins"
     )
+}
+
+/// Whether this process runs as root (uid 0 in `/proc/self/status`): containerd and
+/// buildah's chroot isolation need it, as on CI.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether `program` is on `PATH`.

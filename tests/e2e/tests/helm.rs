@@ -1342,8 +1342,9 @@ async fn controller_works_with_exactly_the_charts_service_account_permissions() 
     );
 }
 
-/// No container engine runs here, so the Dockerfile is checked for consistency with the
-/// workspace and the chart instead of being built.
+/// No Docker engine runs here (the offline buildah build of the same image is built and
+/// run in `image::`), so the Dockerfile is checked for consistency with the workspace and
+/// the chart instead of being built.
 #[test]
 fn dockerfile_builds_the_controller_and_runs_as_the_charts_non_root_user() {
     let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
