@@ -379,7 +379,9 @@ async fn controller_image_is_reproducible_and_reconciles_under_containerd() {
     ));
     let metrics = format!("127.0.0.1:{}", free_port().unwrap());
     let mut command = entrypoint.clone();
+    // The scenario objects re-check every 2s; the production floor is 10s.
     command.extend(["--metrics-addr".into(), metrics.clone()]);
+    command.extend(["--min-resync-interval".into(), "1s".into()]);
     for r in insecure {
         command.extend(["--insecure-registry".into(), r.to_owned()]);
     }
@@ -401,7 +403,7 @@ async fn controller_image_is_reproducible_and_reconciles_under_containerd() {
     run.stop();
 
     // The chart's own flags (metrics on a loopback port instead of 0.0.0.0:8080).
-    let values = serde_json::json!({"insecureRegistries": insecure});
+    let values = serde_json::json!({"insecureRegistries": insecure, "minResyncInterval": "1s"});
     let metrics = format!("127.0.0.1:{}", free_port().unwrap());
     let mut command = entrypoint;
     command.extend(chart_args(&values).into_iter().map(|a| {
