@@ -229,22 +229,27 @@ impl Client {
     }
 }
 
-/// The TLS failure somewhere in `err`'s sources (rustls reports through `io::Error`,
-/// whose `source()` skips the error it wraps, so that one is looked into by hand).
+/// The TLS failure somewhere in `err`'s sources. rustls reports through `io::Error`s
+/// (nested: hyper wraps the one tokio-rustls makes), whose `source()` skips the error
+/// they wrap, so those are looked into by hand.
 fn tls_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+    let mut steps = 0;
     while let Some(e) = cur {
+        steps += 1;
+        if steps > 32 {
+            return None;
+        }
         if let Some(t) = e.downcast_ref::<rustls::Error>() {
             return Some(t);
         }
-        if let Some(t) = e
+        cur = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(t);
-        }
-        cur = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
