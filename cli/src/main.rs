@@ -7,17 +7,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
 use imagesync_engine::auth::{ChainProvider, StaticProvider};
 use imagesync_engine::progress::{BlobAction, ProgressEvent};
 use imagesync_engine::{
-    AddressPolicy, Credential, DeleteOptions, Digest, Engine, EngineConfig, ErrorKind,
-    InternalAddresses, Limits, Reference, SyncOptions,
+    AddressPolicy, Credential, DeleteOptions, Engine, EngineConfig, ErrorKind, InternalAddresses,
+    Limits, Reference, SyncOptions,
 };
+
+mod args;
+mod output;
+
+use args::{Args, Command, LogFormat};
 
 /// Exit codes, documented in the README.
 mod exit {
     pub const FAILURE: u8 = 1;
+    /// A bad command line (clap's own code for usage errors).
+    pub const USAGE: u8 = 2;
     pub const NOT_FOUND: u8 = 3;
     pub const AUTH: u8 = 4;
     pub const REFUSED: u8 = 5;
@@ -37,171 +43,6 @@ impl std::fmt::Display for Warned {
 
 impl std::error::Error for Warned {}
 
-#[derive(Parser)]
-#[command(
-    name = "imagesync",
-    version,
-    about = "Copy container images between OCI registries, byte for byte"
-)]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-
-    /// Registry (HOST:PORT) reached over plain HTTP instead of verified HTTPS. Repeatable.
-    #[arg(
-        long = "insecure-registry",
-        value_name = "HOST:PORT",
-        global = true,
-        env = "IMAGESYNC_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    insecure_registries: Vec<String>,
-
-    /// PEM bundle of extra CA certificates to trust.
-    #[arg(long, value_name = "PATH", global = true, env = "IMAGESYNC_CA_FILE")]
-    ca_file: Option<PathBuf>,
-
-    /// Blobs transferred at once.
-    #[arg(
-        short = 'j',
-        long,
-        default_value_t = 4,
-        global = true,
-        env = "IMAGESYNC_JOBS"
-    )]
-    jobs: usize,
-
-    /// Credentials for both registries of the command (source and destination),
-    /// USER:PASSWORD. Never sent to another host, except to a registry's token realm
-    /// over HTTPS.
-    #[arg(
-        long,
-        value_name = "USER:PASS",
-        global = true,
-        env = "IMAGESYNC_CREDS",
-        hide_env_values = true
-    )]
-    creds: Option<String>,
-
-    /// Credentials for the source registry, USER:PASSWORD.
-    #[arg(
-        long,
-        value_name = "USER:PASS",
-        global = true,
-        env = "IMAGESYNC_SRC_CREDS",
-        hide_env_values = true
-    )]
-    src_creds: Option<String>,
-
-    /// Credentials for the destination registry, USER:PASSWORD.
-    #[arg(
-        long,
-        value_name = "USER:PASS",
-        global = true,
-        env = "IMAGESYNC_DEST_CREDS",
-        hide_env_values = true
-    )]
-    dest_creds: Option<String>,
-
-    /// Docker config file (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
-    #[arg(
-        long,
-        value_name = "PATH",
-        global = true,
-        env = "IMAGESYNC_DOCKER_CONFIG"
-    )]
-    docker_config: Option<PathBuf>,
-
-    /// File remembering which repository of a registry holds which blob, so that later
-    /// copies mount shared layers instead of uploading them again (default:
-    /// $XDG_CACHE_HOME/imagesync/blobs.json, else ~/.cache/imagesync/blobs.json).
-    #[arg(long, value_name = "PATH", global = true, env = "IMAGESYNC_BLOB_CACHE")]
-    blob_cache: Option<PathBuf>,
-
-    /// Neither read nor write the blob cache.
-    #[arg(long, global = true, conflicts_with = "blob_cache")]
-    no_blob_cache: bool,
-
-    /// The longest one copy may take, in seconds (default 6 hours).
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        global = true,
-        env = "IMAGESYNC_SYNC_DEADLINE",
-        default_value_t = 6 * 3600
-    )]
-    sync_deadline: u64,
-
-    /// The slowest a blob may move, in bytes per second, before its transfer is
-    /// abandoned and retried (0: no minimum).
-    #[arg(
-        long,
-        value_name = "BYTES_PER_SEC",
-        global = true,
-        env = "IMAGESYNC_MIN_TRANSFER_RATE",
-        default_value_t = 10 * 1024
-    )]
-    min_transfer_rate: u64,
-
-    /// A host that may be reached on an internal address (loopback, link-local,
-    /// private) even when a redirect, upload location or token realm leaves the
-    /// registry's host. Repeatable. The registries of the command and insecure
-    /// registries are always allowed.
-    #[arg(long = "allow-internal-host", value_name = "HOST", global = true)]
-    allow_internal_hosts: Vec<String>,
-
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "text", global = true)]
-    log_format: LogFormat,
-
-    /// Never draw a progress bar, even on a terminal.
-    #[arg(long, global = true)]
-    no_progress: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Copy SRC to DST (all platforms, digest preserved); prints the id `repo@sha256:...`.
-    Copy {
-        /// Source image reference.
-        source: String,
-        /// Destination image reference.
-        destination: String,
-    },
-    /// Print the digest REF resolves to (HEAD request only).
-    Digest {
-        /// Image reference.
-        reference: String,
-    },
-    /// Remove DST's tag safely (other tags on the same digest survive), then unshared layers.
-    ///
-    /// On a registry that does not allow deletes, prints a warning, changes nothing and
-    /// exits with code 6.
-    ///
-    /// Layers: the CLI keeps no record of what it uploaded, so it deletes every layer of
-    /// the image that no other tag (including `sha256-<hex>` referrer tags and cosign's
-    /// `.sig`, `.att` and `.sbom` tags) and no manifest listed by the registry's referrers
-    /// API still uses. Manifests that no tag or referrer names (an image pulled only by
-    /// digest, e.g. one whose tag moved) are invisible to it and can lose shared layers:
-    /// use --keep-layers in repositories that hold such images.
-    Delete {
-        /// Destination image reference.
-        destination: String,
-        /// Only delete if the tag still points at this digest.
-        #[arg(long, value_name = "sha256:HEX")]
-        expect_digest: Option<String>,
-        /// Keep the layers (only remove the tag / manifest).
-        #[arg(long)]
-        keep_layers: bool,
-    },
-}
-
 /// `$XDG_CACHE_HOME/imagesync/blobs.json`, else `~/.cache/imagesync/blobs.json`.
 fn default_blob_cache() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -216,15 +57,22 @@ fn default_blob_cache() -> Option<PathBuf> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    init_logging(args.log_format);
+    let args = match Args::parse_checked() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() && output::json_requested() => {
+            output::clap_error_json(&e);
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(e) => e.exit(),
+    };
+    output::init_logging(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::error(&format!("cannot start the async runtime: {e}"));
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -234,21 +82,9 @@ fn main() -> ExitCode {
             if let Some(Warned(code)) = err.downcast_ref::<Warned>() {
                 return ExitCode::from(*code);
             }
-            eprintln!("error: {err:#}");
+            output::error(&output::chain(&err));
             ExitCode::from(exit_code(&err))
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IMAGESYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -268,7 +104,16 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 fn parse_ref(input: &str, what: &str) -> anyhow::Result<Reference> {
-    Reference::parse(input).with_context(|| format!("bad {what} reference"))
+    Reference::parse(input).with_context(|| {
+        // `repo:a:b`: the engine blames the repository; the tag is what is wrong.
+        let last = input.rsplit('/').next().unwrap_or(input);
+        let name = last.split('@').next().unwrap_or(last);
+        if name.matches(':').count() > 1 {
+            format!("bad {what} reference (a tag may not contain ':')")
+        } else {
+            format!("bad {what} reference")
+        }
+    })
 }
 
 /// The credentials of the command line: `--creds` for the command's source and
@@ -318,9 +163,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sync_deadline,
         min_transfer_rate,
         allow_internal_hosts,
-        log_format: _,
+        log_format,
         no_progress,
     } = args;
+    // JSON logs: every stderr line is an object, so no progress bar.
+    let no_progress = no_progress || log_format == LogFormat::Json;
     let blob_cache = if no_blob_cache {
         None
     } else {
@@ -349,7 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let engine = Engine::new(EngineConfig {
         insecure_registries,
         ca_file,
-        jobs: jobs.max(1),
+        jobs: usize::from(jobs),
         credentials: Arc::new(ChainProvider::standard(explicit, docker_config)),
         blob_cache,
         limits: Limits {
@@ -375,25 +222,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let Some(r) = src_ref else {
                 anyhow::bail!("digest needs a reference")
             };
-            match engine
-                .digest(&r)
-                .await
-                .with_context(|| format!("resolving {r}"))?
-            {
-                Some(d) => {
-                    println!("{d}");
-                    Ok(())
-                }
-                None => Err(anyhow::Error::new(imagesync_engine::Error::Registry {
-                    kind: ErrorKind::NotFound,
-                    operation: "HEAD manifest",
-                    reference: r.to_string(),
-                    status: 404,
-                    code: Some("MANIFEST_UNKNOWN".into()),
-                    message: "manifest unknown".into(),
-                    retry_after: None,
-                })),
-            }
+            digest(&engine, &r).await
         }
         Command::Delete {
             expect_digest,
@@ -403,10 +232,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let Some(dst) = dst_ref else {
                 anyhow::bail!("delete needs a destination")
             };
-            let expect_digest = expect_digest
-                .map(|d| d.parse::<Digest>())
-                .transpose()
-                .context("--expect-digest")?;
             let deleted = engine
                 .delete(
                     &dst,
@@ -419,20 +244,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await;
             let report = match deleted {
                 Err(e) if e.kind() == ErrorKind::Unsupported => {
-                    eprintln!(
-                        "warning: {dst}: the registry does not allow deletes; the image was left in place ({e})"
-                    );
+                    output::warn(&format!(
+                        "{dst}: the registry does not allow deletes; the image was left in place ({e})"
+                    ));
                     return Err(Warned(exit::DELETE_UNSUPPORTED).into());
                 }
                 other => other.with_context(|| format!("deleting {dst}"))?,
             };
             for w in &report.warnings {
-                eprintln!("warning: {w}");
+                output::warn(w);
             }
             if report.already_gone {
-                eprintln!("{dst}: already gone");
+                output::info(&format!("{dst}: already gone"));
             } else {
-                eprintln!(
+                output::info(&format!(
                     "{dst}: tag removed; manifest {}; {} blob(s) deleted, {} kept{}",
                     if report.manifest_deleted {
                         "deleted"
@@ -446,10 +271,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     } else {
                         format!("; other tags kept: {}", report.kept_tags.join(", "))
                     }
-                );
+                ));
             }
             Ok(())
         }
+    }
+}
+
+/// `digest`: the digest on stdout; on 404, what the server said, and whether it is a
+/// registry at all (a web server that is not one answers `GET /v2/` with 404).
+async fn digest(engine: &Engine, r: &Reference) -> anyhow::Result<()> {
+    let client = engine.client(r);
+    match client.resolve(r).await {
+        Ok(d) => {
+            println!("{d}");
+            Ok(())
+        }
+        Err(e) if e.is_not_found() => match client.is_registry().await {
+            // Exit code 1, not 3: nothing says the image is gone.
+            Ok(false) => Err(anyhow::anyhow!(
+                "resolving {r}: {e}: {} is not a registry (GET /v2/ answered 404)",
+                r.registry()
+            )),
+            _ => Err(anyhow::Error::new(e).context(format!("resolving {r}"))),
+        },
+        Err(e) => Err(anyhow::Error::new(e).context(format!("resolving {r}"))),
     }
 }
 
@@ -513,7 +359,9 @@ async fn copy(
                     manifests,
                 },
             ) => {
-                eprintln!("copying {blobs} blob(s), {bytes} bytes, {manifests} manifest(s)");
+                output::info(&format!(
+                    "copying {blobs} blob(s), {bytes} bytes, {manifests} manifest(s)"
+                ));
             }
             (
                 None,
@@ -523,7 +371,7 @@ async fn copy(
                     action,
                 },
             ) => {
-                eprintln!("blob {digest} ({size} bytes): {action:?}");
+                output::info(&format!("blob {digest} ({size} bytes): {action:?}"));
             }
             (
                 None,
@@ -533,7 +381,9 @@ async fn copy(
                     attempt,
                 },
             ) => {
-                eprintln!("retrying {what} (attempt {attempt} failed: {error})");
+                output::warn(&format!(
+                    "retrying {what} (attempt {attempt} failed: {error})"
+                ));
             }
             _ => {}
         }
@@ -548,9 +398,12 @@ async fn copy(
     }
     let outcome = result.with_context(|| format!("copying {src} to {dst}"))?;
     if outcome.up_to_date {
-        eprintln!("{dst} already up to date ({})", outcome.destination_digest);
+        output::info(&format!(
+            "{dst} already up to date ({})",
+            outcome.destination_digest
+        ));
     } else {
-        eprintln!(
+        output::info(&format!(
             "copied in {:.1}s: {} bytes uploaded, {} blob(s) uploaded, {} mounted, {} already present, {} manifest(s)",
             started.elapsed().as_secs_f64(),
             outcome.bytes_uploaded,
@@ -558,7 +411,7 @@ async fn copy(
             outcome.blobs_mounted,
             outcome.blobs_skipped,
             outcome.manifests_pushed
-        );
+        ));
     }
     println!("{}", outcome.id);
     Ok(())

@@ -471,12 +471,14 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
             }
             Err(e) => {
                 try_mount = false;
+                // Reported only once the retry layer decided there is another attempt.
+                let error = e.to_string();
+                dst.backoff("copy blob", &what, attempt, started, e).await?;
                 emit.send(ProgressEvent::Retry {
                     what: what.clone(),
-                    error: e.to_string(),
+                    error,
                     attempt,
                 });
-                dst.backoff("copy blob", &what, attempt, started, e).await?;
             }
         }
     }

@@ -90,6 +90,23 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// The TLS handshake failed: the certificate is not trusted, or the server does not
+    /// speak TLS (a plain-HTTP registry reached over HTTPS). Another attempt cannot
+    /// succeed, so it is not retried.
+    #[error("{operation} {reference}: TLS with {registry} failed: {message}{}", tls_hint(registry, *plain_http))]
+    Tls {
+        /// What we were doing.
+        operation: &'static str,
+        /// The image or blob reference concerned.
+        reference: String,
+        /// The registry's `HOST:PORT` as written in the reference.
+        registry: String,
+        /// The TLS library's description of the failure.
+        message: String,
+        /// The answer was not TLS at all: the server seems to speak plain HTTP.
+        plain_http: bool,
+    },
+
     /// The registry sent nothing (or took none of an upload's bytes) for too long.
     #[error("{operation} {reference}: no progress for {}s (registry stalled)", after.as_secs())]
     Stalled {
@@ -246,6 +263,18 @@ fn registry_message(status: u16, code: Option<&str>, message: &str) -> String {
     }
 }
 
+fn tls_hint(registry: &str, plain_http: bool) -> String {
+    if plain_http {
+        format!(
+            " (the server does not speak TLS; if {registry} serves plain HTTP, list it as an \
+             insecure registry, e.g. `--insecure-registry {registry}`; an entry matches only \
+             that exact HOST:PORT)"
+        )
+    } else {
+        String::new()
+    }
+}
+
 impl Error {
     /// The kind callers match on.
     pub fn kind(&self) -> ErrorKind {
@@ -255,6 +284,7 @@ impl Error {
             | Error::Config(_) => ErrorKind::InvalidInput,
             Error::Registry { kind, .. } => *kind,
             Error::Transport { .. }
+            | Error::Tls { .. }
             | Error::Stalled { .. }
             | Error::Io { .. }
             | Error::TooSlow { .. }
@@ -312,14 +342,15 @@ impl Error {
     }
 
     /// Whether another attempt may succeed: the one rule the retry layer follows.
-    /// Network failures, stalls, too-slow transfers, 5xx, 408 and 429 answers and
-    /// unusable success answers are; everything else (including exhausted retries, so
-    /// an inner operation's budget is never multiplied by an outer one) is not.
+    /// Network failures, stalls, too-slow transfers, 5xx (but 501 and 505), 408 and 429
+    /// answers and unusable success answers are; everything else (TLS failures, other
+    /// 4xx, exhausted retries, so an inner operation's budget is never multiplied by an
+    /// outer one) is not.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport { .. } | Error::Stalled { .. } | Error::TooSlow { .. } => true,
-            Error::Registry { kind, status, .. } => {
-                *kind == ErrorKind::RateLimited || *kind == ErrorKind::Transient || *status >= 500
+            Error::Registry { kind, .. } => {
+                *kind == ErrorKind::RateLimited || *kind == ErrorKind::Transient
             }
             Error::BadResponse { transient, .. } => *transient,
             _ => false,
@@ -353,7 +384,8 @@ pub(crate) fn classify(status: u16, code: Option<&str>) -> ErrorKind {
         401 => ErrorKind::Unauthorized,
         403 => ErrorKind::Denied,
         429 => ErrorKind::RateLimited,
-        405 => ErrorKind::Unsupported,
+        // 501 Not Implemented, 505 HTTP Version Not Supported: never going to work.
+        405 | 501 | 505 => ErrorKind::Unsupported,
         408 | 500..=599 => ErrorKind::Transient,
         _ => ErrorKind::InvalidInput,
     }
@@ -377,6 +409,43 @@ mod tests {
         assert_eq!(classify(405, None), ErrorKind::Unsupported);
         assert_eq!(classify(503, None), ErrorKind::Transient);
         assert_eq!(classify(400, Some("UNSUPPORTED")), ErrorKind::Unsupported);
+        assert_eq!(classify(501, None), ErrorKind::Unsupported);
+    }
+
+    fn answer(status: u16, code: Option<&str>) -> Error {
+        Error::Registry {
+            kind: classify(status, code),
+            operation: "GET blob",
+            reference: "r".into(),
+            status,
+            code: code.map(String::from),
+            message: "m".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn only_answers_that_may_change_are_retried() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(answer(status, None).is_retryable(), "{status}");
+        }
+        for status in [400, 404, 405, 409, 410, 413, 415, 501, 505] {
+            assert!(!answer(status, None).is_retryable(), "{status}");
+        }
+        assert!(!answer(400, Some("UNKNOWN")).is_retryable());
+        let tls = Error::Tls {
+            operation: "HEAD manifest",
+            reference: "127.0.0.1:5000/a:1".into(),
+            registry: "127.0.0.1:5000".into(),
+            message: "received corrupt message of type InvalidContentType".into(),
+            plain_http: true,
+        };
+        assert!(!tls.is_retryable());
+        assert!(
+            tls.to_string()
+                .contains("--insecure-registry 127.0.0.1:5000"),
+            "{tls}"
+        );
     }
 
     #[test]

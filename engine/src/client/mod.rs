@@ -130,6 +130,23 @@ impl Client {
     }
 
     /// `base` + `path` (an absolute path of the registry API).
+    /// Whether the server answers the distribution API's base endpoint `GET /v2/` as a
+    /// registry does: anything but 404 (a 401 asks for credentials). Tells "not found"
+    /// from "not a registry" in messages.
+    pub async fn is_registry(&self) -> crate::error::Result<bool> {
+        let what = self.inner.registry.clone();
+        let url = self.url("/v2/");
+        match self
+            .request(Operation::GetBase, &what, &[], &|h| h.get(&url))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) if e.status().is_some() => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.inner.base, path)
     }

@@ -34,6 +34,7 @@ pub(crate) enum Operation {
     GetTags,
     GetReferrers,
     GetToken,
+    GetBase,
 }
 
 impl Operation {
@@ -54,6 +55,7 @@ impl Operation {
             Operation::GetTags => "GET tags",
             Operation::GetReferrers => "GET referrers",
             Operation::GetToken => "GET token",
+            Operation::GetBase => "GET /v2/",
         }
     }
 

@@ -93,6 +93,15 @@ impl Client {
                 reason: r.to_string(),
             };
         }
+        if let Some(tls) = tls_in(&e) {
+            return Error::Tls {
+                operation: op.label(),
+                reference: what.to_string(),
+                registry: self.inner.registry.clone(),
+                message: tls.to_string(),
+                plain_http: matches!(tls, rustls::Error::InvalidMessage(_)),
+            };
+        }
         Error::Transport {
             operation: op.label(),
             reference: what.to_string(),
@@ -218,4 +227,29 @@ impl Client {
             }
         }
     }
+}
+
+/// The TLS failure somewhere in `err`'s sources. rustls reports through `io::Error`s
+/// (nested: hyper wraps the one tokio-rustls makes), whose `source()` skips the error
+/// they wrap, so those are looked into by hand.
+fn tls_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+    let mut steps = 0;
+    while let Some(e) = cur {
+        steps += 1;
+        if steps > 32 {
+            return None;
+        }
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }

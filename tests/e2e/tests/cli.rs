@@ -3,16 +3,28 @@
 
 use std::process::Output;
 
+use std::time::{Duration, Instant};
+
 use imagesync_e2e::fixtures::{self, FixtureSpec};
+use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, Target};
 use imagesync_e2e::registry::{Registry, RegistryOptions};
 
 async fn imagesync(args: &[&str]) -> Output {
+    imagesync_env(args, &[]).await
+}
+
+/// `imagesync` with extra environment variables (`IMAGESYNC_LOG` and `NO_COLOR` are
+/// removed unless given).
+async fn imagesync_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = tokio::process::Command::new(imagesync_e2e::bin("imagesync"))
         .args(args)
         .arg("--no-progress")
         .arg("--no-blob-cache")
         .env_remove("IMAGESYNC_CREDS")
+        .env_remove("IMAGESYNC_LOG")
+        .env_remove("NO_COLOR")
         .env("DOCKER_CONFIG", "/nonexistent-imagesync-test")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run imagesync");
@@ -93,6 +105,13 @@ async fn cli_exit_codes_tell_not_found_auth_and_bad_input_apart() {
     .await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    // Issue 20, item 13: what the registry said (a HEAD answer has no body), no
+    // invented error code, and it is a registry.
+    assert!(
+        !stderr(&out).contains("MANIFEST_UNKNOWN") && !stderr(&out).contains("not a registry"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stdout(&out).is_empty());
 
     let out = imagesync(&["copy", "Upper/Case:1", &a.reference("x:1")]).await;
@@ -228,4 +247,312 @@ async fn cli_refuses_numeric_ipv4_shorthand_and_canonicalises_other_spellings() 
         assert_eq!(out.status.code(), Some(0), "{r}: {}", stderr(&out));
         assert_eq!(stdout(&out).trim(), pushed.digest, "{r}");
     }
+}
+
+/// Issue 20, items 11, 12 and 14: bad flag values exit with 2 (bad command line) and say
+/// what is wrong; `--help` lists the exit codes; the usage line after a missing argument
+/// does not make a flag look required; a tag with ':' is named as the problem.
+#[tokio::test]
+async fn cli_bad_flag_values_exit_2_with_precise_messages() {
+    let d = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["delete", "127.0.0.1:1/a:1", "--expect-digest", "663ffc93"],
+            "not a digest",
+        ),
+        (
+            &["digest", "127.0.0.1:1/a:1", "--creds", "nocolon"],
+            "USER:PASSWORD",
+        ),
+        (&["digest", "127.0.0.1:1/a:1", "-j", "0"], "1..=256"),
+        (
+            &[
+                "digest",
+                "127.0.0.1:1/a:1",
+                "--insecure-registry",
+                "bad host",
+            ],
+            "not a registry address",
+        ),
+        (
+            &[
+                "digest",
+                "127.0.0.1:1/a:1",
+                "--insecure-registry",
+                "http://127.0.0.1:5101",
+            ],
+            "no scheme",
+        ),
+        (
+            &[
+                "delete",
+                "127.0.0.1:1/a:1",
+                "--expect-digest",
+                d,
+                "--src-creds",
+                "x",
+            ],
+            "--src-creds",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = imagesync(args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("invalid reference"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // A credential typed without its user is never echoed.
+    let out = imagesync(&["digest", "127.0.0.1:1/a:1", "--creds", "s3cr3t-token"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!stderr(&out).contains("s3cr3t"), "{}", stderr(&out));
+
+    for args in [
+        &["--help"][..],
+        &["digest", "--help"],
+        &["delete", "--help"],
+    ] {
+        let out = imagesync(args).await;
+        assert!(out.status.success());
+        let help = stdout(&out);
+        assert!(
+            help.contains("Exit codes:") && help.contains("2  bad command line"),
+            "{help}"
+        );
+    }
+    let help = stdout(&imagesync(&["digest", "--help"]).await);
+    let (common, copy_only) = help
+        .split_once("Options of copy only")
+        .expect("copy-only flags under their own heading");
+    for flag in ["--jobs", "--src-creds", "--blob-cache"] {
+        assert!(!common.contains(flag) && copy_only.contains(flag), "{help}");
+    }
+
+    let out = imagesync(&["digest", "--insecure-registry", "127.0.0.1:5000"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let usage = stderr(&out);
+    let usage = usage
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .expect("usage");
+    assert!(!usage.contains("--insecure-registry"), "{usage}");
+
+    let out = imagesync(&["digest", "127.0.0.1:1/x:bad:tag"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a tag may not contain ':'"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Issue 20, items 6 and 7: a plain-HTTP registry reached over HTTPS fails at once (no
+/// retries), with a hint naming `--insecure-registry HOST:PORT` as the reference writes
+/// it, and the error says each context once.
+#[tokio::test]
+async fn cli_plain_http_over_https_fails_at_once_with_a_hint() {
+    let reg = Registry::start().await;
+    let port = reg.addr().rsplit_once(':').expect("port").1.to_string();
+    let started = Instant::now();
+    let out = imagesync(&["digest", &reg.reference("app:1")]).await;
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {err}");
+    assert!(
+        err.contains(&format!("--insecure-registry {}", reg.addr())),
+        "{err}"
+    );
+    assert!(!err.contains("gave up after"), "{err}");
+    assert_eq!(err.matches("HEAD manifest").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // localhost:PORT is another name than the listed 127.0.0.1:PORT: the hint names it.
+    let out = imagesync(&[
+        "digest",
+        &format!("localhost:{port}/app:1"),
+        "--insecure-registry",
+        reg.addr(),
+    ])
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("--insecure-registry localhost:{port}")),
+        "{err}"
+    );
+}
+
+/// Issue 20, item 10 (and 8): a 501 is not retried; a transient failure is retried and
+/// printed once, with no engine WARN line by default.
+#[tokio::test]
+async fn cli_does_not_retry_501_and_prints_each_retry_once() {
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let image = fixtures::push_image(src.addr(), "app", "1", FixtureSpec::seeded(2001)).await;
+    let blobs = image.layers.len() + 1;
+    let proxy = FaultProxy::start(
+        dst.addr(),
+        FaultPlan {
+            fault: Fault::Status(501),
+            target: Target::Uploads,
+            mode: Mode::Always,
+        },
+    )
+    .await;
+    let insecure = format!("{},{}", src.addr(), proxy.addr());
+    let out = imagesync(&[
+        "copy",
+        &src.reference("app:1"),
+        &format!("{}/app:1", proxy.addr()),
+        "--insecure-registry",
+        &insecure,
+    ])
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("501"), "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    assert!(
+        proxy.faults_injected() <= blobs,
+        "{} upload requests answered 501 for {blobs} blobs: retried",
+        proxy.faults_injected()
+    );
+
+    let before = proxy.faults_injected();
+    proxy.set_plan(FaultPlan {
+        fault: Fault::Status(503),
+        target: Target::Uploads,
+        mode: Mode::FirstN(1),
+    });
+    let out = imagesync(&[
+        "copy",
+        &src.reference("app:1"),
+        &format!("{}/app:1", proxy.addr()),
+        "--insecure-registry",
+        &insecure,
+    ])
+    .await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(proxy.faults_injected() - before, 1);
+    assert_eq!(err.matches("retrying").count(), 1, "{err}");
+    assert!(!err.contains("WARN"), "{err}");
+}
+
+/// A plain-HTTP server that is not a registry: 404 for everything.
+async fn not_a_registry() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let body = "<h1>Not Found</h1>";
+                    let answer = format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 20, item 13: `digest` against a web server that is not a registry says so,
+/// invents no registry error code, and does not claim "not found" (exit 1, not 3).
+#[tokio::test]
+async fn cli_digest_says_not_a_registry() {
+    let web = not_a_registry().await;
+    let out = imagesync(&[
+        "digest",
+        &format!("{web}/app:1"),
+        "--insecure-registry",
+        &web,
+    ])
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{web} is not a registry")), "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(!err.contains("MANIFEST_UNKNOWN"), "{err}");
+}
+
+/// Issue 20, items 8 and 9: with `--log-format json` every stderr line is one JSON
+/// object (steps, engine logs, the error); in text, no colour codes off a terminal.
+#[tokio::test]
+async fn cli_json_logs_are_json_on_every_line_and_text_has_no_colour() {
+    let a = Registry::start().await;
+    let b = Registry::start().await;
+    let src = fixtures::push_image(a.addr(), "app", "1", FixtureSpec::seeded(2002)).await;
+    let insecure = format!("{},{}", a.addr(), b.addr());
+    let copy = [
+        "copy",
+        &a.reference("app:1"),
+        &b.reference("app:1"),
+        "--insecure-registry",
+        &insecure,
+    ];
+    let json_lines = |out: &Output| {
+        let err = stderr(out);
+        assert!(!err.is_empty());
+        for line in err.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}\n{err}"));
+            assert!(v.get("level").is_some(), "{line}");
+        }
+        err
+    };
+    let mut args = copy.to_vec();
+    args.extend(["--log-format", "json"]);
+    let out = imagesync_env(&args, &[("IMAGESYNC_LOG", "debug")]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{}/app@{}\n", b.addr(), src.digest));
+    let err = json_lines(&out);
+    assert!(
+        err.contains("copying ") && err.contains("imagesync_engine"),
+        "{err}"
+    );
+
+    let out = imagesync(&[
+        "digest",
+        &a.reference("none:1"),
+        "--insecure-registry",
+        a.addr(),
+        "--log-format",
+        "json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(json_lines(&out).contains("\"ERROR\""));
+    let out = imagesync(&["--log-format", "json", "digest", "-j", "0", "x"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    json_lines(&out);
+
+    let out = imagesync_env(&copy, &[("IMAGESYNC_LOG", "debug")]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("DEBUG"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains('\x1b'), "{}", stderr(&out));
+    // By default engine logs are off (the README: IMAGESYNC_LOG turns them on).
+    let out = imagesync(&copy).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("DEBUG") && !stderr(&out).contains("INFO"),
+        "{}",
+        stderr(&out)
+    );
 }

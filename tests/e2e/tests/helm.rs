@@ -501,6 +501,12 @@ fn invalid_values_are_rejected_with_a_message_naming_the_key() {
             "/serviceAccount/annotations/a",
         ),
         (json!({"replica": 2}), "additional properties 'replica'"),
+        // Issue 20, item 15: an enabled policy without rules would deny everything.
+        (json!({"policy": {"enabled": true}}), "/policy/rules"),
+        (
+            json!({"policy": {"enabled": true, "rules": []}}),
+            "/policy/rules",
+        ),
     ];
     for (values, needle) in cases {
         // Schema validation alone, and a full render (what `helm install` does first).
