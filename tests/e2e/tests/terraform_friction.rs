@@ -114,6 +114,21 @@ pub(crate) async fn friction(version: &'static str) {
         404,
         "the earlier image was left behind"
     );
+
+    // `terraform validate` (no provider configured) catches malformed literals.
+    tf.config(
+        &[&b],
+        &format!(
+            "resource \"imagesync\" \"bad\" {{\n  source      = \"{}\"\n  destination = \"{}\"\n  name        = \"Not_A_Name\"\n}}\n",
+            b.reference("src/App:v1"),
+            b.reference("dst/app:v1")
+        ),
+    );
+    let out = tf.run(&["validate", "-no-color"]).await;
+    let all = combined(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("Invalid image reference in \"source\""), "{all}");
+    assert!(all.contains("Invalid \"name\""), "{all}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -749,3 +749,35 @@ async fn hostile_timeouts_are_a_plan_error_not_a_panic() {
         std::time::Duration::from_secs(120)
     );
 }
+
+/// `terraform validate`: what it can check without the provider block and without
+/// variable values.
+#[test]
+fn validate_checks_literals_and_leaves_unknowns_to_plan() {
+    let mut m = config(s("127.0.0.1:5000/src/App:1"), DST);
+    assert!(validate(&m.to_value())
+        .iter()
+        .any(|d| d.error && d.summary.contains("\"source\"")));
+    // A value from a variable is unknown at validate time: checked at plan.
+    m.source = Value::Unknown;
+    assert!(validate(&m.to_value()).is_empty());
+    for (name, ok) in [
+        ("web-1", true),
+        ("a.b", true),
+        ("Web", false),
+        ("-x", false),
+        ("a..b", false),
+    ] {
+        m.name = s(name);
+        assert_eq!(validate(&m.to_value()).is_empty(), ok, "name {name}");
+    }
+    m.name = Value::Null;
+    for (ns, ok) in [
+        ("team-a", true),
+        ("team.a", false),
+        (&"x".repeat(64), false),
+    ] {
+        m.namespace = s(ns);
+        assert_eq!(validate(&m.to_value()).is_empty(), ok, "namespace {ns}");
+    }
+}
