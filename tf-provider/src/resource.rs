@@ -3,9 +3,12 @@
 //!
 //! Semantics (see the README and `docs/resources/imagesync.md`):
 //! - Plan resolves the source tag by HEAD. A different digest than `source_digest` in
-//!   state plans a re-sync, shown as a replacement (`source_digest` forces it). A `source`
-//!   change that resolves to the same digest is an in-place update that copies nothing.
-//!   An unknown `source` does not fail the plan.
+//!   state plans an in-place re-sync: copy the new image, move the tag, keep the previous
+//!   digest (untagged) until destroy. `id` is planned as `<repo>@<source_digest>` whenever
+//!   that digest is known (a copy keeps it). A `source` change that resolves to the same
+//!   digest is an in-place update that copies nothing. An unknown `source` does not fail
+//!   the plan; an unreachable source fails a create but only warns for an existing
+//!   resource (destroy never needs the source).
 //! - Read refreshes `id` from the destination (HEAD). Not found (and only that) removes
 //!   the resource from state; a destination pointing at another digest than
 //!   `source_digest` shows as drift and plans an in-place re-sync.

@@ -127,7 +127,10 @@ pub(crate) async fn friction(version: &'static str) {
     let out = tf.run(&["validate", "-no-color"]).await;
     let all = combined(&out);
     assert!(!out.status.success(), "{all}");
-    assert!(all.contains("Invalid image reference in \"source\""), "{all}");
+    assert!(
+        all.contains("Invalid image reference in \"source\""),
+        "{all}"
+    );
     assert!(all.contains("Invalid \"name\""), "{all}");
 }
 
