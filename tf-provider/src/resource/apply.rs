@@ -282,7 +282,13 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
                 diags,
             }
         }
-        Err(e) => delete_failed(prior, private, &destination, e),
+        Err(e) => {
+            // Keep the warnings so far (layers kept, earlier images left in place).
+            let mut failed = delete_failed(prior, private, &destination, e);
+            diags.append(&mut failed.diags);
+            failed.diags = diags;
+            failed
+        }
     }
 }
 
@@ -303,6 +309,13 @@ async fn delete_previous(
             Ok(report) => diags.extend(report.warnings.into_iter().map(|w| {
                 Diagnostic::warning(format!("While deleting {}", earlier.destination), w)
             })),
+            // Deletes disabled: the tag's delete reports it and leaves the state.
+            Err(e @ BackendError::Engine(_)) if e.kind() == ErrorKind::Unsupported => {
+                diags.push(Diagnostic::warning(
+                    format!("Earlier image {} left in place", earlier.destination),
+                    crate::diag::cause_chain(&e),
+                ));
+            }
             Err(e) => {
                 return Err(error_diagnostic(
                     "Cannot delete an earlier image of the destination",

@@ -781,3 +781,35 @@ fn validate_checks_literals_and_leaves_unknowns_to_plan() {
         assert_eq!(validate(&m.to_value()).is_empty(), ok, "namespace {ns}");
     }
 }
+
+/// A registry that refuses deletes: the earlier images kept for a moved tag do not make
+/// destroy fail (it warns and leaves the state, as for the tag itself).
+#[tokio::test]
+async fn earlier_images_on_a_registry_without_deletes_do_not_block_destroy() {
+    let fake = Fake::with(&[(SRC, digest(1))]);
+    let (state, private) = created_with_private(&fake).await;
+    fake.tags
+        .lock()
+        .unwrap()
+        .insert(key(&Reference::parse(SRC).unwrap()), digest(2));
+    let p = plan(&fake, Some(state.clone()), Some(state.clone())).await;
+    let applied = apply(&fake, Some(state), p.state, private).await;
+    assert_eq!(applied.private.previous, vec![digest(1)]);
+    // The fake answers "unsupported" for references it holds: hold the earlier digest.
+    let earlier = format!("127.0.0.1:6000/dst/app@{}", digest(1));
+    fake.tags
+        .lock()
+        .unwrap()
+        .insert(key(&Reference::parse(&earlier).unwrap()), digest(1));
+    *fake.deletes_disabled.lock().unwrap() = true;
+    let gone = apply(&fake, applied.state, None, applied.private).await;
+    assert!(gone.state.is_none(), "{:?}", gone.diags);
+    assert!(gone.diags.iter().all(|d| !d.error), "{:?}", gone.diags);
+    assert!(
+        gone.diags
+            .iter()
+            .any(|d| d.summary.contains("Earlier image")),
+        "{:?}",
+        gone.diags
+    );
+}
