@@ -15,6 +15,9 @@
 //! - `uploaded`: the blobs this resource's copies uploaded (at most
 //!   [`MAX_RECORDED_BLOBS`]), the only blobs its destroy may delete;
 //! - `truncated`: more blobs were uploaded than recorded (the rest are kept on destroy).
+//! - `previous`: digests this resource wrote to the tag before the source moved on (at
+//!   most [`MAX_PREVIOUS`]). Their manifests stay, untagged, so an `id` pinned to them
+//!   still pulls; destroy deletes them with the tag.
 //!
 //! A state written before ownership was recorded has no `ownership` and no `uploaded`:
 //! its destroy keeps the earlier rule for the tag (delete it while it still points at the
@@ -27,6 +30,9 @@ use serde_json::{json, Map, Value as Json};
 
 /// The most blob digests recorded per resource (about 75 KB of private state).
 pub const MAX_RECORDED_BLOBS: usize = 1024;
+
+/// The most earlier digests kept (untagged) for pinned users until destroy.
+pub const MAX_PREVIOUS: usize = 64;
 
 /// Private state larger than this is not read (it cannot be ours; treated as no record).
 pub const MAX_PRIVATE_BYTES: usize = 128 * 1024;
@@ -75,6 +81,9 @@ pub struct Private {
     pub uploaded: Option<BTreeSet<Digest>>,
     /// More blobs were uploaded than [`MAX_RECORDED_BLOBS`]; only the recorded ones may go.
     pub truncated: bool,
+    /// Digests this resource wrote before the tag moved on, oldest first; kept untagged
+    /// until destroy.
+    pub previous: Vec<Digest>,
 }
 
 impl Private {
@@ -109,11 +118,22 @@ impl Private {
                 .collect()
         });
         let truncated = v.get("truncated").and_then(Json::as_bool).unwrap_or(false);
+        let previous = v
+            .get("previous")
+            .and_then(Json::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| d.as_str().and_then(|s| s.parse().ok()))
+                    .take(MAX_PREVIOUS)
+                    .collect()
+            })
+            .unwrap_or_default();
         Private {
             written,
             ownership,
             uploaded,
             truncated,
+            previous,
         }
     }
 
@@ -136,7 +156,24 @@ impl Private {
         if self.truncated {
             m.insert("truncated".into(), json!(true));
         }
+        if !self.previous.is_empty() {
+            let list: Vec<&str> = self.previous.iter().map(Digest::as_str).collect();
+            m.insert("previous".into(), json!(list));
+        }
         Json::Object(m).to_string().into_bytes()
+    }
+
+    /// Keeps `digest` (written by this resource, now replaced at the tag) until destroy.
+    /// False when the record is full (the digest is then left to garbage collection).
+    pub fn record_previous(&mut self, digest: Digest) -> bool {
+        if self.previous.contains(&digest) {
+            return true;
+        }
+        if self.previous.len() >= MAX_PREVIOUS {
+            return false;
+        }
+        self.previous.push(digest);
+        true
     }
 
     /// Adds blobs a copy uploaded, keeping at most [`MAX_RECORDED_BLOBS`].
@@ -168,6 +205,7 @@ mod tests {
             ..Private::default()
         };
         p.record_uploaded([digest(1), digest(2)]);
+        assert!(p.record_previous(digest(5)));
         assert_eq!(Private::decode(&p.encode()), p);
         for o in [Ownership::Written, Ownership::Imported] {
             let q = Private {
@@ -198,6 +236,18 @@ mod tests {
         assert_eq!(p.written, Some(digest(3)));
         assert_eq!(p.ownership, None);
         assert_eq!(p.uploaded, None);
+    }
+
+    #[test]
+    fn the_previous_digests_are_bounded() {
+        let mut p = Private::default();
+        for n in 0..MAX_PREVIOUS as u32 {
+            assert!(p.record_previous(digest(n)));
+        }
+        assert!(p.record_previous(digest(0)), "already kept");
+        assert!(!p.record_previous(digest(9999)));
+        assert_eq!(p.previous.len(), MAX_PREVIOUS);
+        assert_eq!(Private::decode(&p.encode()), p);
     }
 
     #[test]

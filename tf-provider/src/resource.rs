@@ -3,9 +3,12 @@
 //!
 //! Semantics (see the README and `docs/resources/imagesync.md`):
 //! - Plan resolves the source tag by HEAD. A different digest than `source_digest` in
-//!   state plans a re-sync, shown as a replacement (`source_digest` forces it). A `source`
-//!   change that resolves to the same digest is an in-place update that copies nothing.
-//!   An unknown `source` does not fail the plan.
+//!   state plans an in-place re-sync: copy the new image, move the tag, keep the previous
+//!   digest (untagged) until destroy. `id` is planned as `<repo>@<source_digest>` whenever
+//!   that digest is known (a copy keeps it). A `source` change that resolves to the same
+//!   digest is an in-place update that copies nothing. An unknown `source` does not fail
+//!   the plan; an unreachable source fails a create but only warns for an existing
+//!   resource (destroy never needs the source).
 //! - Read refreshes `id` from the destination (HEAD). Not found (and only that) removes
 //!   the resource from state; a destination pointing at another digest than
 //!   `source_digest` shows as drift and plans an in-place re-sync.
@@ -200,8 +203,8 @@ pub fn error_diagnostic(what: &str, err: &BackendError, attribute: Option<&str>)
         },
     };
     let d = Diagnostic::error(
-        format!("{what}: {}", err.kind().label()),
-        format!("{err}\n\n{hint}"),
+        format!("{what}: {}", crate::diag::kind_summary(err.kind())),
+        format!("{}\n\n{hint}", crate::diag::cause_chain(err)),
     );
     match attribute {
         Some(a) => d.at(a),
@@ -209,7 +212,12 @@ pub fn error_diagnostic(what: &str, err: &BackendError, attribute: Option<&str>)
     }
 }
 
-/// Checks a resource configuration (references must parse).
+/// Checks a resource configuration without the provider's (`terraform validate` does not
+/// configure providers) and without values from variables or other resources (unknown
+/// then): literal `source` and `destination` must parse, a literal `namespace` must be a
+/// DNS-1123 label and `name` a DNS-1123 subdomain, literal `timeouts` must be valid
+/// durations. Whether `namespace`/`name` may be used at all depends on the provider
+/// block (Kubernetes mode) and is checked at plan, as are unknown values.
 pub fn validate(config: &Value) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     for a in [attr::SOURCE, attr::DESTINATION] {
@@ -217,8 +225,40 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
             diags.push(d);
         }
     }
+    for (a, max, dots) in [(attr::NAMESPACE, 63, false), (attr::NAME, 253, true)] {
+        if let Some(v) = config.get(a).as_str() {
+            if !is_dns_name(v, max, dots) {
+                let what = if dots { "subdomain" } else { "label" };
+                diags.push(
+                    Diagnostic::error(
+                        format!("Invalid {a:?}"),
+                        format!(
+                            "{v:?} is not a Kubernetes object {a}: a DNS-1123 {what} (lowercase \
+                             letters, digits and '-'{}, starting and ending with a letter or \
+                             digit, at most {max} characters).",
+                            if dots { ", '.'" } else { "" }
+                        ),
+                    )
+                    .at(a),
+                );
+            }
+        }
+    }
     diags.extend(crate::timeouts::validate(config.get(attr::TIMEOUTS)));
     diags
+}
+
+/// A DNS-1123 label (`dots` false) or subdomain (`dots` true) of at most `max` bytes.
+fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars().all(ok_char)
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+        && !s.contains("..")
 }
 
 /// The result of planning.
@@ -232,28 +272,58 @@ pub struct Planned {
     pub diags: Vec<Diagnostic>,
 }
 
-/// Resolves the source's digest at plan time. `Value::Unknown` when it cannot be known
-/// yet (unknown source, or a source that does not exist yet).
-async fn plan_source_digest(
-    backend: &dyn Backend,
-    source: &Value,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<Value> {
-    let reference = match parse_ref(source, attr::SOURCE) {
-        Ok(Some(r)) => r,
-        Ok(None) => return Some(Value::Unknown),
-        Err(d) => {
-            diags.push(d);
-            return None;
-        }
+/// What plan found for the source.
+enum Resolved {
+    /// The digest (`Value::Unknown` while the source is unknown).
+    Digest(Value),
+    /// The registry said "not found".
+    Missing,
+    /// The registry could not answer (the error, for a diagnostic).
+    Failed(Box<BackendError>),
+}
+
+/// Resolves the source's digest at plan time. `Err` for a malformed reference.
+async fn plan_source_digest(backend: &dyn Backend, source: &Value) -> Result<Resolved, Diagnostic> {
+    let Some(reference) = parse_ref(source, attr::SOURCE)? else {
+        return Ok(Resolved::Digest(Value::Unknown));
     };
     if let Some(d) = reference.digest() {
-        return Some(Value::String(d.to_string()));
+        return Ok(Resolved::Digest(Value::String(d.to_string())));
     }
-    match backend.digest(&reference).await {
-        Ok(Some(d)) => Some(Value::String(d.to_string())),
-        Ok(None) => None,
-        Err(e) => {
+    Ok(match backend.digest(&reference).await {
+        Ok(Some(d)) => Resolved::Digest(Value::String(d.to_string())),
+        Ok(None) => Resolved::Missing,
+        Err(e) => Resolved::Failed(Box::new(e)),
+    })
+}
+
+/// The source digest a plan uses (`None`: not found). A create cannot do without the
+/// source, so an unreachable registry is an error; an existing resource keeps the digest
+/// it has (destroy, and the refresh before it, touch only the destination), with a warning.
+fn resolved_digest(
+    resolved: Resolved,
+    existing: Option<&Value>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    match resolved {
+        Resolved::Digest(v) => Some(v),
+        Resolved::Missing => None,
+        Resolved::Failed(e) if existing.is_some() => {
+            let d = error_diagnostic("Cannot check the source image", &e, Some(attr::SOURCE));
+            diags.push(
+                Diagnostic::warning(
+                    d.summary,
+                    format!(
+                    "{}\n\nThe copy at the destination and the state are kept as they are; the \
+                     source is checked again on the next plan.",
+                    d.detail
+                ),
+                )
+                .at(attr::SOURCE),
+            );
+            existing.cloned()
+        }
+        Resolved::Failed(e) => {
             diags.push(error_diagnostic(
                 "Cannot resolve the source image",
                 &e,
@@ -261,6 +331,22 @@ async fn plan_source_digest(
             ));
             None
         }
+    }
+}
+
+/// The `id` a sync of `source_digest` to `destination` will report, when certain: a copy
+/// is byte for byte, so the destination holds the source's digest.
+fn planned_id(planned: &Model, destination: Option<&Reference>) -> Value {
+    match (
+        destination,
+        planned.source_digest.as_str(),
+        planned.destination.as_str(),
+    ) {
+        (Some(dst), Some(d), Some(text)) => match d.parse::<Digest>() {
+            Ok(d) => Value::String(make_id(text, dst, &d)),
+            Err(_) => Value::Unknown,
+        },
+        _ => Value::Unknown,
     }
 }
 
@@ -312,7 +398,13 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
         }
     }
     let resolved = if direct {
-        plan_source_digest(backend, &planned.source, &mut out.diags).await
+        match plan_source_digest(backend, &planned.source).await {
+            Ok(r) => resolved_digest(r, prior.as_ref().map(|p| &p.source_digest), &mut out.diags),
+            Err(d) => {
+                out.diags.push(d);
+                None
+            }
+        }
     } else {
         Some(Value::Unknown)
     };
@@ -342,8 +434,12 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
         None => {
             // Create. A source that does not exist yet (e.g. written by another resource
             // in the same apply) is resolved at apply time.
-            planned.id = Value::Unknown;
             planned.source_digest = resolved.unwrap_or(Value::Unknown);
+            planned.id = if direct {
+                planned_id(&planned, destination.as_ref())
+            } else {
+                Value::Unknown
+            };
             check_pinned(&planned.source_digest, &mut out.diags);
         }
         Some(prior) => {
@@ -357,8 +453,12 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
                 }
             }
             if !out.requires_replace.is_empty() {
-                planned.id = Value::Unknown;
                 planned.source_digest = resolved.unwrap_or(Value::Unknown);
+                planned.id = if direct {
+                    planned_id(&planned, destination.as_ref())
+                } else {
+                    Value::Unknown
+                };
             } else if !direct {
                 // Kubernetes mode: the controller follows the source; a spec change is
                 // applied in place.
@@ -387,23 +487,11 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
                         prior.source_digest.clone()
                     }
                 };
-                if current != prior.source_digest {
-                    // The tag moved (or cannot be known yet): re-sync, shown as a replacement.
-                    out.requires_replace.push(attr::SOURCE_DIGEST);
-                    planned.source_digest = current;
-                    planned.id = Value::Unknown;
-                } else {
-                    planned.source_digest = prior.source_digest.clone();
-                    let drifted = match (prior.id.as_str(), prior.source_digest.as_str()) {
-                        (Some(id), Some(sd)) => id_digest(id).is_none_or(|d| d.as_str() != sd),
-                        _ => true,
-                    };
-                    planned.id = if drifted {
-                        Value::Unknown
-                    } else {
-                        prior.id.clone()
-                    };
-                }
+                // The tag moved: an in-place re-sync that copies the new image, then moves
+                // the tag; the digest it replaces stays (untagged) until destroy. Drift
+                // (the destination tag elsewhere) re-syncs in place too.
+                planned.source_digest = current;
+                planned.id = planned_id(&planned, destination.as_ref());
             }
             check_pinned(&planned.source_digest, &mut out.diags);
         }

@@ -380,12 +380,13 @@ pub(crate) async fn scenario(version: &'static str) {
     );
     assert_eq!(tf.output("id").await, id);
 
-    // A new image pushed to the source tag: the plan shows the re-sync (replacement).
+    // A new image pushed to the source tag: the plan shows an in-place re-sync (the
+    // earlier image stays, untagged, until destroy; see `friction`).
     let src2 = fixtures::push_index_with(a.addr(), "src/app", "v1", spec(12)).await;
     assert_ne!(src2.digest, src1.digest);
     assert_eq!(
         tf.plan_actions().await["imagesync.app"],
-        actions(&["delete", "create"])
+        actions(&["update"])
     );
     tf.apply(&[]).await;
     assert_eq!(
@@ -646,7 +647,7 @@ pub(crate) async fn auth_and_tls(version: &'static str) {
     );
     let all = combined(&out);
     assert!(
-        all.contains("Cannot read the destination image: unauthorized"),
+        all.contains("Cannot read the destination image: authentication failed"),
         "{all}"
     );
     assert!(
@@ -1128,3 +1129,8 @@ pub(crate) async fn terraform_0_13_4_parallel_30() {
 /// Direct mode: adoption, the blob record and hostile timeouts (issue 12).
 #[path = "terraform_ownership.rs"]
 mod ownership;
+
+/// Direct mode, issue 20: a stopped source, a moved source tag, `id` at plan time,
+/// diagnostics.
+#[path = "terraform_friction.rs"]
+mod friction;

@@ -33,7 +33,7 @@ pub async fn apply(
         // of the instance it replaces.
         (None, Some(planned)) => sync(backend, None, planned, Private::default()).await,
         (Some(prior), Some(planned)) => {
-            if planned.id.is_unknown() || planned.source_digest.is_unknown() {
+            if needs_sync(&prior, &planned) {
                 sync(backend, Some(prior), planned, private).await
             } else {
                 // Same digest: nothing to copy (e.g. `source` retagged).
@@ -45,6 +45,15 @@ pub async fn apply(
             }
         }
     }
+}
+
+/// An update copies when the image at the destination is to change: a new source digest
+/// (the tag moved), drift (the refreshed `id` is not the planned one) or anything unknown.
+fn needs_sync(prior: &Model, planned: &Model) -> bool {
+    planned.id.is_unknown()
+        || planned.source_digest.is_unknown()
+        || planned.source_digest != prior.source_digest
+        || planned.id != prior.id
 }
 
 /// The target of a sync, with the Kubernetes-mode defaults filled in.
@@ -65,7 +74,33 @@ fn sync_target(backend: &dyn Backend, planned: &mut Model) -> Result<Target, Dia
 
 /// The private state after a sync. `private` is the record so far: empty for a create,
 /// the prior instance's for an in-place re-sync (same destination).
-fn record_sync(mut private: Private, creating: bool, synced: &Synced) -> Private {
+fn record_sync(
+    mut private: Private,
+    creating: bool,
+    synced: &Synced,
+    diags: &mut Vec<Diagnostic>,
+) -> Private {
+    // The tag moved on from a digest this resource wrote (or was given by an import):
+    // keep that manifest, untagged, for whatever is pinned to the old `id`.
+    if let Some(old) = private.written.clone() {
+        let ours = private.ownership != Some(Ownership::Adopted);
+        if !creating
+            && ours
+            && old != synced.destination_digest
+            && !synced.adopted
+            && !private.record_previous(old.clone())
+        {
+            diags.push(Diagnostic::warning(
+                "Earlier image not recorded",
+                format!(
+                    "This resource already keeps {} earlier images; {old} stays in the \
+                     registry untagged and destroy will not delete it (use the registry's \
+                     garbage collection).",
+                    crate::private::MAX_PREVIOUS
+                ),
+            ));
+        }
+    }
     private.written = Some(synced.destination_digest.clone());
     private.ownership = if !synced.adopted {
         // Our own manifest PUT wrote the tag.
@@ -135,13 +170,13 @@ async fn sync(
             Diagnostic::error("Copied image has an unexpected digest", detail),
         );
     }
-    let private = record_sync(private, prior.is_none(), &synced);
+    let mut diags = Vec::new();
+    let private = record_sync(private, prior.is_none(), &synced, &mut diags);
     planned.id = Value::String(synced.id);
     planned.source_digest = Value::String(synced.source_digest.to_string());
     if planned.delete_layers.is_unknown() || planned.delete_layers.is_null() {
         planned.delete_layers = Value::Bool(true);
     }
-    let mut diags = Vec::new();
     if private.ownership == Some(Ownership::Adopted) && backend.resolves_at_plan() {
         diags.push(adopted_warning(&target.destination, "was adopted"));
     }
@@ -220,6 +255,13 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
         };
     }
     let (target, mut diags) = destroy_target(target, &private, direct);
+    if let Err(e) = delete_previous(backend, &target, &private, &mut diags).await {
+        return Applied {
+            state: Some(prior),
+            private,
+            diags: vec![e],
+        };
+    }
     let ours = private
         .written
         .clone()
@@ -240,8 +282,50 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
                 diags,
             }
         }
-        Err(e) => delete_failed(prior, private, &destination, e),
+        Err(e) => {
+            // Keep the warnings so far (layers kept, earlier images left in place).
+            let mut failed = delete_failed(prior, private, &destination, e);
+            diags.append(&mut failed.diags);
+            failed.diags = diags;
+            failed
+        }
     }
+}
+
+/// Deletes the earlier images this resource kept for pinned users (by digest: a manifest
+/// some tag still names is kept by the engine), before the tag, so that their blobs are
+/// candidates for the tag's layer sweep.
+async fn delete_previous(
+    backend: &dyn Backend,
+    target: &Target,
+    private: &Private,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<(), Diagnostic> {
+    for old in &private.previous {
+        let mut earlier = target.clone();
+        earlier.destination = target.destination.with_digest(old.clone());
+        earlier.destination_text = earlier.destination.to_string();
+        match backend.delete(&earlier, Some(old.clone())).await {
+            Ok(report) => diags.extend(report.warnings.into_iter().map(|w| {
+                Diagnostic::warning(format!("While deleting {}", earlier.destination), w)
+            })),
+            // Deletes disabled: the tag's delete reports it and leaves the state.
+            Err(e @ BackendError::Engine(_)) if e.kind() == ErrorKind::Unsupported => {
+                diags.push(Diagnostic::warning(
+                    format!("Earlier image {} left in place", earlier.destination),
+                    crate::diag::cause_chain(&e),
+                ));
+            }
+            Err(e) => {
+                return Err(error_diagnostic(
+                    "Cannot delete an earlier image of the destination",
+                    &e,
+                    Some(attr::DESTINATION),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn delete_failed(

@@ -34,6 +34,8 @@ struct Fake {
     last_only_blobs: Mutex<Option<BTreeSet<Digest>>>,
     /// Syncs fail (e.g. the registry is down).
     fail_sync: Mutex<bool>,
+    /// Lookups of references on this registry host fail with a 503 (the host is down).
+    down_host: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -89,6 +91,11 @@ impl Backend for Fake {
         self.calls.lock().unwrap().push(format!("digest {r}"));
         if let Some(status) = *self.fail_digest.lock().unwrap() {
             return Err(registry_error(status));
+        }
+        if let Some(host) = self.down_host.lock().unwrap().as_deref() {
+            if r.to_string().starts_with(host) {
+                return Err(registry_error(503));
+            }
         }
         if let Some(d) = r.digest() {
             return Ok(Some(d.clone()));
@@ -217,7 +224,11 @@ async fn create_plans_the_source_digest_and_copies_it_by_digest() {
     let planned = plan(&fake, None, Some(config(s(SRC), DST))).await;
     let state = planned.state.clone().unwrap();
     assert_eq!(state.source_digest, s(digest(1).as_str()));
-    assert!(state.id.is_unknown());
+    // Known at plan time: a copy keeps the digest.
+    assert_eq!(
+        state.id,
+        s(&format!("127.0.0.1:6000/dst/app@{}", digest(1)))
+    );
     assert_eq!(state.delete_layers, Value::Bool(true));
     // The tag moves between plan and apply: we still copy what was planned.
     fake.tags
@@ -260,9 +271,9 @@ async fn unknown_source_does_not_fail_the_plan() {
 }
 
 #[tokio::test]
-async fn plan_after_create_is_a_no_op_and_tag_move_forces_replacement() {
+async fn a_moved_source_tag_is_an_in_place_re_sync_that_keeps_the_old_image_until_destroy() {
     let fake = Fake::with(&[(SRC, digest(1))]);
-    let state = created(&fake).await;
+    let (state, private) = created_with_private(&fake).await;
     let p = plan(&fake, Some(state.clone()), Some(state.clone())).await;
     assert_eq!(p.state.as_ref(), Some(&state));
     assert!(p.requires_replace.is_empty());
@@ -272,10 +283,62 @@ async fn plan_after_create_is_a_no_op_and_tag_move_forces_replacement() {
         .unwrap()
         .insert(key(&Reference::parse(SRC).unwrap()), digest(2));
     let p = plan(&fake, Some(state.clone()), Some(state.clone())).await;
-    assert_eq!(p.requires_replace, vec![attr::SOURCE_DIGEST]);
+    assert!(
+        p.requires_replace.is_empty(),
+        "no replacement: nothing is deleted first"
+    );
     let planned = p.state.unwrap();
     assert_eq!(planned.source_digest, s(digest(2).as_str()));
-    assert!(planned.id.is_unknown());
+    let new_id = format!("127.0.0.1:6000/dst/app@{}", digest(2));
+    assert_eq!(planned.id, s(&new_id), "the new id is known at plan time");
+    let applied = apply(&fake, Some(state), Some(planned.clone()), private).await;
+    assert!(applied.diags.is_empty(), "{:?}", applied.diags);
+    assert_eq!(applied.state, Some(planned));
+    assert_eq!(fake.get(DST), Some(digest(2)));
+    assert_eq!(applied.private.previous, vec![digest(1)]);
+    assert!(
+        !fake.calls().iter().any(|c| c.starts_with("delete")),
+        "the re-sync deleted something: {:?}",
+        fake.calls()
+    );
+    // Destroy deletes the earlier image (by digest) before the tag.
+    let gone = apply(&fake, applied.state, None, applied.private).await;
+    assert!(gone.state.is_none(), "{:?}", gone.diags);
+    let deletes: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("delete"))
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    assert!(
+        deletes[0].contains(&format!("dst/app@{}", digest(1))),
+        "{deletes:?}"
+    );
+    assert!(deletes[1].contains("dst/app:1"), "{deletes:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_source_keeps_an_existing_resource_and_warns() {
+    let fake = Fake::with(&[(SRC, digest(1))]);
+    let state = created(&fake).await;
+    *fake.down_host.lock().unwrap() = Some("127.0.0.1:5000".into());
+    let p = plan(&fake, Some(state.clone()), Some(state.clone())).await;
+    assert!(!crate::diag::has_errors(&p.diags), "{:?}", p.diags);
+    assert!(
+        p.diags
+            .iter()
+            .any(|d| d.summary.starts_with("Cannot check the source image")),
+        "{:?}",
+        p.diags
+    );
+    assert_eq!(p.state.as_ref(), Some(&state), "state kept");
+    assert!(p.diags.iter().all(|d| !d.summary.contains("transient")));
+    // A new resource cannot be made without its source: an error.
+    let p = plan(&fake, None, Some(config(s(SRC), DST))).await;
+    assert!(crate::diag::has_errors(&p.diags), "{:?}", p.diags);
+    // Destroy does not look at the source.
+    let gone = apply(&fake, Some(state), None, Private::default()).await;
+    assert!(gone.state.is_none(), "{:?}", gone.diags);
 }
 
 #[tokio::test]
@@ -323,14 +386,18 @@ async fn read_removes_only_on_not_found_and_reports_drift() {
     );
     let p = plan(&fake, Some(refreshed.clone()), Some(refreshed.clone())).await;
     assert!(p.requires_replace.is_empty());
-    assert!(p.state.unwrap().id.is_unknown());
+    assert_eq!(
+        p.state.unwrap().id,
+        state.id,
+        "planned back to the source's digest"
+    );
 
     // Errors other than not-found keep the state and report.
     *fake.fail_digest.lock().unwrap() = Some(401);
     let (kept, diags) = read(&fake, state.clone()).await;
     assert_eq!(kept, Some(state.clone()));
     assert!(
-        diags[0].error && diags[0].summary.contains("unauthorized"),
+        diags[0].error && diags[0].summary.contains("authentication failed"),
         "{diags:?}"
     );
     *fake.fail_digest.lock().unwrap() = Some(503);
@@ -680,5 +747,69 @@ async fn hostile_timeouts_are_a_plan_error_not_a_panic() {
     assert_eq!(
         m.target().unwrap().unwrap().delete_timeout,
         std::time::Duration::from_secs(120)
+    );
+}
+
+/// `terraform validate`: what it can check without the provider block and without
+/// variable values.
+#[test]
+fn validate_checks_literals_and_leaves_unknowns_to_plan() {
+    let mut m = config(s("127.0.0.1:5000/src/App:1"), DST);
+    assert!(validate(&m.to_value())
+        .iter()
+        .any(|d| d.error && d.summary.contains("\"source\"")));
+    // A value from a variable is unknown at validate time: checked at plan.
+    m.source = Value::Unknown;
+    assert!(validate(&m.to_value()).is_empty());
+    for (name, ok) in [
+        ("web-1", true),
+        ("a.b", true),
+        ("Web", false),
+        ("-x", false),
+        ("a..b", false),
+    ] {
+        m.name = s(name);
+        assert_eq!(validate(&m.to_value()).is_empty(), ok, "name {name}");
+    }
+    m.name = Value::Null;
+    for (ns, ok) in [
+        ("team-a", true),
+        ("team.a", false),
+        (&"x".repeat(64), false),
+    ] {
+        m.namespace = s(ns);
+        assert_eq!(validate(&m.to_value()).is_empty(), ok, "namespace {ns}");
+    }
+}
+
+/// A registry that refuses deletes: the earlier images kept for a moved tag do not make
+/// destroy fail (it warns and leaves the state, as for the tag itself).
+#[tokio::test]
+async fn earlier_images_on_a_registry_without_deletes_do_not_block_destroy() {
+    let fake = Fake::with(&[(SRC, digest(1))]);
+    let (state, private) = created_with_private(&fake).await;
+    fake.tags
+        .lock()
+        .unwrap()
+        .insert(key(&Reference::parse(SRC).unwrap()), digest(2));
+    let p = plan(&fake, Some(state.clone()), Some(state.clone())).await;
+    let applied = apply(&fake, Some(state), p.state, private).await;
+    assert_eq!(applied.private.previous, vec![digest(1)]);
+    // The fake answers "unsupported" for references it holds: hold the earlier digest.
+    let earlier = format!("127.0.0.1:6000/dst/app@{}", digest(1));
+    fake.tags
+        .lock()
+        .unwrap()
+        .insert(key(&Reference::parse(&earlier).unwrap()), digest(1));
+    *fake.deletes_disabled.lock().unwrap() = true;
+    let gone = apply(&fake, applied.state, None, applied.private).await;
+    assert!(gone.state.is_none(), "{:?}", gone.diags);
+    assert!(gone.diags.iter().all(|d| !d.error), "{:?}", gone.diags);
+    assert!(
+        gone.diags
+            .iter()
+            .any(|d| d.summary.contains("Earlier image")),
+        "{:?}",
+        gone.diags
     );
 }
