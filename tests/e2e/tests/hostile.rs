@@ -234,12 +234,14 @@ async fn redirected_source(to: Fault) -> (Registry, Registry, FaultProxy) {
     (src, dst, proxy)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_layer_redirect_to_an_unlisted_loopback_address_is_never_followed() {
-    let canary = Canary::start("127.0.0.2").await;
+/// Copies from a source whose layer GETs are redirected to a canary listening on
+/// `canary_host` (by address, or by the name `localhost`), and asserts the copy is refused
+/// with no connection to the canary, no tag and no upload bytes at the destination.
+async fn assert_layer_redirect_refused(canary_host: &str, by_name: bool) {
+    let canary = Canary::start(canary_host).await;
     let (_src, dst, proxy) = redirected_source(Fault::Redirect {
         to: canary.addr(),
-        by_name: false,
+        by_name,
     })
     .await;
     let e = Engine::new(config(&[&proxy.addr(), dst.addr()])).unwrap();
@@ -259,28 +261,15 @@ async fn a_layer_redirect_to_an_unlisted_loopback_address_is_never_followed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_redirect_to_an_unlisted_loopback_address_is_never_followed() {
+    assert_layer_redirect_refused("127.0.0.2", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_redirect_to_a_name_resolving_to_loopback_is_refused_after_dns() {
     // `localhost` is no registry of this sync: it resolves to loopback, so the guarded
     // resolver refuses it even though the registries themselves are on 127.0.0.1.
-    let canary = Canary::start("127.0.0.1").await;
-    let (_src, dst, proxy) = redirected_source(Fault::Redirect {
-        to: canary.addr(),
-        by_name: true,
-    })
-    .await;
-    let e = Engine::new(config(&[&proxy.addr(), dst.addr()])).unwrap();
-    let err = e
-        .sync(
-            &r(&format!("{}/app:1", proxy.addr())),
-            &r(&dst.reference("mirror:1")),
-            &SyncOptions::default(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(root(&err), Error::Refused { .. }), "{err}");
-    assert_eq!(canary.connections(), 0, "{:?}", canary.requests());
-    assert_eq!(dst.manifest_status("mirror", "1").await, 404);
-    assert_eq!(upload_bytes(&dst), 0);
+    assert_layer_redirect_refused("127.0.0.1", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
