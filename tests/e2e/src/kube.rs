@@ -110,7 +110,23 @@ fn openssl(args: &[&str]) {
 
 impl ApiServer {
     /// Starts etcd and kube-apiserver on free 127.0.0.1 ports and waits for `/readyz`.
+    /// A port found free can be taken by a parallel test before etcd or kube-apiserver
+    /// binds it; such a start is retried on fresh ports (up to 3 times).
     pub async fn start() -> ApiServer {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::try_start().await {
+                Ok(server) => return server,
+                Err(e) if tries < 3 && e.contains("address already in use") => {
+                    eprintln!("kube test cluster: a port was taken meanwhile; retrying ({e})");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    async fn try_start() -> Result<ApiServer, String> {
         let binary = apiserver_binary();
         let dir = tempfile::Builder::new()
             .prefix("imagesync-kube-")
@@ -210,16 +226,16 @@ impl ApiServer {
             admin_token,
             kubeconfig,
         };
-        server.wait_ready().await;
+        server.wait_ready().await?;
         let ca = server.dir.path().join("certs/apiserver.crt");
         let text = kubeconfig_text(&server.url(), &ca, "admin", &server.admin_token);
         std::fs::write(&server.kubeconfig, text).unwrap_or_else(|e| panic!("{e}"));
         // The default namespace and the bootstrap RBAC roles appear shortly after readyz.
         server.wait_for_default_namespace().await;
-        server
+        Ok(server)
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let http = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
             .build()
@@ -228,13 +244,16 @@ impl ApiServer {
         let url = format!("{}/readyz", self.url());
         loop {
             if let Ok(Some(status)) = self.apiserver.try_wait() {
-                panic!("kube-apiserver exited ({status}):\n{}", self.log_tail());
+                return Err(format!(
+                    "kube-apiserver exited ({status}):\n{}",
+                    self.log_tail()
+                ));
             }
             if let Ok(Some(status)) = self.etcd.try_wait() {
-                panic!(
+                return Err(format!(
                     "etcd exited ({status}):\n{}",
                     std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-                );
+                ));
             }
             let ok = http
                 .get(&url)
@@ -244,7 +263,7 @@ impl ApiServer {
                 .map(|r| r.status().is_success())
                 .unwrap_or(false);
             if ok {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
