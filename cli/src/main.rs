@@ -239,6 +239,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         expect_digest,
                         delete_layers: !keep_layers,
                         only_blobs: None,
+                        referrers: Vec::new(),
                     },
                 )
                 .await;

@@ -884,6 +884,7 @@ async fn apply_inner(
                     &SyncOptions {
                         progress: None,
                         expect_source_digest: Some(source_digest.clone()),
+                        ..SyncOptions::default()
                     },
                 )
                 .await;
@@ -1215,6 +1216,7 @@ async fn delete_destination(
         expect_digest: Some(expect),
         delete_layers: obj.spec.delete_layers && only_blobs.is_some(),
         only_blobs,
+        referrers: Vec::new(),
     };
     match engine.delete(&reference, &options).await {
         Ok(report) => {

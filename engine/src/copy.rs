@@ -17,10 +17,10 @@ use crate::progress::{BlobAction, Progress, ProgressEvent};
 use crate::reference::{Digest, Reference};
 use crate::{Engine, Outcome, SyncOptions};
 
-struct Emit(Option<Arc<dyn Progress>>);
+pub(crate) struct Emit(pub(crate) Option<Arc<dyn Progress>>);
 
 impl Emit {
-    fn send(&self, e: ProgressEvent) {
+    pub(crate) fn send(&self, e: ProgressEvent) {
         if let Some(p) = &self.0 {
             p.event(e);
         }
@@ -28,9 +28,9 @@ impl Emit {
 }
 
 /// A manifest of the source tree, children before parents.
-struct Node {
-    data: ManifestData,
-    manifest: Manifest,
+pub(crate) struct Node {
+    pub(crate) data: ManifestData,
+    pub(crate) manifest: Manifest,
 }
 
 pub(crate) async fn sync(
@@ -52,7 +52,7 @@ pub(crate) async fn sync(
     let id = destination.id(&source_digest);
     if destination_up_to_date(&dst_client, destination, &source_digest).await? {
         tracing::info!(%source, %destination, digest = %source_digest, "destination up to date");
-        return Ok(Outcome {
+        let mut outcome = Outcome {
             source_digest: source_digest.clone(),
             destination_digest: source_digest,
             id,
@@ -63,7 +63,13 @@ pub(crate) async fn sync(
             blobs_mounted: 0,
             manifests_pushed: 0,
             uploaded: Vec::new(),
-        });
+            referrers: Vec::new(),
+        };
+        // Referrers added at the source since the image was copied still follow it.
+        let hook = crate::attached::Hook::new(engine, &src_client, &dst_client, &emit);
+        hook.follow(&source, destination, None, &options.referrers, &mut outcome)
+            .await?;
+        return Ok(outcome);
     }
 
     let tree = read_source(
@@ -105,7 +111,7 @@ pub(crate) async fn sync(
         blobs_skipped = stats.count_skipped, blobs_mounted = stats.count_mounted,
         elapsed_ms = started.elapsed().as_millis() as u64, "synced"
     );
-    Ok(Outcome {
+    let mut outcome = Outcome {
         source_digest,
         destination_digest: written,
         id,
@@ -116,7 +122,20 @@ pub(crate) async fn sync(
         blobs_mounted: stats.count_mounted,
         manifests_pushed: manifests,
         uploaded,
-    })
+        referrers: Vec::new(),
+    };
+    // Signatures, attestations and SBOMs follow, after the image is complete.
+    let hook = crate::attached::Hook::new(engine, &src_client, &dst_client, &emit);
+    let children = tree.child_digests();
+    hook.follow(
+        &source,
+        destination,
+        Some(children),
+        &options.referrers,
+        &mut outcome,
+    )
+    .await?;
+    Ok(outcome)
 }
 
 /// The digest to copy: the source's (pinned or resolved by HEAD), which must equal the
@@ -171,6 +190,23 @@ struct SourceTree {
 }
 
 impl SourceTree {
+    /// The child manifests of the image: the top index's entries and any nested child
+    /// read from the source.
+    fn child_digests(&self) -> Vec<Digest> {
+        let mut out: Vec<Digest> = self
+            .top_manifest
+            .children()
+            .iter()
+            .map(|c| c.digest.clone())
+            .collect();
+        for c in &self.missing_children {
+            if !out.contains(&c.data.digest) {
+                out.push(c.data.digest.clone());
+            }
+        }
+        out
+    }
+
     /// Every blob the top manifest and the missing children reference, once each.
     fn blobs(&self) -> BTreeMap<Digest, Descriptor> {
         let mut blobs = BTreeMap::new();
@@ -218,16 +254,16 @@ async fn read_source(
 
 /// What the blob transfers did.
 #[derive(Default)]
-struct BlobStats {
-    bytes: u64,
-    count_uploaded: usize,
-    count_skipped: usize,
-    count_mounted: usize,
-    uploaded: Vec<Digest>,
+pub(crate) struct BlobStats {
+    pub(crate) bytes: u64,
+    pub(crate) count_uploaded: usize,
+    pub(crate) count_skipped: usize,
+    pub(crate) count_mounted: usize,
+    pub(crate) uploaded: Vec<Digest>,
 }
 
 /// Copies every blob, `engine.jobs()` at a time; the first failure fails the copy.
-async fn transfer_blobs(
+pub(crate) async fn transfer_blobs(
     engine: &Engine,
     src_client: &Client,
     dst_client: &Client,
@@ -320,7 +356,7 @@ async fn push_manifests(
 }
 
 /// Reads every child manifest of `manifest` (recursively), children before parents.
-fn collect_children<'a>(
+pub(crate) fn collect_children<'a>(
     client: &'a Client,
     source: &'a Reference,
     manifest: &'a Manifest,

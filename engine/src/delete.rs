@@ -71,6 +71,17 @@ pub(crate) async fn delete(
     // What the image references, read before anything is removed.
     let mut ours = Tree::default();
     read_tree(&client, dst, &digest, &mut ours).await?;
+    if !opts.referrers.is_empty() {
+        // The referrers this owner wrote go with the image (their blobs become
+        // candidates like the image's own); what others attached stays.
+        let subjects = ours.manifests.clone();
+        for r in &opts.referrers {
+            read_tree(&client, dst, r, &mut ours).await?;
+        }
+        let warnings =
+            crate::attached::detach_owned(&client, dst, &subjects, &opts.referrers).await?;
+        report.warnings.extend(warnings);
+    }
 
     let this_tag = dst
         .tag()

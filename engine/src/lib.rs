@@ -16,6 +16,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod attached;
 pub mod auth;
 mod blobs;
 pub mod client;
@@ -23,6 +24,7 @@ pub mod config;
 mod copy;
 mod delete;
 pub mod error;
+mod fallback;
 pub mod manifest;
 mod observer;
 pub mod progress;
@@ -42,6 +44,14 @@ pub use observer::RequestObserver;
 pub use progress::{Progress, ProgressEvent};
 pub use reference::{Digest, Reference};
 
+/// Referrer types as cosign writes them (the `artifact_type` of its tag-based manifests).
+pub mod artifact_types {
+    /// A cosign signature (`.sig` tag).
+    pub const COSIGN_SIGNATURE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+    /// A cosign attestation (`.att` tag): a DSSE envelope.
+    pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
+}
+
 /// Per-call options of [`Engine::sync`].
 #[derive(Clone, Default)]
 pub struct SyncOptions {
@@ -50,6 +60,76 @@ pub struct SyncOptions {
     /// When set, the source must resolve to this digest or the copy fails (copy what was
     /// planned, not whatever the tag points at now).
     pub expect_source_digest: Option<Digest>,
+    /// Which signatures, attestations and SBOMs follow the image (default: all).
+    pub referrers: ReferrerPolicy,
+}
+
+/// Which referrers (signatures, attestations, SBOMs: the OCI 1.1 referrers API, the
+/// `sha256-<hex>` fallback tag and cosign's `sha256-<hex>.sig|.att|.sbom` tags) a sync
+/// copies with the image. The default copies all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferrerPolicy {
+    /// Copy referrers at all.
+    pub enabled: bool,
+    /// Only these artifact types (empty: every type). See [`Referrer::artifact_type`].
+    pub artifact_types: Vec<String>,
+}
+
+impl Default for ReferrerPolicy {
+    fn default() -> Self {
+        ReferrerPolicy {
+            enabled: true,
+            artifact_types: Vec::new(),
+        }
+    }
+}
+
+impl ReferrerPolicy {
+    /// No referrers.
+    pub fn off() -> ReferrerPolicy {
+        ReferrerPolicy {
+            enabled: false,
+            artifact_types: Vec::new(),
+        }
+    }
+
+    /// Whether a referrer of `artifact_type` is copied.
+    pub fn wants(&self, artifact_type: &str) -> bool {
+        self.enabled
+            && (self.artifact_types.is_empty()
+                || self.artifact_types.iter().any(|t| t == artifact_type))
+    }
+}
+
+/// A referrer that followed the image to the destination.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Referrer {
+    /// Digest of the referrer's manifest (the same at source and destination).
+    pub digest: Digest,
+    /// Its artifact type: the manifest's `artifactType`, else its config media type,
+    /// else (cosign's tag-based manifests, whose config is a plain image config) the
+    /// media type of its first layer, e.g. `application/vnd.dev.cosign.simplesigning.v1+json`.
+    pub artifact_type: String,
+    /// The manifest it refers to (the image, one of its children, or another referrer).
+    pub subject: Digest,
+    /// The cosign tag it is published under (`sha256-<hex>.sig|.att|.sbom`); `None` for a
+    /// referrer attached through its `subject` (referrers API or fallback index).
+    pub tag: Option<String>,
+    /// This sync wrote it (its manifest, its cosign tag or its fallback-index entry); false
+    /// when the destination already had it. An owner records what it wrote and passes
+    /// it to [`DeleteOptions::referrers`].
+    pub written: bool,
+}
+
+/// The referrers to record after a sync: `now`, with `written` kept true for those an
+/// earlier sync recorded as written (a later sync finds its own earlier writes present).
+pub fn merge_owned_referrers(prior_written: &[Digest], now: Vec<Referrer>) -> Vec<Referrer> {
+    now.into_iter()
+        .map(|mut r| {
+            r.written |= prior_written.contains(&r.digest);
+            r
+        })
+        .collect()
 }
 
 /// What a sync did.
@@ -79,6 +159,9 @@ pub struct Outcome {
     /// it pushed. An owner that records them can later delete exactly what it wrote
     /// ([`DeleteOptions::only_blobs`]).
     pub uploaded: Vec<Digest>,
+    /// The referrers that followed the image (found at the source and now at the
+    /// destination), sorted. Empty with [`ReferrerPolicy::off`].
+    pub referrers: Vec<Referrer>,
 }
 
 /// Per-call options of [`Engine::delete`].
@@ -93,6 +176,11 @@ pub struct DeleteOptions {
     /// registry can enumerate references them. `None` (the CLI, which keeps no record):
     /// any blob or child manifest of the image that no enumerable manifest references.
     pub only_blobs: Option<BTreeSet<Digest>>,
+    /// Referrer manifests the owner's syncs wrote ([`Referrer::written`]): removed with
+    /// the image (their fallback-index entries, their cosign tags while those still point
+    /// at them, the manifests). Referrers written by others stay, and so do their
+    /// entries in the fallback index.
+    pub referrers: Vec<Digest>,
 }
 
 impl Default for DeleteOptions {
@@ -101,6 +189,7 @@ impl Default for DeleteOptions {
             expect_digest: None,
             delete_layers: true,
             only_blobs: None,
+            referrers: Vec::new(),
         }
     }
 }
@@ -266,6 +355,22 @@ impl Engine {
             };
         self.inner.blobs.save();
         result
+    }
+
+    /// Whether the source shows referrers of `digest` that `known` lacks, in at most two
+    /// requests: a GET of the `sha256-<hex>` fallback tag and a HEAD of the cosign
+    /// `sha256-<hex>.sig` tag. A drift check's cheap probe; a sync finds everything (the
+    /// referrers API, `.att` and `.sbom` tags, child manifests' referrers). Always false
+    /// with the policy off. Errors other than "not found" are returned, never taken for
+    /// "no referrers".
+    pub async fn referrers_changed(
+        &self,
+        source: &Reference,
+        digest: &Digest,
+        known: &[Digest],
+        policy: &ReferrerPolicy,
+    ) -> Result<bool> {
+        attached::changed(&self.client(source), source, digest, known, policy).await
     }
 
     /// Removes `destination`'s tag safely, then (optionally) its unshared blobs.

@@ -30,10 +30,37 @@ impl Client {
         digest: &Digest,
     ) -> Result<Option<Vec<Descriptor>>> {
         let what = format!("{repository}@{digest}");
+        let Some(entries) = self.referrer_entries(repository, digest, None).await? else {
+            return Ok(None);
+        };
+        entries
+            .into_iter()
+            .map(|e| {
+                serde_json::from_value::<Descriptor>(e)
+                    .map_err(|e| not_an_index(&what, 200, &e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// The referrers API's descriptors for `digest` as served (every field kept, e.g.
+    /// `artifactType` and `annotations`), optionally asking the registry to filter by
+    /// `artifact_type` (a registry may ignore the filter; callers filter again).
+    /// `Ok(None)` when the registry has no referrers API (404 on the endpoint).
+    pub async fn referrer_entries(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<serde_json::Value>>> {
+        let what = format!("{repository}@{digest}");
         let scopes = [Scope::pull(repository)];
         let mut url = self.url(&format!("/v2/{repository}/referrers/{digest}"));
+        if let Some(t) = artifact_type {
+            url = format!("{url}?artifactType={}", encode_query(t));
+        }
         let mut seen = HashSet::new();
-        let mut out: Vec<Descriptor> = Vec::new();
+        let mut out: Vec<serde_json::Value> = Vec::new();
         for _ in 0..MAX_PAGES {
             seen.insert(url.clone());
             let u = url.clone();
@@ -69,23 +96,45 @@ impl Client {
     }
 }
 
-fn parse_page(what: &str, status: u16, body: &[u8]) -> Result<Vec<Descriptor>> {
+/// Percent-encodes a query value (media types hold `/`, `+` and `.`).
+fn encode_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The descriptors of an image index page (each kept as served).
+fn parse_page(what: &str, status: u16, body: &[u8]) -> Result<Vec<serde_json::Value>> {
     #[derive(serde::Deserialize)]
     struct Page {
         #[serde(default)]
-        manifests: Vec<Descriptor>,
+        manifests: Vec<serde_json::Value>,
     }
-    serde_json::from_slice::<Page>(body)
-        .map(|p| p.manifests)
-        .map_err(|e| Error::Registry {
-            kind: ErrorKind::InvalidInput,
-            operation: "GET referrers",
-            reference: what.to_string(),
-            status,
-            code: None,
-            message: format!("the referrers answer is not an image index: {e}"),
-            retry_after: None,
-        })
+    let page = serde_json::from_slice::<Page>(body)
+        .map_err(|e| not_an_index(what, status, &e.to_string()))?;
+    for m in &page.manifests {
+        // Every entry must at least be a descriptor.
+        serde_json::from_value::<Descriptor>(m.clone())
+            .map_err(|e| not_an_index(what, status, &e.to_string()))?;
+    }
+    Ok(page.manifests)
+}
+
+fn not_an_index(what: &str, status: u16, e: &str) -> Error {
+    Error::Registry {
+        kind: ErrorKind::InvalidInput,
+        operation: "GET referrers",
+        reference: what.to_string(),
+        status,
+        code: None,
+        message: format!("the referrers answer is not an image index: {e}"),
+        retry_after: None,
+    }
 }
 
 fn too_many(what: &str, status: u16, message: &str) -> Error {
@@ -112,9 +161,23 @@ mod tests {
         );
         let page = parse_page("r@x", 200, body.as_bytes()).unwrap();
         assert_eq!(page.len(), 1);
-        assert_eq!(page[0].digest, d);
+        assert_eq!(page[0]["digest"], d.as_str());
+        assert_eq!(
+            page[0]["artifactType"],
+            "application/vnd.dev.cosign.artifact.sig.v1+json"
+        );
+        let not_descriptor = r#"{"manifests":[{"digest":"nope"}]}"#;
+        assert!(parse_page("r@x", 200, not_descriptor.as_bytes()).is_err());
         assert!(parse_page("r@x", 200, b"{}").unwrap().is_empty());
         let err = parse_page("r@x", 200, b"<html>").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn artifact_type_filters_are_percent_encoded() {
+        assert_eq!(
+            encode_query("application/vnd.dev.cosign+json"),
+            "application%2Fvnd.dev.cosign%2Bjson"
+        );
     }
 }

@@ -254,6 +254,7 @@ impl Backend for Direct {
                 &SyncOptions {
                     progress: None,
                     expect_source_digest,
+                    ..SyncOptions::default()
                 },
             )
             .await?;
@@ -290,6 +291,7 @@ impl Backend for Direct {
                     expect_digest,
                     delete_layers: target.delete_layers,
                     only_blobs: target.only_blobs.clone(),
+                    referrers: Vec::new(),
                 },
             )
             .await?;

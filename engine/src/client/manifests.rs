@@ -111,6 +111,21 @@ impl Client {
         media_type: &str,
         bytes: Bytes,
     ) -> Result<Digest> {
+        Ok(self
+            .put_manifest_answer(reference, media_type, bytes)
+            .await?
+            .0)
+    }
+
+    /// [`Client::put_manifest`], also telling whether the registry answered with an
+    /// `OCI-Subject` header: it keeps the referrers of the manifest's `subject` itself
+    /// (OCI 1.1 referrers API), so no fallback tag is needed.
+    pub async fn put_manifest_answer(
+        &self,
+        reference: &Reference,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<(Digest, bool)> {
         let op = Operation::PutManifest;
         let what = reference.to_string();
         let url = self.manifest_url(reference);
@@ -140,7 +155,8 @@ impl Client {
                 });
             }
         }
-        Ok(expected)
+        let subject = resp.headers().contains_key("oci-subject");
+        Ok((expected, subject))
     }
 
     /// DELETE a manifest by tag or digest. `Ok(false)` when it was already gone.

@@ -1141,6 +1141,7 @@ async fn delete_removes_unshared_layers_and_keeps_shared_ones() {
                 expect_digest: None,
                 delete_layers: false,
                 only_blobs: None,
+                referrers: Vec::new(),
             },
         )
         .await
@@ -1188,6 +1189,7 @@ async fn delete_with_the_upload_record_keeps_layers_of_untagged_images() {
         expect_digest: Some(outcome.destination_digest.clone()),
         delete_layers: true,
         only_blobs: Some(outcome.uploaded.iter().cloned().collect()),
+        referrers: Vec::new(),
     };
     let report = e.delete(&r(&dst.reference("app:1")), &owned).await.unwrap();
     assert!(report.manifest_deleted, "{report:?}");
@@ -1254,6 +1256,7 @@ async fn delete_with_mismatched_expect_digest_refuses_and_changes_nothing() {
                 expect_digest: Some(other.digest.parse().unwrap()),
                 delete_layers: true,
                 only_blobs: None,
+                referrers: Vec::new(),
             },
         )
         .await
@@ -1275,6 +1278,7 @@ async fn delete_with_mismatched_expect_digest_refuses_and_changes_nothing() {
                 expect_digest: Some(pushed.digest.parse().unwrap()),
                 delete_layers: true,
                 only_blobs: None,
+                referrers: Vec::new(),
             },
         )
         .await
