@@ -110,6 +110,7 @@ impl<'a> Hook<'a> {
         if found.is_empty() {
             return Ok(());
         }
+        let found = self.without_foreign_tags(destination, found).await?;
         tracing::info!(%source, %destination, referrers = found.len(), "copying referrers");
         let present = self
             .copy_contents(source, destination, &found, outcome)
@@ -297,23 +298,12 @@ impl<'a> Hook<'a> {
         tag: &str,
         f: &Found,
     ) -> Result<Option<bool>> {
-        let r = destination.with_tag(tag)?;
-        match self.dst.get_manifest(&r).await {
-            Ok(current) if current.digest == f.data.digest => return Ok(Some(false)),
-            Ok(current) => {
-                let theirs = Manifest::parse(&r.to_string(), &current.media_type, &current.bytes)
-                    .map(|m| m.blobs())
-                    .unwrap_or_default();
-                let ours: HashSet<Digest> =
-                    f.manifest.blobs().into_iter().map(|b| b.digest).collect();
-                if current_is_lost(&theirs, &ours) {
-                    tracing::warn!(destination = %r, "the destination's cosign tag holds layers the source's lacks; left alone");
-                    return Ok(None);
-                }
-            }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
+        match self.tag_state(destination, tag, f).await? {
+            TagState::Same => return Ok(Some(false)),
+            TagState::Theirs => return Ok(None),
+            TagState::Free => {}
         }
+        let r = destination.with_tag(tag)?;
         self.dst
             .put_manifest(&r, &f.data.media_type, f.data.bytes.clone())
             .await?;
@@ -322,9 +312,71 @@ impl<'a> Hook<'a> {
         });
         Ok(Some(true))
     }
+
+    /// What the destination's cosign tag `tag` holds compared with the source's `f`.
+    async fn tag_state(&self, destination: &Reference, tag: &str, f: &Found) -> Result<TagState> {
+        let r = destination.with_tag(tag)?;
+        match self.dst.get_manifest(&r).await {
+            Ok(current) if current.digest == f.data.digest => Ok(TagState::Same),
+            Ok(current) => {
+                let theirs = Manifest::parse(&r.to_string(), &current.media_type, &current.bytes)
+                    .map(|m| layers(&m))
+                    .unwrap_or_default();
+                let ours: HashSet<Digest> =
+                    layers(&f.manifest).into_iter().map(|b| b.digest).collect();
+                if current_is_lost(&theirs, &ours) {
+                    tracing::warn!(destination = %r, "the destination's cosign tag holds layers the source's lacks; left alone");
+                    Ok(TagState::Theirs)
+                } else {
+                    Ok(TagState::Free)
+                }
+            }
+            Err(e) if e.is_not_found() => Ok(TagState::Free),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `found` without the cosign-tag referrers whose destination tag is someone else's
+    /// (nothing of theirs is copied, not even blobs).
+    async fn without_foreign_tags(
+        &self,
+        destination: &Reference,
+        found: Vec<Found>,
+    ) -> Result<Vec<Found>> {
+        let mut out = Vec::with_capacity(found.len());
+        for f in found {
+            if let Some(tag) = &f.tag {
+                if self.tag_state(destination, tag, &f).await? == TagState::Theirs {
+                    continue;
+                }
+            }
+            out.push(f);
+        }
+        Ok(out)
+    }
 }
 
-/// Whether replacing a tag whose manifest has blobs `theirs` by one with blobs `ours`
+/// A destination cosign tag compared with the source's.
+#[derive(PartialEq, Eq)]
+enum TagState {
+    /// It already holds the source's manifest.
+    Same,
+    /// Missing, or holding a subset of the source's layers: ours to write.
+    Free,
+    /// It holds layers the source lacks.
+    Theirs,
+}
+
+/// The layers of an image manifest (not its config: cosign's config lists the layers'
+/// digests, so it changes whenever a signature is added).
+fn layers(m: &Manifest) -> Vec<Descriptor> {
+    match m {
+        Manifest::Image { layers, .. } => layers.clone(),
+        Manifest::Index { .. } => Vec::new(),
+    }
+}
+
+/// Whether replacing a tag whose manifest has layers `theirs` by one with blobs `ours`
 /// would drop something (cosign appends a layer per signature, so a newer source tag
 /// holds every layer of the older one).
 fn current_is_lost(theirs: &[Descriptor], ours: &HashSet<Digest>) -> bool {

@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod fixtures;
 pub mod kube;
 pub mod proxy;
+pub mod referrers_layer;
 pub mod registry;
 pub mod tls;
 pub mod token;
