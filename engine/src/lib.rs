@@ -93,12 +93,53 @@ impl ReferrerPolicy {
         }
     }
 
+    /// The policy a front end's options ask for: `enabled`, and only `artifact_types`
+    /// (none: every type). Each must be a media type (`type/subtype`, RFC 6838
+    /// characters, at most 255 bytes), at most [`MAX_REFERRER_TYPES`] of them: the list
+    /// comes from tenants' objects and Terraform attributes.
+    pub fn checked(enabled: bool, artifact_types: &[String]) -> Result<ReferrerPolicy> {
+        if artifact_types.len() > MAX_REFERRER_TYPES {
+            return Err(Error::Config(format!(
+                "at most {MAX_REFERRER_TYPES} referrer artifact types, not {}",
+                artifact_types.len()
+            )));
+        }
+        for t in artifact_types {
+            if !is_media_type(t) {
+                return Err(Error::Config(format!(
+                    "referrer artifact type {:?} is not a media type (type/subtype)",
+                    t.chars().take(80).collect::<String>()
+                )));
+            }
+        }
+        let mut types = artifact_types.to_vec();
+        types.sort();
+        types.dedup();
+        Ok(ReferrerPolicy {
+            enabled,
+            artifact_types: types,
+        })
+    }
+
     /// Whether a referrer of `artifact_type` is copied.
     pub fn wants(&self, artifact_type: &str) -> bool {
         self.enabled
             && (self.artifact_types.is_empty()
                 || self.artifact_types.iter().any(|t| t == artifact_type))
     }
+}
+
+/// The most artifact types a [`ReferrerPolicy`] may list.
+pub const MAX_REFERRER_TYPES: usize = 32;
+
+fn is_media_type(t: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 127
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    t.len() <= 255 && t.split_once('/').is_some_and(|(a, b)| part(a) && part(b))
 }
 
 /// A referrer that followed the image to the destination.
@@ -394,6 +435,30 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hostile: referrer type lists come from tenants; junk and floods are refused.
+    #[test]
+    fn referrer_types_must_be_a_short_list_of_media_types() {
+        let ok = ReferrerPolicy::checked(true, &["text/spdx+json".into(), "text/spdx+json".into()])
+            .unwrap();
+        assert_eq!(ok.artifact_types, vec!["text/spdx+json".to_string()]);
+        for bad in [
+            "",
+            "spdx",
+            "a/b/c",
+            "a/b c",
+            "a/b\n",
+            &format!("a/{}", "b".repeat(300)),
+        ] {
+            assert!(
+                ReferrerPolicy::checked(true, &[bad.to_string()]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let flood: Vec<String> = (0..33).map(|i| format!("a/t{i}")).collect();
+        assert!(ReferrerPolicy::checked(true, &flood).is_err());
+        assert!(ReferrerPolicy::checked(false, &[]).is_ok_and(|p| !p.enabled));
+    }
 
     /// Issue 12, item 5: a blob location learnt under one credential set (one tenant)
     /// is never offered to an engine with other credentials, so a tenant who only knows
