@@ -850,3 +850,65 @@ async fn the_referrers_api_path_against_the_referrers_serving_layer() {
         .unwrap();
     assert_eq!(bytes, sbom.bytes);
 }
+
+/// Hostile source: its fallback index for the image also lists a manifest whose
+/// `subject` is another image (someone else's SBOM, or a planted one). Only the image's
+/// own referrers are copied; the foreign entry is skipped, not carried into the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_entry_for_another_subject_is_not_copied() {
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let t = src.target();
+    let image =
+        fixtures::push_image(src.addr(), "a/b", "1", fixtures::FixtureSpec::seeded(147)).await;
+    let other = fixtures::push_image(
+        src.addr(),
+        "a/b",
+        "other",
+        fixtures::FixtureSpec::seeded(148),
+    )
+    .await;
+    let subject = (
+        image.digest.as_str(),
+        image.media_type.as_str(),
+        image.manifest.len(),
+    );
+    let own = attach_fallback(&t, "a/b", subject, SPDX, 40, true).await;
+    let elsewhere = (
+        other.digest.as_str(),
+        other.media_type.as_str(),
+        other.manifest.len(),
+    );
+    let planted = attach_fallback(&t, "a/b", elsewhere, SPDX, 41, false).await;
+    let entry = json!({"mediaType": OCI_MANIFEST, "digest": planted.digest, "size": planted.bytes.len(), "artifactType": SPDX});
+    add_fallback_entry(&t, "a/b", &image.digest, entry).await;
+    assert_eq!(
+        fallback_entries(src.addr(), "a/b", &image.digest)
+            .await
+            .len(),
+        2
+    );
+
+    let e = engine(&[src.addr(), dst.addr()]);
+    let outcome = sync(
+        &e,
+        &src.reference("a/b:1"),
+        &dst.reference("m/b:1"),
+        ReferrerPolicy::default(),
+    )
+    .await;
+    let got: Vec<&str> = outcome
+        .referrers
+        .iter()
+        .map(|x| x.digest.as_str())
+        .collect();
+    assert_eq!(got, vec![own.digest.as_str()]);
+    assert_eq!(
+        fixtures::manifest_status(dst.addr(), "m/b", &planted.digest).await,
+        404
+    );
+    assert_eq!(
+        digests(&fallback_entries(dst.addr(), "m/b", &image.digest).await),
+        vec![own.digest.clone()]
+    );
+}
