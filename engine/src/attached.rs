@@ -29,7 +29,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fallback;
 use crate::manifest::{check_tree_size, Descriptor, Manifest};
 use crate::reference::{Digest, Reference};
-use crate::{Engine, Outcome, Referrer, ReferrerPolicy};
+use crate::{Engine, Outcome, Referrer, ReferrerPolicy, SyncOptions};
 
 /// Subject, referrer, referrer of a referrer: how deep referrers are followed.
 const MAX_DEPTH: usize = 3;
@@ -80,19 +80,31 @@ impl<'a> Hook<'a> {
     }
 
     /// Copies the referrers of the image `outcome` describes (and of its `children`;
-    /// `None`: read them from the source) and records them in `outcome`.
+    /// `None`: the image was up to date, read them from the source unless the probe is
+    /// unchanged) and records them in `outcome`.
     pub(crate) async fn follow(
         &self,
         source: &Reference,
         destination: &Reference,
         children: Option<Vec<Digest>>,
-        policy: &ReferrerPolicy,
+        options: &SyncOptions,
         outcome: &mut Outcome,
     ) -> Result<()> {
+        let policy = &options.referrers;
         if !policy.enabled {
             return Ok(());
         }
         let top = outcome.source_digest.clone();
+        // Taken before discovery: a referrer added meanwhile changes the next probe.
+        outcome.referrers_probe = probe(self.src, source, &top, policy).await?;
+        let recorded = options.referrers_probe.as_deref().unwrap_or(EMPTY_PROBE);
+        if children.is_none() && outcome.referrers_probe.as_deref() == Some(recorded) {
+            // The image is up to date and its probe unchanged since the recorded sync
+            // (or, without a record, the source has neither tag): HEADs only.
+            tracing::debug!(%source, "referrers probe unchanged; not looking further");
+            return Ok(());
+        }
+        outcome.referrers_checked = true;
         let children = match children {
             Some(c) => c,
             None => {
@@ -628,44 +640,48 @@ fn subject_of(bytes: &[u8]) -> Option<Digest> {
         .map(|s| s.digest)
 }
 
+/// The fingerprint of a source without a fallback tag or `.sig` tag.
+pub(crate) const EMPTY_PROBE: &str = "fallback=-;sig=-";
+
+/// [`Engine::referrers_probe`]: HEADs of `digest`'s `sha256-<hex>` fallback tag and (when
+/// the policy wants signatures) its cosign `.sig` tag. `None` with the policy off.
+pub(crate) async fn probe(
+    client: &Client,
+    source: &Reference,
+    digest: &Digest,
+    policy: &ReferrerPolicy,
+) -> Result<Option<String>> {
+    if !policy.enabled {
+        return Ok(None);
+    }
+    let head = |tag: String| async move {
+        match client.resolve(&source.with_tag(&tag)?).await {
+            Ok(d) => Ok(d.to_string()),
+            Err(e) if e.is_not_found() => Ok("-".to_string()),
+            Err(e) => Err(e),
+        }
+    };
+    let fallback = head(fallback::tag_of(digest)).await?;
+    let sig = if policy.wants(COSIGN_SIGNATURE) {
+        head(format!("{}.sig", fallback::tag_of(digest))).await?
+    } else {
+        "-".to_string()
+    };
+    Ok(Some(format!("fallback={fallback};sig={sig}")))
+}
+
 /// [`Engine::referrers_changed`].
 pub(crate) async fn changed(
     client: &Client,
     source: &Reference,
     digest: &Digest,
-    known: &[Digest],
+    recorded: Option<&str>,
     policy: &ReferrerPolicy,
 ) -> Result<bool> {
-    if !policy.enabled {
+    let Some(now) = probe(client, source, digest, policy).await? else {
         return Ok(false);
-    }
-    let mut seen: Vec<Digest> = Vec::new();
-    match fallback::read(client, source, digest).await {
-        Ok(Some(index)) => {
-            for e in &index.entries {
-                let wanted = match e.get("artifactType").and_then(Value::as_str) {
-                    Some(t) => policy.wants(t),
-                    None => policy.artifact_types.is_empty(),
-                };
-                if let Some(d) = fallback::entry_digest(e).filter(|_| wanted) {
-                    if let Ok(d) = d.parse() {
-                        seen.push(d);
-                    }
-                }
-            }
-        }
-        Ok(None) | Err(Error::UnsupportedManifest { .. }) => {}
-        Err(e) => return Err(e),
-    }
-    if policy.wants(COSIGN_SIGNATURE) {
-        let sig = source.with_tag(&format!("{}.sig", fallback::tag_of(digest)))?;
-        match client.resolve(&sig).await {
-            Ok(d) => seen.push(d),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(seen.iter().any(|d| !known.contains(d)))
+    };
+    Ok(now != recorded.unwrap_or(EMPTY_PROBE))
 }
 
 /// Delete: removes the referrers the owner wrote (`owned`) of the manifests `subjects`

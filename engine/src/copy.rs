@@ -64,10 +64,12 @@ pub(crate) async fn sync(
             manifests_pushed: 0,
             uploaded: Vec::new(),
             referrers: Vec::new(),
+            referrers_probe: None,
+            referrers_checked: false,
         };
         // Referrers added at the source since the image was copied still follow it.
         let hook = crate::attached::Hook::new(engine, &src_client, &dst_client, &emit);
-        hook.follow(&source, destination, None, &options.referrers, &mut outcome)
+        hook.follow(&source, destination, None, options, &mut outcome)
             .await?;
         return Ok(outcome);
     }
@@ -123,6 +125,8 @@ pub(crate) async fn sync(
         manifests_pushed: manifests,
         uploaded,
         referrers: Vec::new(),
+        referrers_probe: None,
+        referrers_checked: false,
     };
     // Signatures, attestations and SBOMs follow, after the image is complete.
     let hook = crate::attached::Hook::new(engine, &src_client, &dst_client, &emit);
@@ -131,7 +135,7 @@ pub(crate) async fn sync(
         &source,
         destination,
         Some(children),
-        &options.referrers,
+        options,
         &mut outcome,
     )
     .await?;

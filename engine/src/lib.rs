@@ -62,6 +62,11 @@ pub struct SyncOptions {
     pub expect_source_digest: Option<Digest>,
     /// Which signatures, attestations and SBOMs follow the image (default: all).
     pub referrers: ReferrerPolicy,
+    /// The [`Outcome::referrers_probe`] the owner recorded after its last sync. When the
+    /// image is already up to date and the probe still gives this (without a record: the
+    /// source has no fallback or `.sig` tag), the referrers are not looked at further, so
+    /// a no-op sync costs HEADs only; otherwise they are discovered in full.
+    pub referrers_probe: Option<String>,
 }
 
 /// Which referrers (signatures, attestations, SBOMs: the OCI 1.1 referrers API, the
@@ -203,6 +208,14 @@ pub struct Outcome {
     /// The referrers that followed the image (found at the source and now at the
     /// destination), sorted. Empty with [`ReferrerPolicy::off`].
     pub referrers: Vec<Referrer>,
+    /// The referrers drift probe taken at the source before the referrers were copied
+    /// (see [`Engine::referrers_probe`]); record it and pass it to
+    /// [`Engine::referrers_changed`]. `None` with referrers off.
+    pub referrers_probe: Option<String>,
+    /// The referrers were discovered (and copied) in full, so [`Outcome::referrers`] is the
+    /// complete list. False with referrers off, or when a sync of an up-to-date image
+    /// found the probe unchanged: keep the list recorded before.
+    pub referrers_checked: bool,
 }
 
 /// Per-call options of [`Engine::delete`].
@@ -398,20 +411,33 @@ impl Engine {
         result
     }
 
-    /// Whether the source shows referrers of `digest` that `known` lacks, in at most two
-    /// requests: a GET of the `sha256-<hex>` fallback tag and a HEAD of the cosign
-    /// `sha256-<hex>.sig` tag. A drift check's cheap probe; a sync finds everything (the
-    /// referrers API, `.att` and `.sbom` tags, child manifests' referrers). Always false
-    /// with the policy off. Errors other than "not found" are returned, never taken for
-    /// "no referrers".
+    /// The drift probe of `digest`'s referrers at the source, two HEADs: the
+    /// `sha256-<hex>` fallback tag and the cosign `sha256-<hex>.sig` tag. The answer is a
+    /// fingerprint to record ([`Outcome::referrers_probe`] is the one taken by a sync) and
+    /// compare later ([`Engine::referrers_changed`]). `None` with the policy off.
+    pub async fn referrers_probe(
+        &self,
+        source: &Reference,
+        digest: &Digest,
+        policy: &ReferrerPolicy,
+    ) -> Result<Option<String>> {
+        attached::probe(&self.client(source), source, digest, policy).await
+    }
+
+    /// Whether the probe ([`Engine::referrers_probe`]) now differs from `recorded` (the
+    /// fingerprint a sync returned; `None`: no record, compared with a source without
+    /// those tags). A cheap drift check, HEAD only: a sync finds everything (the referrers
+    /// API, `.att` and `.sbom` tags, child manifests' referrers), the probe only notices
+    /// changes to those two tags. Always false with the policy off. Errors other than
+    /// "not found" are returned, never taken for "no referrers".
     pub async fn referrers_changed(
         &self,
         source: &Reference,
         digest: &Digest,
-        known: &[Digest],
+        recorded: Option<&str>,
         policy: &ReferrerPolicy,
     ) -> Result<bool> {
-        attached::changed(&self.client(source), source, digest, known, policy).await
+        attached::changed(&self.client(source), source, digest, recorded, policy).await
     }
 
     /// Removes `destination`'s tag safely, then (optionally) its unshared blobs.

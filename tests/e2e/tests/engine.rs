@@ -210,7 +210,8 @@ async fn second_copy_transfers_no_bytes() {
         log.iter().all(|e| e.method == "HEAD" || e.path == "/v2/"),
         "no-op re-copy must only HEAD: {log:?}"
     );
-    // The request observer sees the same: two HEADs, one per side.
+    // The request observer sees the same: two HEADs, one per side, and the referrers
+    // probe's two HEADs at the source (its `sha256-<hex>` and `.sig` tags: none here).
     let (observer, seen) = recording_observer();
     let observed = Engine::new(EngineConfig {
         insecure_registries: vec![src.addr().to_string(), dst.addr().to_string()],
@@ -232,6 +233,8 @@ async fn second_copy_transfers_no_bytes() {
         vec![
             (src.addr().to_string(), "HEAD manifest", Some(200)),
             (dst.addr().to_string(), "HEAD manifest", Some(200)),
+            (src.addr().to_string(), "HEAD manifest", Some(404)),
+            (src.addr().to_string(), "HEAD manifest", Some(404)),
         ]
     );
 
