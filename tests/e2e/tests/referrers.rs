@@ -925,3 +925,126 @@ async fn a_fallback_entry_for_another_subject_is_not_copied() {
         vec![own.digest.clone()]
     );
 }
+
+// === front ends ===
+
+/// Terraform: `referrers` defaults to on; a no-change plan stays HEAD-only at
+/// 2 + 2 requests per resource (the image's two HEADs and the referrers probe's two); a
+/// signature added at the source later shows in the next plan and is copied by the
+/// apply (verified at the mirror); `copied_referrers` lists it; destroy removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_plans_and_applies_a_signature_added_later() {
+    use crate::terraform::{actions, resource, Tf};
+    let a = Registry::start().await;
+    let b = Registry::start().await;
+    let tf = Tf::new("1.11.4");
+    let image = fixtures::push_image(
+        a.addr(),
+        "src/app",
+        "v1",
+        fixtures::FixtureSpec::seeded(150),
+    )
+    .await;
+    tf.config(
+        &[&a, &b],
+        &resource(
+            "app",
+            &a.reference("src/app:v1"),
+            &b.reference("dst/app:v1"),
+        ),
+    );
+    tf.init().await;
+    tf.apply(&[]).await;
+    let v = tf.state_values("imagesync.app").await;
+    assert_eq!(v["referrers"], true, "{v}");
+    assert_eq!(v["copied_referrers"], json!([]), "{v}");
+
+    let no_change_plan = || async {
+        a.clear_access_log();
+        b.clear_access_log();
+        let planned = tf.plan_actions().await["imagesync.app"].clone();
+        let mut log = a.access_log_settled().await;
+        log.extend(b.access_log_settled().await);
+        let manifests: Vec<_> = log.into_iter().filter(|e| e.is_manifest()).collect();
+        (planned, manifests)
+    };
+    let (planned, requests) = no_change_plan().await;
+    assert_eq!(planned, actions(&["no-op"]));
+    assert!(requests.iter().all(|e| e.method == "HEAD"), "{requests:?}");
+    assert_eq!(requests.len(), 4, "2 HEADs + 2 probe HEADs: {requests:?}");
+
+    let (signer, pem) = new_signer();
+    let identity = format!("{}/src/app", a.addr());
+    let sig = cosign_sign(&a.target(), "src/app", &image.digest, &identity, &[&signer]).await;
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["update"])
+    );
+    tf.apply(&[]).await;
+    let identities = cosign_verify(b.addr(), "dst/app", &image.digest, &pem)
+        .await
+        .unwrap();
+    assert_eq!(identities, vec![identity]);
+    let v = tf.state_values("imagesync.app").await;
+    assert_eq!(
+        v["copied_referrers"][0]["digest"],
+        sig.digest.as_str(),
+        "{v}"
+    );
+    assert_eq!(v["copied_referrers"][0]["artifact_type"], COSIGN_SIGNATURE);
+    let (planned, requests) = no_change_plan().await;
+    assert_eq!(planned, actions(&["no-op"]), "{requests:?}");
+    assert_eq!(requests.len(), 4, "{requests:?}");
+
+    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
+        .await;
+    assert_eq!(
+        fixtures::manifest_status(b.addr(), "dst/app", &sig.digest).await,
+        404
+    );
+    assert_eq!(
+        fixtures::manifest_status(a.addr(), "src/app", &sig.digest).await,
+        200
+    );
+}
+
+/// Terraform `referrers = false`: the image only, and the plan stays at 2 HEADs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_referrers_off_copies_the_image_only() {
+    use crate::terraform::{actions, Tf};
+    let a = Registry::start().await;
+    let b = Registry::start().await;
+    let tf = Tf::new("1.11.4");
+    let image = fixtures::push_image(
+        a.addr(),
+        "src/app",
+        "v1",
+        fixtures::FixtureSpec::seeded(152),
+    )
+    .await;
+    let (signer, pem) = new_signer();
+    cosign_sign(&a.target(), "src/app", &image.digest, "x", &[&signer]).await;
+    tf.config(
+        &[&a, &b],
+        &format!(
+            "resource \"imagesync\" \"app\" {{\n  source      = \"{}\"\n  destination = \"{}\"\n  referrers   = false\n}}\n",
+            a.reference("src/app:v1"),
+            b.reference("dst/app:v1")
+        ),
+    );
+    tf.init().await;
+    tf.apply(&[]).await;
+    assert!(cosign_verify(b.addr(), "dst/app", &image.digest, &pem)
+        .await
+        .is_err());
+    a.clear_access_log();
+    b.clear_access_log();
+    assert_eq!(
+        tf.plan_actions().await["imagesync.app"],
+        actions(&["no-op"])
+    );
+    let mut log = a.access_log_settled().await;
+    log.extend(b.access_log_settled().await);
+    let manifests: Vec<_> = log.into_iter().filter(|e| e.is_manifest()).collect();
+    assert_eq!(manifests.len(), 2, "{manifests:?}");
+}
