@@ -177,6 +177,8 @@ pub(crate) enum Command {
         source: String,
         /// Destination image reference.
         destination: String,
+        #[command(flatten)]
+        referrers: ReferrerArgs,
     },
     /// Print the digest REF resolves to (HEAD request only).
     #[command(override_usage = "imagesync digest [OPTIONS] <REFERENCE>", after_help = EXIT_CODES)]
@@ -206,6 +208,31 @@ pub(crate) enum Command {
         #[arg(long)]
         keep_layers: bool,
     },
+}
+
+/// Which signatures, attestations and SBOMs (referrers) follow the image.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct ReferrerArgs {
+    /// Also copy the image's signatures, attestations and SBOMs: cosign's
+    /// sha256-<hex>.sig/.att/.sbom tags, the OCI referrers API and the sha256-<hex>
+    /// fallback tag (the default). Costs a few requests per image and child.
+    #[arg(long, overrides_with = "no_referrers")]
+    pub(crate) referrers: bool,
+    /// Copy the image only, without its signatures, attestations and SBOMs.
+    #[arg(long, overrides_with = "referrers")]
+    pub(crate) no_referrers: bool,
+    /// Copy only referrers of this artifact type (repeatable), e.g.
+    /// application/vnd.dev.cosign.simplesigning.v1+json for cosign signatures.
+    #[arg(long = "referrer-type", value_name = "MEDIA-TYPE")]
+    pub(crate) referrer_types: Vec<String>,
+}
+
+impl ReferrerArgs {
+    /// The engine's policy (invalid media types are refused).
+    pub(crate) fn policy(&self) -> anyhow::Result<imagesync_engine::ReferrerPolicy> {
+        imagesync_engine::ReferrerPolicy::checked(!self.no_referrers, &self.referrer_types)
+            .map_err(|e| anyhow::anyhow!("--referrer-type: {e}"))
+    }
 }
 
 /// `--insecure-registry`: `HOST` or `HOST:PORT` (IPv6 in brackets), no scheme, path or

@@ -178,6 +178,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Copy {
             source,
             destination,
+            ..
         } => (
             Some(parse_ref(source, "source")?),
             Some(parse_ref(destination, "destination")?),
@@ -212,11 +213,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .context("configuring the engine")?;
 
     match command {
-        Command::Copy { .. } => {
+        Command::Copy { referrers, .. } => {
             let (Some(src), Some(dst)) = (src_ref, dst_ref) else {
                 anyhow::bail!("copy needs a source and a destination");
             };
-            copy(&engine, &src, &dst, no_progress).await
+            let policy = referrers.policy()?;
+            copy(&engine, &src, &dst, no_progress, policy).await
         }
         Command::Digest { .. } => {
             let Some(r) = src_ref else {
@@ -305,6 +307,7 @@ async fn copy(
     src: &Reference,
     dst: &Reference,
     no_progress: bool,
+    referrers: imagesync_engine::ReferrerPolicy,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal() && !no_progress;
@@ -391,6 +394,7 @@ async fn copy(
     };
     let options = SyncOptions {
         progress: Some(Arc::new(progress)),
+        referrers,
         ..SyncOptions::default()
     };
     let result = engine.sync(src, dst, &options).await;
@@ -412,6 +416,13 @@ async fn copy(
             outcome.blobs_mounted,
             outcome.blobs_skipped,
             outcome.manifests_pushed
+        ));
+    }
+    if !outcome.referrers.is_empty() {
+        let written = outcome.referrers.iter().filter(|r| r.written).count();
+        output::info(&format!(
+            "referrers: {} at the destination ({written} written now)",
+            outcome.referrers.len()
         ));
     }
     println!("{}", outcome.id);

@@ -1048,3 +1048,62 @@ async fn terraform_referrers_off_copies_the_image_only() {
     let manifests: Vec<_> = log.into_iter().filter(|e| e.is_manifest()).collect();
     assert_eq!(manifests.len(), 2, "{manifests:?}");
 }
+
+/// The CLI: referrers follow by default, `--no-referrers` copies the image only, and a
+/// `--referrer-type` that is not a media type is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_copies_referrers_unless_told_not_to() {
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let image =
+        fixtures::push_image(src.addr(), "a/b", "1", fixtures::FixtureSpec::seeded(153)).await;
+    let (signer, pem) = new_signer();
+    cosign_sign(&src.target(), "a/b", &image.digest, "x", &[&signer]).await;
+    let cli = |args: Vec<String>| {
+        let mut all = vec![
+            "--insecure-registry".to_string(),
+            src.addr().to_string(),
+            "--insecure-registry".to_string(),
+            dst.addr().to_string(),
+            "--no-progress".to_string(),
+            "copy".to_string(),
+        ];
+        all.extend(args);
+        std::process::Command::new(imagesync_e2e::bin("imagesync"))
+            .args(all)
+            .env("DOCKER_CONFIG", "/nonexistent-imagesync-test")
+            .output()
+            .unwrap()
+    };
+    let off = cli(vec![
+        "--no-referrers".into(),
+        src.reference("a/b:1"),
+        dst.reference("off/b:1"),
+    ]);
+    assert!(off.status.success(), "{off:?}");
+    assert!(cosign_verify(dst.addr(), "off/b", &image.digest, &pem)
+        .await
+        .is_err());
+    let on = cli(vec![src.reference("a/b:1"), dst.reference("on/b:1")]);
+    assert!(on.status.success(), "{on:?}");
+    assert!(
+        String::from_utf8_lossy(&on.stderr).contains("referrers: 1"),
+        "{on:?}"
+    );
+    cosign_verify(dst.addr(), "on/b", &image.digest, &pem)
+        .await
+        .unwrap();
+    dst.clear_access_log();
+    let bad = cli(vec![
+        "--referrer-type".into(),
+        "not a type".into(),
+        src.reference("a/b:1"),
+        dst.reference("bad/b:1"),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a media type"),
+        "{bad:?}"
+    );
+    assert!(dst.access_log_settled().await.is_empty());
+}
