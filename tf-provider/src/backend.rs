@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use imagesync_engine::auth::{ChainProvider, Credential, StaticProvider};
 use imagesync_engine::{
-    DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Reference, SyncOptions,
+    DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Reference, Referrer, ReferrerPolicy,
+    SyncOptions,
 };
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -90,6 +91,24 @@ pub struct Target {
     /// Destroy in direct mode: the only blobs that may be deleted (those this resource
     /// uploaded); `None` leaves the choice to the engine's own rule.
     pub only_blobs: Option<BTreeSet<Digest>>,
+    /// `referrers` and `referrer_types`.
+    pub referrers: ReferrerPolicy,
+    /// The referrers probe recorded in private state (see [`Synced::referrers`]).
+    pub referrers_probe: Option<String>,
+    /// Destroy: the referrers this resource wrote.
+    pub owned_referrers: Vec<Digest>,
+}
+
+/// The referrers a sync looked at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncedReferrers {
+    /// `list` is complete; false when the image was up to date and the probe unchanged
+    /// (keep what the state lists), or in Kubernetes mode.
+    pub checked: bool,
+    /// The referrers now at the destination.
+    pub list: Vec<Referrer>,
+    /// The probe to record for the next plan.
+    pub probe: Option<String>,
 }
 
 /// What a sync left at the destination.
@@ -105,6 +124,8 @@ pub struct Synced {
     pub adopted: bool,
     /// Blobs and child manifests this sync wrote (not blobs already there or mounted).
     pub uploaded: Vec<Digest>,
+    /// The image's signatures, attestations and SBOMs.
+    pub referrers: SyncedReferrers,
 }
 
 /// What a refresh found.
@@ -149,6 +170,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         target: &Target,
         expect_source_digest: Option<Digest>,
     ) -> Result<Synced, BackendError>;
+
+    /// Whether `digest`'s referrers at the source changed since the probe recorded in
+    /// `target` (direct mode: two HEADs). Kubernetes mode: the controller checks.
+    async fn referrers_changed(
+        &self,
+        _target: &Target,
+        _digest: &Digest,
+    ) -> Result<bool, BackendError> {
+        Ok(false)
+    }
 
     /// Removes the destination, only if it still points at `expect_digest`.
     async fn delete(
@@ -254,7 +285,8 @@ impl Backend for Direct {
                 &SyncOptions {
                     progress: None,
                     expect_source_digest,
-                    ..SyncOptions::default()
+                    referrers: target.referrers.clone(),
+                    referrers_probe: target.referrers_probe.clone(),
                 },
             )
             .await?;
@@ -274,7 +306,28 @@ impl Backend for Direct {
             destination_digest: outcome.destination_digest,
             adopted: outcome.up_to_date,
             uploaded: outcome.uploaded,
+            referrers: SyncedReferrers {
+                checked: outcome.referrers_checked,
+                list: outcome.referrers,
+                probe: outcome.referrers_probe,
+            },
         })
+    }
+
+    async fn referrers_changed(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<bool, BackendError> {
+        Ok(self
+            .engine
+            .referrers_changed(
+                &target.source,
+                digest,
+                target.referrers_probe.as_deref(),
+                &target.referrers,
+            )
+            .await?)
     }
 
     async fn delete(
@@ -291,7 +344,7 @@ impl Backend for Direct {
                     expect_digest,
                     delete_layers: target.delete_layers,
                     only_blobs: target.only_blobs.clone(),
-                    referrers: Vec::new(),
+                    referrers: target.owned_referrers.clone(),
                 },
             )
             .await?;

@@ -165,6 +165,7 @@ impl Kube {
             // The controller decides ownership in Kubernetes mode.
             adopted: false,
             uploaded: Vec::new(),
+            referrers: Default::default(),
         }))
     }
 }
@@ -255,6 +256,7 @@ impl Backend for Kube {
                             id,
                             adopted: false,
                             uploaded: Vec::new(),
+                            referrers: Default::default(),
                         });
                     }
                 }

@@ -84,7 +84,18 @@ pub struct Private {
     /// Digests this resource wrote before the tag moved on, oldest first; kept untagged
     /// until destroy.
     pub previous: Vec<Digest>,
+    /// Referrer manifests (signatures, attestations, SBOMs) this resource's syncs wrote (at
+    /// most [`MAX_RECORDED_REFERRERS`]): destroy removes them with the image.
+    pub referrers: Vec<Digest>,
+    /// The engine's referrers probe recorded at the last sync that looked at referrers:
+    /// a plan compares the source's probe with it (two HEADs).
+    pub referrers_probe: Option<String>,
 }
+
+/// The most referrer digests recorded per resource.
+pub const MAX_RECORDED_REFERRERS: usize = 512;
+/// The longest referrers probe kept (two digests and their labels are far shorter).
+const MAX_PROBE_BYTES: usize = 512;
 
 impl Private {
     /// What an import records: the user declared the tag; no blobs were uploaded by us.
@@ -128,12 +139,29 @@ impl Private {
                     .collect()
             })
             .unwrap_or_default();
+        let referrers = v
+            .get("referrers")
+            .and_then(Json::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| d.as_str().and_then(|s| s.parse().ok()))
+                    .take(MAX_RECORDED_REFERRERS)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let referrers_probe = v
+            .get("referrers_probe")
+            .and_then(Json::as_str)
+            .filter(|s| s.len() <= MAX_PROBE_BYTES)
+            .map(str::to_string);
         Private {
             written,
             ownership,
             uploaded,
             truncated,
             previous,
+            referrers,
+            referrers_probe,
         }
     }
 
@@ -160,7 +188,24 @@ impl Private {
             let list: Vec<&str> = self.previous.iter().map(Digest::as_str).collect();
             m.insert("previous".into(), json!(list));
         }
+        if !self.referrers.is_empty() {
+            let list: Vec<&str> = self.referrers.iter().map(Digest::as_str).collect();
+            m.insert("referrers".into(), json!(list));
+        }
+        if let Some(p) = &self.referrers_probe {
+            m.insert("referrers_probe".into(), json!(p));
+        }
         Json::Object(m).to_string().into_bytes()
+    }
+
+    /// Adds referrers a sync wrote, keeping at most [`MAX_RECORDED_REFERRERS`] (the rest
+    /// stay at the destination on destroy).
+    pub fn record_referrers(&mut self, written: impl IntoIterator<Item = Digest>) {
+        for d in written {
+            if !self.referrers.contains(&d) && self.referrers.len() < MAX_RECORDED_REFERRERS {
+                self.referrers.push(d);
+            }
+        }
     }
 
     /// Keeps `digest` (written by this resource, now replaced at the tag) until destroy.
@@ -192,6 +237,18 @@ impl Private {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn referrers_and_their_probe_round_trip_and_are_capped() {
+        let mut p = Private::default();
+        p.record_referrers((0..600).map(digest));
+        p.record_referrers([digest(1)]);
+        assert_eq!(p.referrers.len(), MAX_RECORDED_REFERRERS);
+        p.referrers_probe = Some("fallback=-;sig=-".into());
+        assert_eq!(Private::decode(&p.encode()), p);
+        let huge = format!(r#"{{"referrers_probe":"{}"}}"#, "x".repeat(4096));
+        assert_eq!(Private::decode(huge.as_bytes()).referrers_probe, None);
+    }
 
     fn digest(n: u32) -> Digest {
         format!("sha256:{:064x}", n).parse().unwrap()

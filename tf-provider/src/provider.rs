@@ -342,7 +342,10 @@ impl Core {
                 return Ok(resource::Planned::default());
             }
             let backend = self.backend().await?;
-            Ok::<_, Diagnostic>(resource::plan(backend.as_ref(), prior, proposed).await)
+            let private = resource::Private::decode(&req.prior_private);
+            Ok::<_, Diagnostic>(
+                resource::plan_with(backend.as_ref(), prior, proposed, &private).await,
+            )
         };
         match run.await {
             Ok(planned) => {

@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use imagesync_engine::{Digest, ErrorKind, Reference};
+use imagesync_engine::{Digest, ErrorKind, Reference, ReferrerPolicy};
 
 use crate::backend::{Backend, BackendError, Target};
 use crate::codec::Value;
@@ -49,6 +49,12 @@ pub mod attr {
     pub const NAME: &str = "name";
     /// The `timeouts` block (Kubernetes mode).
     pub const TIMEOUTS: &str = "timeouts";
+    /// `referrers`.
+    pub const REFERRERS: &str = "referrers";
+    /// `referrer_types`.
+    pub const REFERRER_TYPES: &str = "referrer_types";
+    /// `copied_referrers`.
+    pub const COPIED_REFERRERS: &str = "copied_referrers";
 }
 
 /// The resource's attributes. Each is a [`Value`] so null and unknown survive.
@@ -70,6 +76,12 @@ pub struct Model {
     pub name: Value,
     /// `timeouts { create, delete }` (null when absent).
     pub timeouts: Value,
+    /// `referrers` (bool; null before the plan fills in `true`).
+    pub referrers: Value,
+    /// `referrer_types` (list of strings, or null).
+    pub referrer_types: Value,
+    /// `copied_referrers` (list of `{digest, artifact_type}`).
+    pub copied_referrers: Value,
 }
 
 impl Model {
@@ -87,6 +99,9 @@ impl Model {
             namespace: v.get(attr::NAMESPACE).clone(),
             name: v.get(attr::NAME).clone(),
             timeouts: v.get(attr::TIMEOUTS).clone(),
+            referrers: v.get(attr::REFERRERS).clone(),
+            referrer_types: v.get(attr::REFERRER_TYPES).clone(),
+            copied_referrers: v.get(attr::COPIED_REFERRERS).clone(),
         })
     }
 
@@ -101,6 +116,15 @@ impl Model {
         m.insert(attr::NAMESPACE.to_string(), self.namespace.clone());
         m.insert(attr::NAME.to_string(), self.name.clone());
         m.insert(attr::TIMEOUTS.to_string(), self.timeouts.clone());
+        m.insert(attr::REFERRERS.to_string(), self.referrers.clone());
+        m.insert(
+            attr::REFERRER_TYPES.to_string(),
+            self.referrer_types.clone(),
+        );
+        m.insert(
+            attr::COPIED_REFERRERS.to_string(),
+            self.copied_referrers.clone(),
+        );
         Value::Object(m)
     }
 
@@ -114,7 +138,24 @@ impl Model {
             namespace: Value::Null,
             name: Value::Null,
             timeouts: Value::Null,
+            referrers: Value::Null,
+            referrer_types: Value::Null,
+            copied_referrers: Value::Null,
         }
+    }
+
+    /// `referrers` and `referrer_types` as the engine's policy.
+    fn referrer_policy(&self) -> Result<ReferrerPolicy, Diagnostic> {
+        let types: Vec<String> = self
+            .referrer_types
+            .as_list()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        ReferrerPolicy::checked(self.referrers.as_bool().unwrap_or(true), &types).map_err(|e| {
+            Diagnostic::error("Invalid referrer_types", e.to_string()).at(attr::REFERRER_TYPES)
+        })
     }
 
     /// The timeout `which`. Plans reject invalid values (see [`crate::timeouts`]); one
@@ -144,8 +185,28 @@ impl Model {
             create_timeout: self.timeout("create"),
             delete_timeout: self.timeout("delete"),
             only_blobs: None,
+            referrers: self.referrer_policy()?,
+            referrers_probe: None,
+            owned_referrers: Vec::new(),
         }))
     }
+}
+
+/// `copied_referrers` for `list`.
+pub(crate) fn referrers_value(list: &[imagesync_engine::Referrer]) -> Value {
+    Value::List(
+        list.iter()
+            .map(|r| {
+                Value::Object(BTreeMap::from([
+                    ("digest".to_string(), Value::String(r.digest.to_string())),
+                    (
+                        "artifact_type".to_string(),
+                        Value::String(r.artifact_type.clone()),
+                    ),
+                ]))
+            })
+            .collect(),
+    )
 }
 
 /// Parses a reference attribute; `Ok(None)` when the value is unknown or null.
@@ -352,9 +413,90 @@ fn planned_id(planned: &Model, destination: Option<&Reference>) -> Value {
 
 /// Plans a change. `prior` is the refreshed state, `proposed` Terraform's proposal.
 pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<Model>) -> Planned {
+    plan_with(backend, prior, proposed, &Private::default()).await
+}
+
+/// [`plan`], with the prior private state (the referrers probe recorded by the last
+/// apply).
+pub async fn plan_with(
+    backend: &dyn Backend,
+    prior: Option<Model>,
+    proposed: Option<Model>,
+    private: &Private,
+) -> Planned {
     let Some(mut planned) = proposed else {
         return Planned::default();
     };
+    let prior_for_referrers = prior.clone();
+    let mut out = plan_image(backend, prior, &mut planned).await;
+    if out.state.is_some() {
+        if let Err(d) =
+            plan_referrers(backend, prior_for_referrers.as_ref(), &mut planned, private).await
+        {
+            out.diags.push(d);
+        }
+        out.state = Some(planned);
+    }
+    out
+}
+
+/// `copied_referrers`: unknown (an apply copies them) when the resource is new or
+/// re-synced, the options changed, or (direct mode, image unchanged) the source's
+/// referrers probe differs from the one recorded; else the prior list. A probe that
+/// fails only warns.
+async fn plan_referrers(
+    backend: &dyn Backend,
+    prior: Option<&Model>,
+    planned: &mut Model,
+    private: &Private,
+) -> Result<(), Diagnostic> {
+    if planned.referrers.is_null() {
+        planned.referrers = Value::Bool(true);
+    }
+    let policy = planned.referrer_policy()?;
+    let Some(prior) = prior else {
+        planned.copied_referrers = Value::Unknown;
+        return Ok(());
+    };
+    let same_options = prior.referrers.as_bool().unwrap_or(true) == policy.enabled
+        && prior.referrer_types == planned.referrer_types;
+    let same_image = planned.source_digest.is_known()
+        && planned.source_digest == prior.source_digest
+        && planned.id == prior.id;
+    if !same_options || !same_image || !prior.copied_referrers.is_known() {
+        planned.copied_referrers = Value::Unknown;
+        return Ok(());
+    }
+    planned.copied_referrers = prior.copied_referrers.clone();
+    let (Ok(Some(mut target)), Some(digest)) = (
+        planned.target(),
+        planned
+            .source_digest
+            .as_str()
+            .and_then(|d| d.parse::<Digest>().ok()),
+    ) else {
+        return Ok(());
+    };
+    target.referrers_probe = private.referrers_probe.clone();
+    match backend.referrers_changed(&target, &digest).await {
+        Ok(true) => planned.copied_referrers = Value::Unknown,
+        Ok(false) => {}
+        Err(e) => {
+            return Err(Diagnostic::warning(
+                "Cannot check the source's referrers",
+                format!(
+                    "{}\n\nThe recorded referrers are kept.",
+                    crate::diag::cause_chain(&e)
+                ),
+            )
+            .at(attr::REFERRERS))
+        }
+    }
+    Ok(())
+}
+
+/// The image part of [`plan`].
+async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut Model) -> Planned {
     let mut out = Planned::default();
     let direct = backend.resolves_at_plan();
     if planned.delete_layers.is_null() {
@@ -496,7 +638,7 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
             check_pinned(&planned.source_digest, &mut out.diags);
         }
     }
-    out.state = Some(planned);
+    out.state = Some(planned.clone());
     out
 }
 
@@ -537,6 +679,12 @@ pub async fn read(backend: &dyn Backend, mut current: Model) -> (Option<Model>, 
             if current.delete_layers.is_null() {
                 current.delete_layers = Value::Bool(true);
             }
+            if current.referrers.is_null() {
+                current.referrers = Value::Bool(true);
+            }
+            if current.copied_referrers.is_null() {
+                current.copied_referrers = Value::List(Vec::new());
+            }
             (Some(current), Vec::new())
         }
         Err(e) => (
@@ -576,6 +724,8 @@ pub fn import(id: &str) -> Result<Model, Diagnostic> {
         source: Value::String(source.to_string()),
         destination: Value::String(destination.to_string()),
         delete_layers: Value::Bool(true),
+        referrers: Value::Bool(true),
+        copied_referrers: Value::List(Vec::new()),
         ..Model::empty()
     })
 }
@@ -590,6 +740,16 @@ pub fn upgrade(raw: Value) -> Model {
     }
     if m.delete_layers.is_null() {
         m.delete_layers = Value::Bool(true);
+    }
+    // Before referrers: on (the default), and nothing recorded yet.
+    if !matches!(m.referrers, Value::Bool(_)) {
+        m.referrers = Value::Bool(m.referrers.as_str() != Some("false"));
+    }
+    if !matches!(m.copied_referrers, Value::List(_)) {
+        m.copied_referrers = Value::List(Vec::new());
+    }
+    if !matches!(m.referrer_types, Value::List(_)) {
+        m.referrer_types = Value::Null;
     }
     for v in [&mut m.source_digest, &mut m.namespace, &mut m.name] {
         if v.as_str() == Some("") {

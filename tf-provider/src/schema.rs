@@ -12,6 +12,8 @@ pub const RESOURCE_SCHEMA_VERSION: i64 = 1;
 const STRING: &[u8] = br#""string""#;
 const BOOL: &[u8] = br#""bool""#;
 const LIST_OF_STRING: &[u8] = br#"["list","string"]"#;
+const LIST_OF_REFERRERS: &[u8] =
+    br#"["list",["object",{"artifact_type":"string","digest":"string"}]]"#;
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -191,6 +193,27 @@ pub fn resource() -> Schema {
                     OptionalComputed,
                     false,
                     "On destroy, also delete the image's blobs that no other manifest in the repository uses (default `true`).",
+                ),
+                attr(
+                    "referrers",
+                    BOOL,
+                    OptionalComputed,
+                    false,
+                    "Also copy the image's signatures, attestations and SBOMs (cosign `.sig`/`.att`/`.sbom` tags, the OCI referrers API and its `sha256-<hex>` fallback tag) (default `true`). A plan then sends 2 more HEADs per resource.",
+                ),
+                attr(
+                    "referrer_types",
+                    LIST_OF_STRING,
+                    Optional,
+                    false,
+                    "Copy only referrers of these artifact types (media types, at most 32), e.g. `application/vnd.dev.cosign.simplesigning.v1+json`. Unset: every type.",
+                ),
+                attr(
+                    "copied_referrers",
+                    LIST_OF_REFERRERS,
+                    Computed,
+                    false,
+                    "The referrers that followed the image: `digest` and `artifact_type` of each.",
                 ),
                 attr(
                     "namespace",

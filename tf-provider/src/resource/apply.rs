@@ -50,7 +50,8 @@ pub async fn apply(
 /// An update copies when the image at the destination is to change: a new source digest
 /// (the tag moved), drift (the refreshed `id` is not the planned one) or anything unknown.
 fn needs_sync(prior: &Model, planned: &Model) -> bool {
-    planned.id.is_unknown()
+    planned.copied_referrers.is_unknown()
+        || planned.id.is_unknown()
         || planned.source_digest.is_unknown()
         || planned.source_digest != prior.source_digest
         || planned.id != prior.id
@@ -130,9 +131,15 @@ async fn sync(
         private,
         diags: vec![d],
     };
-    let target = match sync_target(backend, &mut planned) {
+    let mut target = match sync_target(backend, &mut planned) {
         Ok(t) => t,
         Err(e) => return failed(prior, private, e),
+    };
+    // The plan saw the referrers change (or the options, or a new image): look in full.
+    target.referrers_probe = if planned.copied_referrers.is_unknown() {
+        Some(String::new())
+    } else {
+        private.referrers_probe.clone()
     };
     let expect = planned
         .source_digest
@@ -171,7 +178,8 @@ async fn sync(
         );
     }
     let mut diags = Vec::new();
-    let private = record_sync(private, prior.is_none(), &synced, &mut diags);
+    let mut private = record_sync(private, prior.is_none(), &synced, &mut diags);
+    record_referrers(&mut planned, prior.as_ref(), &mut private, &synced, &target);
     planned.id = Value::String(synced.id);
     planned.source_digest = Value::String(synced.source_digest.to_string());
     if planned.delete_layers.is_unknown() || planned.delete_layers.is_null() {
@@ -185,6 +193,36 @@ async fn sync(
         private,
         diags,
     }
+}
+
+/// `copied_referrers` and the referrers record after a sync: the engine's list when it
+/// looked in full, else the prior one; the probe for the next plan; what it wrote.
+fn record_referrers(
+    planned: &mut Model,
+    prior: Option<&Model>,
+    private: &mut Private,
+    synced: &Synced,
+    target: &Target,
+) {
+    let r = &synced.referrers;
+    planned.copied_referrers = if r.checked || !target.referrers.enabled {
+        super::referrers_value(&r.list)
+    } else {
+        match prior.map(|p| &p.copied_referrers) {
+            Some(v @ Value::List(_)) => v.clone(),
+            _ => Value::List(Vec::new()),
+        }
+    };
+    if planned.referrers.is_unknown() || planned.referrers.is_null() {
+        planned.referrers = Value::Bool(target.referrers.enabled);
+    }
+    private.referrers_probe = r.probe.clone();
+    private.record_referrers(
+        r.list
+            .iter()
+            .filter(|x| x.written)
+            .map(|x| x.digest.clone()),
+    );
 }
 
 fn adopted_warning(destination: &Reference, what: &str) -> Diagnostic {
@@ -208,6 +246,10 @@ fn destroy_target(
     direct: bool,
 ) -> (Target, Vec<Diagnostic>) {
     let mut diags = Vec::new();
+    if direct {
+        // The referrers this resource wrote go with the image (layers kept or not).
+        target.owned_referrers = private.referrers.clone();
+    }
     if !direct || !target.delete_layers {
         return (target, diags);
     }

@@ -141,6 +141,7 @@ impl Backend for Fake {
             } else {
                 vec![uploaded_blob()]
             },
+            referrers: Default::default(),
         })
     }
 
@@ -199,6 +200,9 @@ fn config(source: Value, destination: &str) -> Model {
         namespace: Value::Null,
         name: Value::Null,
         timeouts: Value::Null,
+        referrers: Value::Null,
+        referrer_types: Value::Null,
+        copied_referrers: Value::Unknown,
     }
 }
 
@@ -293,7 +297,13 @@ async fn a_moved_source_tag_is_an_in_place_re_sync_that_keeps_the_old_image_unti
     assert_eq!(planned.id, s(&new_id), "the new id is known at plan time");
     let applied = apply(&fake, Some(state), Some(planned.clone()), private).await;
     assert!(applied.diags.is_empty(), "{:?}", applied.diags);
-    assert_eq!(applied.state, Some(planned));
+    // The re-sync also looked at the referrers (none in the fake).
+    assert_eq!(planned.copied_referrers, Value::Unknown);
+    let filled = Model {
+        copied_referrers: Value::List(Vec::new()),
+        ..planned
+    };
+    assert_eq!(applied.state, Some(filled));
     assert_eq!(fake.get(DST), Some(digest(2)));
     assert_eq!(applied.private.previous, vec![digest(1)]);
     assert!(
