@@ -73,6 +73,7 @@ pub const MAX_UPLOADED_BLOBS: usize = 256;
     printcolumn = r#"{"name":"Destination","type":"string","jsonPath":".spec.destination"}"#,
     printcolumn = r#"{"name":"Digest","type":"string","jsonPath":".status.destinationDigest"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Referrers","type":"integer","jsonPath":".status.referrerCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +113,17 @@ pub struct ImageSyncSpec {
     /// Stop checking and copying (deletion still cleans up).
     #[serde(default)]
     pub suspend: bool,
+    /// Also copy the image's signatures, attestations and SBOMs (cosign's
+    /// `sha256-<hex>.sig|.att|.sbom` tags, the OCI referrers API and its `sha256-<hex>`
+    /// fallback tag), so verifiers that look at the mirror find them. Default `true`;
+    /// each check of an up-to-date image then adds two HEAD requests.
+    #[serde(default = "default_true")]
+    pub referrers: bool,
+    /// Only referrers of these artifact types (media types, e.g.
+    /// `application/vnd.dev.cosign.simplesigning.v1+json`). Empty: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub referrer_types: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -190,6 +202,29 @@ pub struct ImageSyncStatus {
     /// `DestinationConflict`, `SyncFailed`, `DeleteFailed` or `RegistryError`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The signatures, attestations and SBOMs that followed the image (at most 256).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referrers: Vec<ReferrerStatus>,
+    /// How many referrers followed the image (the `Referrers` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer_count: Option<i64>,
+    /// The referrers drift probe recorded at the last full look at the referrers (the
+    /// source's `sha256-<hex>` and `.sig` tag digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers_probe: Option<String>,
+}
+
+/// One referrer at the destination.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferrerStatus {
+    /// Digest of its manifest.
+    pub digest: String,
+    /// Its artifact type, e.g. `application/vnd.dev.cosign.simplesigning.v1+json`.
+    pub artifact_type: String,
+    /// This object wrote it (deletion removes it); absent: it was already there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub written: bool,
 }
 
 /// Who wrote the destination tag.

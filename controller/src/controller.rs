@@ -20,9 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use imagesync_engine::{
-    CredentialProvider, DeleteOptions, Digest, Engine, ErrorKind, Reference, SyncOptions,
-};
+use imagesync_engine::{CredentialProvider, DeleteOptions, Digest, Engine, ErrorKind, Reference};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -593,7 +591,10 @@ pub async fn reconcile(obj: Arc<ImageSync>, ctx: Arc<Context>) -> Result<Action>
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<ImageSync> = Api::namespaced(ctx.client.clone(), &namespace);
     if obj.metadata.deletion_timestamp.is_none() {
-        if let Err(message) = ctx.checked_resync_interval(&obj) {
+        let checked = ctx
+            .checked_resync_interval(&obj)
+            .and_then(|_| crate::referrers::policy(&obj.spec).map(|_| ()));
+        if let Err(message) = checked {
             // Checked before the finalizer: an object stored under an older, looser CRD
             // schema cannot even take a finalizer now, and nothing has been written for it.
             let error = Error::InvalidSpec(message);
@@ -852,6 +853,15 @@ async fn apply_inner(
                 report_adopted(obj, ctx, status, &source_digest).await;
             }
             status.ownership = Some(found);
+            check_referrers(
+                obj,
+                ctx,
+                &engine,
+                (&source, &destination),
+                &source_digest,
+                status,
+            )
+            .await?;
         }
         Decision::Copy(drift) => {
             ctx.metrics
@@ -881,11 +891,7 @@ async fn apply_inner(
                 .sync(
                     &source,
                     &destination,
-                    &SyncOptions {
-                        progress: None,
-                        expect_source_digest: Some(source_digest.clone()),
-                        ..SyncOptions::default()
-                    },
+                    &crate::referrers::sync_options(obj, source_digest.clone()),
                 )
                 .await;
             let outcome = match outcome {
@@ -926,6 +932,7 @@ async fn apply_inner(
                     ),
                 )
                 .await;
+            crate::referrers::record(status, &outcome, spec.referrers);
             status.last_sync_time = Some(checked.clone());
             status.ownership = Some(Ownership::Written);
             status.uploaded_blobs = Some(uploaded_record(
@@ -951,6 +958,53 @@ async fn apply_inner(
         generation,
     );
     patch_status(api, obj, status).await.map(|()| None)
+}
+
+/// An up-to-date image: the referrers probe (two HEADs); when it changed, the sync that
+/// copies the new referrers, an Event `ReferrersChanged`, and the status record.
+async fn check_referrers(
+    obj: &ImageSync,
+    ctx: &Context,
+    engine: &Engine,
+    (source, destination): (&Reference, &Reference),
+    digest: &Digest,
+    status: &mut ImageSyncStatus,
+) -> Result<()> {
+    let found = crate::referrers::check(engine, obj, source, destination, digest)
+        .await
+        .map_err(|source| Error::Engine {
+            context: format!(
+                "copy the referrers of {} to {}",
+                obj.spec.source, obj.spec.destination
+            ),
+            source,
+        })?;
+    let Some(outcome) = found else {
+        if !obj.spec.referrers {
+            crate::referrers::clear(status);
+        }
+        return Ok(());
+    };
+    let before = status.referrer_count.unwrap_or(0);
+    crate::referrers::record(status, &outcome, true);
+    let written = outcome.referrers.iter().filter(|r| r.written).count();
+    if written > 0 {
+        ctx.events
+            .publish(
+                obj,
+                EventType::Normal,
+                "ReferrersChanged",
+                "Sync",
+                &format!(
+                    "copied {written} new referrer(s) of {} to {} ({} at the destination, {before} before)",
+                    obj.spec.source,
+                    obj.spec.destination,
+                    outcome.referrers.len()
+                ),
+            )
+            .await;
+    }
+    Ok(())
 }
 
 /// The blobs a copy uploaded (not skipped, not mounted).
@@ -1216,7 +1270,7 @@ async fn delete_destination(
         expect_digest: Some(expect),
         delete_layers: obj.spec.delete_layers && only_blobs.is_some(),
         only_blobs,
-        referrers: Vec::new(),
+        referrers: crate::referrers::owned(status),
     };
     match engine.delete(&reference, &options).await {
         Ok(report) => {

@@ -21,6 +21,7 @@ pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
+pub mod referrers;
 pub mod server;
 pub mod telemetry;
 

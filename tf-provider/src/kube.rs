@@ -224,6 +224,8 @@ impl Backend for Kube {
                 source_secret_ref: None,
                 destination_secret_ref: None,
                 suspend: false,
+                referrers: target.referrers.enabled,
+                referrer_types: target.referrers.artifact_types.clone(),
             },
         );
         obj.metadata.labels = Some([(MANAGED_BY.to_string(), "terraform".to_string())].into());

@@ -182,6 +182,8 @@ mod tests {
                 source_secret_ref: None,
                 destination_secret_ref: None,
                 suspend: false,
+                referrers: true,
+                referrer_types: Vec::new(),
             },
         );
         o.metadata.namespace = Some(ns.into());

@@ -1037,6 +1037,9 @@ async fn terraform_referrers_off_copies_the_image_only() {
     assert!(cosign_verify(b.addr(), "dst/app", &image.digest, &pem)
         .await
         .is_err());
+    // The verifier's own requests are logged first.
+    a.access_log_settled().await;
+    b.access_log_settled().await;
     a.clear_access_log();
     b.clear_access_log();
     assert_eq!(
