@@ -131,14 +131,8 @@ pub(crate) async fn sync(
     // Signatures, attestations and SBOMs follow, after the image is complete.
     let hook = crate::attached::Hook::new(engine, &src_client, &dst_client, &emit);
     let children = tree.child_digests();
-    hook.follow(
-        &source,
-        destination,
-        Some(children),
-        options,
-        &mut outcome,
-    )
-    .await?;
+    hook.follow(&source, destination, Some(children), options, &mut outcome)
+        .await?;
     Ok(outcome)
 }
 
