@@ -13,6 +13,7 @@
 //! ratios imagesync / raw limit and imagesync / skopeo. The chart is in [`chart`].
 
 pub mod chart;
+pub mod link;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
