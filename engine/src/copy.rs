@@ -439,9 +439,9 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
                 }
             }
             let location = location.unwrap_or_default();
-            let resp = src.get_blob(src_repo, &desc.digest).await?;
+            let source = crate::ranged::open(src, src_repo, desc).await?;
             let mismatch = Arc::new(AtomicBool::new(false));
-            let body = verified_stream(resp, desc.clone(), mismatch.clone(), emit.0.clone());
+            let body = verified_stream(source, desc.clone(), mismatch.clone(), emit.0.clone());
             let put = dst
                 .put_blob(dst_repo, &location, &desc.digest, desc.size, body)
                 .await;
@@ -525,14 +525,14 @@ fn damaged_in_transit(e: Error) -> Error {
 /// The blob body, hashed on the way through: the last chunk is replaced by an error if
 /// the bytes do not match the descriptor, so the upload fails instead of completing.
 fn verified_stream(
-    resp: reqwest::Response,
+    source: crate::ranged::BlobStream,
     desc: Descriptor,
     mismatch: Arc<AtomicBool>,
     progress: Option<Arc<dyn Progress>>,
 ) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static
 {
     struct State {
-        inner: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        inner: crate::ranged::BlobStream,
         hasher: sha2::Sha256,
         seen: u64,
         desc: Descriptor,
@@ -542,7 +542,7 @@ fn verified_stream(
         verified: bool,
     }
     let state = State {
-        inner: resp.bytes_stream().boxed(),
+        inner: source,
         hasher: sha2::Sha256::new(),
         seen: 0,
         desc,

@@ -26,6 +26,7 @@ pub mod error;
 pub mod manifest;
 mod observer;
 pub mod progress;
+mod ranged;
 pub mod reference;
 mod referrers;
 
