@@ -19,7 +19,7 @@
 #
 # Environment: RUNS (default 3), LAYER_MB (default 25: 2 platforms x 4 layers), BASE_MB
 # (default 100), IMAGES (default 50), BIG_MB (default 1024), JOBS (default 4),
-# SKIP_BUILD=1 to use an existing release binary.
+# SKIP_BUILD=1 to use an existing release binary, IMAGESYNC_BIN another imagesync binary.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS="${RUNS:-3}"
@@ -46,7 +46,7 @@ fi
 if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$ROOT" && cargo build --release -p imagesync-cli -p imagesync-bench >&2)
 fi
-IMAGESYNC="$ROOT/target/release/imagesync"
+IMAGESYNC="${IMAGESYNC_BIN:-$ROOT/target/release/imagesync}"
 [ -x "$IMAGESYNC" ] || { echo "missing $IMAGESYNC" >&2; exit 1; }
 
 WORK="$(mktemp -d /tmp/imagesync-bench.XXXXXX)"

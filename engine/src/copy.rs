@@ -427,7 +427,27 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
             None
         };
         let result = async {
-            let (how, location) = dst.start_upload(dst_repo, digest, mount_from).await?;
+            // Without a mount to try, the source GET opens while the upload session
+            // starts: one round trip per blob less on a far link. Its body waits (flow
+            // control) until the upload streams it.
+            let (started, source) = if mount_from.is_none() {
+                let (started, source) = tokio::join!(
+                    dst.start_upload(dst_repo, digest, None),
+                    crate::ranged::open(src, src_repo, desc)
+                );
+                match (started, source) {
+                    (Ok(started), Ok(source)) => (started, Some(source)),
+                    (Ok((_, Some(location))), Err(e)) => {
+                        // No session left open at the destination for a failed read.
+                        dst.cancel_upload(dst_repo, &location, digest).await;
+                        return Err(e);
+                    }
+                    (Err(e), _) | (_, Err(e)) => return Err(e),
+                }
+            } else {
+                (dst.start_upload(dst_repo, digest, mount_from).await?, None)
+            };
+            let (how, location) = started;
             if how == Upload::Mounted {
                 job.known.remember(job.dst_host, dst_repo, digest);
                 return Ok((BlobAction::Mounted, 0));
@@ -439,7 +459,10 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
                 }
             }
             let location = location.unwrap_or_default();
-            let source = crate::ranged::open(src, src_repo, desc).await?;
+            let source = match source {
+                Some(source) => source,
+                None => crate::ranged::open(src, src_repo, desc).await?,
+            };
             let mismatch = Arc::new(AtomicBool::new(false));
             let body = verified_stream(source, desc.clone(), mismatch.clone(), emit.0.clone());
             let put = dst

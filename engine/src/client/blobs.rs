@@ -210,7 +210,7 @@ impl Client {
     }
 
     /// Best effort: DELETE the upload session (distribution then drops what it stored).
-    async fn cancel_upload(&self, repository: &str, location: &str, digest: &Digest) {
+    pub(crate) async fn cancel_upload(&self, repository: &str, location: &str, digest: &Digest) {
         let op = Operation::CancelUpload;
         let what = self.blob_what(repository, digest);
         let scopes = [Scope::push(repository)];
