@@ -12,7 +12,7 @@
 //! `/healthz`, `/readyz`), [`telemetry`] and [`args`] (flags and wiring).
 #![warn(missing_docs)]
 
-pub mod api;
+pub use imagesync_api as api;
 pub mod args;
 pub mod controller;
 pub mod credentials;
