@@ -215,9 +215,3 @@ impl Error {
         }
     }
 }
-
-/// The `ImageSync` CRD as YAML, exactly as committed in `crds/imagesyncs.imagesync.dev.yaml`.
-pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
-    use kube::CustomResourceExt;
-    serde_saphyr::to_string(&api::ImageSync::crd())
-}
