@@ -5,7 +5,7 @@
 //! HEAD requests every `resyncInterval`, heals drift, and removes the destination tag
 //! (safely) when the object is deleted.
 //!
-//! Layout: [`api`] (the CRD types), [`controller`] (reconcile and cleanup under the
+//! Layout: [`api`] (the CRD types), [`reconcile`] (reconcile and cleanup under the
 //! finalizer), [`credentials`] (the Secret-backed credential provider), [`events`],
 //! [`leader`] (Lease-based leader election), [`metrics`], [`policy`] (the tenant
 //! policy: who may copy what, with whose credentials), [`server`] (`/metrics`,
@@ -14,13 +14,13 @@
 
 pub use imagesync_api as api;
 pub mod args;
-pub mod controller;
 pub mod credentials;
 pub mod duration;
 pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
+pub mod reconcile;
 pub mod server;
 pub mod telemetry;
 
