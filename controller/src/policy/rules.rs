@@ -8,6 +8,7 @@ use std::fmt;
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use imagesync_engine::{Digest, Reference};
+use kube::core::{Expression, Selector, SelectorExt};
 use serde::Deserialize;
 
 use super::PolicyError;
@@ -138,27 +139,6 @@ enum NamespaceMatch {
     Selector(Selector),
 }
 
-#[derive(Debug)]
-struct Selector {
-    labels: BTreeMap<String, String>,
-    expressions: Vec<(String, Operator, HashSet<String>)>,
-}
-
-impl Selector {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.expressions.iter().all(|(key, op, values)| {
-                let value = labels.get(key);
-                match op {
-                    Operator::In => value.is_some_and(|v| values.contains(v)),
-                    Operator::NotIn => value.is_none_or(|v| !values.contains(v)),
-                    Operator::Exists => value.is_some(),
-                    Operator::DoesNotExist => value.is_none(),
-                }
-            })
-    }
-}
-
 struct Patterns {
     text: Vec<String>,
     set: GlobSet,
@@ -284,12 +264,17 @@ fn namespace_match(
                     }
                     _ => {}
                 }
-                expressions.push((e.key, e.operator, e.values.into_iter().collect()));
+                let values = e.values.into_iter().collect();
+                expressions.push(match e.operator {
+                    Operator::In => Expression::In(e.key, values),
+                    Operator::NotIn => Expression::NotIn(e.key, values),
+                    Operator::Exists => Expression::Exists(e.key),
+                    Operator::DoesNotExist => Expression::DoesNotExist(e.key),
+                });
             }
-            Ok(NamespaceMatch::Selector(Selector {
-                labels: s.match_labels,
-                expressions,
-            }))
+            let mut selector: Selector = s.match_labels.into_iter().collect();
+            selector.extend(expressions);
+            Ok(NamespaceMatch::Selector(selector))
         }
     }
 }
