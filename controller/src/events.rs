@@ -152,4 +152,41 @@ mod tests {
         let odd = format!("a{long}");
         assert_eq!(truncated(&odd, MAX_NOTE).len(), MAX_NOTE - 1);
     }
+
+    /// Against a fake API server (tower-test mock): a repeat with the same note patches
+    /// the first Event's series; another note is a new Event, never folded into the first.
+    #[tokio::test]
+    async fn repeats_are_a_series_and_new_notes_new_events() {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().clone();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                log.lock().unwrap().push((method, body["note"].clone()));
+                send.send_response(Response::builder().body(Body::from(bytes)).unwrap());
+            }
+        });
+        let events = Events::new(Client::new(service, "default"), "imagesync.dev/test", "t");
+        let regarding = ObjectReference {
+            namespace: Some("team-a".into()),
+            name: Some("app".into()),
+            uid: Some("uid-1".into()),
+            ..ObjectReference::default()
+        };
+        for note in ["copied A", "copied A", "copied B"] {
+            events
+                .publish_about(regarding.clone(), EventType::Normal, "Synced", "Sync", note)
+                .await;
+        }
+        let seen = seen.lock().unwrap();
+        let methods: Vec<&Method> = seen.iter().map(|(m, _)| m).collect();
+        assert_eq!(methods, [&Method::POST, &Method::PATCH, &Method::POST]);
+        assert_eq!(seen[2].1, "copied B");
+    }
 }

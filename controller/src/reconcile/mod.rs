@@ -48,6 +48,8 @@ mod cleanup;
 mod decide;
 mod engines;
 mod gate;
+#[cfg(test)]
+mod mock_api_tests;
 mod ownership;
 
 pub use decide::{
