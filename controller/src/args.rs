@@ -19,12 +19,12 @@ use kube::{Api, Client};
 use tracing::{error, info, warn};
 
 use crate::api::ImageSync;
-use crate::controller::{self, Context};
 use crate::duration;
 use crate::events::Events;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::policy::{self, PolicyStore, Reloader};
+use crate::reconcile::{self, Context};
 use crate::server::{self, ServerState};
 use crate::telemetry::{self, LogFormat};
 
@@ -488,7 +488,7 @@ async fn reconcile_loop(
     concurrency: u16,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let run = controller::run(ctx, api, concurrency, async move {
+    let run = reconcile::run(ctx, api, concurrency, async move {
         let _ = stop.await;
     });
     #[cfg(debug_assertions)]
