@@ -208,13 +208,20 @@ impl Direct {
                 Credential::basic(auth.username, auth.password.expose_secret()),
             );
         }
-        let engine = Engine::new(EngineConfig {
-            insecure_registries: config.insecure_registries,
-            ca_file: config.ca_file,
-            credentials: Arc::new(ChainProvider::standard(explicit, config.docker_config)),
-            user_agent: format!("terraform-provider-imagesync/{}", env!("CARGO_PKG_VERSION")),
-            ..EngineConfig::default()
-        })?;
+        let engine = Engine::new(
+            EngineConfig::builder()
+                .insecure_registries(config.insecure_registries)
+                .ca_file(config.ca_file)
+                .credentials(Arc::new(ChainProvider::standard(
+                    explicit,
+                    config.docker_config,
+                )))
+                .user_agent(format!(
+                    "terraform-provider-imagesync/{}",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .build(),
+        )?;
         Ok(Direct { engine })
     }
 }
