@@ -190,11 +190,6 @@ impl Engine {
         }
     }
 
-    /// The engine's configuration.
-    pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
-    }
-
     /// The registry client for the registry of `reference`.
     pub fn client(&self, reference: &Reference) -> Client {
         let host = reference.api_host().to_string();

@@ -25,9 +25,6 @@ pub enum BackendError {
     /// The `ImageSync` object did not become ready (or go away) in time.
     #[error("{0}")]
     Timeout(String),
-    /// The controller reported a failure.
-    #[error("{0}")]
-    Controller(String),
 }
 
 impl From<kube::Error> for BackendError {
@@ -50,7 +47,6 @@ impl BackendError {
                 _ => ErrorKind::Transient,
             },
             BackendError::Timeout(_) => ErrorKind::Transient,
-            BackendError::Controller(_) => ErrorKind::Integrity,
         }
     }
 
