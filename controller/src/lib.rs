@@ -9,10 +9,12 @@
 //! finalizer), [`credentials`] (the Secret-backed credential provider), [`events`],
 //! [`leader`] (Lease-based leader election), [`metrics`], [`policy`] (the tenant
 //! policy: who may copy what, with whose credentials), [`server`] (`/metrics`,
-//! `/healthz`, `/readyz`), [`telemetry`] and [`args`] (flags and wiring).
+//! `/healthz`, `/readyz`), [`telemetry`], [`args`] (flags)
+//! and [`app`] (the process: wiring, leader election, shutdown).
 #![warn(missing_docs)]
 
 pub use imagesync_api as api;
+pub mod app;
 pub mod args;
 pub mod credentials;
 pub mod duration;
