@@ -18,6 +18,7 @@ mod image;
 mod ownership;
 mod policy;
 mod producers;
+mod ranged;
 mod referrers;
 mod reliability;
 mod scripts;

@@ -1,0 +1,450 @@
+//! Apply: check source and destination (HEAD), copy when they differ, record status;
+//! wait while another object holds the destination.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imagesync_engine::{Digest, Engine, Reference};
+use kube::runtime::controller::Action;
+use kube::Api;
+use tracing::{info, warn, Span};
+
+use crate::api::{reasons, ConflictRecord, ImageSync, ImageSyncStatus, Ownership};
+use crate::events::EventType;
+use crate::{Error, Result};
+
+use super::cleanup::release_old_destination;
+use super::decide::{decide, now, ready_label, same_image_reference, set_ready, Decision, Drift};
+use super::gate::object_key;
+use super::ownership::destination_key;
+use super::{ownership, patch_status, Context, CONFLICT_POLL};
+
+pub(super) async fn apply(
+    obj: Arc<ImageSync>,
+    ctx: Arc<Context>,
+    api: &Api<ImageSync>,
+) -> Result<Action> {
+    let interval = ctx.resync_interval(&obj);
+    let generation = obj.metadata.generation;
+    let mut status = obj.status.clone().unwrap_or_default();
+    let result = apply_inner(&obj, &ctx, api, &mut status).await;
+    match result {
+        Ok(waiting) => {
+            // Waiting for the holder of the destination: sooner while it is being deleted.
+            let interval = waiting.map_or(interval, |w| w.min(interval));
+            ctx.metrics
+                .set_ready(&object_key(&obj), Some(ready_label(&status)));
+            if obj.spec.suspend {
+                // Nothing to check until the spec changes (which passes the gate).
+                ctx.schedule(&obj, Duration::from_secs(86_400), false);
+                return Ok(Action::await_change());
+            }
+            ctx.schedule(&obj, interval, false);
+            Ok(Action::requeue(interval))
+        }
+        Err(error) => {
+            let reason = error.reason();
+            let message = error.to_string();
+            let changed = obj
+                .ready_condition()
+                .is_none_or(|c| c.reason != reason || c.message != message || c.status != "False");
+            status.observed_generation = generation;
+            set_ready(&mut status, false, reason, &message, generation);
+            ctx.metrics.set_ready(&object_key(&obj), Some("false"));
+            if changed {
+                ctx.events
+                    .publish(&obj, EventType::Warning, reason, "Sync", &message)
+                    .await;
+            }
+            if let Err(e) = patch_status(api, &obj, &status).await {
+                warn!(error = %e, "could not write the failure to status");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// `Ok(Some(wait))`: waiting for the object holding the destination; look again then.
+async fn apply_inner(
+    obj: &ImageSync,
+    ctx: &Context,
+    api: &Api<ImageSync>,
+    status: &mut ImageSyncStatus,
+) -> Result<Option<Duration>> {
+    let spec = &obj.spec;
+    let generation = obj.metadata.generation;
+    if spec.suspend {
+        status.observed_generation = generation;
+        set_ready(
+            status,
+            false,
+            reasons::SUSPENDED,
+            "spec.suspend is true",
+            generation,
+        );
+        return patch_status(api, obj, status).await.map(|()| None);
+    }
+    let source = Reference::parse(&spec.source).map_err(|source| Error::InvalidReference {
+        field: "source",
+        source,
+    })?;
+    let destination =
+        Reference::parse(&spec.destination).map_err(|source| Error::InvalidReference {
+            field: "destination",
+            source,
+        })?;
+    // The tenant policy decides before any registry is touched.
+    let ambient = ctx.policy_allows(obj, &source, &destination).await?;
+    // An earlier object names the same tag: write and delete nothing until it is gone.
+    let engine = ctx.engine_for(obj, &source, &destination, ambient).await?;
+    let key = destination_key(&destination);
+    let rivals = ctx.rivals(obj, &destination).await?;
+    if let Some(holder) = rivals.iter().find(|r| ownership::order(r, obj).is_lt()) {
+        // Reads only: the source digest it will copy (Terraform reports it at once).
+        if let Ok(Some(d)) = ctx.head(&engine, &source, "source").await {
+            status.source_digest = Some(d.to_string());
+        }
+        return wait_for_holder(obj, ctx, api, status, holder, &key).await;
+    }
+    let inherited = status.conflict.take();
+
+    // The destination moved: clean up the old one (only if this object wrote it and it
+    // still holds what was written).
+    if let (Some(old), Some(digest)) = (
+        status.synced_destination.clone(),
+        status.destination_digest.clone(),
+    ) {
+        if !same_image_reference(&old, &destination) {
+            release_old_destination(obj, ctx, status, &source, &old, &digest).await?;
+            status.destination_digest = None;
+            status.id = None;
+            status.synced_destination = None;
+            status.last_sync_time = None;
+            status.ownership = None;
+            status.uploaded_blobs = None;
+        }
+    }
+
+    let source_digest =
+        ctx.head(&engine, &source, "source")
+            .await?
+            .ok_or_else(|| Error::SourceNotFound {
+                reference: spec.source.clone(),
+            })?;
+    let destination_digest = ctx.head(&engine, &destination, "destination").await?;
+    Span::current().record("source_digest", source_digest.as_str());
+    let checked = now();
+
+    match decide(
+        status,
+        &spec.destination,
+        source_digest.as_str(),
+        destination_digest.as_ref().map(Digest::as_str),
+    ) {
+        Decision::UpToDate => {
+            ctx.metrics.check("up_to_date");
+            let first = status.destination_digest.as_deref() != Some(source_digest.as_str())
+                || status.synced_destination.as_deref() != Some(spec.destination.as_str());
+            if first {
+                status.last_sync_time = Some(checked.clone());
+                if !obj.is_ready() {
+                    info!(digest = %source_digest, "destination already up to date");
+                }
+            }
+            let found = ownership::ownership_when_found(
+                status,
+                &key,
+                source_digest.as_str(),
+                inherited.as_ref(),
+            );
+            let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
+            if let (true, Some(h)) = (
+                ownership::inherits(inherited.as_ref(), source_digest.as_str()),
+                handed,
+            ) {
+                // The previous holder's uploads come with its tag.
+                status.uploaded_blobs = Some(ownership::merge_uploaded(
+                    status.uploaded_blobs.as_deref(),
+                    h,
+                ));
+            }
+            if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
+                report_adopted(obj, ctx, status, &source_digest).await;
+            }
+            status.ownership = Some(found);
+            check_referrers(
+                obj,
+                ctx,
+                &engine,
+                (&source, &destination),
+                &source_digest,
+                status,
+            )
+            .await?;
+        }
+        Decision::Copy(drift) => {
+            ctx.metrics
+                .check(if drift.is_empty() { "copy" } else { "drift" });
+            for d in &drift {
+                report_drift(obj, ctx, d, &spec.destination).await;
+            }
+            let mut syncing = status.clone();
+            syncing.observed_generation = generation;
+            syncing.write_intent =
+                Some(ownership::intent(&spec.destination, source_digest.as_str()));
+            set_ready(
+                &mut syncing,
+                false,
+                reasons::SYNCING,
+                &format!(
+                    "copying {} ({}) to {}",
+                    spec.source, source_digest, spec.destination
+                ),
+                generation,
+            );
+            patch_status(api, obj, &syncing).await?;
+            *status = syncing;
+
+            let started = Instant::now();
+            let outcome = engine
+                .sync(
+                    &source,
+                    &destination,
+                    &crate::referrers::sync_options(obj, source_digest.clone()),
+                )
+                .await;
+            let outcome = match outcome {
+                Ok(o) => {
+                    ctx.metrics
+                        .sync_done("synced", o.bytes_uploaded, started.elapsed());
+                    o
+                }
+                Err(source) => {
+                    ctx.metrics.sync_done("failed", 0, started.elapsed());
+                    return Err(Error::Engine {
+                        context: format!("copy {} to {}", spec.source, spec.destination),
+                        source,
+                    });
+                }
+            };
+            info!(
+                digest = %outcome.destination_digest,
+                bytes = outcome.bytes_uploaded,
+                blobs_uploaded = outcome.blobs_uploaded,
+                blobs_skipped = outcome.blobs_skipped,
+                blobs_mounted = outcome.blobs_mounted,
+                elapsed = ?started.elapsed(),
+                "synced"
+            );
+            ctx.events
+                .publish(
+                    obj,
+                    EventType::Normal,
+                    reasons::SYNCED,
+                    "Sync",
+                    &format!(
+                        "copied {} to {} ({}, {} bytes uploaded)",
+                        spec.source,
+                        spec.destination,
+                        outcome.destination_digest,
+                        outcome.bytes_uploaded
+                    ),
+                )
+                .await;
+            crate::referrers::record(status, &outcome, spec.referrers);
+            status.last_sync_time = Some(checked.clone());
+            status.ownership = Some(Ownership::Written);
+            status.uploaded_blobs = Some(uploaded_record(
+                status,
+                inherited.as_ref(),
+                &uploaded_by(&outcome),
+            ));
+        }
+    }
+
+    status.write_intent = None;
+    status.source_digest = Some(source_digest.to_string());
+    status.destination_digest = Some(source_digest.to_string());
+    status.id = Some(destination.id(&source_digest));
+    status.synced_destination = Some(spec.destination.clone());
+    status.observed_generation = generation;
+    status.last_check_time = Some(checked);
+    set_ready(
+        status,
+        true,
+        reasons::SYNCED,
+        &format!("{} holds {}", spec.destination, source_digest),
+        generation,
+    );
+    patch_status(api, obj, status).await.map(|()| None)
+}
+
+/// The blobs a copy uploaded (not skipped, not mounted).
+fn uploaded_by(outcome: &imagesync_engine::Outcome) -> Vec<String> {
+    outcome.uploaded.iter().map(ToString::to_string).collect()
+}
+
+/// This object's record of uploaded blobs after a copy that uploaded `uploaded`: what it
+/// recorded before (same destination), what the previous holder handed over, and these.
+fn uploaded_record(
+    status: &ImageSyncStatus,
+    inherited: Option<&ConflictRecord>,
+    uploaded: &[String],
+) -> Vec<String> {
+    let handed = inherited
+        .filter(|c| c.written_digest.is_some())
+        .and_then(|c| c.uploaded_blobs.as_deref())
+        .unwrap_or_default();
+    let before = ownership::merge_uploaded(status.uploaded_blobs.as_deref(), handed);
+    ownership::merge_uploaded(Some(&before), uploaded)
+}
+
+/// Ready=False `DestinationConflict` naming `holder`; nothing is written or deleted.
+async fn wait_for_holder(
+    obj: &ImageSync,
+    ctx: &Context,
+    api: &Api<ImageSync>,
+    status: &mut ImageSyncStatus,
+    holder: &ImageSync,
+    key: &str,
+) -> Result<Option<Duration>> {
+    let generation = obj.metadata.generation;
+    let who = ownership::display(holder);
+    let message = format!(
+        "destination {} is also named by ImageSync {who}, created earlier, which holds it; \
+         this object writes and deletes nothing until {who} is gone",
+        obj.spec.destination
+    );
+    let changed = obj.ready_condition().is_none_or(|c| {
+        c.reason != reasons::DESTINATION_CONFLICT || c.message != message || c.status != "False"
+    });
+    status.conflict = Some(ownership::record_of(holder, key));
+    status.observed_generation = generation;
+    set_ready(
+        status,
+        false,
+        reasons::DESTINATION_CONFLICT,
+        &message,
+        generation,
+    );
+    if changed {
+        info!(holder = %who, "destination conflict; waiting");
+        ctx.events
+            .publish(
+                obj,
+                EventType::Warning,
+                reasons::DESTINATION_CONFLICT,
+                "Sync",
+                &message,
+            )
+            .await;
+    }
+    patch_status(api, obj, status).await?;
+    let deleting = holder.metadata.deletion_timestamp.is_some();
+    Ok(Some(if deleting {
+        CONFLICT_POLL
+    } else {
+        ctx.resync_interval(obj)
+    }))
+}
+
+/// A Normal Event: the destination already held the digest and is adopted (left in place
+/// on deletion and destination moves).
+async fn report_adopted(obj: &ImageSync, ctx: &Context, status: &ImageSyncStatus, digest: &Digest) {
+    let legacy = status.ownership.is_none() && status.synced_destination.is_some();
+    let why = if legacy {
+        "its status was recorded before ownership was tracked, so it is treated as adopted"
+    } else {
+        "it already held that digest, so this object did not write it"
+    };
+    let note = format!(
+        "{} holds {digest}; {why}: deleting this object or changing its destination leaves the tag in place",
+        obj.spec.destination
+    );
+    info!("{note}");
+    ctx.events
+        .publish(obj, EventType::Normal, "Adopted", "Sync", &note)
+        .await;
+}
+
+async fn report_drift(obj: &ImageSync, ctx: &Context, drift: &Drift, destination: &str) {
+    let (kind, type_, reason, note) = match drift {
+        Drift::SourceChanged { from, to } => (
+            "source_changed",
+            EventType::Normal,
+            "SourceChanged",
+            format!(
+                "source {} moved from {from} to {to}; re-syncing",
+                obj.spec.source
+            ),
+        ),
+        Drift::DestinationMissing => (
+            "destination_missing",
+            EventType::Warning,
+            "DestinationMissing",
+            format!("destination {destination} was deleted outside the controller; re-syncing"),
+        ),
+        Drift::DestinationOverwritten { found } => (
+            "destination_overwritten",
+            EventType::Warning,
+            "DestinationOverwritten",
+            format!(
+                "destination {destination} was overwritten (now {found}, not {}); re-syncing",
+                obj.status
+                    .as_ref()
+                    .and_then(|s| s.destination_digest.as_deref())
+                    .unwrap_or("?")
+            ),
+        ),
+    };
+    info!(drift = kind, "{note}");
+    ctx.metrics.drift(kind);
+    ctx.events.publish(obj, type_, reason, "Check", &note).await;
+}
+
+/// An up-to-date image: the referrers probe (two HEADs); when it changed, the sync that
+/// copies the new referrers, an Event `ReferrersChanged`, and the status record.
+async fn check_referrers(
+    obj: &ImageSync,
+    ctx: &Context,
+    engine: &Engine,
+    (source, destination): (&Reference, &Reference),
+    digest: &Digest,
+    status: &mut ImageSyncStatus,
+) -> Result<()> {
+    let found = crate::referrers::check(engine, obj, source, destination, digest)
+        .await
+        .map_err(|source| Error::Engine {
+            context: format!(
+                "copy the referrers of {} to {}",
+                obj.spec.source, obj.spec.destination
+            ),
+            source,
+        })?;
+    let Some(outcome) = found else {
+        if !obj.spec.referrers {
+            crate::referrers::clear(status);
+        }
+        return Ok(());
+    };
+    let before = status.referrer_count.unwrap_or(0);
+    crate::referrers::record(status, &outcome, true);
+    let written = outcome.referrers.iter().filter(|r| r.written).count();
+    if written > 0 {
+        ctx.events
+            .publish(
+                obj,
+                EventType::Normal,
+                "ReferrersChanged",
+                "Sync",
+                &format!(
+                    "copied {written} new referrer(s) of {} to {} ({} at the destination, {before} before)",
+                    obj.spec.source,
+                    obj.spec.destination,
+                    outcome.referrers.len()
+                ),
+            )
+            .await;
+    }
+    Ok(())
+}
