@@ -578,7 +578,7 @@ async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut M
             // in the same apply) is resolved at apply time.
             planned.source_digest = resolved.unwrap_or(Value::Unknown);
             planned.id = if direct {
-                planned_id(&planned, destination.as_ref())
+                planned_id(planned, destination.as_ref())
             } else {
                 Value::Unknown
             };
@@ -597,7 +597,7 @@ async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut M
             if !out.requires_replace.is_empty() {
                 planned.source_digest = resolved.unwrap_or(Value::Unknown);
                 planned.id = if direct {
-                    planned_id(&planned, destination.as_ref())
+                    planned_id(planned, destination.as_ref())
                 } else {
                     Value::Unknown
                 };
@@ -633,7 +633,7 @@ async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut M
                 // the tag; the digest it replaces stays (untagged) until destroy. Drift
                 // (the destination tag elsewhere) re-syncs in place too.
                 planned.source_digest = current;
-                planned.id = planned_id(&planned, destination.as_ref());
+                planned.id = planned_id(planned, destination.as_ref());
             }
             check_pinned(&planned.source_digest, &mut out.diags);
         }
