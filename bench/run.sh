@@ -7,13 +7,15 @@
 # its own registries (and etcd + kube-apiserver v1.20.2 for the controller):
 #   bench/bench.sh             imagesync vs skopeo vs raw curl: cold copy, same-registry
 #                              copy, no-op re-copy, 50 images sharing a base layer, 1 GiB layer
-#   bench/controller-bench.sh  controller steady state with 1,000 objects
+#   bench/controller-bench.sh  controller steady state with 1,000 objects, and once with
+#                              10,000 (one cycle: peak RSS and CPU per cycle at scale)
 #   bench/terraform-bench.sh   terraform plan with 100 resources
 # Every sample goes to bench/results.tsv; `bench-report` turns it into bench/results.md and
 # bench/results.png. Takes about 15-25 minutes on 2 cores (plus the builds).
 #
 # Environment: RUNS (repetitions, default 3), OBJECTS (controller, default 1000),
-# INTERVAL (controller resync seconds, default 30), RESOURCES (Terraform, default 100),
+# INTERVAL (controller resync seconds, default 30), OBJECTS_LARGE and INTERVAL_LARGE (the
+# large controller run, default 10000 objects and 60 s), RESOURCES (Terraform, default 100),
 # BENCH_OUT (folder for results.*, default bench/), and bench.sh's LAYER_MB, BASE_MB,
 # IMAGES, BIG_MB, JOBS.
 set -euo pipefail
@@ -23,6 +25,8 @@ RUNS="${RUNS:-3}"
 OBJECTS="${OBJECTS:-1000}"
 INTERVAL="${INTERVAL:-30}"
 RESOURCES="${RESOURCES:-100}"
+OBJECTS_LARGE="${OBJECTS_LARGE:-10000}"
+INTERVAL_LARGE="${INTERVAL_LARGE:-60}"
 FONT="${BENCH_FONT:-/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf}"
 log() { printf '== %s\n' "$*" >&2; }
 START="$(date +%s)"
@@ -76,6 +80,11 @@ log "controller steady state ($OBJECTS objects, $RUNS cycles of ${INTERVAL}s)"
 OBJECTS="$OBJECTS" INTERVAL="$INTERVAL" CYCLES="$RUNS" PROFILE=release \
   bash "$ROOT/bench/controller-bench.sh" >&2
 fact "load average (after controller)" "$(load)"
+
+log "controller steady state ($OBJECTS_LARGE objects, 1 cycle of ${INTERVAL_LARGE}s)"
+OBJECTS="$OBJECTS_LARGE" INTERVAL="$INTERVAL_LARGE" CYCLES=1 NEW_OBJECTS=0 PROFILE=release \
+  bash "$ROOT/bench/controller-bench.sh" >&2
+fact "load average (after controller, $OBJECTS_LARGE objects)" "$(load)"
 
 log "terraform ($RESOURCES resources, $RUNS plans)"
 PLANS="$RUNS" PROFILE=release bash "$ROOT/bench/terraform-bench.sh" "$RESOURCES" >&2

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagesync_engine::{Digest, Reference, SyncOptions};
+use imagesync_engine::{Digest, Engine, Reference, SyncOptions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::Api;
 use tracing::{info, warn, Span};
@@ -84,15 +85,7 @@ async fn apply_inner(
         );
         return patch_status(api, obj, status).await.map(|()| None);
     }
-    let source = Reference::parse(&spec.source).map_err(|source| Error::InvalidReference {
-        field: "source",
-        source,
-    })?;
-    let destination =
-        Reference::parse(&spec.destination).map_err(|source| Error::InvalidReference {
-            field: "destination",
-            source,
-        })?;
+    let (source, destination) = parse_spec(obj)?;
     // The tenant policy decides before any registry is touched.
     let ambient = ctx.policy_allows(obj, &source, &destination).await?;
     // An earlier object names the same tag: write and delete nothing until it is gone.
@@ -107,23 +100,7 @@ async fn apply_inner(
         return wait_for_holder(obj, ctx, api, status, holder, &key).await;
     }
     let inherited = status.conflict.take();
-
-    // The destination moved: clean up the old one (only if this object wrote it and it
-    // still holds what was written).
-    if let (Some(old), Some(digest)) = (
-        status.synced_destination.clone(),
-        status.destination_digest.clone(),
-    ) {
-        if !same_image_reference(&old, &destination) {
-            release_old_destination(obj, ctx, status, &source, &old, &digest).await?;
-            status.destination_digest = None;
-            status.id = None;
-            status.synced_destination = None;
-            status.last_sync_time = None;
-            status.ownership = None;
-            status.uploaded_blobs = None;
-        }
-    }
+    release_if_moved(obj, ctx, status, &source, &destination).await?;
 
     let source_digest =
         ctx.head(&engine, &source, "source")
@@ -133,135 +110,37 @@ async fn apply_inner(
             })?;
     let destination_digest = ctx.head(&engine, &destination, "destination").await?;
     Span::current().record("source_digest", source_digest.as_str());
-    let checked = now();
+    let check = Check {
+        obj,
+        ctx,
+        key,
+        source_digest,
+        inherited,
+        checked: now(),
+    };
 
     match decide(
         status,
         &spec.destination,
-        source_digest.as_str(),
+        check.source_digest.as_str(),
         destination_digest.as_ref().map(Digest::as_str),
     ) {
-        Decision::UpToDate => {
-            ctx.metrics.check("up_to_date");
-            let first = status.destination_digest.as_deref() != Some(source_digest.as_str())
-                || status.synced_destination.as_deref() != Some(spec.destination.as_str());
-            if first {
-                status.last_sync_time = Some(checked.clone());
-                if !obj.is_ready() {
-                    info!(digest = %source_digest, "destination already up to date");
-                }
-            }
-            let found = ownership::ownership_when_found(
-                status,
-                &key,
-                source_digest.as_str(),
-                inherited.as_ref(),
-            );
-            let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
-            if let (true, Some(h)) = (
-                ownership::inherits(inherited.as_ref(), source_digest.as_str()),
-                handed,
-            ) {
-                // The previous holder's uploads come with its tag.
-                status.uploaded_blobs = Some(ownership::merge_uploaded(
-                    status.uploaded_blobs.as_deref(),
-                    h,
-                ));
-            }
-            if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
-                report_adopted(obj, ctx, status, &source_digest).await;
-            }
-            status.ownership = Some(found);
-        }
+        Decision::UpToDate => check.found_up_to_date(status).await,
         Decision::Copy(drift) => {
-            ctx.metrics
-                .check(if drift.is_empty() { "copy" } else { "drift" });
-            for d in &drift {
-                report_drift(obj, ctx, d, &spec.destination).await;
-            }
-            let mut syncing = status.clone();
-            syncing.observed_generation = generation;
-            syncing.write_intent =
-                Some(ownership::intent(&spec.destination, source_digest.as_str()));
-            set_ready(
-                &mut syncing,
-                false,
-                reasons::SYNCING,
-                &format!(
-                    "copying {} ({}) to {}",
-                    spec.source, source_digest, spec.destination
-                ),
-                generation,
-            );
-            patch_status(api, obj, &syncing).await?;
-            *status = syncing;
-
-            let started = Instant::now();
-            let outcome = engine
-                .sync(
-                    &source,
-                    &destination,
-                    &SyncOptions {
-                        progress: None,
-                        expect_source_digest: Some(source_digest.clone()),
-                    },
-                )
-                .await;
-            let outcome = match outcome {
-                Ok(o) => {
-                    ctx.metrics
-                        .sync_done("synced", o.bytes_uploaded, started.elapsed());
-                    o
-                }
-                Err(source) => {
-                    ctx.metrics.sync_done("failed", 0, started.elapsed());
-                    return Err(Error::Engine {
-                        context: format!("copy {} to {}", spec.source, spec.destination),
-                        source,
-                    });
-                }
-            };
-            info!(
-                digest = %outcome.destination_digest,
-                bytes = outcome.bytes_uploaded,
-                blobs_uploaded = outcome.blobs_uploaded,
-                blobs_skipped = outcome.blobs_skipped,
-                blobs_mounted = outcome.blobs_mounted,
-                elapsed = ?started.elapsed(),
-                "synced"
-            );
-            ctx.events
-                .publish(
-                    obj,
-                    EventType::Normal,
-                    reasons::SYNCED,
-                    "Sync",
-                    &format!(
-                        "copied {} to {} ({}, {} bytes uploaded)",
-                        spec.source,
-                        spec.destination,
-                        outcome.destination_digest,
-                        outcome.bytes_uploaded
-                    ),
-                )
-                .await;
-            status.last_sync_time = Some(checked.clone());
-            status.ownership = Some(Ownership::Written);
-            status.uploaded_blobs = Some(uploaded_record(
-                status,
-                inherited.as_ref(),
-                &uploaded_by(&outcome),
-            ));
+            check
+                .copy(api, &engine, (&source, &destination), &drift, status)
+                .await?
         }
     }
 
+    let source_digest = &check.source_digest;
     status.write_intent = None;
     status.source_digest = Some(source_digest.to_string());
     status.destination_digest = Some(source_digest.to_string());
-    status.id = Some(destination.id(&source_digest));
+    status.id = Some(destination.id(source_digest));
     status.synced_destination = Some(spec.destination.clone());
     status.observed_generation = generation;
-    status.last_check_time = Some(checked);
+    status.last_check_time = Some(check.checked);
     set_ready(
         status,
         true,
@@ -270,6 +149,186 @@ async fn apply_inner(
         generation,
     );
     patch_status(api, obj, status).await.map(|()| None)
+}
+
+/// `spec.source` and `spec.destination` as references.
+#[allow(clippy::result_large_err)] // the crate's one error type, as every async fn here returns
+fn parse_spec(obj: &ImageSync) -> Result<(Reference, Reference)> {
+    let source = Reference::parse(&obj.spec.source).map_err(|source| Error::InvalidReference {
+        field: "source",
+        source,
+    })?;
+    let destination =
+        Reference::parse(&obj.spec.destination).map_err(|source| Error::InvalidReference {
+            field: "destination",
+            source,
+        })?;
+    Ok((source, destination))
+}
+
+/// The destination moved: clean up the old one (only if this object wrote it and it
+/// still holds what was written), and forget it.
+async fn release_if_moved(
+    obj: &ImageSync,
+    ctx: &Context,
+    status: &mut ImageSyncStatus,
+    source: &Reference,
+    destination: &Reference,
+) -> Result<()> {
+    if let (Some(old), Some(digest)) = (
+        status.synced_destination.clone(),
+        status.destination_digest.clone(),
+    ) {
+        if !same_image_reference(&old, destination) {
+            release_old_destination(obj, ctx, status, source, &old, &digest).await?;
+            status.destination_digest = None;
+            status.id = None;
+            status.synced_destination = None;
+            status.last_sync_time = None;
+            status.ownership = None;
+            status.uploaded_blobs = None;
+        }
+    }
+    Ok(())
+}
+
+/// What a check of source and destination found, for the up-to-date and copy paths.
+struct Check<'a> {
+    obj: &'a ImageSync,
+    ctx: &'a Context,
+    /// The destination's canonical key.
+    key: String,
+    source_digest: Digest,
+    /// What the previous holder of the destination handed over, if it was one.
+    inherited: Option<ConflictRecord>,
+    checked: Time,
+}
+
+impl Check<'_> {
+    /// The destination already holds the source digest: record who owns it.
+    async fn found_up_to_date(&self, status: &mut ImageSyncStatus) {
+        let (obj, ctx, inherited) = (self.obj, self.ctx, self.inherited.as_ref());
+        let source_digest = &self.source_digest;
+        ctx.metrics.check("up_to_date");
+        let first = status.destination_digest.as_deref() != Some(source_digest.as_str())
+            || status.synced_destination.as_deref() != Some(obj.spec.destination.as_str());
+        if first {
+            status.last_sync_time = Some(self.checked.clone());
+            if !obj.is_ready() {
+                info!(digest = %source_digest, "destination already up to date");
+            }
+        }
+        let found =
+            ownership::ownership_when_found(status, &self.key, source_digest.as_str(), inherited);
+        let handed = inherited.and_then(|c| c.uploaded_blobs.as_deref());
+        if let (true, Some(h)) = (
+            ownership::inherits(inherited, source_digest.as_str()),
+            handed,
+        ) {
+            // The previous holder's uploads come with its tag.
+            status.uploaded_blobs = Some(ownership::merge_uploaded(
+                status.uploaded_blobs.as_deref(),
+                h,
+            ));
+        }
+        if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
+            report_adopted(obj, ctx, status, source_digest).await;
+        }
+        status.ownership = Some(found);
+    }
+
+    /// Copies `source` to `destination` (reporting `drift`), with `Syncing` and the write
+    /// intent in status first.
+    async fn copy(
+        &self,
+        api: &Api<ImageSync>,
+        engine: &Engine,
+        (source, destination): (&Reference, &Reference),
+        drift: &[Drift],
+        status: &mut ImageSyncStatus,
+    ) -> Result<()> {
+        let (obj, ctx, spec) = (self.obj, self.ctx, &self.obj.spec);
+        let source_digest = &self.source_digest;
+        let generation = obj.metadata.generation;
+        ctx.metrics
+            .check(if drift.is_empty() { "copy" } else { "drift" });
+        for d in drift {
+            report_drift(obj, ctx, d, &spec.destination).await;
+        }
+        let mut syncing = status.clone();
+        syncing.observed_generation = generation;
+        syncing.write_intent = Some(ownership::intent(&spec.destination, source_digest.as_str()));
+        set_ready(
+            &mut syncing,
+            false,
+            reasons::SYNCING,
+            &format!(
+                "copying {} ({}) to {}",
+                spec.source, source_digest, spec.destination
+            ),
+            generation,
+        );
+        patch_status(api, obj, &syncing).await?;
+        *status = syncing;
+
+        let started = Instant::now();
+        let outcome = engine
+            .sync(
+                source,
+                destination,
+                &SyncOptions {
+                    progress: None,
+                    expect_source_digest: Some(source_digest.clone()),
+                },
+            )
+            .await;
+        let outcome = match outcome {
+            Ok(o) => {
+                ctx.metrics
+                    .sync_done("synced", o.bytes_uploaded, started.elapsed());
+                o
+            }
+            Err(source) => {
+                ctx.metrics.sync_done("failed", 0, started.elapsed());
+                return Err(Error::Engine {
+                    context: format!("copy {} to {}", spec.source, spec.destination),
+                    source,
+                });
+            }
+        };
+        info!(
+            digest = %outcome.destination_digest,
+            bytes = outcome.bytes_uploaded,
+            blobs_uploaded = outcome.blobs_uploaded,
+            blobs_skipped = outcome.blobs_skipped,
+            blobs_mounted = outcome.blobs_mounted,
+            elapsed = ?started.elapsed(),
+            "synced"
+        );
+        ctx.events
+            .publish(
+                obj,
+                EventType::Normal,
+                reasons::SYNCED,
+                "Sync",
+                &format!(
+                    "copied {} to {} ({}, {} bytes uploaded)",
+                    spec.source,
+                    spec.destination,
+                    outcome.destination_digest,
+                    outcome.bytes_uploaded
+                ),
+            )
+            .await;
+        status.last_sync_time = Some(self.checked.clone());
+        status.ownership = Some(Ownership::Written);
+        status.uploaded_blobs = Some(uploaded_record(
+            status,
+            self.inherited.as_ref(),
+            &uploaded_by(&outcome),
+        ));
+        Ok(())
+    }
 }
 
 /// The blobs a copy uploaded (not skipped, not mounted).
