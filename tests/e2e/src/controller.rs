@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::Mutex;
+
+use parking_lot::{Mutex, MutexGuard};
 
 /// How to start the controller.
 #[derive(Clone, Debug, Default)]
@@ -100,8 +101,8 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
-        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child.lock()
     }
 
     /// The process id.
