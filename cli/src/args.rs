@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use imagesync_engine::{duration, Credential, Digest};
 use imagesync_flags::{LogFlags, RegistryFlags};
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// The exit codes, shown at the end of every `--help` (the README has the same table).
 const EXIT_CODES: &str = "\
@@ -46,9 +47,10 @@ pub(crate) struct Args {
         value_name = "USER:PASS",
         global = true,
         env = "IMAGESYNC_CREDS",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub(crate) creds: Option<String>,
+    pub(crate) creds: Option<SecretString>,
 
     /// Credentials for the source registry, USER:PASSWORD.
     #[arg(
@@ -57,9 +59,10 @@ pub(crate) struct Args {
         global = true,
         env = "IMAGESYNC_SRC_CREDS",
         help_heading = COPY_ONLY,
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub(crate) src_creds: Option<String>,
+    pub(crate) src_creds: Option<SecretString>,
 
     /// Credentials for the destination registry, USER:PASSWORD.
     #[arg(
@@ -67,9 +70,10 @@ pub(crate) struct Args {
         value_name = "USER:PASS",
         global = true,
         env = "IMAGESYNC_DEST_CREDS",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub(crate) dest_creds: Option<String>,
+    pub(crate) dest_creds: Option<SecretString>,
 
     /// File remembering which repository of a registry holds which blob, so that later
     /// copies mount shared layers instead of uploading them again (default:
@@ -184,6 +188,11 @@ fn deadline(s: &str) -> Result<Duration, String> {
     duration::parse_checked(s).map_err(|e| format!("{e}: write seconds, or e.g. 90m or 6h"))
 }
 
+/// `--creds`-style values, held as secrets (redacted, wiped on drop) from the start.
+fn secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s))
+}
+
 /// `--expect-digest`: `sha256:` and 64 lowercase hex digits.
 fn digest(s: &str) -> Result<Digest, String> {
     s.parse::<Digest>().map_err(|_| {
@@ -219,7 +228,7 @@ impl Args {
             ("--src-creds", &args.src_creds),
             ("--dest-creds", &args.dest_creds),
         ] {
-            if let Err(msg) = check_creds(flag, v.as_deref()) {
+            if let Err(msg) = check_creds(flag, v.as_ref().map(|s| s.expose_secret())) {
                 return Err(cmd.error(clap::error::ErrorKind::ValueValidation, msg));
             }
         }

@@ -32,7 +32,9 @@ pub mod reference;
 mod referrers;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 pub use auth::{Credential, CredentialProvider};
 pub use client::Client;
@@ -194,10 +196,7 @@ impl Engine {
     /// The registry client for the registry of `reference`.
     pub fn client(&self, reference: &Reference) -> Client {
         let host = reference.api_host().to_string();
-        let mut clients = match self.inner.clients.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut clients = self.inner.clients.lock();
         clients
             .entry(host.clone())
             .or_insert_with(|| {
