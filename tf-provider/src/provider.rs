@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, RwLock};
+use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
 
 use secrecy::SecretString;
@@ -22,8 +22,8 @@ use crate::schema;
 #[derive(Debug, Default)]
 pub struct Core {
     backend: RwLock<Option<Arc<dyn Backend>>>,
-    /// Notified by `GRPCController.Shutdown`.
-    pub shutdown: Arc<Notify>,
+    /// Requested by `GRPCController.Shutdown` (or SIGTERM).
+    pub stop: crate::plugin::Stop,
 }
 
 type Diags = Vec<Diagnostic>;
