@@ -121,6 +121,15 @@ pub struct Deleted {
     pub warnings: Vec<String>,
 }
 
+/// The default namespace and name of a resource's Kubernetes object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The provider's namespace.
+    pub namespace: String,
+    /// Derived from the destination (`None` while it is unknown).
+    pub name: Option<String>,
+}
+
 /// What the resource needs from wherever images are copied.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -128,8 +137,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// controller follows the source itself, so plans do not.
     fn resolves_at_plan(&self) -> bool;
 
-    /// The default namespace (Kubernetes mode only).
-    fn namespace(&self) -> Option<String> {
+    /// The Kubernetes object a resource writing `destination` is kept in (`None`: direct
+    /// mode, which has no object). Its name is `None` while the destination is unknown.
+    fn identity(&self, destination: Option<&str>) -> Option<Identity> {
+        let _ = destination;
         None
     }
 

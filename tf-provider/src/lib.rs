@@ -8,11 +8,13 @@
 //! - [`timeouts`]: the `timeouts` block, bounded durations.
 //! - [`backend`]: the [`backend::Direct`] backend over the imagesync engine.
 //! - [`kube`]: the Kubernetes backend (`ImageSync` objects for the controller).
+//! - [`config`]: the provider block.
 //! - [`provider`]: the tfplugin5/tfplugin6 gRPC services.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod codec;
+pub mod config;
 pub mod diag;
 pub mod kube;
 pub mod plugin;

@@ -369,7 +369,7 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
     };
     out.diags
         .extend(crate::timeouts::validate(&planned.timeouts));
-    if direct {
+    if !fill_identity(backend, &mut planned, Value::is_null, Value::Unknown) {
         for a in [attr::NAMESPACE, attr::NAME] {
             let v = if a == attr::NAMESPACE {
                 &planned.namespace
@@ -385,16 +385,6 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
                     .at(a),
                 );
             }
-        }
-    } else {
-        if planned.namespace.is_null() {
-            planned.namespace = Value::string_or_null(backend.namespace());
-        }
-        if planned.name.is_null() {
-            planned.name = match planned.destination.as_str() {
-                Some(d) => Value::String(crate::kube::derive_name(d)),
-                None => Value::Unknown,
-            };
         }
     }
     let resolved = if direct {
@@ -500,18 +490,31 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
     out
 }
 
+/// Sets the namespace and name of the backend's object (see [`Backend::identity`]) where
+/// `missing` holds; a name that cannot be derived (unknown destination) becomes
+/// `no_name`. False in direct mode, which has no object.
+fn fill_identity(
+    backend: &dyn Backend,
+    m: &mut Model,
+    missing: fn(&Value) -> bool,
+    no_name: Value,
+) -> bool {
+    let Some(identity) = backend.identity(m.destination.as_str()) else {
+        return false;
+    };
+    if missing(&m.namespace) {
+        m.namespace = Value::String(identity.namespace);
+    }
+    if missing(&m.name) {
+        m.name = identity.name.map_or(no_name, Value::String);
+    }
+    true
+}
+
 /// Refreshes state from the destination (or, in Kubernetes mode, the object's status).
 pub async fn read(backend: &dyn Backend, mut current: Model) -> (Option<Model>, Vec<Diagnostic>) {
-    if !backend.resolves_at_plan() {
-        // Imported in Kubernetes mode: the object's default namespace and name.
-        if current.namespace.is_null() {
-            current.namespace = Value::string_or_null(backend.namespace());
-        }
-        if current.name.is_null() {
-            current.name =
-                Value::string_or_null(current.destination.as_str().map(crate::kube::derive_name));
-        }
-    }
+    // Imported in Kubernetes mode: the object's default namespace and name.
+    fill_identity(backend, &mut current, Value::is_null, Value::Null);
     let target = match current.target() {
         Ok(Some(t)) => t,
         Ok(None) => return (Some(current), Vec::new()),

@@ -58,15 +58,12 @@ fn needs_sync(prior: &Model, planned: &Model) -> bool {
 
 /// The target of a sync, with the Kubernetes-mode defaults filled in.
 fn sync_target(backend: &dyn Backend, planned: &mut Model) -> Result<Target, Diagnostic> {
-    if !backend.resolves_at_plan() {
-        if planned.namespace.is_unknown() || planned.namespace.is_null() {
-            planned.namespace = Value::string_or_null(backend.namespace());
-        }
-        if planned.name.is_unknown() || planned.name.is_null() {
-            planned.name =
-                Value::string_or_null(planned.destination.as_str().map(crate::kube::derive_name));
-        }
-    }
+    super::fill_identity(
+        backend,
+        planned,
+        |v| v.is_unknown() || v.is_null(),
+        Value::Null,
+    );
     planned
         .target()?
         .ok_or_else(|| Diagnostic::error("source and destination must be known at apply time", ""))
