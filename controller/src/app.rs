@@ -19,11 +19,11 @@ use tracing::{error, info, warn};
 
 use crate::api::ImageSync;
 use crate::args::Args;
-use crate::reconcile::{self, Context};
 use crate::events::Events;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::policy::{self, PolicyStore, Reloader};
+use crate::reconcile::{self, Context};
 use crate::server::{self, ServerState};
 use crate::telemetry;
 

@@ -9,9 +9,9 @@
 //! image) share what they learned; the file holds registry hosts, repository names and
 //! digests, never credentials.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 
