@@ -884,6 +884,7 @@ async fn apply_inner(
                     &SyncOptions {
                         progress: None,
                         expect_source_digest: Some(source_digest.clone()),
+                        ..SyncOptions::default()
                     },
                 )
                 .await;

@@ -254,6 +254,7 @@ impl Backend for Direct {
                 &SyncOptions {
                     progress: None,
                     expect_source_digest,
+                    ..SyncOptions::default()
                 },
             )
             .await?;

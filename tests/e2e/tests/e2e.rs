@@ -16,6 +16,7 @@ mod hostile;
 mod hostile_objects;
 mod image;
 mod ownership;
+mod platforms;
 mod policy;
 mod producers;
 mod reliability;
