@@ -470,3 +470,39 @@ async fn a_stale_known_selection_is_caught_not_copied() {
     assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
     assert_eq!(dst.manifest_status("app", "1").await, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_lying_about_a_selected_childs_size_is_refused() {
+    // A hostile (or broken) source index whose entry for the selected platform gives a
+    // size the child does not have: nothing is tagged.
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let target = src.target();
+    let idx = push_platform_index(&target, "app", "1", 1807, &[AMD64, ARM64_V8]).await;
+    let (_, bytes) = fixtures::get_manifest(src.addr(), "app", "1")
+        .await
+        .unwrap();
+    let mut index: Value = serde_json::from_slice(&bytes).unwrap();
+    index["manifests"][0]["size"] = json!(7);
+    let lying = serde_json::to_vec(&index).unwrap();
+    target
+        .put_manifest("app", "lying", OCI_INDEX, &lying)
+        .await
+        .unwrap();
+    let e = engine_for(&[src.addr(), dst.addr()]);
+    let err = e
+        .sync(
+            &r(&src.reference("app:lying")),
+            &r(&dst.reference("app:1")),
+            &select(&["linux/amd64"]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+    assert!(err.to_string().contains("7 bytes"), "{err}");
+    assert_eq!(dst.manifest_status("app", "1").await, 404);
+    assert_eq!(
+        dst.manifest_status("app", idx.child("linux/amd64")).await,
+        404
+    );
+}
