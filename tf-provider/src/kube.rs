@@ -223,6 +223,7 @@ impl Backend for Kube {
                 source_secret_ref: None,
                 destination_secret_ref: None,
                 suspend: false,
+                platforms: Vec::new(),
             },
         );
         obj.metadata.labels = Some([(MANAGED_BY.to_string(), "terraform".to_string())].into());

@@ -17,6 +17,7 @@ mod hostile_objects;
 mod image;
 mod ownership;
 mod platforms;
+mod platforms_frontends;
 mod policy;
 mod producers;
 mod reliability;
