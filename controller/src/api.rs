@@ -165,10 +165,11 @@ pub struct ImageSyncStatus {
     /// or with `spec.platforms` the digest of the selection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_digest: Option<String>,
-    /// The `spec.platforms` `destinationDigest` was selected with (absent: every
-    /// platform). While the source digest is unchanged, a re-check reuses the selection.
+    /// The platform selection of the last sync (absent without `spec.platforms`): while
+    /// the source still resolves to its `sourceDigest` and `spec.platforms` is the same, a
+    /// re-check takes the selection's digest from here instead of reading the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platforms: Option<Vec<String>>,
+    pub selection: Option<SelectionRecord>,
     /// `<normalised destination repository>@<digest>`, as the engine and the Terraform
     /// provider print it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,6 +214,18 @@ pub struct ImageSyncStatus {
     /// `DestinationConflict`, `SyncFailed`, `DeleteFailed` or `RegistryError`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// What a platform selection gave (see `status.selection`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectionRecord {
+    /// `spec.platforms` when the selection was made.
+    pub platforms: Vec<String>,
+    /// The source digest (the index's) it was made from.
+    pub source_digest: String,
+    /// The digest it gives: the selected child's, or the index of the selected entries'.
+    pub digest: String,
 }
 
 /// Who wrote the destination tag.
