@@ -486,21 +486,26 @@ pub enum Decision {
     Copy(Vec<Drift>),
 }
 
-/// Compares what HEAD found with what status recorded.
+/// Compares what HEAD found with what status recorded. `wanted` is the digest the
+/// destination must hold: `source_digest`, or with `spec.platforms` the selection's. A
+/// source that moved while the selection stayed (a platform not selected was added) is
+/// no `SourceChanged`.
 pub fn decide(
     status: &ImageSyncStatus,
     destination: &str,
     source_digest: &str,
+    wanted: &str,
     destination_digest: Option<&str>,
 ) -> Decision {
-    if destination_digest == Some(source_digest) {
+    if destination_digest == Some(wanted) {
         return Decision::UpToDate;
     }
     let mut drift = Vec::new();
+    let same_selection = status.destination_digest.as_deref() == Some(wanted);
     if let Some(from) = status
         .source_digest
         .as_deref()
-        .filter(|d| *d != source_digest)
+        .filter(|d| *d != source_digest && !same_selection)
     {
         drift.push(Drift::SourceChanged {
             from: from.to_string(),
@@ -805,12 +810,17 @@ async fn apply_inner(
         }
     }
 
-    let source_digest =
-        ctx.head(&engine, &source, "source")
-            .await?
-            .ok_or_else(|| Error::SourceNotFound {
-                reference: spec.source.clone(),
-            })?;
+    let platforms = imagesync_engine::platform::parse_platforms(&spec.platforms)
+        .map_err(|e| Error::InvalidSpec(format!("spec.platforms: {e}")))?;
+    // Two HEADs when nothing changed, with a selection too (see `known_selection`).
+    let selection = select_platforms(&engine, &source, &platforms, known_selection(status, spec))
+        .await?
+        .ok_or_else(|| Error::SourceNotFound {
+            reference: spec.source.clone(),
+        })?;
+    let source_digest = selection.source_digest.clone();
+    // What the destination must hold: the source digest, or the selection's.
+    let wanted = selection.digest.clone();
     let destination_digest = ctx.head(&engine, &destination, "destination").await?;
     Span::current().record("source_digest", source_digest.as_str());
     let checked = now();
@@ -819,27 +829,24 @@ async fn apply_inner(
         status,
         &spec.destination,
         source_digest.as_str(),
+        wanted.as_str(),
         destination_digest.as_ref().map(Digest::as_str),
     ) {
         Decision::UpToDate => {
             ctx.metrics.check("up_to_date");
-            let first = status.destination_digest.as_deref() != Some(source_digest.as_str())
+            let first = status.destination_digest.as_deref() != Some(wanted.as_str())
                 || status.synced_destination.as_deref() != Some(spec.destination.as_str());
             if first {
                 status.last_sync_time = Some(checked.clone());
                 if !obj.is_ready() {
-                    info!(digest = %source_digest, "destination already up to date");
+                    info!(digest = %wanted, "destination already up to date");
                 }
             }
-            let found = ownership::ownership_when_found(
-                status,
-                &key,
-                source_digest.as_str(),
-                inherited.as_ref(),
-            );
+            let found =
+                ownership::ownership_when_found(status, &key, wanted.as_str(), inherited.as_ref());
             let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
             if let (true, Some(h)) = (
-                ownership::inherits(inherited.as_ref(), source_digest.as_str()),
+                ownership::inherits(inherited.as_ref(), wanted.as_str()),
                 handed,
             ) {
                 // The previous holder's uploads come with its tag.
@@ -849,7 +856,7 @@ async fn apply_inner(
                 ));
             }
             if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
-                report_adopted(obj, ctx, status, &source_digest).await;
+                report_adopted(obj, ctx, status, &wanted).await;
             }
             status.ownership = Some(found);
         }
@@ -861,8 +868,7 @@ async fn apply_inner(
             }
             let mut syncing = status.clone();
             syncing.observed_generation = generation;
-            syncing.write_intent =
-                Some(ownership::intent(&spec.destination, source_digest.as_str()));
+            syncing.write_intent = Some(ownership::intent(&spec.destination, wanted.as_str()));
             set_ready(
                 &mut syncing,
                 false,
@@ -884,6 +890,8 @@ async fn apply_inner(
                     &SyncOptions {
                         progress: None,
                         expect_source_digest: Some(source_digest.clone()),
+                        platforms,
+                        known: Some(selection.clone()),
                         ..SyncOptions::default()
                     },
                 )
@@ -938,8 +946,13 @@ async fn apply_inner(
 
     status.write_intent = None;
     status.source_digest = Some(source_digest.to_string());
-    status.destination_digest = Some(source_digest.to_string());
-    status.id = Some(destination.id(&source_digest));
+    status.destination_digest = Some(wanted.to_string());
+    status.id = Some(destination.id(&wanted));
+    status.selection = (!spec.platforms.is_empty()).then(|| crate::api::SelectionRecord {
+        platforms: spec.platforms.clone(),
+        source_digest: source_digest.to_string(),
+        digest: wanted.to_string(),
+    });
     status.synced_destination = Some(spec.destination.clone());
     status.observed_generation = generation;
     status.last_check_time = Some(checked);
@@ -947,10 +960,43 @@ async fn apply_inner(
         status,
         true,
         reasons::SYNCED,
-        &format!("{} holds {}", spec.destination, source_digest),
+        &format!("{} holds {}", spec.destination, wanted),
         generation,
     );
     patch_status(api, obj, status).await.map(|()| None)
+}
+
+/// What `source` resolves to under `platforms`: a HEAD, plus a GET of the source index
+/// only when its digest is not the one `known` was made from.
+async fn select_platforms(
+    engine: &imagesync_engine::Engine,
+    source: &Reference,
+    platforms: &[imagesync_engine::Platform],
+    known: Option<imagesync_engine::Selection>,
+) -> Result<Option<imagesync_engine::Selection>> {
+    engine
+        .resolve(source, platforms, known.as_ref())
+        .await
+        .map_err(|e| Error::Engine {
+            context: format!("check source {source}"),
+            source: e,
+        })
+}
+
+/// The selection recorded at the last sync, when `spec.platforms` is still the one it was
+/// made with.
+fn known_selection(
+    status: &ImageSyncStatus,
+    spec: &crate::api::ImageSyncSpec,
+) -> Option<imagesync_engine::Selection> {
+    let record = status.selection.as_ref()?;
+    if spec.platforms.is_empty() || record.platforms != spec.platforms {
+        return None;
+    }
+    Some(imagesync_engine::Selection {
+        source_digest: record.source_digest.parse().ok()?,
+        digest: record.digest.parse().ok()?,
+    })
 }
 
 /// The blobs a copy uploaded (not skipped, not mounted).
@@ -1504,11 +1550,11 @@ mod tests {
     #[test]
     fn destination_holding_the_source_digest_needs_no_copy() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:1", A, Some(A)),
+            decide(&synced("d:1", A), "d:1", A, A, Some(A)),
             Decision::UpToDate
         );
         assert_eq!(
-            decide(&ImageSyncStatus::default(), "d:1", A, Some(A)),
+            decide(&ImageSyncStatus::default(), "d:1", A, A, Some(A)),
             Decision::UpToDate
         );
     }
@@ -1516,7 +1562,7 @@ mod tests {
     #[test]
     fn first_sync_copies_without_reporting_drift() {
         assert_eq!(
-            decide(&ImageSyncStatus::default(), "d:1", A, None),
+            decide(&ImageSyncStatus::default(), "d:1", A, A, None),
             Decision::Copy(vec![])
         );
     }
@@ -1524,7 +1570,7 @@ mod tests {
     #[test]
     fn deleted_destination_is_drift_and_copied_again() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:1", A, None),
+            decide(&synced("d:1", A), "d:1", A, A, None),
             Decision::Copy(vec![Drift::DestinationMissing])
         );
     }
@@ -1532,7 +1578,7 @@ mod tests {
     #[test]
     fn moved_source_is_reported_with_old_and_new_digest() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:1", B, Some(A)),
+            decide(&synced("d:1", A), "d:1", B, B, Some(A)),
             Decision::Copy(vec![Drift::SourceChanged {
                 from: A.into(),
                 to: B.into()
@@ -1541,9 +1587,24 @@ mod tests {
     }
 
     #[test]
+    fn a_source_that_moved_with_the_same_selection_is_no_source_change() {
+        // Selected child A: the index moved from B to C (a platform was added).
+        let st = ImageSyncStatus {
+            source_digest: Some(B.into()),
+            ..synced("d:1", A)
+        };
+        assert_eq!(decide(&st, "d:1", C, A, Some(A)), Decision::UpToDate);
+        // The destination was deleted meanwhile: that is the only drift.
+        assert_eq!(
+            decide(&st, "d:1", C, A, None),
+            Decision::Copy(vec![Drift::DestinationMissing])
+        );
+    }
+
+    #[test]
     fn overwritten_destination_is_reported() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:1", A, Some(C)),
+            decide(&synced("d:1", A), "d:1", A, A, Some(C)),
             Decision::Copy(vec![Drift::DestinationOverwritten { found: C.into() }])
         );
     }
@@ -1551,7 +1612,7 @@ mod tests {
     #[test]
     fn a_new_destination_is_not_drift() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:2", A, None),
+            decide(&synced("d:1", A), "d:2", A, A, None),
             Decision::Copy(vec![])
         );
     }

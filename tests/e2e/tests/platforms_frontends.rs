@@ -12,8 +12,7 @@ use kube::Api;
 use serde_json::Value;
 
 use crate::controller::{
-    cluster, dockerconfig_secret, event_reasons, image_sync_yaml, reason, wait_for,
-    ControllerProc,
+    cluster, dockerconfig_secret, event_reasons, image_sync_yaml, reason, wait_for, ControllerProc,
 };
 use crate::platforms::{
     push_platform_index, skopeo_pull, skopeo_raw, AMD64, ARM64_V8, PPC64LE, S390X,
@@ -43,7 +42,12 @@ fn digest_of(id: &str) -> &str {
 async fn cli_platform_flag_selects_and_names_what_is_missing() {
     let (a, b) = tokio::join!(Registry::start(), Registry::start());
     let idx = push_platform_index(&a.target(), "app", "1", 1811, &[AMD64, ARM64_V8, S390X]).await;
-    let insecure = ["--insecure-registry", a.addr(), "--insecure-registry", b.addr()];
+    let insecure = [
+        "--insecure-registry",
+        a.addr(),
+        "--insecure-registry",
+        b.addr(),
+    ];
     let copy = |dst: String, platforms: Vec<&'static str>| {
         let src = a.reference("app:1");
         let mut args: Vec<String> = vec!["copy".into(), src, dst];
@@ -68,7 +72,11 @@ async fn cli_platform_flag_selects_and_names_what_is_missing() {
     );
     // Several: one index, the same digest whatever the order.
     let first = copy(b.reference("two/app:1"), vec!["linux/amd64", "linux/s390x"]).await;
-    let second = copy(b.reference("again/app:1"), vec!["linux/s390x", "linux/amd64"]).await;
+    let second = copy(
+        b.reference("again/app:1"),
+        vec!["linux/s390x", "linux/amd64"],
+    )
+    .await;
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(second.status.success(), "{}", text(&second.stderr));
     let (d1, d2) = (text(&first.stdout), text(&second.stdout));
@@ -106,7 +114,11 @@ async fn cli_platform_flag_selects_and_names_what_is_missing() {
     for bad in ["linux", "Linux/AMD64", "linux/arm64/v8/x", "linux/amd64 "] {
         let out = copy(b.reference("y/app:1"), vec![bad]).await;
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
-        assert!(text(&out.stderr).contains("--platform"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("--platform"),
+            "{}",
+            text(&out.stderr)
+        );
     }
     let _ = PPC64LE;
 }
@@ -166,7 +178,11 @@ async fn terraform_direct(version: &'static str) {
     );
     let two = tf.output("two").await;
     let owt = tf.output("owt").await;
-    assert_eq!(digest_of(&two), digest_of(&owt), "same selection, same digest");
+    assert_eq!(
+        digest_of(&two),
+        digest_of(&owt),
+        "same selection, same digest"
+    );
     let raw = skopeo_raw(&b.reference("two/app:1")).await;
     assert_eq!(imagesync_e2e::fixtures::sha256(&raw), digest_of(&two));
     skopeo_pull(&b.reference("two/app:1")).await;
@@ -216,7 +232,10 @@ async fn terraform_direct(version: &'static str) {
         .into_iter()
         .filter(|e| e.is_manifest() && e.method == "GET")
         .count();
-    assert!(src_gets <= 3, "{src_gets} GETs of the source index for 3 resources");
+    assert!(
+        src_gets <= 3,
+        "{src_gets} GETs of the source index for 3 resources"
+    );
     tf.apply(&[]).await;
     assert_eq!(tf.output("two").await, two);
     assert_eq!(tf.output("one").await, one);
@@ -235,7 +254,10 @@ async fn terraform_direct(version: &'static str) {
     assert!(!out.status.success());
     let all = combined(&out);
     assert!(all.contains("linux/ppc64le"), "{all}");
-    assert!(all.contains("linux/amd64, linux/arm64/v8, linux/s390x"), "{all}");
+    assert!(
+        all.contains("linux/amd64, linux/arm64/v8, linux/s390x"),
+        "{all}"
+    );
 
     // `terraform validate` refuses malformed platform strings and duplicates.
     for bad in [
@@ -288,7 +310,13 @@ async fn terraform_kubernetes(version: &'static str) {
     );
     let _controller = kube_controller(&api, &a, &b).await;
     for (name, reg) in [("src-creds", &a), ("dst-creds", &b)] {
-        api.apply_yaml(&dockerconfig_secret("default", name, reg.addr(), USER, PASS));
+        api.apply_yaml(&dockerconfig_secret(
+            "default",
+            name,
+            reg.addr(),
+            USER,
+            PASS,
+        ));
     }
     let idx = push_platform_index(&a.target(), "app", "1", 1813, &[AMD64, ARM64_V8]).await;
     let tf = Tf::new(version);
@@ -310,7 +338,10 @@ async fn terraform_kubernetes(version: &'static str) {
     tf.init().await;
     tf.apply(&[]).await;
     let id = tf.output("app").await;
-    assert_eq!(id, format!("{}/dst/app@{}", b.addr(), idx.child("linux/arm64/v8")));
+    assert_eq!(
+        id,
+        format!("{}/dst/app@{}", b.addr(), idx.child("linux/arm64/v8"))
+    );
     let objects = imagesyncs(&api);
     assert_eq!(objects.len(), 1, "{objects:?}");
     let spec = &objects[0]["spec"];
@@ -328,13 +359,20 @@ async fn terraform_kubernetes(version: &'static str) {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(imagesync_e2e::fixtures::sha256(&out.stdout), digest_of(&id));
-    assert_eq!(tag_digest(&b, "dst/app", "1").await, None, "anonymous reads fail");
+    assert_eq!(
+        tag_digest(&b, "dst/app", "1").await,
+        None,
+        "anonymous reads fail"
+    );
     assert_eq!(
         tf.plan_actions().await["imagesync.app"],
         actions(&["no-op"])
     );
     // A change of the selection and of the interval: in place.
-    tf.config_with(&provider, &body("[\"linux/amd64\", \"linux/arm64/v8\"]", "45s"));
+    tf.config_with(
+        &provider,
+        &body("[\"linux/amd64\", \"linux/arm64/v8\"]", "45s"),
+    );
     assert_eq!(
         tf.plan_actions().await["imagesync.app"],
         actions(&["update"])
@@ -348,14 +386,20 @@ async fn terraform_kubernetes(version: &'static str) {
     for (bad, attr) in [
         (body("[\"linux\"]", "30s"), "platforms"),
         (body("[\"linux/amd64\"]", "3 seconds"), "resync_interval"),
-        (body("[\"linux/amd64\"]", "30s").replace("src-creds", "Bad_Name"), "source_secret_ref"),
+        (
+            body("[\"linux/amd64\"]", "30s").replace("src-creds", "Bad_Name"),
+            "source_secret_ref",
+        ),
     ] {
         tf.config_with(&provider, &bad);
         let out = tf.run(&["validate", "-no-color"]).await;
         assert!(!out.status.success(), "validate accepted {attr}");
         assert!(combined(&out).contains(attr), "{}", combined(&out));
     }
-    tf.config_with(&provider, &body("[\"linux/amd64\", \"linux/arm64/v8\"]", "45s"));
+    tf.config_with(
+        &provider,
+        &body("[\"linux/amd64\", \"linux/arm64/v8\"]", "45s"),
+    );
     tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
         .await;
     assert!(imagesyncs(&api).is_empty());
@@ -384,7 +428,12 @@ async fn controller_selects_platforms_and_a_gained_platform_is_not_drift() {
         api.kubeconfig(),
         api.dir(),
         "platforms",
-        &["--insecure-registry", src.addr(), "--insecure-registry", dst.addr()],
+        &[
+            "--insecure-registry",
+            src.addr(),
+            "--insecure-registry",
+            dst.addr(),
+        ],
     );
     api.apply_yaml(&image_sync_yaml(
         "default",
@@ -409,35 +458,67 @@ async fn controller_selects_platforms_and_a_gained_platform_is_not_drift() {
     ));
     let t = Duration::from_secs(60);
     let child = idx.child("linux/arm64/v8").to_string();
-    let one = wait_for(&isyncs, "one", t, "one platform synced", Some(&controller), |o| {
-        crate::controller::ready_with(o, &child)
-    })
+    let one = wait_for(
+        &isyncs,
+        "one",
+        t,
+        "one platform synced",
+        Some(&controller),
+        |o| crate::controller::ready_with(o, &child),
+    )
     .await;
     let st = one.status.unwrap();
     assert_eq!(st.source_digest.as_deref(), Some(idx.digest.as_str()));
     assert_eq!(st.id, Some(format!("{}/one/app@{child}", dst.addr())));
-    let two = wait_for(&isyncs, "two", t, "two platforms synced", Some(&controller), |o| o.is_ready()).await;
+    let two = wait_for(
+        &isyncs,
+        "two",
+        t,
+        "two platforms synced",
+        Some(&controller),
+        |o| o.is_ready(),
+    )
+    .await;
     let two_digest = two.status.unwrap().destination_digest.unwrap();
     let raw = skopeo_raw(&dst.reference("two/app:1")).await;
     assert_eq!(imagesync_e2e::fixtures::sha256(&raw), two_digest);
     skopeo_pull(&dst.reference("two/app:1")).await;
-    let missing = wait_for(&isyncs, "missing", t, "PlatformNotFound", Some(&controller), |o| {
-        reason(o).as_deref() == Some("PlatformNotFound")
-    })
+    let missing = wait_for(
+        &isyncs,
+        "missing",
+        t,
+        "PlatformNotFound",
+        Some(&controller),
+        |o| reason(o).as_deref() == Some("PlatformNotFound"),
+    )
     .await;
     let message = missing.ready_condition().unwrap().message.clone();
-    assert!(message.contains("linux/ppc64le") && message.contains("linux/amd64, linux/arm64/v8"), "{message}");
+    assert!(
+        message.contains("linux/ppc64le") && message.contains("linux/amd64, linux/arm64/v8"),
+        "{message}"
+    );
     assert_eq!(dst.manifest_status("missing/app", "1").await, 404);
 
     // The source gains a platform: the controller records the new source digest, the
     // destinations keep their digests, and no drift is reported.
     let after = push_platform_index(&target, "app", "1", 1814, &[AMD64, ARM64_V8, S390X]).await;
-    let two_now = wait_for(&isyncs, "two", t, "the new source digest checked", Some(&controller), |o| {
-        o.status.as_ref().and_then(|s| s.source_digest.as_deref()) == Some(after.digest.as_str())
-    })
+    let two_now = wait_for(
+        &isyncs,
+        "two",
+        t,
+        "the new source digest checked",
+        Some(&controller),
+        |o| {
+            o.status.as_ref().and_then(|s| s.source_digest.as_deref())
+                == Some(after.digest.as_str())
+        },
+    )
     .await;
     assert!(two_now.is_ready());
-    assert_eq!(two_now.status.unwrap().destination_digest.as_deref(), Some(two_digest.as_str()));
+    assert_eq!(
+        two_now.status.unwrap().destination_digest.as_deref(),
+        Some(two_digest.as_str())
+    );
     let events = event_reasons(&client, "default", "two").await;
     assert!(
         !events.iter().any(|(r, _)| r == "SourceChanged"),
@@ -466,7 +547,8 @@ async fn the_crd_schema_refuses_invalid_platform_strings() {
             "127.0.0.1:1/copy:1",
             &format!("platforms: {bad}"),
         );
-        let result = imagesync_e2e::kube::kubectl(api.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
+        let result =
+            imagesync_e2e::kube::kubectl(api.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
         let err = result.expect_err(&format!("the apiserver accepted platforms: {bad}"));
         assert!(err.contains("spec.platforms"), "{bad}: {err}");
     }
