@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use imagesync_engine::{Credential, Digest};
+use imagesync_engine::{Credential, Digest, Platform};
 
 /// The exit codes, shown at the end of every `--help` (the README has the same table).
 const EXIT_CODES: &str = "\
@@ -153,6 +153,20 @@ pub(crate) struct Args {
     #[arg(long = "allow-internal-host", value_name = "HOST", global = true)]
     pub(crate) allow_internal_hosts: Vec<String>,
 
+    /// Copy only this platform, OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm64/v8).
+    /// Repeatable. One platform copies that child manifest byte for byte; several write a
+    /// deterministic index of just those. `digest` prints the digest such a copy gives.
+    /// Default: every platform, digest preserved.
+    #[arg(
+        long = "platform",
+        value_name = "OS/ARCH[/VARIANT]",
+        global = true,
+        env = "IMAGESYNC_PLATFORMS",
+        value_delimiter = ',',
+        value_parser = platform
+    )]
+    pub(crate) platforms: Vec<Platform>,
+
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub(crate) log_format: LogFormat,
@@ -250,6 +264,11 @@ fn insecure_registry(s: &str) -> Result<String, String> {
         }
     }
     Ok(s.to_string())
+}
+
+/// `--platform`: `os/architecture[/variant]`, checked as the engine (and the CRD) do.
+fn platform(s: &str) -> Result<Platform, String> {
+    Platform::parse(s).map_err(|e| e.to_string())
 }
 
 /// `--expect-digest`: `sha256:` and 64 lowercase hex digits.

@@ -11,7 +11,7 @@ use imagesync_engine::auth::{ChainProvider, StaticProvider};
 use imagesync_engine::progress::{BlobAction, ProgressEvent};
 use imagesync_engine::{
     AddressPolicy, Credential, DeleteOptions, Engine, EngineConfig, ErrorKind, InternalAddresses,
-    Limits, Reference, SyncOptions,
+    Limits, Platform, Reference, SyncOptions,
 };
 
 mod args;
@@ -163,6 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sync_deadline,
         min_transfer_rate,
         allow_internal_hosts,
+        platforms,
         log_format,
         no_progress,
     } = args;
@@ -216,13 +217,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let (Some(src), Some(dst)) = (src_ref, dst_ref) else {
                 anyhow::bail!("copy needs a source and a destination");
             };
-            copy(&engine, &src, &dst, no_progress).await
+            copy(&engine, &src, &dst, &platforms, no_progress).await
         }
         Command::Digest { .. } => {
             let Some(r) = src_ref else {
                 anyhow::bail!("digest needs a reference")
             };
-            digest(&engine, &r).await
+            digest(&engine, &r, &platforms).await
         }
         Command::Delete {
             expect_digest,
@@ -280,7 +281,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// `digest`: the digest on stdout; on 404, what the server said, and whether it is a
 /// registry at all (a web server that is not one answers `GET /v2/` with 404).
-async fn digest(engine: &Engine, r: &Reference) -> anyhow::Result<()> {
+async fn digest(engine: &Engine, r: &Reference, platforms: &[Platform]) -> anyhow::Result<()> {
+    if !platforms.is_empty() {
+        // What a copy with this selection gives (a HEAD and a GET of the index).
+        match engine.resolve(r, platforms, None).await {
+            Ok(Some(s)) => {
+                println!("{}", s.digest);
+                return Ok(());
+            }
+            // Not found: reported below, as without a selection.
+            Ok(None) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("resolving {r}"))),
+        }
+    }
     let client = engine.client(r);
     match client.resolve(r).await {
         Ok(d) => {
@@ -303,6 +316,7 @@ async fn copy(
     engine: &Engine,
     src: &Reference,
     dst: &Reference,
+    platforms: &[Platform],
     no_progress: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -390,6 +404,7 @@ async fn copy(
     };
     let options = SyncOptions {
         progress: Some(Arc::new(progress)),
+        platforms: platforms.to_vec(),
         ..SyncOptions::default()
     };
     let result = engine.sync(src, dst, &options).await;
