@@ -10,6 +10,8 @@
 #                    50 repositories of a fresh registry, one copy after the other; bytes
 #                    uploaded counted by a TCP proxy in front of the destination
 #   1 GiB layer      a single-layer image with a 1 GiB layer (peak RSS)
+#   WAN              the cold copy, no-op, shared-base images and a big layer again over a
+#                    modelled far, slow link (bench/wan.sh; WAN=0 skips them)
 #
 # Every command runs under GNU time: wall time, CPU (user+sys) and peak RSS. Samples are
 # appended to $BENCH_RESULTS (tab-separated, read by `bench-report`, see bench/run.sh);
@@ -17,7 +19,7 @@
 #
 # Environment: RUNS (default 3), LAYER_MB (default 25: 2 platforms x 4 layers), BASE_MB
 # (default 100), IMAGES (default 50), BIG_MB (default 1024), JOBS (default 4),
-# SKIP_BUILD=1 to use an existing release binary.
+# SKIP_BUILD=1 to use an existing release binary, IMAGESYNC_BIN another imagesync binary.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS="${RUNS:-3}"
@@ -42,9 +44,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-  (cd "$ROOT" && cargo build --release -p imagesync-cli >&2)
+  (cd "$ROOT" && cargo build --release -p imagesync-cli -p imagesync-bench >&2)
 fi
-IMAGESYNC="$ROOT/target/release/imagesync"
+IMAGESYNC="${IMAGESYNC_BIN:-$ROOT/target/release/imagesync}"
 [ -x "$IMAGESYNC" ] || { echo "missing $IMAGESYNC" >&2; exit 1; }
 
 WORK="$(mktemp -d /tmp/imagesync-bench.XXXXXX)"
@@ -373,6 +375,11 @@ for i in $(seq "$RUNS"); do
   done
   echo "  round $i of $RUNS done" >&2
 done
+
+if [ "${WAN:-1}" != 0 ]; then
+  # shellcheck source=bench/wan.sh
+  . "$ROOT/bench/wan.sh"
+fi
 
 if [ -z "${BENCH_RESULTS:-}" ]; then
   echo

@@ -13,6 +13,7 @@
 //! ratios imagesync / raw limit and imagesync / skopeo. The chart is in [`chart`].
 
 pub mod chart;
+pub mod link;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -325,7 +326,55 @@ pub fn markdown(m: &Measurements, png_name: Option<&str>) -> String {
         "| workload | metric | imagesync | skopeo | raw limit | imagesync / raw | imagesync / skopeo |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-    for s in m.summaries() {
+    let (wan, local): (Vec<Summary>, Vec<Summary>) =
+        m.summaries().into_iter().partition(|s| is_wan(&s.workload));
+    write_rows(&mut out, &local);
+    out.push('\n');
+    if !wan.is_empty() {
+        let _ = writeln!(out, "## Over a far, slow link (WAN)\n");
+        let _ = writeln!(
+            out,
+            "The same tools through `bench-link`, a user-space link model on loopback \
+             (bench/src/link.rs): a delay per direction (half the RTT each way, plus one RTT \
+             for each new connection's handshake) and a rate cap per connection and \
+             direction. It models neither loss nor slow start. Here the raw limit is a \
+             computed lower bound (see each workload's note).\n"
+        );
+        let _ = writeln!(
+            out,
+            "| workload | metric | imagesync | skopeo | lower bound | imagesync / bound | imagesync / skopeo |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        write_rows(&mut out, &wan);
+    }
+    out.push('\n');
+    if let Some(png) = png_name {
+        let _ = writeln!(out, "![wall time relative to the raw limit]({png})\n");
+    }
+    if !m.notes.is_empty() {
+        let _ = writeln!(out, "## Workloads\n");
+        for w in m.workloads() {
+            let notes: Vec<&str> = m
+                .notes
+                .iter()
+                .filter(|(nw, _)| *nw == w)
+                .map(|(_, t)| t.as_str())
+                .collect();
+            if !notes.is_empty() {
+                let _ = writeln!(out, "- **{}**: {}", escape(&w), notes.join(" "));
+            }
+        }
+    }
+    out
+}
+
+/// Workloads over the modelled WAN link: their own table, where the raw limit is a bound.
+pub fn is_wan(workload: &str) -> bool {
+    workload.starts_with("WAN ")
+}
+
+fn write_rows(out: &mut String, rows: &[Summary]) {
+    for s in rows {
         let cell = |tool: &str| match s.stats(tool) {
             Some(st) => format_stats(&st, &s.unit),
             None => "–".to_string(),
@@ -354,25 +403,6 @@ pub fn markdown(m: &Measurements, png_name: Option<&str>) -> String {
             }
         }
     }
-    out.push('\n');
-    if let Some(png) = png_name {
-        let _ = writeln!(out, "![wall time relative to the raw limit]({png})\n");
-    }
-    if !m.notes.is_empty() {
-        let _ = writeln!(out, "## Workloads\n");
-        for w in m.workloads() {
-            let notes: Vec<&str> = m
-                .notes
-                .iter()
-                .filter(|(nw, _)| *nw == w)
-                .map(|(_, t)| t.as_str())
-                .collect();
-            if !notes.is_empty() {
-                let _ = writeln!(out, "- **{}**: {}", escape(&w), notes.join(" "));
-            }
-        }
-    }
-    out
 }
 
 fn escape(s: &str) -> String {
@@ -498,5 +528,26 @@ fact\tload average\t2.0 2.0 2.0
         );
         assert!(md.contains("![wall time relative to the raw limit](results.png)"));
         assert!(md.contains("- **cold copy**: 200 MiB image."), "{md}");
+    }
+
+    #[test]
+    fn wan_workloads_get_their_own_table_with_a_lower_bound() {
+        let text = format!(
+            "{SAMPLE}m\tWAN 40 ms, 100 Mbit/s: cold copy\timagesync\twall\ts\t6.0\n\
+             m\tWAN 40 ms, 100 Mbit/s: cold copy\traw\twall\ts\t5.0\n"
+        );
+        let md = markdown(&Measurements::parse(&text).unwrap(), None);
+        let wan = md
+            .find("## Over a far, slow link (WAN)")
+            .expect("WAN section");
+        let row = md
+            .find("| WAN 40 ms, 100 Mbit/s: cold copy | wall | 6.00 s | – | 5.00 s | 1.20× | – |")
+            .expect("WAN row");
+        assert!(row > wan, "the WAN row is in the WAN table: {md}");
+        assert!(
+            md.find("| cold copy | wall |").expect("local row") < wan,
+            "{md}"
+        );
+        assert!(md[wan..].contains("| lower bound |"), "{md}");
     }
 }

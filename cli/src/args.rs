@@ -2,9 +2,11 @@
 //! and says what is wrong), and help texts.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use imagesync_engine::{Credential, Digest, Platform};
+use imagesync_engine::{duration, Credential, Digest, Platform};
+use imagesync_flags::{LogFlags, RegistryFlags};
 
 /// The exit codes, shown at the end of every `--help` (the README has the same table).
 const EXIT_CODES: &str = "\
@@ -32,33 +34,9 @@ pub(crate) struct Args {
     #[command(subcommand)]
     pub(crate) command: Command,
 
-    /// Registry (HOST:PORT) reached over plain HTTP instead of verified HTTPS. Repeatable.
-    #[arg(
-        long = "insecure-registry",
-        value_name = "HOST:PORT",
-        global = true,
-        env = "IMAGESYNC_INSECURE_REGISTRIES",
-        value_delimiter = ',',
-        value_parser = insecure_registry
-    )]
-    pub(crate) insecure_registries: Vec<String>,
-
-    /// PEM bundle of extra CA certificates to trust.
-    #[arg(long, value_name = "PATH", global = true, env = "IMAGESYNC_CA_FILE")]
-    pub(crate) ca_file: Option<PathBuf>,
-
-    /// Blobs transferred at once (1 to 256).
-    #[arg(
-        short = 'j',
-        help_heading = COPY_ONLY,
-        long,
-        value_name = "N",
-        default_value_t = 4,
-        global = true,
-        env = "IMAGESYNC_JOBS",
-        value_parser = clap::value_parser!(u16).range(1..=256)
-    )]
-    pub(crate) jobs: u16,
+    /// How registries are reached (the flags the controller has too).
+    #[command(flatten)]
+    pub(crate) registry: RegistryFlags,
 
     /// Credentials for both registries of the command (source and destination),
     /// USER:PASSWORD. Never sent to another host, except to a registry's token realm
@@ -93,15 +71,6 @@ pub(crate) struct Args {
     )]
     pub(crate) dest_creds: Option<String>,
 
-    /// Docker config file (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
-    #[arg(
-        long,
-        value_name = "PATH",
-        global = true,
-        env = "IMAGESYNC_DOCKER_CONFIG"
-    )]
-    pub(crate) docker_config: Option<PathBuf>,
-
     /// File remembering which repository of a registry holds which blob, so that later
     /// copies mount shared layers instead of uploading them again (default:
     /// $XDG_CACHE_HOME/imagesync/blobs.json, else ~/.cache/imagesync/blobs.json).
@@ -123,16 +92,17 @@ pub(crate) struct Args {
     )]
     pub(crate) no_blob_cache: bool,
 
-    /// The longest one copy may take, in seconds (default 6 hours).
+    /// The longest one copy may take: seconds, or a duration such as 90m or 6h.
     #[arg(
         long,
-        value_name = "SECONDS",
+        value_name = "DURATION",
         global = true,
         env = "IMAGESYNC_SYNC_DEADLINE",
-        default_value_t = 6 * 3600,
+        default_value = "6h",
+        value_parser = deadline,
         help_heading = COPY_ONLY,
     )]
-    pub(crate) sync_deadline: u64,
+    pub(crate) sync_deadline: Duration,
 
     /// The slowest a blob may move, in bytes per second, before its transfer is
     /// abandoned and retried (0: no minimum).
@@ -167,19 +137,13 @@ pub(crate) struct Args {
     )]
     pub(crate) platforms: Vec<Platform>,
 
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "text", global = true)]
-    pub(crate) log_format: LogFormat,
+    /// The log format (the flag the controller has too).
+    #[command(flatten)]
+    pub(crate) log: LogFlags,
 
     /// Never draw a progress bar, even on a terminal.
     #[arg(long, global = true)]
     pub(crate) no_progress: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -222,48 +186,16 @@ pub(crate) enum Command {
     },
 }
 
-/// `--insecure-registry`: `HOST` or `HOST:PORT` (IPv6 in brackets), no scheme, path or
-/// spaces, as the provider and the chart's schema accept.
-fn insecure_registry(s: &str) -> Result<String, String> {
-    const EXAMPLE: &str = "write HOST:PORT, e.g. 127.0.0.1:5000";
-    if let Some((_, rest)) = s.split_once("://") {
-        return Err(format!(
-            "a registry address has no scheme ({EXAMPLE}: `{}`)",
-            rest.trim_end_matches('/')
-        ));
+/// `--sync-deadline`: whole seconds (as before durations were accepted), or a Go-style
+/// duration (the shared parser: checked arithmetic, nothing overflows).
+fn deadline(s: &str) -> Result<Duration, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s} seconds is too long"));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-[]:".contains(c);
-    if s.is_empty() || !s.chars().all(allowed) {
-        return Err(format!(
-            "not a registry address (letters, digits, '.', '-', ':' and brackets only; {EXAMPLE})"
-        ));
-    }
-    let (host, port) = match s.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((h, "")) => (h, None),
-            Some((h, p)) => match p.strip_prefix(':') {
-                Some(p) => (h, Some(p)),
-                None => return Err(format!("not a registry address ({EXAMPLE})")),
-            },
-            None => return Err("an IPv6 address needs its closing ']'".into()),
-        },
-        None => match s.split_once(':') {
-            Some((_, p)) if p.contains(':') => {
-                return Err("write an IPv6 address in brackets, e.g. [::1]:5000".into())
-            }
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
-        },
-    };
-    if host.is_empty() {
-        return Err(format!("the host is missing ({EXAMPLE})"));
-    }
-    if let Some(p) = port {
-        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
-            return Err(format!("{p:?} is not a port (1 to 65535)"));
-        }
-    }
-    Ok(s.to_string())
+    duration::parse_checked(s).map_err(|e| format!("{e}: write seconds, or e.g. 90m or 6h"))
 }
 
 /// `--platform`: `os/architecture[/variant]`, checked as the engine (and the CRD) do.
@@ -290,9 +222,9 @@ fn check_creds(flag: &str, value: Option<&str>) -> Result<(), String> {
     }
 }
 
-/// The clap command.
+/// The clap command: the shared `--jobs` is listed with the flags of copy only.
 fn command() -> clap::Command {
-    Args::command()
+    Args::command().mut_arg("jobs", |a| a.help_heading(COPY_ONLY))
 }
 
 impl Args {
@@ -320,32 +252,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn insecure_registry_values_are_host_port_only() {
-        for ok in [
-            "127.0.0.1:5000",
-            "localhost",
-            "reg.example:443",
-            "[::1]:5000",
-            "[::1]",
-        ] {
-            assert_eq!(insecure_registry(ok).unwrap(), ok);
-        }
+    fn deadlines_are_seconds_or_durations_and_never_overflow() {
+        assert_eq!(deadline("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(deadline("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(deadline("1h30m"), Ok(Duration::from_secs(5400)));
         for bad in [
-            "bad host",
-            "http://127.0.0.1:5101",
-            "127.0.0.1:5000/path",
             "",
-            ":5000",
-            "127.0.0.1:0",
-            "127.0.0.1:99999",
-            "::1",
-            "[::1",
+            "soon",
+            "-5",
+            "99999999999999999999",
+            "99999999999999999999h",
         ] {
-            assert!(insecure_registry(bad).is_err(), "{bad:?}");
+            assert!(deadline(bad).is_err(), "{bad:?}");
         }
-        assert!(insecure_registry("http://127.0.0.1:5101")
-            .unwrap_err()
-            .contains("`127.0.0.1:5101`"));
+    }
+
+    #[test]
+    fn jobs_is_listed_with_the_copy_only_flags() {
+        let help = command().render_help().to_string();
+        let (common, copy_only) = help.split_once(COPY_ONLY).unwrap();
+        assert!(
+            !common.contains("--jobs") && copy_only.contains("--jobs"),
+            "{help}"
+        );
+        assert!(common.contains("--insecure-registry"), "{help}");
     }
 
     #[test]

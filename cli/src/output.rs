@@ -5,7 +5,7 @@
 
 use std::io::IsTerminal;
 
-use crate::args::LogFormat;
+use imagesync_flags::{JsonStyle, LogFlags, LogFormat, LogSetup};
 
 /// The tracing target of the CLI's own lines (always shown, whatever `IMAGESYNC_LOG` says).
 const TARGET: &str = "imagesync::cli";
@@ -25,23 +25,19 @@ fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-pub(crate) fn init_logging(format: LogFormat) {
-    let _ = FORMAT.set(format);
-    let mut filter = std::env::var("IMAGESYNC_LOG")
-        .ok()
-        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
-    if let Ok(d) = format!("{TARGET}=info").parse() {
-        filter = filter.add_directive(d);
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Installs the logging (the set-up shared with the controller): `IMAGESYNC_LOG`
+/// filters the engine's logs, the CLI's own lines are always shown.
+pub(crate) fn init_logging(flags: LogFlags) {
+    let _ = FORMAT.set(flags.log_format);
+    let always = [format!("{TARGET}=info")];
+    let always: Vec<&str> = always.iter().map(String::as_str).collect();
+    let _ = flags.init(&LogSetup {
+        filter_env: "IMAGESYNC_LOG",
+        default_filter: DEFAULT_FILTER,
+        always: &always,
+        ansi: Some(colour()),
+        json: JsonStyle::Nested,
+    });
 }
 
 /// A step or result line (text: as is; json: an INFO object).
@@ -71,13 +67,15 @@ pub(crate) fn error(line: &str) {
     }
 }
 
-/// Whether the raw command line asks for JSON logs (for errors before parsing ends).
+/// Whether the raw command line (or `IMAGESYNC_LOG_FORMAT`) asks for JSON logs, for
+/// errors before parsing ends.
 pub(crate) fn json_requested() -> bool {
     let args: Vec<String> = std::env::args().collect();
     args.iter().any(|a| a == "--log-format=json")
         || args
             .windows(2)
             .any(|w| w[0] == "--log-format" && w[1] == "json")
+        || std::env::var("IMAGESYNC_LOG_FORMAT").is_ok_and(|v| v == "json")
 }
 
 /// A command-line error as one JSON object per line of its text (exit code 2 follows).

@@ -77,11 +77,6 @@ impl LeaderElector {
         }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &LeaseConfig {
-        &self.config
-    }
-
     /// Waits until this replica holds the Lease.
     pub async fn acquire(&mut self) -> Result<()> {
         let mut last_error_logged = false;

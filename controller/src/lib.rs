@@ -5,22 +5,24 @@
 //! HEAD requests every `resyncInterval`, heals drift, and removes the destination tag
 //! (safely) when the object is deleted.
 //!
-//! Layout: [`api`] (the CRD types), [`controller`] (reconcile and cleanup under the
+//! Layout: [`api`] (the CRD types), [`reconcile`] (reconcile and cleanup under the
 //! finalizer), [`credentials`] (the Secret-backed credential provider), [`events`],
 //! [`leader`] (Lease-based leader election), [`metrics`], [`policy`] (the tenant
 //! policy: who may copy what, with whose credentials), [`server`] (`/metrics`,
-//! `/healthz`, `/readyz`), [`telemetry`] and [`args`] (flags and wiring).
+//! `/healthz`, `/readyz`), [`telemetry`], [`args`] (flags)
+//! and [`app`] (the process: wiring, leader election, shutdown).
 #![warn(missing_docs)]
 
-pub mod api;
+pub use imagesync_api as api;
+pub mod app;
 pub mod args;
-pub mod controller;
 pub mod credentials;
 pub mod duration;
 pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
+pub mod reconcile;
 pub mod server;
 pub mod telemetry;
 
@@ -216,10 +218,4 @@ impl Error {
             Error::Lease(_) => "lease",
         }
     }
-}
-
-/// The `ImageSync` CRD as YAML, exactly as committed in `crds/imagesyncs.imagesync.dev.yaml`.
-pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
-    use kube::CustomResourceExt;
-    serde_saphyr::to_string(&api::ImageSync::crd())
 }

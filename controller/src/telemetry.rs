@@ -1,33 +1,22 @@
-//! Logging: `tracing` with text or JSON output, filtered by `RUST_LOG`
-//! (default `info`, kube's own chatter at `warn`).
+//! Logging: `tracing` with text or JSON output (`--log-format`, shared with the CLI),
+//! filtered by `RUST_LOG` (default `info`, kube's own chatter at `warn`). The set-up
+//! itself is the one in `imagesync-flags`.
 
-use tracing_subscriber::EnvFilter;
+pub use imagesync_flags::LogFormat;
+use imagesync_flags::{JsonStyle, LogFlags, LogSetup};
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// The controller's logging: `RUST_LOG`, JSON with the event's fields at the top level.
+const SETUP: LogSetup<'static> = LogSetup {
+    filter_env: "RUST_LOG",
+    default_filter: "info,kube_runtime=warn,kube_client=warn",
+    always: &[],
+    ansi: None,
+    json: JsonStyle::Flat,
+};
 
 /// Installs the global subscriber (writes to stderr).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn,kube_client=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-    };
-    if let Err(e) = result {
+    if let Err(e) = (LogFlags { log_format: format }).init(&SETUP) {
         eprintln!("logging already initialised: {e}");
     }
 }

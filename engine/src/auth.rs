@@ -333,7 +333,7 @@ async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> 
     let program = format!("docker-credential-{helper}");
     // Docker Hub's credentials are stored under the legacy index URL.
     let server = if registry == DOCKER_HUB {
-        "https://index.docker.io/v1/".to_string()
+        crate::reference::DOCKER_HUB_LEGACY_INDEX.to_string()
     } else {
         registry.to_string()
     };

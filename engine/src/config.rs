@@ -57,6 +57,99 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// A builder starting from the defaults: the one way the front ends (CLI,
+    /// controller, Terraform provider) set up an engine.
+    ///
+    /// ```
+    /// use imagesync_engine::{Engine, EngineConfig};
+    /// let config = EngineConfig::builder()
+    ///     .insecure_registries(vec!["127.0.0.1:5000".into()])
+    ///     .jobs(8)
+    ///     .user_agent("my-tool/1.0")
+    ///     .build();
+    /// assert_eq!(config.jobs, 8);
+    /// let _engine = Engine::new(config);
+    /// ```
+    pub fn builder() -> EngineConfigBuilder {
+        EngineConfigBuilder::default()
+    }
+}
+
+/// Builds an [`EngineConfig`]; every setting not given keeps its default.
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct EngineConfigBuilder {
+    config: EngineConfig,
+}
+
+impl EngineConfigBuilder {
+    /// `host:port` of registries reached over plain HTTP.
+    pub fn insecure_registries(mut self, registries: Vec<String>) -> Self {
+        self.config.insecure_registries = registries;
+        self
+    }
+
+    /// A PEM bundle of extra CA certificates (`None`: the system roots only).
+    pub fn ca_file(mut self, path: Option<PathBuf>) -> Self {
+        self.config.ca_file = path;
+        self
+    }
+
+    /// Blobs transferred at once per image.
+    pub fn jobs(mut self, jobs: usize) -> Self {
+        self.config.jobs = jobs;
+        self
+    }
+
+    /// Where credentials come from.
+    pub fn credentials(mut self, credentials: Arc<dyn CredentialProvider>) -> Self {
+        self.config.credentials = credentials;
+        self
+    }
+
+    /// Retry and timeout behaviour.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.config.retry = retry;
+        self
+    }
+
+    /// The `User-Agent` sent to registries.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.config.user_agent = user_agent.into();
+        self
+    }
+
+    /// Sees every HTTP request sent to a registry.
+    pub fn observer(mut self, observer: RequestObserver) -> Self {
+        self.config.observer = Some(observer);
+        self
+    }
+
+    /// The blob-location file (`None`: remembered in memory only).
+    pub fn blob_cache(mut self, path: Option<PathBuf>) -> Self {
+        self.config.blob_cache = path;
+        self
+    }
+
+    /// The sync deadline and the minimum blob transfer rate.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Which internal addresses the engine may connect to.
+    pub fn addresses(mut self, addresses: AddressPolicy) -> Self {
+        self.config.addresses = addresses;
+        self
+    }
+
+    /// The configuration.
+    pub fn build(self) -> EngineConfig {
+        self.config
+    }
+}
+
 /// Retry and timeout behaviour for registry requests.
 ///
 /// One operation (a manifest HEAD/GET/PUT, a tag-list page, a token request, or the
@@ -290,6 +383,40 @@ mod tests {
         assert_eq!(host_only("[::1]:5000"), "::1");
         assert_eq!(host_only("::1"), "::1");
         assert_eq!(host_only("http://localhost:80/x"), "localhost");
+    }
+
+    #[test]
+    fn the_builder_sets_what_it_is_given_and_keeps_the_defaults() {
+        let default = EngineConfig::default();
+        let c = EngineConfig::builder().build();
+        assert_eq!(
+            (c.jobs, c.user_agent.as_str(), c.limits.clone()),
+            (default.jobs, default.user_agent.as_str(), default.limits)
+        );
+        let c = EngineConfig::builder()
+            .insecure_registries(vec!["127.0.0.1:5000".into()])
+            .ca_file(Some("/ca.pem".into()))
+            .jobs(9)
+            .user_agent("x/1")
+            .blob_cache(Some("/b.json".into()))
+            .limits(Limits {
+                sync_deadline: Duration::from_secs(5),
+                min_blob_rate: 0,
+            })
+            .retry(RetryPolicy {
+                max_attempts: 2,
+                ..RetryPolicy::default()
+            })
+            .addresses(AddressPolicy::new(InternalAddresses::ListedOnly))
+            .observer(RequestObserver::new(|_, _, _| {}))
+            .build();
+        assert_eq!(c.insecure_registries, ["127.0.0.1:5000"]);
+        assert_eq!(c.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!((c.jobs, c.user_agent.as_str()), (9, "x/1"));
+        assert_eq!(c.limits.sync_deadline, Duration::from_secs(5));
+        assert_eq!(c.retry.max_attempts, 2);
+        assert_eq!(c.addresses.mode(), InternalAddresses::ListedOnly);
+        assert!(c.observer.is_some() && c.blob_cache.is_some());
     }
 
     #[test]

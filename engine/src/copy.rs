@@ -476,7 +476,27 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
             None
         };
         let result = async {
-            let (how, location) = dst.start_upload(dst_repo, digest, mount_from).await?;
+            // Without a mount to try, the source GET opens while the upload session
+            // starts: one round trip per blob less on a far link. Its body waits (flow
+            // control) until the upload streams it.
+            let (started, source) = if mount_from.is_none() {
+                let (started, source) = tokio::join!(
+                    dst.start_upload(dst_repo, digest, None),
+                    crate::ranged::open(src, src_repo, desc)
+                );
+                match (started, source) {
+                    (Ok(started), Ok(source)) => (started, Some(source)),
+                    (Ok((_, Some(location))), Err(e)) => {
+                        // No session left open at the destination for a failed read.
+                        dst.cancel_upload(dst_repo, &location, digest).await;
+                        return Err(e);
+                    }
+                    (Err(e), _) | (_, Err(e)) => return Err(e),
+                }
+            } else {
+                (dst.start_upload(dst_repo, digest, mount_from).await?, None)
+            };
+            let (how, location) = started;
             if how == Upload::Mounted {
                 job.known.remember(job.dst_host, dst_repo, digest);
                 return Ok((BlobAction::Mounted, 0));
@@ -488,9 +508,12 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
                 }
             }
             let location = location.unwrap_or_default();
-            let resp = src.get_blob(src_repo, &desc.digest).await?;
+            let source = match source {
+                Some(source) => source,
+                None => crate::ranged::open(src, src_repo, desc).await?,
+            };
             let mismatch = Arc::new(AtomicBool::new(false));
-            let body = verified_stream(resp, desc.clone(), mismatch.clone(), emit.0.clone());
+            let body = verified_stream(source, desc.clone(), mismatch.clone(), emit.0.clone());
             let put = dst
                 .put_blob(dst_repo, &location, &desc.digest, desc.size, body)
                 .await;
@@ -574,14 +597,14 @@ fn damaged_in_transit(e: Error) -> Error {
 /// The blob body, hashed on the way through: the last chunk is replaced by an error if
 /// the bytes do not match the descriptor, so the upload fails instead of completing.
 fn verified_stream(
-    resp: reqwest::Response,
+    source: crate::ranged::BlobStream,
     desc: Descriptor,
     mismatch: Arc<AtomicBool>,
     progress: Option<Arc<dyn Progress>>,
 ) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static
 {
     struct State {
-        inner: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        inner: crate::ranged::BlobStream,
         hasher: sha2::Sha256,
         seen: u64,
         desc: Descriptor,
@@ -591,7 +614,7 @@ fn verified_stream(
         verified: bool,
     }
     let state = State {
-        inner: resp.bytes_stream().boxed(),
+        inner: source,
         hasher: sha2::Sha256::new(),
         seen: 0,
         desc,

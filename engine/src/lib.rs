@@ -22,11 +22,13 @@ pub mod client;
 pub mod config;
 mod copy;
 mod delete;
+pub mod duration;
 pub mod error;
 pub mod manifest;
 mod observer;
 pub mod platform;
 pub mod progress;
+mod ranged;
 pub mod reference;
 mod referrers;
 
@@ -36,7 +38,8 @@ use std::sync::{Arc, Mutex};
 pub use auth::{Credential, CredentialProvider};
 pub use client::Client;
 pub use config::{
-    AddressPolicy, EngineConfig, InternalAddresses, Limits, RetryPolicy, DEFAULT_DEADLINE,
+    AddressPolicy, EngineConfig, EngineConfigBuilder, InternalAddresses, Limits, RetryPolicy,
+    DEFAULT_DEADLINE,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use observer::RequestObserver;
@@ -209,11 +212,6 @@ impl Engine {
                 blobs: Arc::new(blobs::BlobLocations::new(None)),
             }),
         }
-    }
-
-    /// The engine's configuration.
-    pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
     }
 
     /// The registry client for the registry of `reference`.

@@ -13,7 +13,12 @@ use crate::error::Error;
 pub const DOCKER_HUB: &str = "docker.io";
 /// The API endpoint behind Docker Hub.
 pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
-const DOCKER_HUB_ALIASES: &[&str] = &[
+/// The legacy index URL Docker stores Docker Hub's credentials under (credential helpers).
+pub const DOCKER_HUB_LEGACY_INDEX: &str = "https://index.docker.io/v1/";
+/// Every spelling of Docker Hub's registry, all normalised to [`DOCKER_HUB`]: the one
+/// list (references, credential lookup, the controller's policy all go through
+/// [`canonical_registry`]).
+pub const DOCKER_HUB_ALIASES: &[&str] = &[
     "docker.io",
     "index.docker.io",
     "registry.hub.docker.com",
@@ -259,16 +264,6 @@ impl Reference {
             tag: Some(tag.to_string()),
             digest: None,
         })
-    }
-
-    /// Another repository on the same registry.
-    pub fn with_repository(&self, repository: &str) -> Reference {
-        Reference {
-            registry: self.registry.clone(),
-            repository: repository.to_string(),
-            tag: self.tag.clone(),
-            digest: self.digest.clone(),
-        }
     }
 }
 

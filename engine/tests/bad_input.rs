@@ -92,7 +92,7 @@ fn host() -> impl Strategy<Value = String> {
         (0u8..=255, 0u8..=255, any::<u16>()).prop_map(|(a, b, p)| format!("10.{a}.{b}.1:{p}")),
     ]
     .prop_filter("not a Docker Hub alias", |h| {
-        !["docker.io", "index.docker.io", "registry-1.docker.io"].contains(&h.as_str())
+        !imagesync_engine::reference::DOCKER_HUB_ALIASES.contains(&h.as_str())
     })
     .prop_filter("not the default HTTPS port", |h| !h.ends_with(":443"))
 }

@@ -26,9 +26,6 @@ pub enum BackendError {
     /// The `ImageSync` object did not become ready (or go away) in time.
     #[error("{0}")]
     Timeout(String),
-    /// The controller reported a failure.
-    #[error("{0}")]
-    Controller(String),
 }
 
 impl From<kube::Error> for BackendError {
@@ -51,7 +48,6 @@ impl BackendError {
                 _ => ErrorKind::Transient,
             },
             BackendError::Timeout(_) => ErrorKind::Transient,
-            BackendError::Controller(_) => ErrorKind::Integrity,
         }
     }
 
@@ -231,13 +227,20 @@ impl Direct {
                 Credential::basic(auth.username, auth.password.expose_secret()),
             );
         }
-        let engine = Engine::new(EngineConfig {
-            insecure_registries: config.insecure_registries,
-            ca_file: config.ca_file,
-            credentials: Arc::new(ChainProvider::standard(explicit, config.docker_config)),
-            user_agent: format!("terraform-provider-imagesync/{}", env!("CARGO_PKG_VERSION")),
-            ..EngineConfig::default()
-        })?;
+        let engine = Engine::new(
+            EngineConfig::builder()
+                .insecure_registries(config.insecure_registries)
+                .ca_file(config.ca_file)
+                .credentials(Arc::new(ChainProvider::standard(
+                    explicit,
+                    config.docker_config,
+                )))
+                .user_agent(format!(
+                    "terraform-provider-imagesync/{}",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .build(),
+        )?;
         Ok(Direct { engine })
     }
 }

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imagesync_controller::api::{reasons, ImageSync, ImageSyncSpec, SecretRef, FINALIZER};
-use imagesync_controller::controller::destination_key;
+use imagesync_api::{destination_key, reasons, ImageSync, ImageSyncSpec, SecretRef, FINALIZER};
 use imagesync_engine::{Digest, Reference};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};

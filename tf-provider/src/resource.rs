@@ -221,7 +221,7 @@ pub fn error_diagnostic(what: &str, err: &BackendError, attribute: Option<&str>)
             "Check the `kubernetes` provider block (kubeconfig, context, namespace), that the \
              ImageSync CRD is installed and that the credentials may manage imagesyncs."
         }
-        (BackendError::Timeout(_) | BackendError::Controller(_), _) => {
+        (BackendError::Timeout(_), _) => {
             "Check that the imagesync controller is running, and the object's Ready condition \
              and Events (`kubectl describe imagesync NAME`)."
         }

@@ -123,7 +123,7 @@ fn check_resync_interval(v: &Value) -> Result<(), Diagnostic> {
     let Some(s) = v.as_str() else {
         return Ok(());
     };
-    if s.len() > imagesync_controller::duration::MAX_LEN || !matches_crd_pattern(s) {
+    if s.len() > imagesync_engine::duration::MAX_LEN || !matches_crd_pattern(s) {
         return Err(invalid(
             attr::RESYNC_INTERVAL,
             format!(
@@ -134,9 +134,14 @@ fn check_resync_interval(v: &Value) -> Result<(), Diagnostic> {
     }
     // The upper bound is the CRD's; the lower one is the controller's
     // `--min-resync-interval`, which the controller checks.
-    imagesync_controller::duration::check_resync(s, Duration::from_secs(1))
-        .map(|_| ())
-        .map_err(|e| invalid(attr::RESYNC_INTERVAL, format!("{e}.")))
+    const MAX: Duration = Duration::from_secs(720 * 3600);
+    match imagesync_engine::duration::parse(s) {
+        Some(d) if d >= Duration::from_secs(1) && d <= MAX => Ok(()),
+        _ => Err(invalid(
+            attr::RESYNC_INTERVAL,
+            format!("{s} is out of range: at most 720h (and at least the controller's --min-resync-interval)."),
+        )),
+    }
 }
 
 /// A Secret reference: `{ name = "<DNS-1123 subdomain>" }`.

@@ -28,46 +28,27 @@ pub enum DurationError {
     OutOfRange(String),
 }
 
-/// Parses a Go-style duration of whole units. Values above [`MAX_TIMEOUT`], or too large
-/// to compute, are [`DurationError::OutOfRange`]; nothing overflows.
+/// Parses a Go-style duration of whole units (`ms`, `s`, `m`, `h`) with the engine's
+/// shared parser ([`imagesync_engine::duration`]). Values above [`MAX_TIMEOUT`], or too
+/// large to compute, are [`DurationError::OutOfRange`]; nothing overflows.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
+    use imagesync_engine::duration::{self, DurationError as Shared};
     let text = input.trim();
-    let invalid = || DurationError::Invalid(input.to_string());
-    let out_of_range = || DurationError::OutOfRange(input.to_string());
-    let mut rest = text;
-    let mut total_ms: u64 = 0;
-    if rest.is_empty() {
-        return Err(invalid());
+    // This attribute takes whole numbers and ms, s, m, h only (the shared parser also
+    // accepts fractions, `ns` and `us`).
+    let whole_units = text.ends_with(|c: char| c.is_ascii_alphabetic())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"msh".contains(&b));
+    if !whole_units {
+        return Err(DurationError::Invalid(input.to_string()));
     }
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return Err(invalid());
-        }
-        let (number, tail) = rest.split_at(digits);
-        let unit_len = tail.len()
-            - tail
-                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
-                .len();
-        let (unit, tail) = tail.split_at(unit_len);
-        let per_unit: u64 = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            _ => return Err(invalid()),
-        };
-        // All digits, so a failed parse can only mean "too large for u64".
-        let n: u64 = number.parse().map_err(|_| out_of_range())?;
-        total_ms = n
-            .checked_mul(per_unit)
-            .and_then(|ms| total_ms.checked_add(ms))
-            .ok_or_else(out_of_range)?;
-        rest = tail;
-    }
-    let d = Duration::from_millis(total_ms);
+    let d = duration::parse_checked(text).map_err(|e| match e {
+        Shared::Malformed => DurationError::Invalid(input.to_string()),
+        Shared::Overflow => DurationError::OutOfRange(input.to_string()),
+    })?;
     if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&d) {
-        return Err(out_of_range());
+        return Err(DurationError::OutOfRange(input.to_string()));
     }
     Ok(d)
 }
@@ -133,6 +114,24 @@ mod tests {
                 matches!(parse_duration(huge), Err(DurationError::OutOfRange(_))),
                 "{huge:?}: {:?}",
                 parse_duration(huge)
+            );
+        }
+    }
+
+    /// Values whose arithmetic overflows even 128-bit nanoseconds (one part, or the sum
+    /// of parts) are an error, never a wrapped or saturated timeout.
+    #[test]
+    fn an_overflowing_value_is_an_error() {
+        let digits = "9".repeat(45);
+        for huge in [
+            format!("{digits}h"),
+            format!("{digits}ms1s"),
+            "18446744073709551615h".repeat(30),
+        ] {
+            assert_eq!(
+                parse_duration(&huge),
+                Err(DurationError::OutOfRange(huge.clone())),
+                "{huge:?}"
             );
         }
     }

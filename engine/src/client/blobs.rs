@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Response, StatusCode};
 
 use super::challenge::Scope;
@@ -100,13 +100,35 @@ impl Client {
     /// Opens a streaming GET of a blob, following one redirect without credentials.
     /// One attempt (see the module docs).
     pub async fn get_blob(&self, repository: &str, digest: &Digest) -> Result<Response> {
+        self.get_blob_range(repository, digest, None).await
+    }
+
+    /// Like [`get_blob`](Self::get_blob), asking for the bytes `range`: `(first, None)`
+    /// is everything from `first` on, `(first, Some(last))` the bytes `first..=last`.
+    /// The range goes to the storage a registry redirects to as well. The answer may be
+    /// `206 Partial Content`, or `200` with the whole blob from a registry that ignores
+    /// ranges: the caller checks which (see `ranged`).
+    pub async fn get_blob_range(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Response> {
         let op = Operation::GetBlob;
         let what = self.blob_what(repository, digest);
         let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
         let scopes = [Scope::pull(repository)];
+        let range = range.map(|(first, last)| match last {
+            Some(last) => format!("bytes={first}-{last}"),
+            None => format!("bytes={first}-"),
+        });
+        let with_range = |req: reqwest::RequestBuilder| match &range {
+            Some(r) => req.header(RANGE, r.as_str()),
+            None => req,
+        };
         let reauthed = AtomicBool::new(false);
         let resp = self
-            .attempt(op, &what, &scopes, &reauthed, &|h| h.get(&url))
+            .attempt(op, &what, &scopes, &reauthed, &|h| with_range(h.get(&url)))
             .await?;
         if !resp.status().is_redirection() {
             return Ok(resp);
@@ -114,7 +136,7 @@ impl Client {
         let target = self.location(op, &what, &resp, "redirect without a Location")?;
         // Storage gets no credentials (another origin), and is checked like any target.
         let resp = self
-            .send_authorized(op, &what, &[], &|h| h.get(&target))
+            .send_authorized(op, &what, &[], &|h| with_range(h.get(&target)))
             .await?;
         responses::success(op, &what, resp).await
     }
@@ -213,7 +235,7 @@ impl Client {
     }
 
     /// Best effort: DELETE the upload session (distribution then drops what it stored).
-    async fn cancel_upload(&self, repository: &str, location: &str, digest: &Digest) {
+    pub(crate) async fn cancel_upload(&self, repository: &str, location: &str, digest: &Digest) {
         let op = Operation::CancelUpload;
         let what = self.blob_what(repository, digest);
         let scopes = [Scope::push(repository)];

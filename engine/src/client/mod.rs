@@ -124,11 +124,6 @@ impl Client {
         }
     }
 
-    /// The retry policy in use.
-    pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.inner.retry
-    }
-
     /// `base` + `path` (an absolute path of the registry API).
     /// Whether the server answers the distribution API's base endpoint `GET /v2/` as a
     /// registry does: anything but 404 (a 401 asks for credentials). Tells "not found"

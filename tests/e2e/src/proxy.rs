@@ -208,6 +208,8 @@ pub struct ProxyRecord {
     pub key: String,
     /// The fault injected into this request, if any.
     pub fault: Option<Fault>,
+    /// The request's `Range` header, if any.
+    pub range: Option<String>,
 }
 
 struct Shared {
@@ -607,6 +609,11 @@ fn record(s: &Shared, req: &Request<hyper::body::Incoming>, key: String, fault: 
         path: req.uri().path().to_string(),
         key,
         fault,
+        range: req
+            .headers()
+            .get(hyper::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     });
 }
 

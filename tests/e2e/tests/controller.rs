@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imagesync_controller::api::ImageSync;
+use imagesync_api::ImageSync;
 use imagesync_e2e::fixtures::{self, FixtureSpec, Target};
 use imagesync_e2e::kube::{client_for, ApiServer};
 use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, Target as FaultTarget};

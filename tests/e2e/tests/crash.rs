@@ -646,7 +646,7 @@ async fn create_image_sync(
     source: &str,
     destination: &str,
 ) {
-    use imagesync_controller::api::ImageSync;
+    use imagesync_api::ImageSync;
     let obj: ImageSync = serde_json::from_value(serde_json::json!({
         "apiVersion": "imagesync.dev/v1alpha1",
         "kind": "ImageSync",
@@ -662,7 +662,7 @@ async fn create_image_sync(
 
 /// Whether every `(namespace, name)` is Ready with `digest`.
 async fn all_ready(client: &kube::Client, objects: &[(String, String)], digest: &str) -> bool {
-    use imagesync_controller::api::ImageSync;
+    use imagesync_api::ImageSync;
     for (ns, name) in objects {
         let api = kube::Api::<ImageSync>::namespaced(client.clone(), ns);
         match api.get_opt(name).await {
@@ -910,7 +910,7 @@ pub(crate) async fn two_controllers_without_leader_election() {
         cluster, event_reasons, image_sync_yaml, ready_with, reason, wait_event, wait_for,
         wait_gone, ControllerProc,
     };
-    use imagesync_controller::api::ImageSync;
+    use imagesync_api::ImageSync;
     use kube::Api;
 
     let started = Instant::now();

@@ -20,6 +20,7 @@ mod platforms;
 mod platforms_frontends;
 mod policy;
 mod producers;
+mod ranged;
 mod reliability;
 mod scripts;
 mod terraform;

@@ -577,45 +577,6 @@ fn values_reference_in_docs_matches_values_yaml() {
     );
 }
 
-#[test]
-fn chart_crds_are_byte_identical_to_the_generated_crds() {
-    let chart_crds = chart_dir().join("crds");
-    let generated = repo_root().join("crds");
-    let names = |dir: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-            .map(|e| {
-                e.expect("dir entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
-            .collect();
-        names.sort();
-        names
-    };
-    let ours = names(&chart_crds);
-    assert!(
-        !ours.is_empty(),
-        "the chart ships no CRD in {}",
-        chart_crds.display()
-    );
-    assert_eq!(
-        ours,
-        names(&generated),
-        "chart crds/ and crds/ hold different files"
-    );
-    for name in ours {
-        let a = std::fs::read(chart_crds.join(&name)).expect("chart CRD");
-        let b = std::fs::read(generated.join(&name)).expect("generated CRD");
-        assert!(
-            a == b,
-            "charts/imagesync/crds/{name} differs from crds/{name}: copy crds/ into the chart"
-        );
-    }
-}
-
 // === against the real kube-apiserver v1.20.2 ===
 
 /// The test API server (the shared harness), with raw JSON requests as admin or as a

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use imagesync_controller::api::ImageSync;
+use imagesync_api::ImageSync;
 use imagesync_e2e::fixtures;
 use imagesync_e2e::registry::Registry;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -410,7 +410,7 @@ pub(crate) async fn internal_registries_must_be_listed_by_the_operator() {
     let source = format!("localhost:{port}/src/app:1");
     let ca = src.ca_pem_path().unwrap().display().to_string();
     let base = ["--insecure-registry", dst.addr(), "--ca-file", ca.as_str()];
-    let objs: kube::Api<imagesync_controller::api::ImageSync> =
+    let objs: kube::Api<imagesync_api::ImageSync> =
         kube::Api::namespaced(client.clone(), "internal");
     api.apply_yaml(&crate::controller::image_sync_yaml(
         "internal",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use imagesync_controller::api::ImageSync;
+use imagesync_api::ImageSync;
 use imagesync_e2e::containerd::Containerd;
 use imagesync_e2e::fixtures;
 use imagesync_e2e::registry::{free_port, Registry};

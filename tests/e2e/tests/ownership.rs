@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use imagesync_controller::api::{ImageSync, Ownership};
+use imagesync_api::{ImageSync, Ownership};
 use imagesync_e2e::fixtures::{self, FixtureSpec};
 use imagesync_e2e::registry::{AccessEntry, Registry};
 use kube::api::{Patch, PatchParams};

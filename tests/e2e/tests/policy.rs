@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use imagesync_controller::api::ImageSync;
+use imagesync_api::ImageSync;
 use imagesync_e2e::fixtures;
 use imagesync_e2e::registry::{AccessEntry, Registry, RegistryOptions};
 use k8s_openapi::api::events::v1::Event;

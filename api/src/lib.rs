@@ -1,13 +1,18 @@
 //! The `ImageSync` custom resource (`imagesync.dev/v1alpha1`).
 //!
-//! The CRD YAML in `crds/` is generated from these types by the `crdgen` binary; a test
-//! fails when the committed file differs. Validation is OpenAPI schema only (no CEL), so
-//! the CRD works on Kubernetes 1.20.
+//! The CRD YAML in `crds/` is generated from these types by the `crdgen` binary
+//! ([`crd_yaml`]); a test fails when the committed file (or the chart's copy) differs.
+//! Validation is OpenAPI schema only (no CEL), so the CRD works on Kubernetes 1.20.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+mod crd;
+mod key;
+pub use crd::crd_yaml;
+pub use key::destination_key;
 
 /// The finalizer that makes deletion remove the destination tag first.
 pub const FINALIZER: &str = "imagesync.dev/cleanup";

@@ -1,6 +1,6 @@
 //! Prints the `ImageSync` CustomResourceDefinition as YAML (the source of `crds/`).
 
 fn main() -> anyhow::Result<()> {
-    print!("{}", imagesync_controller::crd_yaml()?);
+    print!("{}", imagesync_api::crd_yaml()?);
     Ok(())
 }

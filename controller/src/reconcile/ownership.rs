@@ -19,16 +19,7 @@ use crate::api::{
     ConflictRecord, ImageSync, ImageSyncStatus, Ownership, WriteIntent, MAX_UPLOADED_BLOBS,
 };
 
-/// The canonical name of the tag (or digest) a reference writes: every spelling of one
-/// tag gives the same key.
-pub fn destination_key(reference: &Reference) -> String {
-    format!(
-        "{}/{}@{}",
-        reference.registry(),
-        reference.repository(),
-        reference.manifest_ref()
-    )
-}
+pub use imagesync_api::destination_key;
 
 /// The last repository path component of a reference as written (`app` for
 /// `host:5000/team/app:1`): equal for every spelling of one tag, so it filters the

@@ -1,0 +1,89 @@
+# The WAN workloads of bench/bench.sh (sourced by it, after the loopback rounds; not run on
+# its own). Every tool copies through `bench-link` (bench/src/link.rs), a user-space model
+# of a far, slow link on loopback: a delay per direction (half the RTT each way, one RTT for
+# each new connection's handshake) and a rate cap per connection and direction.
+#
+#   cold copy     the 2-platform image, source and destination both behind the link (the
+#                 client sits between two far registries, as a CI runner does)
+#   no-op         the re-copy to that destination
+#   N images      the first WAN_IMAGES of the shared-base images, both ends far
+#   big layer     a WAN_BIG_MB single-layer image from a far source into a near registry
+#                 (the mirror's own region): one stream cannot beat the per-connection cap
+#
+# The raw column is a computed lower bound: the bytes over the bandwidth the engine's JOBS
+# parallel connections allow (a single blob uploaded in one PUT gets one connection), plus
+# the round trips no client can avoid. Each workload's note says which.
+#
+# Environment: WAN_LINKS (default "40:100 150:20", RTT ms : Mbit/s per connection),
+# WAN_RUNS (default 1), WAN_IMAGES (default 10), WAN_BIG_MB (default 128), WAN=0 skips.
+
+BENCH_LINK="$ROOT/target/release/bench-link"
+WAN_LINKS="${WAN_LINKS:-40:100 150:20}"
+WAN_RUNS="${WAN_RUNS:-1}"
+WAN_IMAGES="${WAN_IMAGES:-10}"
+WAN_BIG_MB="${WAN_BIG_MB:-128}"
+[ -x "$BENCH_LINK" ] || { echo "missing $BENCH_LINK (cargo build --release -p imagesync-bench)" >&2; exit 1; }
+
+start_link() { # NAME UPSTREAM RTT_MS MBIT -> prints host:port
+  local name="$1"
+  mkdir -p "$WORK/$name"
+  "$BENCH_LINK" --upstream "$2" --rtt-ms "$3" --mbit "$4" --addr-file "$WORK/$name/addr" \
+    >"$WORK/$name/log" 2>&1 &
+  echo $! >"$WORK/$name/pid"
+  for _ in $(seq 100); do
+    [ -s "$WORK/$name/addr" ] && { cat "$WORK/$name/addr"; return; }
+    sleep 0.05
+  done
+  echo "link $name did not start" >&2; cat "$WORK/$name/log" >&2; exit 1
+}
+
+# bound SECONDS_OF_BYTES RTTS RTT_MS -> the lower bound in seconds
+bound() { awk -v b="$1" -v n="$2" -v r="$3" 'BEGIN { printf "%.4f", b + n * r / 1000 }'; }
+# over BYTES MBIT CONNECTIONS -> seconds to move BYTES over CONNECTIONS capped connections
+over() { awk -v b="$1" -v m="$2" -v c="$3" 'BEGIN { printf "%.6f", b * 8 / (m * 1e6 * c) }'; }
+raw_wall() { record "$1" raw "wall time" s "$2"; }
+
+echo "generating a single-layer image with a $WAN_BIG_MB MiB layer (WAN)" >&2
+push_image "$A" bench/wanbig 1 amd64 1 "$WAN_BIG_MB" >/dev/null
+WAN_BIG_DIGEST="sha256:$(sha256sum "$WORK/manifest-amd64.json" | cut -d' ' -f1)"
+WAN_BIG_BYTES="$(jq '[.layers[].size, .config.size] | add' "$WORK/manifest-amd64.json")"
+COLD_BYTES="$(awk '{s += $2} END {print s}' "$WORK/blobs.txt")"
+WAN_OWN_BYTES=0
+for i in $(seq "$WAN_IMAGES"); do
+  WAN_OWN_BYTES=$((WAN_OWN_BYTES + $(awk '{s += $2} END {print s}' "$WORK/many/blobs$i.txt")))
+done
+
+for link in $WAN_LINKS; do
+  rtt="${link%%:*}"; mbit="${link##*:}"
+  tag="WAN ${rtt} ms, ${mbit} Mbit/s"
+  W_COLD="$tag: cold copy"; W_NOOP="$tag: no-op re-copy"
+  W_MANY="$tag: $WAN_IMAGES images, shared base"; W_BIG="$tag: ${WAN_BIG_MB} MiB layer"
+  note "$W_COLD" "The cold copy's image ($TOTAL_MB MiB) with source and destination behind the link. Bound: the blob bytes over $JOBS capped connections, plus 6 round trips (handshake, index GET, child manifest GET, upload POST, child manifest PUT, index PUT)."
+  note "$W_NOOP" "The re-copy to that destination. Bound: 2 round trips (the handshake, then the two HEADs in parallel)."
+  note "$W_MANY" "The first $WAN_IMAGES images of the shared-base workload, one copy after the other, both ends behind the link. Bound: the base layer over one capped connection (one PUT), the other blobs over $JOBS, plus 4 round trips per image (handshake, manifest GET, upload POST, manifest PUT)."
+  note "$W_BIG" "One $WAN_BIG_MB MiB layer from a source behind the link into a registry next to the client. Bound: the layer over $JOBS capped connections (ranged reads), plus 3 round trips (handshake, manifest GET, blob GET)."
+  raw_wall "$W_COLD" "$(bound "$(over "$COLD_BYTES" "$mbit" "$JOBS")" 6 "$rtt")"
+  raw_wall "$W_NOOP" "$(bound 0 2 "$rtt")"
+  raw_wall "$W_MANY" "$(bound "$(awk -v a="$(over "$BASE_SIZE" "$mbit" 1)" -v b="$(over "$WAN_OWN_BYTES" "$mbit" "$JOBS")" 'BEGIN { print a + b }')" "$((4 * WAN_IMAGES))" "$rtt")"
+  raw_wall "$W_BIG" "$(bound "$(over "$WAN_BIG_BYTES" "$mbit" "$JOBS")" 3 "$rtt")"
+
+  for r in $(seq "$WAN_RUNS"); do
+    LA="$(start_link "wan-src-$rtt-$r" "$A" "$rtt" "$mbit")"
+    for t in imagesync skopeo; do
+      case "$t" in imagesync) copy=imagesync_copy ;; skopeo) copy=skopeo_copy ;; esac
+      B="$(start_registry "wan-$t-$rtt-$r")"
+      LB="$(start_link "wan-dst-$t-$rtt-$r" "$B" "$rtt" "$mbit")"
+      measure "$W_COLD" "$t" "$copy" "$LA/bench/app:1" "$LB/bench/app:1"
+      measure "$W_NOOP" "$t" "$copy" "$LA/bench/app:1" "$LB/bench/app:1"
+      check_digest "$B/bench/app:1" "$INDEX_DIGEST" "WAN $t"
+      IMAGES="$WAN_IMAGES" measure "$W_MANY" "$t" tool_many "$copy" "$LA" "$LB"
+      check_digest "$B/mirror/img$WAN_IMAGES:1" "sha256:$(sha256sum "$WORK/many/manifest$WAN_IMAGES.json" | cut -d' ' -f1)" "WAN images $t"
+      measure "$W_BIG" "$t" "$copy" "$LA/bench/wanbig:1" "$B/bench/wanbig:1"
+      check_digest "$B/bench/wanbig:1" "$WAN_BIG_DIGEST" "WAN big $t"
+      stop_registry "wan-dst-$t-$rtt-$r"
+      stop_registry "wan-$t-$rtt-$r"
+    done
+    stop_registry "wan-src-$rtt-$r"
+    echo "  WAN $rtt ms / $mbit Mbit/s round $r of $WAN_RUNS done" >&2
+  done
+done

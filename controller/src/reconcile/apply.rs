@@ -1,0 +1,438 @@
+//! Apply: check source and destination (HEAD), copy when they differ, record status;
+//! wait while another object holds the destination.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imagesync_engine::{Digest, Reference, SyncOptions};
+use kube::runtime::controller::Action;
+use kube::Api;
+use tracing::{info, warn, Span};
+
+use crate::api::{reasons, ConflictRecord, ImageSync, ImageSyncStatus, Ownership};
+use crate::events::EventType;
+use crate::{Error, Result};
+
+use super::cleanup::release_old_destination;
+use super::decide::{decide, now, ready_label, same_image_reference, set_ready, Decision, Drift};
+use super::gate::object_key;
+use super::ownership::destination_key;
+use super::{ownership, patch_status, Context, CONFLICT_POLL};
+
+pub(super) async fn apply(
+    obj: Arc<ImageSync>,
+    ctx: Arc<Context>,
+    api: &Api<ImageSync>,
+) -> Result<Action> {
+    let interval = ctx.resync_interval(&obj);
+    let generation = obj.metadata.generation;
+    let mut status = obj.status.clone().unwrap_or_default();
+    let result = apply_inner(&obj, &ctx, api, &mut status).await;
+    match result {
+        Ok(waiting) => {
+            // Waiting for the holder of the destination: sooner while it is being deleted.
+            let interval = waiting.map_or(interval, |w| w.min(interval));
+            ctx.metrics
+                .set_ready(&object_key(&obj), Some(ready_label(&status)));
+            if obj.spec.suspend {
+                // Nothing to check until the spec changes (which passes the gate).
+                ctx.schedule(&obj, Duration::from_secs(86_400), false);
+                return Ok(Action::await_change());
+            }
+            ctx.schedule(&obj, interval, false);
+            Ok(Action::requeue(interval))
+        }
+        Err(error) => {
+            let reason = error.reason();
+            let message = error.to_string();
+            let changed = obj
+                .ready_condition()
+                .is_none_or(|c| c.reason != reason || c.message != message || c.status != "False");
+            status.observed_generation = generation;
+            set_ready(&mut status, false, reason, &message, generation);
+            ctx.metrics.set_ready(&object_key(&obj), Some("false"));
+            if changed {
+                ctx.events
+                    .publish(&obj, EventType::Warning, reason, "Sync", &message)
+                    .await;
+            }
+            if let Err(e) = patch_status(api, &obj, &status).await {
+                warn!(error = %e, "could not write the failure to status");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// `Ok(Some(wait))`: waiting for the object holding the destination; look again then.
+async fn apply_inner(
+    obj: &ImageSync,
+    ctx: &Context,
+    api: &Api<ImageSync>,
+    status: &mut ImageSyncStatus,
+) -> Result<Option<Duration>> {
+    let spec = &obj.spec;
+    let generation = obj.metadata.generation;
+    if spec.suspend {
+        status.observed_generation = generation;
+        set_ready(
+            status,
+            false,
+            reasons::SUSPENDED,
+            "spec.suspend is true",
+            generation,
+        );
+        return patch_status(api, obj, status).await.map(|()| None);
+    }
+    let source = Reference::parse(&spec.source).map_err(|source| Error::InvalidReference {
+        field: "source",
+        source,
+    })?;
+    let destination =
+        Reference::parse(&spec.destination).map_err(|source| Error::InvalidReference {
+            field: "destination",
+            source,
+        })?;
+    // The tenant policy decides before any registry is touched.
+    let ambient = ctx.policy_allows(obj, &source, &destination).await?;
+    // An earlier object names the same tag: write and delete nothing until it is gone.
+    let engine = ctx.engine_for(obj, &source, &destination, ambient).await?;
+    let key = destination_key(&destination);
+    let rivals = ctx.rivals(obj, &destination).await?;
+    if let Some(holder) = rivals.iter().find(|r| ownership::order(r, obj).is_lt()) {
+        // Reads only: the source digest it will copy (Terraform reports it at once).
+        if let Ok(Some(d)) = ctx.head(&engine, &source, "source").await {
+            status.source_digest = Some(d.to_string());
+        }
+        return wait_for_holder(obj, ctx, api, status, holder, &key).await;
+    }
+    let inherited = status.conflict.take();
+
+    // The destination moved: clean up the old one (only if this object wrote it and it
+    // still holds what was written).
+    if let (Some(old), Some(digest)) = (
+        status.synced_destination.clone(),
+        status.destination_digest.clone(),
+    ) {
+        if !same_image_reference(&old, &destination) {
+            release_old_destination(obj, ctx, status, &source, &old, &digest).await?;
+            status.destination_digest = None;
+            status.id = None;
+            status.synced_destination = None;
+            status.last_sync_time = None;
+            status.ownership = None;
+            status.uploaded_blobs = None;
+        }
+    }
+
+    let platforms = imagesync_engine::platform::parse_platforms(&spec.platforms)
+        .map_err(|e| Error::InvalidSpec(format!("spec.platforms: {e}")))?;
+    // Two HEADs when nothing changed, with a selection too (see `known_selection`).
+    let selection = select_platforms(&engine, &source, &platforms, known_selection(status, spec))
+        .await?
+        .ok_or_else(|| Error::SourceNotFound {
+            reference: spec.source.clone(),
+        })?;
+    let source_digest = selection.source_digest.clone();
+    // What the destination must hold: the source digest, or the selection's.
+    let wanted = selection.digest.clone();
+    let destination_digest = ctx.head(&engine, &destination, "destination").await?;
+    Span::current().record("source_digest", source_digest.as_str());
+    let checked = now();
+
+    match decide(
+        status,
+        &spec.destination,
+        source_digest.as_str(),
+        wanted.as_str(),
+        destination_digest.as_ref().map(Digest::as_str),
+    ) {
+        Decision::UpToDate => {
+            ctx.metrics.check("up_to_date");
+            let first = status.destination_digest.as_deref() != Some(wanted.as_str())
+                || status.synced_destination.as_deref() != Some(spec.destination.as_str());
+            if first {
+                status.last_sync_time = Some(checked.clone());
+                if !obj.is_ready() {
+                    info!(digest = %wanted, "destination already up to date");
+                }
+            }
+            let found =
+                ownership::ownership_when_found(status, &key, wanted.as_str(), inherited.as_ref());
+            let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
+            if let (true, Some(h)) = (
+                ownership::inherits(inherited.as_ref(), wanted.as_str()),
+                handed,
+            ) {
+                // The previous holder's uploads come with its tag.
+                status.uploaded_blobs = Some(ownership::merge_uploaded(
+                    status.uploaded_blobs.as_deref(),
+                    h,
+                ));
+            }
+            if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
+                report_adopted(obj, ctx, status, &wanted).await;
+            }
+            status.ownership = Some(found);
+        }
+        Decision::Copy(drift) => {
+            ctx.metrics
+                .check(if drift.is_empty() { "copy" } else { "drift" });
+            for d in &drift {
+                report_drift(obj, ctx, d, &spec.destination).await;
+            }
+            let mut syncing = status.clone();
+            syncing.observed_generation = generation;
+            syncing.write_intent = Some(ownership::intent(&spec.destination, wanted.as_str()));
+            set_ready(
+                &mut syncing,
+                false,
+                reasons::SYNCING,
+                &format!(
+                    "copying {} ({}) to {}",
+                    spec.source, source_digest, spec.destination
+                ),
+                generation,
+            );
+            patch_status(api, obj, &syncing).await?;
+            *status = syncing;
+
+            let started = Instant::now();
+            let outcome = engine
+                .sync(
+                    &source,
+                    &destination,
+                    &SyncOptions {
+                        progress: None,
+                        expect_source_digest: Some(source_digest.clone()),
+                        platforms,
+                        known: Some(selection.clone()),
+                        ..SyncOptions::default()
+                    },
+                )
+                .await;
+            let outcome = match outcome {
+                Ok(o) => {
+                    ctx.metrics
+                        .sync_done("synced", o.bytes_uploaded, started.elapsed());
+                    o
+                }
+                Err(source) => {
+                    ctx.metrics.sync_done("failed", 0, started.elapsed());
+                    return Err(Error::Engine {
+                        context: format!("copy {} to {}", spec.source, spec.destination),
+                        source,
+                    });
+                }
+            };
+            info!(
+                digest = %outcome.destination_digest,
+                bytes = outcome.bytes_uploaded,
+                blobs_uploaded = outcome.blobs_uploaded,
+                blobs_skipped = outcome.blobs_skipped,
+                blobs_mounted = outcome.blobs_mounted,
+                elapsed = ?started.elapsed(),
+                "synced"
+            );
+            ctx.events
+                .publish(
+                    obj,
+                    EventType::Normal,
+                    reasons::SYNCED,
+                    "Sync",
+                    &format!(
+                        "copied {} to {} ({}, {} bytes uploaded)",
+                        spec.source,
+                        spec.destination,
+                        outcome.destination_digest,
+                        outcome.bytes_uploaded
+                    ),
+                )
+                .await;
+            status.last_sync_time = Some(checked.clone());
+            status.ownership = Some(Ownership::Written);
+            status.uploaded_blobs = Some(uploaded_record(
+                status,
+                inherited.as_ref(),
+                &uploaded_by(&outcome),
+            ));
+        }
+    }
+
+    status.write_intent = None;
+    status.source_digest = Some(source_digest.to_string());
+    status.destination_digest = Some(wanted.to_string());
+    status.id = Some(destination.id(&wanted));
+    status.selection = (!spec.platforms.is_empty()).then(|| crate::api::SelectionRecord {
+        platforms: spec.platforms.clone(),
+        source_digest: source_digest.to_string(),
+        digest: wanted.to_string(),
+    });
+    status.synced_destination = Some(spec.destination.clone());
+    status.observed_generation = generation;
+    status.last_check_time = Some(checked);
+    set_ready(
+        status,
+        true,
+        reasons::SYNCED,
+        &format!("{} holds {}", spec.destination, wanted),
+        generation,
+    );
+    patch_status(api, obj, status).await.map(|()| None)
+}
+
+/// What `source` resolves to under `platforms`: a HEAD, plus a GET of the source index
+/// only when its digest is not the one `known` was made from.
+async fn select_platforms(
+    engine: &imagesync_engine::Engine,
+    source: &Reference,
+    platforms: &[imagesync_engine::Platform],
+    known: Option<imagesync_engine::Selection>,
+) -> Result<Option<imagesync_engine::Selection>> {
+    engine
+        .resolve(source, platforms, known.as_ref())
+        .await
+        .map_err(|e| Error::Engine {
+            context: format!("check source {source}"),
+            source: e,
+        })
+}
+
+/// The selection recorded at the last sync, when `spec.platforms` is still the one it was
+/// made with.
+fn known_selection(
+    status: &ImageSyncStatus,
+    spec: &crate::api::ImageSyncSpec,
+) -> Option<imagesync_engine::Selection> {
+    let record = status.selection.as_ref()?;
+    if spec.platforms.is_empty() || record.platforms != spec.platforms {
+        return None;
+    }
+    Some(imagesync_engine::Selection {
+        source_digest: record.source_digest.parse().ok()?,
+        digest: record.digest.parse().ok()?,
+    })
+}
+
+/// The blobs a copy uploaded (not skipped, not mounted).
+fn uploaded_by(outcome: &imagesync_engine::Outcome) -> Vec<String> {
+    outcome.uploaded.iter().map(ToString::to_string).collect()
+}
+
+/// This object's record of uploaded blobs after a copy that uploaded `uploaded`: what it
+/// recorded before (same destination), what the previous holder handed over, and these.
+fn uploaded_record(
+    status: &ImageSyncStatus,
+    inherited: Option<&ConflictRecord>,
+    uploaded: &[String],
+) -> Vec<String> {
+    let handed = inherited
+        .filter(|c| c.written_digest.is_some())
+        .and_then(|c| c.uploaded_blobs.as_deref())
+        .unwrap_or_default();
+    let before = ownership::merge_uploaded(status.uploaded_blobs.as_deref(), handed);
+    ownership::merge_uploaded(Some(&before), uploaded)
+}
+
+/// Ready=False `DestinationConflict` naming `holder`; nothing is written or deleted.
+async fn wait_for_holder(
+    obj: &ImageSync,
+    ctx: &Context,
+    api: &Api<ImageSync>,
+    status: &mut ImageSyncStatus,
+    holder: &ImageSync,
+    key: &str,
+) -> Result<Option<Duration>> {
+    let generation = obj.metadata.generation;
+    let who = ownership::display(holder);
+    let message = format!(
+        "destination {} is also named by ImageSync {who}, created earlier, which holds it; \
+         this object writes and deletes nothing until {who} is gone",
+        obj.spec.destination
+    );
+    let changed = obj.ready_condition().is_none_or(|c| {
+        c.reason != reasons::DESTINATION_CONFLICT || c.message != message || c.status != "False"
+    });
+    status.conflict = Some(ownership::record_of(holder, key));
+    status.observed_generation = generation;
+    set_ready(
+        status,
+        false,
+        reasons::DESTINATION_CONFLICT,
+        &message,
+        generation,
+    );
+    if changed {
+        info!(holder = %who, "destination conflict; waiting");
+        ctx.events
+            .publish(
+                obj,
+                EventType::Warning,
+                reasons::DESTINATION_CONFLICT,
+                "Sync",
+                &message,
+            )
+            .await;
+    }
+    patch_status(api, obj, status).await?;
+    let deleting = holder.metadata.deletion_timestamp.is_some();
+    Ok(Some(if deleting {
+        CONFLICT_POLL
+    } else {
+        ctx.resync_interval(obj)
+    }))
+}
+
+/// A Normal Event: the destination already held the digest and is adopted (left in place
+/// on deletion and destination moves).
+async fn report_adopted(obj: &ImageSync, ctx: &Context, status: &ImageSyncStatus, digest: &Digest) {
+    let legacy = status.ownership.is_none() && status.synced_destination.is_some();
+    let why = if legacy {
+        "its status was recorded before ownership was tracked, so it is treated as adopted"
+    } else {
+        "it already held that digest, so this object did not write it"
+    };
+    let note = format!(
+        "{} holds {digest}; {why}: deleting this object or changing its destination leaves the tag in place",
+        obj.spec.destination
+    );
+    info!("{note}");
+    ctx.events
+        .publish(obj, EventType::Normal, "Adopted", "Sync", &note)
+        .await;
+}
+
+async fn report_drift(obj: &ImageSync, ctx: &Context, drift: &Drift, destination: &str) {
+    let (kind, type_, reason, note) = match drift {
+        Drift::SourceChanged { from, to } => (
+            "source_changed",
+            EventType::Normal,
+            "SourceChanged",
+            format!(
+                "source {} moved from {from} to {to}; re-syncing",
+                obj.spec.source
+            ),
+        ),
+        Drift::DestinationMissing => (
+            "destination_missing",
+            EventType::Warning,
+            "DestinationMissing",
+            format!("destination {destination} was deleted outside the controller; re-syncing"),
+        ),
+        Drift::DestinationOverwritten { found } => (
+            "destination_overwritten",
+            EventType::Warning,
+            "DestinationOverwritten",
+            format!(
+                "destination {destination} was overwritten (now {found}, not {}); re-syncing",
+                obj.status
+                    .as_ref()
+                    .and_then(|s| s.destination_digest.as_deref())
+                    .unwrap_or("?")
+            ),
+        ),
+    };
+    info!(drift = kind, "{note}");
+    ctx.metrics.drift(kind);
+    ctx.events.publish(obj, type_, reason, "Check", &note).await;
+}

@@ -1,0 +1,122 @@
+//! The per-object gate: our own status writes (and relists) trigger watch events; the
+//! gate skips them, without a registry request or an API call, until the next check is
+//! due or the object really changed (generation, deletion, finalizers) or the tenant
+//! policy changed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+
+use crate::api::{ImageSync, FINALIZER};
+
+use super::Context;
+
+/// What identifies "the object changed" for the gate: our own status writes change none
+/// of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct GateKey {
+    uid: Option<String>,
+    generation: Option<i64>,
+    deleting: bool,
+    finalized: bool,
+    policy_generation: u64,
+}
+
+impl GateKey {
+    fn of(obj: &ImageSync, policy_generation: u64) -> GateKey {
+        GateKey {
+            uid: obj.metadata.uid.clone(),
+            generation: obj.metadata.generation,
+            deleting: obj.metadata.deletion_timestamp.is_some(),
+            finalized: obj.finalizers().iter().any(|f| f == FINALIZER),
+            policy_generation,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Gate {
+    key: GateKey,
+    due: Instant,
+    failures: u32,
+}
+
+pub(super) fn object_key(obj: &ImageSync) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+impl Context {
+    pub(super) fn gate_key(&self, obj: &ImageSync) -> GateKey {
+        GateKey::of(obj, self.policy.generation())
+    }
+
+    pub(super) fn gates(&self) -> std::sync::MutexGuard<'_, HashMap<String, Gate>> {
+        match self.gates.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// `Some(wait)` when nothing changed since the last reconcile and the next check is
+    /// not due yet.
+    pub(super) fn not_due(&self, obj: &ImageSync) -> Option<Duration> {
+        let gates = self.gates();
+        let gate = gates.get(&object_key(obj))?;
+        if gate.key != self.gate_key(obj) {
+            return None;
+        }
+        let now = Instant::now();
+        (gate.due > now).then(|| gate.due - now)
+    }
+
+    pub(super) fn schedule(&self, obj: &ImageSync, wait: Duration, failed: bool) -> u32 {
+        let key = self.gate_key(obj);
+        let mut gates = self.gates();
+        let entry = gates.entry(object_key(obj)).or_insert(Gate {
+            key: key.clone(),
+            due: Instant::now(),
+            failures: 0,
+        });
+        if entry.key != key {
+            entry.failures = 0;
+        }
+        entry.key = key;
+        entry.failures = if failed {
+            entry.failures.saturating_add(1)
+        } else {
+            0
+        };
+        // Waits are bounded (at most 30 days), but never let an Instant overflow.
+        let now = Instant::now();
+        entry.due = now.checked_add(wait).unwrap_or(now);
+        entry.failures
+    }
+
+    pub(super) fn failures(&self, obj: &ImageSync) -> u32 {
+        let gates = self.gates();
+        gates
+            .get(&object_key(obj))
+            .filter(|g| g.key == self.gate_key(obj))
+            .map_or(0, |g| g.failures)
+    }
+
+    pub(super) fn forget(&self, obj: &ImageSync) {
+        self.gates().remove(&object_key(obj));
+        self.metrics.set_ready(&object_key(obj), None);
+    }
+
+    /// Reconciles `objects` now, past their gates.
+    pub(super) fn wake(&self, objects: &[ImageSync]) {
+        let Some(tx) = self.wake.get() else {
+            return;
+        };
+        if objects.is_empty() {
+            return;
+        }
+        for o in objects {
+            self.gates().remove(&object_key(o));
+        }
+        let _ = tx.send(());
+    }
+}
