@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use imagesync_engine::{duration, Credential, Digest};
+use imagesync_engine::{duration, Credential, Digest, Platform};
 use imagesync_flags::{LogFlags, RegistryFlags};
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -127,6 +127,20 @@ pub(crate) struct Args {
     #[arg(long = "allow-internal-host", value_name = "HOST", global = true)]
     pub(crate) allow_internal_hosts: Vec<String>,
 
+    /// Copy only this platform, OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm64/v8).
+    /// Repeatable. One platform copies that child manifest byte for byte; several write a
+    /// deterministic index of just those. `digest` prints the digest such a copy gives.
+    /// Default: every platform, digest preserved.
+    #[arg(
+        long = "platform",
+        value_name = "OS/ARCH[/VARIANT]",
+        global = true,
+        env = "IMAGESYNC_PLATFORMS",
+        value_delimiter = ',',
+        value_parser = platform
+    )]
+    pub(crate) platforms: Vec<Platform>,
+
     /// The log format (the flag the controller has too).
     #[command(flatten)]
     pub(crate) log: LogFlags,
@@ -191,6 +205,11 @@ fn deadline(s: &str) -> Result<Duration, String> {
 /// `--creds`-style values, held as secrets (redacted, wiped on drop) from the start.
 fn secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s))
+}
+
+/// `--platform`: `os/architecture[/variant]`, checked as the engine (and the CRD) do.
+fn platform(s: &str) -> Result<Platform, String> {
+    Platform::parse(s).map_err(|e| e.to_string())
 }
 
 /// `--expect-digest`: `sha256:` and 64 lowercase hex digits.

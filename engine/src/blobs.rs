@@ -9,7 +9,6 @@
 //! image) share what they learned; the file holds registry hosts, repository names and
 //! digests, never credentials.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

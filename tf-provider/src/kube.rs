@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use imagesync_api::{destination_key, reasons, ImageSync, ImageSyncSpec, FINALIZER};
+use imagesync_api::{destination_key, reasons, ImageSync, ImageSyncSpec, SecretRef, FINALIZER};
 use imagesync_engine::{Digest, Reference};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -129,7 +129,13 @@ impl Kube {
         let Some(status) = obj.status.as_ref() else {
             return Ok(None);
         };
-        let (Some(holder), Some(digest)) = (&status.conflict, &status.source_digest) else {
+        // With platforms the digest to report is the selection's, which only a sync records.
+        let digest = if target.kube.platforms.is_empty() {
+            status.source_digest.as_ref()
+        } else {
+            status.selection.as_ref().map(|s| &s.digest)
+        };
+        let (Some(holder), Some(digest)) = (&status.conflict, digest) else {
             return Ok(None);
         };
         let waiting = obj
@@ -164,16 +170,40 @@ impl Kube {
             // The controller decides ownership in Kubernetes mode.
             adopted: false,
             uploaded: Vec::new(),
+            selected_from: None,
         }))
     }
 }
 
+/// `(id, source_digest, destination digest)` from the status. With `spec.platforms`,
+/// `source_digest` is the selection's digest, as in direct mode (the source index's
+/// digest is the controller's business: a platform added there is not drift).
 fn status_of(obj: &ImageSync) -> Option<(String, Option<Digest>, Digest)> {
     let st = obj.status.as_ref()?;
     let id = st.id.clone()?;
     let dst: Digest = st.destination_digest.as_deref()?.parse().ok()?;
-    let src = st.source_digest.as_deref().and_then(|d| d.parse().ok());
+    let src = if obj.spec.platforms.is_empty() {
+        st.source_digest.as_deref().and_then(|d| d.parse().ok())
+    } else {
+        Some(dst.clone())
+    };
     Some((id, src, dst))
+}
+
+/// The object's spec for `target`.
+fn spec_of(target: &Target) -> ImageSyncSpec {
+    let secret = |name: &Option<String>| name.clone().map(|name| SecretRef { name });
+    ImageSyncSpec {
+        source: target.source.to_string(),
+        destination: target.destination_text.clone(),
+        resync_interval: target.kube.resync_interval.clone(),
+        deletion_policy: Default::default(),
+        delete_layers: target.delete_layers,
+        source_secret_ref: secret(&target.kube.source_secret),
+        destination_secret_ref: secret(&target.kube.destination_secret),
+        suspend: false,
+        platforms: target.kube.platforms.clone(),
+    }
 }
 
 #[async_trait]
@@ -214,19 +244,7 @@ impl Backend for Kube {
 
     async fn sync(&self, target: &Target, _expect: Option<Digest>) -> Result<Synced, BackendError> {
         let (api, name) = self.api(target);
-        let mut obj = ImageSync::new(
-            &name,
-            ImageSyncSpec {
-                source: target.source.to_string(),
-                destination: target.destination_text.clone(),
-                resync_interval: None,
-                deletion_policy: Default::default(),
-                delete_layers: target.delete_layers,
-                source_secret_ref: None,
-                destination_secret_ref: None,
-                suspend: false,
-            },
-        );
+        let mut obj = ImageSync::new(&name, spec_of(target));
         obj.metadata.labels = Some([(MANAGED_BY.to_string(), "terraform".to_string())].into());
         let applied = api
             .patch(
@@ -286,6 +304,7 @@ impl Backend for Kube {
                         id,
                         adopted: false,
                         uploaded: Vec::new(),
+                        selected_from: None,
                     });
                 }
             }

@@ -18,6 +18,9 @@
 //! - `previous`: digests this resource wrote to the tag before the source moved on (at
 //!   most [`MAX_PREVIOUS`]). Their manifests stay, untagged, so an `id` pinned to them
 //!   still pulls; destroy deletes them with the tag.
+//! - `selected_from`: with `platforms`, the source index digest the selection in
+//!   `source_digest` was made from, so a plan whose source still resolves to it needs no
+//!   read of the source index (what a selection gives is fixed by that digest).
 //!
 //! A state written before ownership was recorded has no `ownership` and no `uploaded`:
 //! its destroy keeps the earlier rule for the tag (delete it while it still points at the
@@ -84,6 +87,8 @@ pub struct Private {
     /// Digests this resource wrote before the tag moved on, oldest first; kept untagged
     /// until destroy.
     pub previous: Vec<Digest>,
+    /// With `platforms`: the source digest the last sync's selection was made from.
+    pub selected_from: Option<Digest>,
 }
 
 impl Private {
@@ -128,12 +133,17 @@ impl Private {
                     .collect()
             })
             .unwrap_or_default();
+        let selected_from = v
+            .get("selected_from")
+            .and_then(Json::as_str)
+            .and_then(|s| s.parse().ok());
         Private {
             written,
             ownership,
             uploaded,
             truncated,
             previous,
+            selected_from,
         }
     }
 
@@ -159,6 +169,9 @@ impl Private {
         if !self.previous.is_empty() {
             let list: Vec<&str> = self.previous.iter().map(Digest::as_str).collect();
             m.insert("previous".into(), json!(list));
+        }
+        if let Some(d) = &self.selected_from {
+            m.insert("selected_from".into(), json!(d.as_str()));
         }
         Json::Object(m).to_string().into_bytes()
     }
@@ -202,6 +215,7 @@ mod tests {
         let mut p = Private {
             written: Some(digest(7)),
             ownership: Some(Ownership::Adopted),
+            selected_from: Some(digest(9)),
             ..Private::default()
         };
         p.record_uploaded([digest(1), digest(2)]);

@@ -206,7 +206,15 @@ impl Core {
                 return Ok(resource::Planned::default());
             }
             let backend = self.backend().await?;
-            Ok::<_, Diagnostic>(resource::plan(backend.as_ref(), prior, proposed).await)
+            Ok::<_, Diagnostic>(
+                resource::plan_with_private(
+                    backend.as_ref(),
+                    prior,
+                    proposed,
+                    &Private::decode(&req.prior_private),
+                )
+                .await,
+            )
         };
         match run.await {
             Ok(planned) => {

@@ -49,6 +49,14 @@ pub mod attr {
     pub const NAME: &str = "name";
     /// The `timeouts` block (Kubernetes mode).
     pub const TIMEOUTS: &str = "timeouts";
+    /// `platforms`.
+    pub const PLATFORMS: &str = "platforms";
+    /// `resync_interval` (Kubernetes mode).
+    pub const RESYNC_INTERVAL: &str = "resync_interval";
+    /// `source_secret_ref` (Kubernetes mode).
+    pub const SOURCE_SECRET_REF: &str = "source_secret_ref";
+    /// `destination_secret_ref` (Kubernetes mode).
+    pub const DESTINATION_SECRET_REF: &str = "destination_secret_ref";
 }
 
 /// The resource's attributes. Each is a [`Value`] so null and unknown survive.
@@ -70,6 +78,14 @@ pub struct Model {
     pub name: Value,
     /// `timeouts { create, delete }` (null when absent).
     pub timeouts: Value,
+    /// `platforms` (list of strings, null when absent).
+    pub platforms: Value,
+    /// `resync_interval` (Kubernetes mode).
+    pub resync_interval: Value,
+    /// `source_secret_ref = { name }` (Kubernetes mode).
+    pub source_secret_ref: Value,
+    /// `destination_secret_ref = { name }` (Kubernetes mode).
+    pub destination_secret_ref: Value,
 }
 
 impl Model {
@@ -87,6 +103,10 @@ impl Model {
             namespace: v.get(attr::NAMESPACE).clone(),
             name: v.get(attr::NAME).clone(),
             timeouts: v.get(attr::TIMEOUTS).clone(),
+            platforms: v.get(attr::PLATFORMS).clone(),
+            resync_interval: v.get(attr::RESYNC_INTERVAL).clone(),
+            source_secret_ref: v.get(attr::SOURCE_SECRET_REF).clone(),
+            destination_secret_ref: v.get(attr::DESTINATION_SECRET_REF).clone(),
         })
     }
 
@@ -101,6 +121,19 @@ impl Model {
         m.insert(attr::NAMESPACE.to_string(), self.namespace.clone());
         m.insert(attr::NAME.to_string(), self.name.clone());
         m.insert(attr::TIMEOUTS.to_string(), self.timeouts.clone());
+        m.insert(attr::PLATFORMS.to_string(), self.platforms.clone());
+        m.insert(
+            attr::RESYNC_INTERVAL.to_string(),
+            self.resync_interval.clone(),
+        );
+        m.insert(
+            attr::SOURCE_SECRET_REF.to_string(),
+            self.source_secret_ref.clone(),
+        );
+        m.insert(
+            attr::DESTINATION_SECRET_REF.to_string(),
+            self.destination_secret_ref.clone(),
+        );
         Value::Object(m)
     }
 
@@ -114,6 +147,10 @@ impl Model {
             namespace: Value::Null,
             name: Value::Null,
             timeouts: Value::Null,
+            platforms: Value::Null,
+            resync_interval: Value::Null,
+            source_secret_ref: Value::Null,
+            destination_secret_ref: Value::Null,
         }
     }
 
@@ -144,6 +181,10 @@ impl Model {
             create_timeout: self.timeout("create"),
             delete_timeout: self.timeout("delete"),
             only_blobs: None,
+            platforms: crate::spec_fields::platforms(&self.platforms)
+                .map_err(|d| d.at(attr::PLATFORMS))?,
+            known: None,
+            kube: crate::spec_fields::KubeSpec::of(self),
         }))
     }
 }
@@ -245,11 +286,14 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
         }
     }
     diags.extend(crate::timeouts::validate(config.get(attr::TIMEOUTS)));
+    if let Some(m) = Model::from_value(config) {
+        diags.extend(crate::spec_fields::validate(&m));
+    }
     diags
 }
 
 /// A DNS-1123 label (`dots` false) or subdomain (`dots` true) of at most `max` bytes.
-fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+pub(crate) fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
     let ok_char =
         |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
     let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -282,11 +326,25 @@ enum Resolved {
     Failed(Box<BackendError>),
 }
 
-/// Resolves the source's digest at plan time. `Err` for a malformed reference.
-async fn plan_source_digest(backend: &dyn Backend, source: &Value) -> Result<Resolved, Diagnostic> {
+/// Resolves the source's digest at plan time (with `platforms`, the selection's digest,
+/// `known` sparing the read of the source index while the source is where it was).
+/// `Err` for a malformed reference.
+async fn plan_source_digest(
+    backend: &dyn Backend,
+    source: &Value,
+    platforms: &[imagesync_engine::Platform],
+    known: Option<&imagesync_engine::Selection>,
+) -> Result<Resolved, Diagnostic> {
     let Some(reference) = parse_ref(source, attr::SOURCE)? else {
         return Ok(Resolved::Digest(Value::Unknown));
     };
+    if !platforms.is_empty() {
+        return Ok(match backend.resolve(&reference, platforms, known).await {
+            Ok(Some(s)) => Resolved::Digest(Value::String(s.digest.to_string())),
+            Ok(None) => Resolved::Missing,
+            Err(e) => Resolved::Failed(Box::new(e)),
+        });
+    }
     if let Some(d) = reference.digest() {
         return Ok(Resolved::Digest(Value::String(d.to_string())));
     }
@@ -308,7 +366,9 @@ fn resolved_digest(
     match resolved {
         Resolved::Digest(v) => Some(v),
         Resolved::Missing => None,
-        Resolved::Failed(e) if existing.is_some() => {
+        // A selection the source cannot give (a platform it lacks) is the
+        // configuration's fault, not the registry's: an error, existing resource or not.
+        Resolved::Failed(e) if existing.is_some() && e.kind() != ErrorKind::InvalidInput => {
             let d = error_diagnostic("Cannot check the source image", &e, Some(attr::SOURCE));
             diags.push(
                 Diagnostic::warning(
@@ -352,6 +412,17 @@ fn planned_id(planned: &Model, destination: Option<&Reference>) -> Value {
 
 /// Plans a change. `prior` is the refreshed state, `proposed` Terraform's proposal.
 pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<Model>) -> Planned {
+    plan_with_private(backend, prior, proposed, &Private::default()).await
+}
+
+/// [`plan`] with the prior private state, whose record of the last selection spares a
+/// plan with `platforms` the read of the source index while the source is unchanged.
+pub async fn plan_with_private(
+    backend: &dyn Backend,
+    prior: Option<Model>,
+    proposed: Option<Model>,
+    private: &Private,
+) -> Planned {
     let Some(mut planned) = proposed else {
         return Planned::default();
     };
@@ -369,7 +440,10 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
     };
     out.diags
         .extend(crate::timeouts::validate(&planned.timeouts));
+    out.diags.extend(crate::spec_fields::validate(&planned));
     if !fill_identity(backend, &mut planned, Value::is_null, Value::Unknown) {
+        out.diags
+            .extend(crate::spec_fields::kube_only_in_direct_mode(&planned));
         for a in [attr::NAMESPACE, attr::NAME] {
             let v = if a == attr::NAMESPACE {
                 &planned.namespace
@@ -387,8 +461,16 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
             }
         }
     }
+    let platforms = match crate::spec_fields::platforms(&planned.platforms) {
+        Ok(p) => p,
+        Err(d) => {
+            out.diags.push(d);
+            return out;
+        }
+    };
+    let known = apply::known_selection(prior.as_ref(), &planned, private);
     let resolved = if direct {
-        match plan_source_digest(backend, &planned.source).await {
+        match plan_source_digest(backend, &planned.source, &platforms, known.as_ref()).await {
             Ok(r) => resolved_digest(r, prior.as_ref().map(|p| &p.source_digest), &mut out.diags),
             Err(d) => {
                 out.diags.push(d);
@@ -452,7 +534,14 @@ pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<
             } else if !direct {
                 // Kubernetes mode: the controller follows the source; a spec change is
                 // applied in place.
-                if planned.source != prior.source || planned.delete_layers != prior.delete_layers {
+                let spec_changed = planned.platforms != prior.platforms
+                    || planned.resync_interval != prior.resync_interval
+                    || planned.source_secret_ref != prior.source_secret_ref
+                    || planned.destination_secret_ref != prior.destination_secret_ref;
+                if planned.source != prior.source
+                    || planned.delete_layers != prior.delete_layers
+                    || spec_changed
+                {
                     planned.id = Value::Unknown;
                     planned.source_digest = Value::Unknown;
                 } else {

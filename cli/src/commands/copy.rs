@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use imagesync_engine::{Engine, Reference, SyncOptions};
+use imagesync_engine::{Engine, Platform, Reference, SyncOptions};
 
 use crate::{output, progress};
 
@@ -12,12 +12,14 @@ pub(super) async fn run(
     engine: &Engine,
     src: &Reference,
     dst: &Reference,
+    platforms: &[Platform],
     no_progress: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let display = progress::Display::new(no_progress);
     let options = SyncOptions {
         progress: Some(display.callback()),
+        platforms: platforms.to_vec(),
         ..SyncOptions::default()
     };
     let result = engine.sync(src, dst, &options).await;

@@ -23,9 +23,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let no_progress = args.no_progress || args.log.log_format == LogFormat::Json;
     match (args.command, src, dst) {
         (Command::Copy { .. }, Some(src), Some(dst)) => {
-            copy::run(&engine, &src, &dst, no_progress).await
+            copy::run(&engine, &src, &dst, &args.platforms, no_progress).await
         }
-        (Command::Digest { .. }, Some(r), _) => digest::run(&engine, &r).await,
+        (Command::Digest { .. }, Some(r), _) => digest::run(&engine, &r, &args.platforms).await,
         (
             Command::Delete {
                 expect_digest,

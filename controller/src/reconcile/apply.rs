@@ -102,19 +102,25 @@ async fn apply_inner(
     let inherited = status.conflict.take();
     release_if_moved(obj, ctx, status, &source, &destination).await?;
 
-    let source_digest =
-        ctx.head(&engine, &source, "source")
-            .await?
-            .ok_or_else(|| Error::SourceNotFound {
-                reference: spec.source.clone(),
-            })?;
+    let platforms = imagesync_engine::platform::parse_platforms(&spec.platforms)
+        .map_err(|e| Error::InvalidSpec(format!("spec.platforms: {e}")))?;
+    // Two HEADs when nothing changed, with a selection too (see `known_selection`).
+    let selection = select_platforms(&engine, &source, &platforms, known_selection(status, spec))
+        .await?
+        .ok_or_else(|| Error::SourceNotFound {
+            reference: spec.source.clone(),
+        })?;
+    let source_digest = selection.source_digest.clone();
     let destination_digest = ctx.head(&engine, &destination, "destination").await?;
     Span::current().record("source_digest", source_digest.as_str());
     let check = Check {
         obj,
         ctx,
         key,
+        wanted: selection.digest.clone(),
         source_digest,
+        platforms,
+        selection,
         inherited,
         checked: now(),
     };
@@ -123,6 +129,7 @@ async fn apply_inner(
         status,
         &spec.destination,
         check.source_digest.as_str(),
+        check.wanted.as_str(),
         destination_digest.as_ref().map(Digest::as_str),
     ) {
         Decision::UpToDate => check.found_up_to_date(status).await,
@@ -133,11 +140,16 @@ async fn apply_inner(
         }
     }
 
-    let source_digest = &check.source_digest;
+    let (source_digest, wanted) = (&check.source_digest, &check.wanted);
     status.write_intent = None;
     status.source_digest = Some(source_digest.to_string());
-    status.destination_digest = Some(source_digest.to_string());
-    status.id = Some(destination.id(source_digest));
+    status.destination_digest = Some(wanted.to_string());
+    status.id = Some(destination.id(wanted));
+    status.selection = (!spec.platforms.is_empty()).then(|| crate::api::SelectionRecord {
+        platforms: spec.platforms.clone(),
+        source_digest: source_digest.to_string(),
+        digest: wanted.to_string(),
+    });
     status.synced_destination = Some(spec.destination.clone());
     status.observed_generation = generation;
     status.last_check_time = Some(check.checked);
@@ -145,7 +157,7 @@ async fn apply_inner(
         status,
         true,
         reasons::SYNCED,
-        &format!("{} holds {}", spec.destination, source_digest),
+        &format!("{} holds {}", spec.destination, wanted),
         generation,
     );
     patch_status(api, obj, status).await.map(|()| None)
@@ -199,6 +211,12 @@ struct Check<'a> {
     /// The destination's canonical key.
     key: String,
     source_digest: Digest,
+    /// What the destination must hold: the source digest, or the selection's.
+    wanted: Digest,
+    /// `spec.platforms`, parsed.
+    platforms: Vec<imagesync_engine::Platform>,
+    /// What the source resolved to under `platforms`.
+    selection: imagesync_engine::Selection,
     /// What the previous holder of the destination handed over, if it was one.
     inherited: Option<ConflictRecord>,
     checked: Time,
@@ -208,23 +226,19 @@ impl Check<'_> {
     /// The destination already holds the source digest: record who owns it.
     async fn found_up_to_date(&self, status: &mut ImageSyncStatus) {
         let (obj, ctx, inherited) = (self.obj, self.ctx, self.inherited.as_ref());
-        let source_digest = &self.source_digest;
+        let wanted = &self.wanted;
         ctx.metrics.check("up_to_date");
-        let first = status.destination_digest.as_deref() != Some(source_digest.as_str())
+        let first = status.destination_digest.as_deref() != Some(wanted.as_str())
             || status.synced_destination.as_deref() != Some(obj.spec.destination.as_str());
         if first {
             status.last_sync_time = Some(self.checked.clone());
             if !obj.is_ready() {
-                info!(digest = %source_digest, "destination already up to date");
+                info!(digest = %wanted, "destination already up to date");
             }
         }
-        let found =
-            ownership::ownership_when_found(status, &self.key, source_digest.as_str(), inherited);
+        let found = ownership::ownership_when_found(status, &self.key, wanted.as_str(), inherited);
         let handed = inherited.and_then(|c| c.uploaded_blobs.as_deref());
-        if let (true, Some(h)) = (
-            ownership::inherits(inherited, source_digest.as_str()),
-            handed,
-        ) {
+        if let (true, Some(h)) = (ownership::inherits(inherited, wanted.as_str()), handed) {
             // The previous holder's uploads come with its tag.
             status.uploaded_blobs = Some(ownership::merge_uploaded(
                 status.uploaded_blobs.as_deref(),
@@ -232,7 +246,7 @@ impl Check<'_> {
             ));
         }
         if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
-            report_adopted(obj, ctx, status, source_digest).await;
+            report_adopted(obj, ctx, status, wanted).await;
         }
         status.ownership = Some(found);
     }
@@ -257,7 +271,7 @@ impl Check<'_> {
         }
         let mut syncing = status.clone();
         syncing.observed_generation = generation;
-        syncing.write_intent = Some(ownership::intent(&spec.destination, source_digest.as_str()));
+        syncing.write_intent = Some(ownership::intent(&spec.destination, self.wanted.as_str()));
         set_ready(
             &mut syncing,
             false,
@@ -279,6 +293,8 @@ impl Check<'_> {
                 &SyncOptions {
                     progress: None,
                     expect_source_digest: Some(source_digest.clone()),
+                    platforms: self.platforms.clone(),
+                    known: Some(self.selection.clone()),
                 },
             )
             .await;
@@ -329,6 +345,39 @@ impl Check<'_> {
         ));
         Ok(())
     }
+}
+
+/// What `source` resolves to under `platforms`: a HEAD, plus a GET of the source index
+/// only when its digest is not the one `known` was made from.
+async fn select_platforms(
+    engine: &imagesync_engine::Engine,
+    source: &Reference,
+    platforms: &[imagesync_engine::Platform],
+    known: Option<imagesync_engine::Selection>,
+) -> Result<Option<imagesync_engine::Selection>> {
+    engine
+        .resolve(source, platforms, known.as_ref())
+        .await
+        .map_err(|e| Error::Engine {
+            context: format!("check source {source}"),
+            source: e,
+        })
+}
+
+/// The selection recorded at the last sync, when `spec.platforms` is still the one it was
+/// made with.
+fn known_selection(
+    status: &ImageSyncStatus,
+    spec: &crate::api::ImageSyncSpec,
+) -> Option<imagesync_engine::Selection> {
+    let record = status.selection.as_ref()?;
+    if spec.platforms.is_empty() || record.platforms != spec.platforms {
+        return None;
+    }
+    Some(imagesync_engine::Selection {
+        source_digest: record.source_digest.parse().ok()?,
+        digest: record.digest.parse().ok()?,
+    })
 }
 
 /// The blobs a copy uploaded (not skipped, not mounted).

@@ -112,7 +112,25 @@ fn record_sync(
     if !synced.adopted {
         private.record_uploaded(synced.uploaded.iter().cloned());
     }
+    private.selected_from = synced.selected_from.clone();
     private
+}
+
+/// The selection the prior state holds (its `source_digest`, made from the source digest
+/// in private state), when `planned` selects the same platforms.
+pub(crate) fn known_selection(
+    prior: Option<&Model>,
+    planned: &Model,
+    private: &Private,
+) -> Option<imagesync_engine::Selection> {
+    let prior = prior?;
+    if prior.platforms != planned.platforms || planned.platforms.is_null() {
+        return None;
+    }
+    Some(imagesync_engine::Selection {
+        source_digest: private.selected_from.clone()?,
+        digest: prior.source_digest.as_str()?.parse().ok()?,
+    })
 }
 
 async fn sync(
@@ -127,10 +145,11 @@ async fn sync(
         private,
         diags: vec![d],
     };
-    let target = match sync_target(backend, &mut planned) {
+    let mut target = match sync_target(backend, &mut planned) {
         Ok(t) => t,
         Err(e) => return failed(prior, private, e),
     };
+    target.known = known_selection(prior.as_ref(), &planned, &private);
     let expect = planned
         .source_digest
         .as_str()

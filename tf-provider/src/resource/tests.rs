@@ -141,6 +141,7 @@ impl Backend for Fake {
             } else {
                 vec![uploaded_blob()]
             },
+            selected_from: None,
         })
     }
 
@@ -199,6 +200,10 @@ fn config(source: Value, destination: &str) -> Model {
         namespace: Value::Null,
         name: Value::Null,
         timeouts: Value::Null,
+        platforms: Value::Null,
+        resync_interval: Value::Null,
+        source_secret_ref: Value::Null,
+        destination_secret_ref: Value::Null,
     }
 }
 
