@@ -109,6 +109,7 @@ mod tests {
                 source_secret_ref: None,
                 destination_secret_ref: None,
                 suspend: false,
+                platforms: Vec::new(),
             },
         );
         o.metadata.namespace = Some("ns".into());

@@ -12,7 +12,8 @@ use kube::Api;
 use serde_json::Value;
 
 use crate::controller::{
-    cluster, dockerconfig_secret, event_reasons, image_sync_yaml, reason, wait_for, ControllerProc,
+    cluster, dockerconfig_secret, event_reasons, image_sync_yaml, reason, start_controller,
+    wait_for,
 };
 use crate::platforms::{
     push_platform_index, skopeo_pull, skopeo_raw, AMD64, ARM64_V8, PPC64LE, S390X,
@@ -428,7 +429,7 @@ async fn controller_selects_platforms_and_a_gained_platform_is_not_drift() {
     let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "default");
     let target = src.target();
     let idx = push_platform_index(&target, "app", "1", 1814, &[AMD64, ARM64_V8]).await;
-    let controller = ControllerProc::start(
+    let controller = start_controller(
         api.kubeconfig(),
         api.dir(),
         "platforms",
