@@ -207,7 +207,6 @@ async fn apply_inner(
                         expect_source_digest: Some(source_digest.clone()),
                         platforms,
                         known: Some(selection.clone()),
-                        ..SyncOptions::default()
                     },
                 )
                 .await;

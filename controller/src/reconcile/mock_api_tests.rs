@@ -79,6 +79,7 @@ fn object(destination_tag: &str, status: Option<ImageSyncStatus>) -> ImageSync {
             source_secret_ref: None,
             destination_secret_ref: None,
             suspend: false,
+            platforms: Vec::new(),
         },
     );
     obj.metadata.namespace = Some("team-a".into());
