@@ -7,13 +7,20 @@
 # its own registries (and etcd + kube-apiserver v1.20.2 for the controller):
 #   bench/bench.sh             imagesync vs skopeo vs raw curl: cold copy, same-registry
 #                              copy, no-op re-copy, 50 images sharing a base layer, 1 GiB layer
-#   bench/controller-bench.sh  controller steady state with 1,000 objects
-#   bench/terraform-bench.sh   terraform plan with 100 resources
+#                              and the WAN workloads over a modelled far link (bench/wan.sh)
+#   bench/controller-bench.sh  controller steady state with 1,000 objects, and once with
+#                              10,000 (one cycle: peak RSS and CPU per cycle at scale)
+#   bench/terraform-bench.sh   terraform apply and no-change plan with 50 and 500 resources,
+#                              provider start to exit; against the original provider
+#                              (sHesl/terraform-provider-imagesync v0.0.8) when
+#                              ORIGINAL_PROVIDER_SRC names a checkout of its source
 # Every sample goes to bench/results.tsv; `bench-report` turns it into bench/results.md and
 # bench/results.png. Takes about 15-25 minutes on 2 cores (plus the builds).
 #
 # Environment: RUNS (repetitions, default 3), OBJECTS (controller, default 1000),
-# INTERVAL (controller resync seconds, default 30), RESOURCES (Terraform, default 100),
+# INTERVAL (controller resync seconds, default 30), OBJECTS_LARGE and INTERVAL_LARGE (the
+# large controller run, default 10000 objects and 60 s), RESOURCES (Terraform sizes, default
+# "50 500"), ORIGINAL_PROVIDER_SRC (see bench/terraform-bench.sh),
 # BENCH_OUT (folder for results.*, default bench/), and bench.sh's LAYER_MB, BASE_MB,
 # IMAGES, BIG_MB, JOBS.
 set -euo pipefail
@@ -22,7 +29,9 @@ OUT="${BENCH_OUT:-$ROOT/bench}"
 RUNS="${RUNS:-3}"
 OBJECTS="${OBJECTS:-1000}"
 INTERVAL="${INTERVAL:-30}"
-RESOURCES="${RESOURCES:-100}"
+RESOURCES="${RESOURCES:-50 500}"
+OBJECTS_LARGE="${OBJECTS_LARGE:-10000}"
+INTERVAL_LARGE="${INTERVAL_LARGE:-60}"
 FONT="${BENCH_FONT:-/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf}"
 log() { printf '== %s\n' "$*" >&2; }
 START="$(date +%s)"
@@ -77,8 +86,14 @@ OBJECTS="$OBJECTS" INTERVAL="$INTERVAL" CYCLES="$RUNS" PROFILE=release \
   bash "$ROOT/bench/controller-bench.sh" >&2
 fact "load average (after controller)" "$(load)"
 
+log "controller steady state ($OBJECTS_LARGE objects, 1 cycle of ${INTERVAL_LARGE}s)"
+OBJECTS="$OBJECTS_LARGE" INTERVAL="$INTERVAL_LARGE" CYCLES=1 NEW_OBJECTS=0 PROFILE=release \
+  bash "$ROOT/bench/controller-bench.sh" >&2
+fact "load average (after controller, $OBJECTS_LARGE objects)" "$(load)"
+
 log "terraform ($RESOURCES resources, $RUNS plans)"
-PLANS="$RUNS" PROFILE=release bash "$ROOT/bench/terraform-bench.sh" "$RESOURCES" >&2
+# shellcheck disable=SC2086 # one argument per size
+PLANS="$RUNS" PROFILE=release bash "$ROOT/bench/terraform-bench.sh" $RESOURCES >&2
 fact "load average (end)" "$(load)"
 minutes() { echo "$(( ($(date +%s) - $1) / 60 )) min $(( ($(date +%s) - $1) % 60 )) s"; }
 fact "benchmark duration" "$(minutes "$BENCH_START")"

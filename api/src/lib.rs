@@ -34,6 +34,9 @@ pub mod reasons {
     pub const UNAUTHORIZED: &str = "Unauthorized";
     /// The registry refused the operation for these credentials (403).
     pub const DENIED: &str = "Denied";
+    /// `spec.platforms` names a platform the source does not have (the message names
+    /// those it has).
+    pub const PLATFORM_NOT_FOUND: &str = "PlatformNotFound";
     /// The registry answered 429; the next attempt honours `Retry-After`.
     pub const RATE_LIMITED: &str = "RateLimited";
     /// `spec.source` or `spec.destination` is not a valid image reference.
@@ -129,6 +132,21 @@ pub struct ImageSyncSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub referrer_types: Vec<String>,
+    /// The platforms to copy, as `os/architecture[/variant]` (e.g. `linux/amd64`,
+    /// `linux/arm64/v8`; lower-case letters, digits and `_`), at most 64, each once.
+    /// Empty: every platform, byte for byte (the source's digest). One platform of an
+    /// index: that child manifest, byte for byte (the source child's digest). Several: a
+    /// new index of just those entries, with the source index's other fields, written
+    /// canonically, so the same selection always gives the same digest. A source that
+    /// gains a platform not selected is not drift. A platform the source lacks makes the
+    /// object `Ready=False` with reason `PlatformNotFound`, naming those it has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[a-z0-9_]{1,32}/[a-z0-9_]{1,32}(/[a-z0-9_]{1,32})?$")),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub platforms: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -160,9 +178,15 @@ pub struct ImageSyncStatus {
     /// Digest the source resolved to at the last check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_digest: Option<String>,
-    /// Digest the controller wrote to (or found at) the destination.
+    /// Digest the controller wrote to (or found at) the destination: the source digest,
+    /// or with `spec.platforms` the digest of the selection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_digest: Option<String>,
+    /// The platform selection of the last sync (absent without `spec.platforms`): while
+    /// the source still resolves to its `sourceDigest` and `spec.platforms` is the same, a
+    /// re-check takes the selection's digest from here instead of reading the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<SelectionRecord>,
     /// `<normalised destination repository>@<digest>`, as the engine and the Terraform
     /// provider print it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,7 +227,7 @@ pub struct ImageSyncStatus {
     pub conflict: Option<ConflictRecord>,
     /// `Ready`: `True` with reason `Synced`; `False` with `Syncing`, `Suspended`,
     /// `SourceNotFound`, `Unauthorized`, `Denied`, `RateLimited`, `InvalidReference`,
-    /// `InvalidSpec`, `InvalidSecret`, `SecretTypeUnsupported`, `PolicyDenied`,
+    /// `InvalidSpec`, `InvalidSecret`, `SecretTypeUnsupported`, `PolicyDenied`, `PlatformNotFound`,
     /// `DestinationConflict`, `SyncFailed`, `DeleteFailed` or `RegistryError`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -230,6 +254,18 @@ pub struct ReferrerStatus {
     /// This object wrote it (deletion removes it); absent: it was already there.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub written: bool,
+}
+
+/// What a platform selection gave (see `status.selection`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectionRecord {
+    /// `spec.platforms` when the selection was made.
+    pub platforms: Vec<String>,
+    /// The source digest (the index's) it was made from.
+    pub source_digest: String,
+    /// The digest it gives: the selected child's, or the index of the selected entries'.
+    pub digest: String,
 }
 
 /// Who wrote the destination tag.

@@ -24,6 +24,9 @@ pub const IMAGESYNC: &str = "imagesync";
 pub const SKOPEO: &str = "skopeo";
 /// The floor: parallel `curl` GET|PUT of the same blobs, or a theoretical minimum.
 pub const RAW: &str = "raw";
+/// The original Terraform provider (sHesl/terraform-provider-imagesync v0.0.8), compared
+/// with imagesync's in the Terraform workloads.
+pub const ORIGINAL: &str = "original";
 
 /// An error in the measurements file, with its line number (1-based).
 #[derive(Debug, PartialEq)]
@@ -347,6 +350,7 @@ pub fn markdown(m: &Measurements, png_name: Option<&str>) -> String {
         let _ = writeln!(out, "|---|---|---|---|---|---|---|");
         write_rows(&mut out, &wan);
     }
+    original_section(&mut out, m);
     out.push('\n');
     if let Some(png) = png_name {
         let _ = writeln!(out, "![wall time relative to the raw limit]({png})\n");
@@ -403,6 +407,50 @@ fn write_rows(out: &mut String, rows: &[Summary]) {
             }
         }
     }
+}
+
+/// The Terraform workloads against the original provider: one row per metric both have,
+/// with the ratio imagesync / original (nothing when no original samples were taken).
+fn original_section(out: &mut String, m: &Measurements) {
+    let rows: Vec<Summary> = m
+        .summaries()
+        .into_iter()
+        .filter(|s| s.stats(ORIGINAL).is_some() && s.stats(IMAGESYNC).is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Terraform: imagesync against the original provider\n"
+    );
+    let _ = writeln!(
+        out,
+        "The original provider is sHesl/terraform-provider-imagesync v0.0.8, built from its \
+         vendored source in the same run (below 1× means imagesync is faster or sends fewer \
+         requests).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | metric | imagesync | original | imagesync / original |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for s in rows {
+        let cell = |tool: &str| match s.stats(tool) {
+            Some(st) => format_stats(&st, &s.unit),
+            None => "–".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            escape(&s.workload),
+            escape(&s.metric),
+            cell(IMAGESYNC),
+            cell(ORIGINAL),
+            format_ratio(s.ratio(IMAGESYNC, ORIGINAL)),
+        );
+    }
+    out.push('\n');
 }
 
 fn escape(s: &str) -> String {
@@ -528,6 +576,35 @@ fact\tload average\t2.0 2.0 2.0
         );
         assert!(md.contains("![wall time relative to the raw limit](results.png)"));
         assert!(md.contains("- **cold copy**: 200 MiB image."), "{md}");
+        assert!(!md.contains("original provider"), "{md}");
+    }
+
+    #[test]
+    fn markdown_compares_terraform_workloads_with_the_original_provider() {
+        let m = Measurements::parse(
+            "m\tplan\timagesync\twall time\ts\t0.5\n\
+             m\tplan\toriginal\twall time\ts\t1.0\n\
+             m\tplan\timagesync\tGET per resource\tcount\t0\n\
+             m\tplan\toriginal\tGET per resource\tcount\t3\n\
+             m\tplan\traw\tGET per resource\tcount\t0\n\
+             m\tcold\timagesync\twall time\ts\t2\n",
+        )
+        .unwrap();
+        let md = markdown(&m, None);
+        assert!(
+            md.contains("## Terraform: imagesync against the original provider"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| plan | wall time | 0.50 s | 1.00 s | 0.50× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| plan | GET per resource | 0 | 3.00 | 0× |"),
+            "{md}"
+        );
+        // Workloads without original samples stay out of that section.
+        assert_eq!(md.matches("| cold |").count(), 1, "{md}");
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use imagesync_engine::{duration, Credential, Digest};
+use imagesync_engine::{duration, Credential, Digest, Platform};
 use imagesync_flags::{LogFlags, RegistryFlags};
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// The exit codes, shown at the end of every `--help` (the README has the same table).
 const EXIT_CODES: &str = "\
@@ -46,9 +47,10 @@ pub(crate) struct Args {
         value_name = "USER:PASS",
         global = true,
         env = "IMAGESYNC_CREDS",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub(crate) creds: Option<String>,
+    pub(crate) creds: Option<SecretString>,
 
     /// Credentials for the source registry, USER:PASSWORD.
     #[arg(
@@ -57,9 +59,10 @@ pub(crate) struct Args {
         global = true,
         env = "IMAGESYNC_SRC_CREDS",
         help_heading = COPY_ONLY,
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub(crate) src_creds: Option<String>,
+    pub(crate) src_creds: Option<SecretString>,
 
     /// Credentials for the destination registry, USER:PASSWORD.
     #[arg(
@@ -67,9 +70,10 @@ pub(crate) struct Args {
         value_name = "USER:PASS",
         global = true,
         env = "IMAGESYNC_DEST_CREDS",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub(crate) dest_creds: Option<String>,
+    pub(crate) dest_creds: Option<SecretString>,
 
     /// File remembering which repository of a registry holds which blob, so that later
     /// copies mount shared layers instead of uploading them again (default:
@@ -122,6 +126,20 @@ pub(crate) struct Args {
     /// registries are always allowed.
     #[arg(long = "allow-internal-host", value_name = "HOST", global = true)]
     pub(crate) allow_internal_hosts: Vec<String>,
+
+    /// Copy only this platform, OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm64/v8).
+    /// Repeatable. One platform copies that child manifest byte for byte; several write a
+    /// deterministic index of just those. `digest` prints the digest such a copy gives.
+    /// Default: every platform, digest preserved.
+    #[arg(
+        long = "platform",
+        value_name = "OS/ARCH[/VARIANT]",
+        global = true,
+        env = "IMAGESYNC_PLATFORMS",
+        value_delimiter = ',',
+        value_parser = platform
+    )]
+    pub(crate) platforms: Vec<Platform>,
 
     /// The log format (the flag the controller has too).
     #[command(flatten)]
@@ -186,6 +204,16 @@ fn deadline(s: &str) -> Result<Duration, String> {
     duration::parse_checked(s).map_err(|e| format!("{e}: write seconds, or e.g. 90m or 6h"))
 }
 
+/// `--creds`-style values, held as secrets (redacted, wiped on drop) from the start.
+fn secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s))
+}
+
+/// `--platform`: `os/architecture[/variant]`, checked as the engine (and the CRD) do.
+fn platform(s: &str) -> Result<Platform, String> {
+    Platform::parse(s).map_err(|e| e.to_string())
+}
+
 /// `--expect-digest`: `sha256:` and 64 lowercase hex digits.
 fn digest(s: &str) -> Result<Digest, String> {
     s.parse::<Digest>().map_err(|_| {
@@ -221,7 +249,7 @@ impl Args {
             ("--src-creds", &args.src_creds),
             ("--dest-creds", &args.dest_creds),
         ] {
-            if let Err(msg) = check_creds(flag, v.as_deref()) {
+            if let Err(msg) = check_creds(flag, v.as_ref().map(|s| s.expose_secret())) {
                 return Err(cmd.error(clap::error::ErrorKind::ValueValidation, msg));
             }
         }

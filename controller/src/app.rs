@@ -160,18 +160,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         elector = Some(e);
     }
     metrics.leader.set(1);
+    let watched = Watched {
+        ctx,
+        api,
+        concurrency: args.concurrency,
+        metrics,
+        healthy,
+    };
+    supervise(watched, elector, shutdown).await
+}
+
+/// What [`supervise`] runs and reports to.
+struct Watched {
+    ctx: Arc<Context>,
+    api: Api<ImageSync>,
+    concurrency: u16,
+    metrics: Arc<Metrics>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Runs the reconcile loop and watches it, the Lease and the shutdown signal.
+async fn supervise(
+    w: Watched,
+    mut elector: Option<LeaderElector>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
 
     // The reconcile loop runs in its own task, watched here: if it ends for any reason
     // but our shutdown (a panic included), /healthz fails, the Lease is released and
     // the process exits non-zero, so a restart or another replica takes over.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut task = tokio::spawn(reconcile_loop(ctx, api, args.concurrency, stop_rx));
+    let mut task = tokio::spawn(reconcile_loop(w.ctx, w.api, w.concurrency, stop_rx));
     let stopped = tokio::select! {
         r = &mut task => Stopped::LoopEnded(loop_end_message(r)),
         lost = hold(elector.as_mut()) => Stopped::LeaseLost(lost),
         _ = &mut shutdown => Stopped::Shutdown,
     };
-    metrics.leader.set(0);
+    w.metrics.leader.set(0);
     match stopped {
         Stopped::LeaseLost(lost) => {
             // Another replica may already be acting: stop at once (client-go does the same).
@@ -179,7 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(1);
         }
         Stopped::LoopEnded(why) => {
-            healthy.store(false, Ordering::SeqCst);
+            w.healthy.store(false, Ordering::SeqCst);
             error!("{why}; releasing the Lease and exiting");
             if let Some(e) = &elector {
                 // Bounded: exiting matters more than a clean release (the Lease then

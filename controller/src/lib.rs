@@ -163,6 +163,8 @@ impl Error {
                 ErrorKind::RateLimited => reasons::RATE_LIMITED,
                 ErrorKind::InvalidInput => match source {
                     imagesync_engine::Error::InvalidReference { .. } => reasons::INVALID_REFERENCE,
+                    imagesync_engine::Error::PlatformNotFound { .. } => reasons::PLATFORM_NOT_FOUND,
+                    imagesync_engine::Error::InvalidPlatform { .. } => reasons::INVALID_SPEC,
                     _ => reasons::SYNC_FAILED,
                 },
                 ErrorKind::Unsupported | ErrorKind::Integrity | ErrorKind::Conflict => {

@@ -1,7 +1,7 @@
 //! Prometheus metrics (served on `/metrics` in the OpenMetrics text format).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -235,10 +235,7 @@ impl Metrics {
 
     /// Records the `Ready` state of an object (`None` removes it).
     pub fn set_ready(&self, object: &str, ready: Option<&'static str>) {
-        let mut map = match self.ready_by_object.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = self.ready_by_object.lock();
         let old = match ready {
             Some(r) => map.insert(object.to_string(), r),
             None => map.remove(object),

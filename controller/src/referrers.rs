@@ -2,7 +2,9 @@
 //! from the spec, the status record, and the check of an up-to-date image (the engine's
 //! two-HEAD probe; a change runs a sync that copies what is new).
 
-use imagesync_engine::{Digest, Engine, Outcome, Reference, ReferrerPolicy, SyncOptions};
+use imagesync_engine::{
+    Digest, Engine, Outcome, Platform, Reference, ReferrerPolicy, Selection, SyncOptions,
+};
 
 use crate::api::{ImageSync, ImageSyncSpec, ImageSyncStatus, ReferrerStatus};
 
@@ -15,11 +17,20 @@ pub fn policy(spec: &ImageSyncSpec) -> Result<ReferrerPolicy, String> {
         .map_err(|e| format!("spec.referrerTypes: {e}"))
 }
 
-/// Sync options for `obj`: its referrer policy and the probe recorded in status.
-pub fn sync_options(obj: &ImageSync, expect: Digest) -> SyncOptions {
+/// Sync options for `obj`: the source digest checked, its platform selection
+/// (`platforms`, and `known`, what it resolved to), its referrer policy and the probe
+/// recorded in status.
+pub fn sync_options(
+    obj: &ImageSync,
+    expect: Digest,
+    platforms: Vec<Platform>,
+    known: Option<Selection>,
+) -> SyncOptions {
     let status = obj.status.clone().unwrap_or_default();
     SyncOptions {
         expect_source_digest: Some(expect),
+        platforms,
+        known,
         referrers: policy(&obj.spec).unwrap_or_else(|_| ReferrerPolicy::off()),
         referrers_probe: status.referrers_probe,
         ..SyncOptions::default()
@@ -75,15 +86,17 @@ pub fn owned(status: &ImageSyncStatus) -> Vec<Digest> {
 }
 
 /// The check of an up-to-date image: `Ok(None)` when the probe (two HEADs) is unchanged
-/// or referrers are off; otherwise the outcome of a sync that copied the referrers.
+/// or referrers are off; otherwise the outcome of a sync (with `options`, from
+/// [`sync_options`]) that copied the referrers. `digest` is the digest the destination
+/// holds (with a platform selection, the selection's, not the source index's): the
+/// referrers followed are those of the manifests that were copied.
 pub async fn check(
     engine: &Engine,
-    obj: &ImageSync,
     source: &Reference,
     destination: &Reference,
     digest: &Digest,
+    options: SyncOptions,
 ) -> imagesync_engine::Result<Option<Outcome>> {
-    let options = sync_options(obj, digest.clone());
     if !options.referrers.enabled {
         return Ok(None);
     }
@@ -169,6 +182,7 @@ mod tests {
             suspend: false,
             referrers: true,
             referrer_types: vec!["not a type".into()],
+            platforms: Vec::new(),
         };
         assert!(policy(&spec).is_err());
         spec.referrer_types = (0..40).map(|i| format!("a/t{i}")).collect();

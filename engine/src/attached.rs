@@ -94,7 +94,10 @@ impl<'a> Hook<'a> {
         if !policy.enabled {
             return Ok(());
         }
-        let top = outcome.source_digest.clone();
+        // The manifest the destination's tag holds: with a platform selection, the
+        // selected child or the new index of the selected entries, not the source index.
+        // Referrers follow the manifests that were copied.
+        let top = outcome.destination_digest.clone();
         // Taken before discovery: a referrer added meanwhile changes the next probe.
         outcome.referrers_probe = probe(self.src, source, &top, policy).await?;
         let recorded = options.referrers_probe.as_deref().unwrap_or(EMPTY_PROBE);
@@ -108,15 +111,16 @@ impl<'a> Hook<'a> {
         let children = match children {
             Some(c) => c,
             None => {
-                let data = self
-                    .src
-                    .get_manifest(&source.with_digest(top.clone()))
-                    .await?;
-                let m = Manifest::parse(&source.to_string(), &data.media_type, &data.bytes)?;
-                m.children().iter().map(|c| c.digest.clone()).collect()
+                self.copied_children(source, destination, &top, outcome)
+                    .await?
             }
         };
-        let mut subjects = vec![top];
+        // A new index (several platforms selected) exists only at the destination: it
+        // has no referrers at the source, so only its children are looked up there.
+        let mut subjects = Vec::new();
+        if top == outcome.source_digest || children.is_empty() {
+            subjects.push(top);
+        }
         subjects.extend(children);
         let found = discover(self.src, source, subjects, policy).await?;
         if found.is_empty() {
@@ -130,6 +134,27 @@ impl<'a> Hook<'a> {
         let referrers = self.attach(destination, &found, &present).await?;
         outcome.referrers = referrers;
         Ok(())
+    }
+
+    /// The children of the up-to-date manifest `top`: read from the source when the
+    /// destination holds the source's manifest (or its selected child), else (a new index
+    /// of the selected platforms, which the source does not have) from the destination,
+    /// where it was written after every child was verified.
+    async fn copied_children(
+        &self,
+        source: &Reference,
+        destination: &Reference,
+        top: &Digest,
+        outcome: &Outcome,
+    ) -> Result<Vec<Digest>> {
+        let (client, at) = if *top == outcome.source_digest {
+            (self.src, source)
+        } else {
+            (self.dst, destination)
+        };
+        let data = client.get_manifest(&at.with_digest(top.clone())).await?;
+        let m = Manifest::parse(&at.to_string(), &data.media_type, &data.bytes)?;
+        Ok(m.children().iter().map(|c| c.digest.clone()).collect())
     }
 
     /// Copies the blobs and manifests of every referrer the destination lacks (cosign

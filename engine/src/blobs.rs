@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::reference::Digest;
@@ -46,7 +46,7 @@ impl BlobLocations {
 
     /// A repository of `registry` known to hold `digest`, other than `except`.
     pub(crate) fn lookup(&self, registry: &str, digest: &Digest, except: &str) -> Option<String> {
-        let table = lock(&self.table);
+        let table = self.table.lock();
         table
             .registries
             .get(registry)?
@@ -57,7 +57,7 @@ impl BlobLocations {
 
     /// Records that `repository` of `registry` holds `digest`.
     pub(crate) fn remember(&self, registry: &str, repository: &str, digest: &Digest) {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         let blobs = table.registries.entry(registry.to_string()).or_default();
         if blobs.len() >= MAX_PER_REGISTRY && !blobs.contains_key(digest.as_str()) {
             blobs.clear();
@@ -67,7 +67,7 @@ impl BlobLocations {
 
     /// Forgets an entry that turned out wrong (the mount was answered with an upload).
     pub(crate) fn forget(&self, registry: &str, repository: &str, digest: &Digest) {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         if let Some(blobs) = table.registries.get_mut(registry) {
             if blobs.get(digest.as_str()).is_some_and(|r| r == repository) {
                 blobs.remove(digest.as_str());
@@ -79,7 +79,7 @@ impl BlobLocations {
     /// concurrent reader never sees half a file. Failures are logged, not returned.
     pub(crate) fn save(&self) {
         let Some(path) = &self.file else { return };
-        let json = match serde_json::to_vec(&*lock(&self.table)) {
+        let json = match serde_json::to_vec(&*self.table.lock()) {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(error = %e, "blob cache not saved");
@@ -89,13 +89,6 @@ impl BlobLocations {
         if let Err(e) = write_atomically(path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "blob cache not saved");
         }
-    }
-}
-
-fn lock(m: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

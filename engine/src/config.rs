@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use crate::auth::{self, CredentialProvider};
@@ -272,11 +274,7 @@ impl AddressPolicy {
             return;
         }
         let host = host_only(host);
-        let mut set = match self.registries.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        set.insert(host);
+        self.registries.write().insert(host);
     }
 
     /// Adds the hosts of insecure registries (always allowed).
@@ -294,11 +292,7 @@ impl AddressPolicy {
         if self.allowed.contains(&host) {
             return true;
         }
-        let set = match self.registries.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        set.contains(&host)
+        self.registries.read().contains(&host)
     }
 }
 

@@ -13,9 +13,10 @@ use crate::blobs::BlobLocations;
 use crate::client::{Client, ManifestData, Upload};
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
+use crate::platform::{self, Pick, Platform};
 use crate::progress::{BlobAction, Progress, ProgressEvent};
 use crate::reference::{Digest, Reference};
-use crate::{Engine, Outcome, SyncOptions};
+use crate::{Engine, Outcome, Selection, SyncOptions};
 
 pub(crate) struct Emit(pub(crate) Option<Arc<dyn Progress>>);
 
@@ -48,13 +49,22 @@ pub(crate) async fn sync(
         Some(d) => source.with_digest(d.clone()),
         None => source.clone(),
     };
-    let source_digest = source_digest(&src_client, &source, destination).await?;
-    let id = destination.id(&source_digest);
-    if destination_up_to_date(&dst_client, destination, &source_digest).await? {
-        tracing::info!(%source, %destination, digest = %source_digest, "destination up to date");
+    let source_digest = source_digest(&src_client, &source).await?;
+    let (target, pick) = selection_digest(
+        &src_client,
+        &source,
+        &source_digest,
+        &options.platforms,
+        options.known.as_ref(),
+    )
+    .await?;
+    check_destination_pin(destination, &target)?;
+    let id = destination.id(&target);
+    if destination_up_to_date(&dst_client, destination, &target).await? {
+        tracing::info!(%source, %destination, digest = %target, "destination up to date");
         let mut outcome = Outcome {
-            source_digest: source_digest.clone(),
-            destination_digest: source_digest,
+            source_digest,
+            destination_digest: target,
             id,
             up_to_date: true,
             bytes_uploaded: 0,
@@ -74,14 +84,8 @@ pub(crate) async fn sync(
         return Ok(outcome);
     }
 
-    let tree = read_source(
-        &src_client,
-        &dst_client,
-        &source,
-        destination,
-        &source_digest,
-    )
-    .await?;
+    let top = read_top(&src_client, &source, &source_digest, &target, pick, options).await?;
+    let tree = read_source(&src_client, &dst_client, &source, destination, top).await?;
     let blobs = tree.blobs();
     let total_bytes = blobs
         .values()
@@ -105,7 +109,7 @@ pub(crate) async fn sync(
     )
     .await?;
     let (written, mut uploaded) =
-        push_manifests(&dst_client, destination, &tree, &source_digest, &emit).await?;
+        push_manifests(&dst_client, destination, &tree, &target, &emit).await?;
     uploaded.extend(stats.uploaded);
     uploaded.sort();
     tracing::info!(
@@ -136,27 +140,73 @@ pub(crate) async fn sync(
     Ok(outcome)
 }
 
-/// The digest to copy: the source's (pinned or resolved by HEAD), which must equal the
-/// destination's digest when the destination is written by digest.
-async fn source_digest(
+/// The source's digest: pinned, or resolved by HEAD.
+async fn source_digest(src_client: &Client, source: &Reference) -> Result<Digest> {
+    match source.digest() {
+        Some(d) => Ok(d.clone()),
+        None => src_client.resolve(source).await,
+    }
+}
+
+/// The digest the destination is to have, with the selection when it had to be made.
+/// Without a selection: the source digest, no request. With one: `known`'s digest when it
+/// was made from this source digest (what a selection gives is fixed by the digest), no
+/// request; otherwise the selection made from the source manifest, one GET (plus the
+/// config of a single-platform source).
+pub(crate) async fn selection_digest(
     src_client: &Client,
     source: &Reference,
-    destination: &Reference,
-) -> Result<Digest> {
-    let source_digest = match source.digest() {
-        Some(d) => d.clone(),
-        None => src_client.resolve(source).await?,
-    };
-    if let Some(want) = destination.digest() {
-        if *want != source_digest {
-            return Err(Error::DigestMismatch {
-                reference: destination.to_string(),
-                expected: want.to_string(),
-                actual: source_digest.to_string(),
-            });
-        }
+    source_digest: &Digest,
+    platforms: &[Platform],
+    known: Option<&Selection>,
+) -> Result<(Digest, Option<Pick>)> {
+    if platforms.is_empty() {
+        return Ok((source_digest.clone(), None));
     }
-    Ok(source_digest)
+    if let Some(k) = known.filter(|k| k.source_digest == *source_digest) {
+        return Ok((k.digest.clone(), None));
+    }
+    let pinned = source.with_digest(source_digest.clone());
+    let pick = platform::pick(src_client, &pinned, platforms).await?;
+    Ok((pick.digest().clone(), Some(pick)))
+}
+
+/// A destination written by digest must be given exactly that digest.
+fn check_destination_pin(destination: &Reference, target: &Digest) -> Result<()> {
+    match destination.digest() {
+        Some(want) if want != target => Err(Error::DigestMismatch {
+            reference: destination.to_string(),
+            expected: want.to_string(),
+            actual: target.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The manifest the destination's tag gets: the source manifest, its selected child or
+/// the index of the selected children. A selection taken from `known` is made again from
+/// the source here and must give the digest `known` said.
+async fn read_top(
+    src_client: &Client,
+    source: &Reference,
+    source_digest: &Digest,
+    target: &Digest,
+    pick: Option<Pick>,
+    options: &SyncOptions,
+) -> Result<ManifestData> {
+    let pinned = source.with_digest(source_digest.clone());
+    let pick = match pick {
+        Some(p) => p,
+        None => platform::pick(src_client, &pinned, &options.platforms).await?,
+    };
+    if pick.digest() != target {
+        return Err(Error::DigestMismatch {
+            reference: format!("{pinned} (platforms selected)"),
+            expected: target.to_string(),
+            actual: pick.digest().to_string(),
+        });
+    }
+    pick.manifest(src_client, source).await
 }
 
 /// The no-op check, by HEAD only: the destination already resolves to `digest`.
@@ -224,10 +274,9 @@ async fn read_source(
     dst_client: &Client,
     source: &Reference,
     destination: &Reference,
-    digest: &Digest,
+    top: ManifestData,
 ) -> Result<SourceTree> {
-    let pinned = source.with_digest(digest.clone());
-    let top = src_client.get_manifest(&pinned).await?;
+    let pinned = source.with_digest(top.digest.clone());
     let top_manifest = Manifest::parse(&pinned.to_string(), &top.media_type, &top.bytes)?;
     let mut children: Vec<Node> = Vec::new();
     collect_children(src_client, source, &top_manifest, &mut children, 0).await?;
@@ -323,7 +372,7 @@ async fn push_manifests(
     dst_client: &Client,
     destination: &Reference,
     tree: &SourceTree,
-    source_digest: &Digest,
+    target: &Digest,
     emit: &Emit,
 ) -> Result<(Digest, Vec<Digest>)> {
     let mut pushed = Vec::new();
@@ -340,10 +389,10 @@ async fn push_manifests(
     let written = dst_client
         .put_manifest(destination, &tree.top.media_type, tree.top.bytes.clone())
         .await?;
-    if written != *source_digest {
+    if written != *target {
         return Err(Error::DigestMismatch {
             reference: destination.to_string(),
-            expected: source_digest.to_string(),
+            expected: target.to_string(),
             actual: written.to_string(),
         });
     }

@@ -59,6 +59,27 @@ pub enum Error {
         reason: String,
     },
 
+    /// A platform string that is not `os/architecture[/variant]`.
+    #[error("invalid platform {input:?}: {reason}")]
+    InvalidPlatform {
+        /// What the caller wrote (at most 100 characters of it).
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The source lacks a selected platform. Invalid input, never "not found": the
+    /// image is there, the selection does not fit it.
+    #[error("{reference} has no platform {}; it has {}", missing.join(", "), if available.is_empty() { "no platform it names".to_string() } else { available.join(", ") })]
+    PlatformNotFound {
+        /// The source manifest.
+        reference: String,
+        /// The selected platforms it lacks, as written.
+        missing: Vec<String>,
+        /// The platforms it has (index order; a single image's own).
+        available: Vec<String>,
+    },
+
     /// The registry answered with an error status.
     #[error("{operation} {reference}: {}", registry_message(*status, code.as_deref(), message))]
     Registry {
@@ -280,6 +301,8 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidReference { .. }
+            | Error::InvalidPlatform { .. }
+            | Error::PlatformNotFound { .. }
             | Error::UnsupportedManifest { .. }
             | Error::Config(_) => ErrorKind::InvalidInput,
             Error::Registry { kind, .. } => *kind,

@@ -28,13 +28,16 @@ pub mod error;
 mod fallback;
 pub mod manifest;
 mod observer;
+pub mod platform;
 pub mod progress;
 mod ranged;
 pub mod reference;
 mod referrers;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 pub use auth::{Credential, CredentialProvider};
 pub use client::Client;
@@ -44,6 +47,7 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use observer::RequestObserver;
+pub use platform::Platform;
 pub use progress::{Progress, ProgressEvent};
 pub use reference::{Digest, Reference};
 
@@ -63,6 +67,14 @@ pub struct SyncOptions {
     /// When set, the source must resolve to this digest or the copy fails (copy what was
     /// planned, not whatever the tag points at now).
     pub expect_source_digest: Option<Digest>,
+    /// The platforms to copy ([`platform`] has the rules). Empty: the whole image, byte
+    /// for byte, so the destination's digest is the source's.
+    pub platforms: Vec<Platform>,
+    /// What this caller's last sync or [`Engine::resolve`] of the same source and
+    /// platforms gave. While the source still resolves to its `source_digest`, the
+    /// selection is taken from it instead of reading the source manifest again, so a
+    /// sync with nothing to do stays two HEADs with a selection too.
+    pub known: Option<Selection>,
     /// Which signatures, attestations and SBOMs follow the image (default: all).
     pub referrers: ReferrerPolicy,
     /// The [`Outcome::referrers_probe`] the owner recorded after its last sync. When the
@@ -70,6 +82,18 @@ pub struct SyncOptions {
     /// source has no fallback or `.sig` tag), the referrers are not looked at further, so
     /// a no-op sync costs HEADs only; otherwise they are discovered in full.
     pub referrers_probe: Option<String>,
+}
+
+/// What a source resolves to under a platform selection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// The digest the source reference resolves to (an index's own digest).
+    pub source_digest: Digest,
+    /// The digest the destination gets: the source digest without a selection, the
+    /// selected child's digest for one platform, the digest of the index of the selected
+    /// entries for several. Platforms not selected do not enter it: a source that gains
+    /// one keeps this digest.
+    pub digest: Digest,
 }
 
 /// Which referrers (signatures, attestations, SBOMs: the OCI 1.1 referrers API, the
@@ -186,7 +210,8 @@ pub fn merge_owned_referrers(prior_written: &[Digest], now: Vec<Referrer>) -> Ve
 pub struct Outcome {
     /// Digest of the source manifest (an index's own digest for multi-arch images).
     pub source_digest: Digest,
-    /// Digest of the manifest now at the destination (equal to `source_digest`).
+    /// Digest of the manifest now at the destination: `source_digest` without a platform
+    /// selection, [`Selection::digest`] with one.
     pub destination_digest: Digest,
     /// `<normalised destination repository>@<digest>`.
     pub id: String,
@@ -337,10 +362,7 @@ impl Engine {
     /// The registry client for the registry of `reference`.
     pub fn client(&self, reference: &Reference) -> Client {
         let host = reference.api_host().to_string();
-        let mut clients = match self.inner.clients.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut clients = self.inner.clients.lock();
         clients
             .entry(host.clone())
             .or_insert_with(|| {
@@ -384,8 +406,38 @@ impl Engine {
         }
     }
 
+    /// What `source` resolves to under `platforms`, for drift checks; nothing is asked of
+    /// the destination. Costs one HEAD of the source when there is no selection, or when
+    /// `known` has the digest the source still resolves to; otherwise one GET of the
+    /// source manifest more (and, for a single-platform source, of its config).
+    /// `Ok(None)` only when the registry says the source is not there.
+    pub async fn resolve(
+        &self,
+        source: &Reference,
+        platforms: &[Platform],
+        known: Option<&Selection>,
+    ) -> Result<Option<Selection>> {
+        let Some(source_digest) = self.digest(source).await? else {
+            return Ok(None);
+        };
+        let digest = copy::selection_digest(
+            &self.client(source),
+            source,
+            &source_digest,
+            platforms,
+            known,
+        )
+        .await?
+        .0;
+        Ok(Some(Selection {
+            source_digest,
+            digest,
+        }))
+    }
+
     /// Copies `source` to `destination` byte for byte (index, children and blobs), the
-    /// tag last. Does nothing when the destination already has the source digest.
+    /// tag last, or the platforms [`SyncOptions::platforms`] selects. Does nothing when the
+    /// destination already has that digest.
     pub async fn sync(
         &self,
         source: &Reference,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use imagesync_engine::auth::{ChainProvider, Credential, StaticProvider};
 use imagesync_engine::{
-    DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Reference, Referrer, ReferrerPolicy,
-    SyncOptions,
+    DeleteOptions, Digest, Engine, EngineConfig, ErrorKind, Platform, Reference, Referrer,
+    ReferrerPolicy, Selection, SyncOptions,
 };
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -93,6 +93,13 @@ pub struct Target {
     pub referrers_probe: Option<String>,
     /// Destroy: the referrers this resource wrote.
     pub owned_referrers: Vec<Digest>,
+    /// `platforms` (empty: every platform).
+    pub platforms: Vec<Platform>,
+    /// The selection the last sync made, while `platforms` is unchanged (direct mode:
+    /// a source still at its source digest needs no read of its index).
+    pub known: Option<Selection>,
+    /// The Kubernetes-mode spec fields.
+    pub kube: crate::spec_fields::KubeSpec,
 }
 
 /// The referrers a sync looked at.
@@ -110,7 +117,7 @@ pub struct SyncedReferrers {
 /// What a sync left at the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Synced {
-    /// The digest the source resolved to.
+    /// The digest the source resolved to; with `platforms`, the selection's digest.
     pub source_digest: Digest,
     /// The digest now at the destination.
     pub destination_digest: Digest,
@@ -122,6 +129,8 @@ pub struct Synced {
     pub uploaded: Vec<Digest>,
     /// The image's signatures, attestations and SBOMs.
     pub referrers: SyncedReferrers,
+    /// With `platforms` (direct mode): the source digest the selection was made from.
+    pub selected_from: Option<Digest>,
 }
 
 /// What a refresh found.
@@ -142,6 +151,15 @@ pub struct Deleted {
     pub warnings: Vec<String>,
 }
 
+/// The default namespace and name of a resource's Kubernetes object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The provider's namespace.
+    pub namespace: String,
+    /// Derived from the destination (`None` while it is unknown).
+    pub name: Option<String>,
+}
+
 /// What the resource needs from wherever images are copied.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -149,13 +167,28 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// controller follows the source itself, so plans do not.
     fn resolves_at_plan(&self) -> bool;
 
-    /// The default namespace (Kubernetes mode only).
-    fn namespace(&self) -> Option<String> {
+    /// The Kubernetes object a resource writing `destination` is kept in (`None`: direct
+    /// mode, which has no object). Its name is `None` while the destination is unknown.
+    fn identity(&self, destination: Option<&str>) -> Option<Identity> {
+        let _ = destination;
         None
     }
 
     /// The digest `reference` resolves to (HEAD); `None` only when it does not exist.
     async fn digest(&self, reference: &Reference) -> Result<Option<Digest>, BackendError>;
+
+    /// What `reference` gives under `platforms` ([`Engine::resolve`]): one HEAD while it
+    /// still resolves to `known`'s source digest, else a GET of its index too. `None` only
+    /// when it does not exist. Backends that do not look at registries at plan time
+    /// answer `None`.
+    async fn resolve(
+        &self,
+        _reference: &Reference,
+        _platforms: &[Platform],
+        _known: Option<&Selection>,
+    ) -> Result<Option<Selection>, BackendError> {
+        Ok(None)
+    }
 
     /// What is at the destination now; `None` only when it is gone.
     async fn observe(&self, target: &Target) -> Result<Option<Observed>, BackendError>;
@@ -253,6 +286,49 @@ impl Direct {
     }
 }
 
+impl Direct {
+    /// A sync with `platforms` copies what was planned: `planned` is the selection's
+    /// digest (not a source digest), so the source is resolved first (a HEAD, and a GET of
+    /// its index unless `known` still holds), the selection must give `planned`, and the
+    /// copy is then pinned to that source digest.
+    async fn selection_options(
+        &self,
+        target: &Target,
+        planned: Option<Digest>,
+    ) -> Result<SyncOptions, BackendError> {
+        let source = &target.source;
+        let selection = self
+            .engine
+            .resolve(source, &target.platforms, target.known.as_ref())
+            .await?
+            .ok_or_else(|| imagesync_engine::Error::Registry {
+                kind: ErrorKind::NotFound,
+                operation: "HEAD manifest",
+                reference: source.to_string(),
+                status: 404,
+                code: Some("MANIFEST_UNKNOWN".into()),
+                message: "the source image does not exist".into(),
+                retry_after: None,
+            })?;
+        if let Some(want) = planned.filter(|p| *p != selection.digest) {
+            return Err(imagesync_engine::Error::DigestMismatch {
+                reference: format!(
+                    "{source} (platforms selected; the source changed since the plan, plan again)"
+                ),
+                expected: want.to_string(),
+                actual: selection.digest.to_string(),
+            }
+            .into());
+        }
+        Ok(SyncOptions {
+            expect_source_digest: Some(selection.source_digest.clone()),
+            platforms: target.platforms.clone(),
+            known: Some(selection),
+            ..SyncOptions::default()
+        })
+    }
+}
+
 #[async_trait]
 impl Backend for Direct {
     fn resolves_at_plan(&self) -> bool {
@@ -261,6 +337,15 @@ impl Backend for Direct {
 
     async fn digest(&self, reference: &Reference) -> Result<Option<Digest>, BackendError> {
         Ok(self.engine.digest(reference).await?)
+    }
+
+    async fn resolve(
+        &self,
+        reference: &Reference,
+        platforms: &[Platform],
+        known: Option<&Selection>,
+    ) -> Result<Option<Selection>, BackendError> {
+        Ok(self.engine.resolve(reference, platforms, known).await?)
     }
 
     async fn observe(&self, target: &Target) -> Result<Option<Observed>, BackendError> {
@@ -280,19 +365,19 @@ impl Backend for Direct {
         expect_source_digest: Option<Digest>,
     ) -> Result<Synced, BackendError> {
         let (source, destination) = (&target.source, &target.destination);
-        let outcome = self
-            .engine
-            .sync(
-                source,
-                destination,
-                &SyncOptions {
-                    progress: None,
-                    expect_source_digest,
-                    referrers: target.referrers.clone(),
-                    referrers_probe: target.referrers_probe.clone(),
-                },
-            )
-            .await?;
+        let mut options = SyncOptions {
+            progress: None,
+            expect_source_digest,
+            ..SyncOptions::default()
+        };
+        if !target.platforms.is_empty() {
+            options = self
+                .selection_options(target, options.expect_source_digest)
+                .await?;
+        }
+        options.referrers = target.referrers.clone();
+        options.referrers_probe = target.referrers_probe.clone();
+        let outcome = self.engine.sync(source, destination, &options).await?;
         tracing::info!(
             %source, %destination, digest = %outcome.destination_digest,
             up_to_date = outcome.up_to_date, bytes = outcome.bytes_uploaded,
@@ -305,7 +390,12 @@ impl Backend for Direct {
                 destination,
                 &outcome.destination_digest,
             ),
-            source_digest: outcome.source_digest,
+            source_digest: if target.platforms.is_empty() {
+                outcome.source_digest.clone()
+            } else {
+                outcome.destination_digest.clone()
+            },
+            selected_from: (!target.platforms.is_empty()).then_some(outcome.source_digest),
             destination_digest: outcome.destination_digest,
             adopted: outcome.up_to_date,
             uploaded: outcome.uploaded,

@@ -2,21 +2,21 @@
 //! and the imagesync controller does the copying, healing drift between Terraform runs.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use imagesync_api::{destination_key, reasons, ImageSync, ImageSyncSpec, FINALIZER};
+use imagesync_api::{destination_key, reasons, ImageSync, ImageSyncSpec, SecretRef, FINALIZER};
 use imagesync_engine::{Digest, Reference};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::await_condition;
 use kube::{Api, Client, ResourceExt};
 use sha2::Digest as _;
 
-use crate::backend::{Backend, BackendError, Deleted, Observed, Synced, Target};
+use crate::backend::{Backend, BackendError, Deleted, Identity, Observed, Synced, Target};
 
 /// Field manager of the server-side applies.
 const MANAGER: &str = "terraform-provider-imagesync";
-const POLL: Duration = Duration::from_millis(500);
 
 /// The `kubernetes {}` provider block.
 #[derive(Clone, Debug, Default)]
@@ -129,7 +129,13 @@ impl Kube {
         let Some(status) = obj.status.as_ref() else {
             return Ok(None);
         };
-        let (Some(holder), Some(digest)) = (&status.conflict, &status.source_digest) else {
+        // With platforms the digest to report is the selection's, which only a sync records.
+        let digest = if target.kube.platforms.is_empty() {
+            status.source_digest.as_ref()
+        } else {
+            status.selection.as_ref().map(|s| &s.digest)
+        };
+        let (Some(holder), Some(digest)) = (&status.conflict, digest) else {
             return Ok(None);
         };
         let waiting = obj
@@ -165,16 +171,42 @@ impl Kube {
             adopted: false,
             uploaded: Vec::new(),
             referrers: Default::default(),
+            selected_from: None,
         }))
     }
 }
 
+/// `(id, source_digest, destination digest)` from the status. With `spec.platforms`,
+/// `source_digest` is the selection's digest, as in direct mode (the source index's
+/// digest is the controller's business: a platform added there is not drift).
 fn status_of(obj: &ImageSync) -> Option<(String, Option<Digest>, Digest)> {
     let st = obj.status.as_ref()?;
     let id = st.id.clone()?;
     let dst: Digest = st.destination_digest.as_deref()?.parse().ok()?;
-    let src = st.source_digest.as_deref().and_then(|d| d.parse().ok());
+    let src = if obj.spec.platforms.is_empty() {
+        st.source_digest.as_deref().and_then(|d| d.parse().ok())
+    } else {
+        Some(dst.clone())
+    };
     Some((id, src, dst))
+}
+
+/// The object's spec for `target`.
+fn spec_of(target: &Target) -> ImageSyncSpec {
+    let secret = |name: &Option<String>| name.clone().map(|name| SecretRef { name });
+    ImageSyncSpec {
+        source: target.source.to_string(),
+        destination: target.destination_text.clone(),
+        resync_interval: target.kube.resync_interval.clone(),
+        deletion_policy: Default::default(),
+        delete_layers: target.delete_layers,
+        source_secret_ref: secret(&target.kube.source_secret),
+        destination_secret_ref: secret(&target.kube.destination_secret),
+        suspend: false,
+        platforms: target.kube.platforms.clone(),
+        referrers: target.referrers.enabled,
+        referrer_types: target.referrers.artifact_types.clone(),
+    }
 }
 
 #[async_trait]
@@ -183,8 +215,11 @@ impl Backend for Kube {
         false
     }
 
-    fn namespace(&self) -> Option<String> {
-        Some(self.namespace.clone())
+    fn identity(&self, destination: Option<&str>) -> Option<Identity> {
+        Some(Identity {
+            namespace: self.namespace.clone(),
+            name: destination.map(derive_name),
+        })
     }
 
     async fn digest(&self, _reference: &Reference) -> Result<Option<Digest>, BackendError> {
@@ -212,21 +247,7 @@ impl Backend for Kube {
 
     async fn sync(&self, target: &Target, _expect: Option<Digest>) -> Result<Synced, BackendError> {
         let (api, name) = self.api(target);
-        let mut obj = ImageSync::new(
-            &name,
-            ImageSyncSpec {
-                source: target.source.to_string(),
-                destination: target.destination_text.clone(),
-                resync_interval: None,
-                deletion_policy: Default::default(),
-                delete_layers: target.delete_layers,
-                source_secret_ref: None,
-                destination_secret_ref: None,
-                suspend: false,
-                referrers: target.referrers.enabled,
-                referrer_types: target.referrers.artifact_types.clone(),
-            },
-        );
+        let mut obj = ImageSync::new(&name, spec_of(target));
         obj.metadata.labels = Some([(MANAGED_BY.to_string(), "terraform".to_string())].into());
         let applied = api
             .patch(
@@ -239,42 +260,61 @@ impl Backend for Kube {
         tracing::info!(%name, generation, "ImageSync applied; waiting for Ready");
         let deadline = Instant::now() + target.create_timeout;
         let mut last = String::from("no status yet");
+        // Each version of the object the controller has seen the spec of is looked at
+        // once: Ready with a status ends the wait, a conflict with the object this one
+        // replaces ends it too (see `handover`); anything else waits for the next change.
+        let mut looked_at: Option<String> = None;
         loop {
-            if let Some(obj) = api.get_opt(&name).await? {
-                let st = obj.status.as_ref();
-                let current = st.and_then(|s| s.observed_generation).unwrap_or(-1) >= generation;
-                if let Some(c) = obj.ready_condition() {
-                    last = format!(
-                        "Ready={} reason={} message={}",
-                        c.status, c.reason, c.message
-                    );
-                }
-                if current && obj.is_ready() {
-                    if let Some((id, src, dst)) = status_of(&obj) {
-                        return Ok(Synced {
-                            source_digest: src.unwrap_or_else(|| dst.clone()),
-                            destination_digest: dst,
-                            id,
-                            adopted: false,
-                            uploaded: Vec::new(),
-                            referrers: Default::default(),
-                        });
+            let seen = looked_at.clone();
+            let changed = move |o: Option<&ImageSync>| {
+                o.is_some_and(|o| {
+                    o.resource_version() != seen
+                        && o.status
+                            .as_ref()
+                            .and_then(|s| s.observed_generation)
+                            .unwrap_or(-1)
+                            >= generation
+                })
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let obj =
+                match tokio::time::timeout(remaining, await_condition(api.clone(), &name, changed))
+                    .await
+                {
+                    Ok(Ok(Some(obj))) => obj,
+                    Ok(Ok(None)) => continue,
+                    Ok(Err(e)) => return Err(wait_error(e)),
+                    Err(_) => {
+                        return Err(BackendError::Timeout(format!(
+                            "ImageSync {}/{name} was not Ready within {:?}: {last}",
+                            api.resource_url(),
+                            target.create_timeout
+                        )))
                     }
-                }
-                if current {
-                    if let Some(synced) = self.handover(&obj, target).await? {
-                        return Ok(synced);
-                    }
+                };
+            looked_at = obj.resource_version();
+            if let Some(c) = obj.ready_condition() {
+                last = format!(
+                    "Ready={} reason={} message={}",
+                    c.status, c.reason, c.message
+                );
+            }
+            if obj.is_ready() {
+                if let Some((id, src, dst)) = status_of(&obj) {
+                    return Ok(Synced {
+                        source_digest: src.unwrap_or_else(|| dst.clone()),
+                        destination_digest: dst,
+                        id,
+                        adopted: false,
+                        uploaded: Vec::new(),
+                        selected_from: None,
+                        referrers: Default::default(),
+                    });
                 }
             }
-            if Instant::now() > deadline {
-                return Err(BackendError::Timeout(format!(
-                    "ImageSync {}/{name} was not Ready within {:?}: {last}",
-                    api.resource_url(),
-                    target.create_timeout
-                )));
+            if let Some(synced) = self.handover(&obj, target).await? {
+                return Ok(synced);
             }
-            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -295,24 +335,49 @@ impl Backend for Kube {
             Err(e) => return Err(e.into()),
         }
         // The controller removes the destination tag, then its finalizer.
-        let deadline = Instant::now() + target.delete_timeout;
-        loop {
-            match api.get_opt(&name).await? {
-                None => return Ok(Deleted::default()),
-                Some(obj) if Instant::now() > deadline => {
-                    let waiting = obj.finalizers().iter().any(|f| f == FINALIZER);
-                    let cond = obj
-                        .ready_condition()
-                        .map(|c| format!("{}: {}", c.reason, c.message))
-                        .unwrap_or_default();
-                    return Err(BackendError::Timeout(format!(
-                        "ImageSync {name} still exists after {:?} (finalizer pending: {waiting}) {cond}",
-                        target.delete_timeout
-                    )));
-                }
-                Some(_) => tokio::time::sleep(POLL).await,
+        let Some(obj) = api.get_opt(&name).await? else {
+            return Ok(Deleted::default());
+        };
+        // Gone, or replaced by a new object of the same name.
+        let uid = obj.uid();
+        let gone_cond =
+            move |o: Option<&ImageSync>| o.is_none_or(|o| uid.is_some() && o.uid() != uid);
+        let gone = await_condition(api.clone(), &name, gone_cond);
+        match tokio::time::timeout(target.delete_timeout, gone).await {
+            Ok(Ok(_)) => Ok(Deleted::default()),
+            Ok(Err(e)) => Err(wait_error(e)),
+            Err(_) => {
+                let obj = api.get_opt(&name).await?;
+                let waiting = obj
+                    .as_ref()
+                    .is_some_and(|o| o.finalizers().iter().any(|f| f == FINALIZER));
+                let cond = obj
+                    .as_ref()
+                    .and_then(|o| o.ready_condition())
+                    .map(|c| format!("{}: {}", c.reason, c.message))
+                    .unwrap_or_default();
+                Err(BackendError::Timeout(format!(
+                    "ImageSync {name} still exists after {:?} (finalizer pending: {waiting}) {cond}",
+                    target.delete_timeout
+                )))
             }
         }
+    }
+}
+
+/// A failed watch while waiting: the API error when there is one.
+fn wait_error(e: kube::runtime::wait::Error) -> BackendError {
+    match e {
+        kube::runtime::wait::Error::ProbeFailed(
+            kube::runtime::watcher::Error::InitialListFailed(e),
+        )
+        | kube::runtime::wait::Error::ProbeFailed(
+            kube::runtime::watcher::Error::WatchStartFailed(e),
+        )
+        | kube::runtime::wait::Error::ProbeFailed(kube::runtime::watcher::Error::WatchFailed(e)) => {
+            e.into()
+        }
+        other => BackendError::Timeout(format!("watching the ImageSync failed: {other}")),
     }
 }
 

@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixT
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::plugin::{
@@ -230,26 +230,62 @@ pub fn auto_mtls(client_cert_pem: &str) -> anyhow::Result<Tls> {
 
 // === go-plugin side services ===
 
+/// Set once Terraform asks the plugin to exit (or SIGTERM arrives); every waiter sees it,
+/// including those that start waiting afterwards.
+#[derive(Debug, Clone)]
+pub struct Stop(Arc<watch::Sender<bool>>);
+
+impl Default for Stop {
+    fn default() -> Stop {
+        Stop(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Stop {
+    /// Asks everything waiting in [`Stop::requested`] to finish.
+    pub fn request(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Completes once [`Stop::request`] was called.
+    pub async fn requested(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
 /// `plugin.GRPCController`: Terraform asks the plugin to exit.
 #[derive(Debug)]
 struct Controller {
-    shutdown: Arc<Notify>,
+    stop: Stop,
 }
 
 #[tonic::async_trait]
 impl grpc_controller_server::GrpcController for Controller {
     async fn shutdown(&self, _: Request<gp::Empty>) -> Result<Response<gp::Empty>, Status> {
         tracing::debug!("shutdown requested");
-        self.shutdown.notify_one();
+        self.stop.request();
         Ok(Response::new(gp::Empty {}))
     }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// A stream that stays empty and ends when the plugin is asked to stop. The graceful
+/// shutdown waits for every open stream, so a stream that never ended kept the process
+/// alive until Terraform dropped its connection (about 45 ms after `Shutdown`).
+fn until_stopped<T: Send + 'static>(stop: &Stop) -> BoxStream<T> {
+    let stop = stop.clone();
+    let ended = futures::stream::once(async move { stop.requested().await });
+    Box::pin(futures::StreamExt::filter_map(ended, |()| async { None }))
+}
+
 /// `plugin.GRPCStdio`: we log to stderr directly, so the stream stays empty until exit.
 #[derive(Debug)]
-struct Stdio;
+struct Stdio {
+    stop: Stop,
+}
 
 #[tonic::async_trait]
 impl grpc_stdio_server::GrpcStdio for Stdio {
@@ -258,13 +294,16 @@ impl grpc_stdio_server::GrpcStdio for Stdio {
         &self,
         _: Request<gp::Empty>,
     ) -> Result<Response<Self::StreamStdioStream>, Status> {
-        Ok(Response::new(Box::pin(futures::stream::pending())))
+        Ok(Response::new(until_stopped(&self.stop)))
     }
 }
 
-/// `plugin.GRPCBroker`: providers open no extra connections; the stream is kept open.
+/// `plugin.GRPCBroker`: providers open no extra connections; the stream is kept open
+/// until the client ends its side or the plugin stops.
 #[derive(Debug)]
-struct Broker;
+struct Broker {
+    stop: Stop,
+}
 
 #[tonic::async_trait]
 impl grpc_broker_server::GrpcBroker for Broker {
@@ -274,10 +313,14 @@ impl grpc_broker_server::GrpcBroker for Broker {
         req: Request<Streaming<gp::ConnInfo>>,
     ) -> Result<Response<Self::StartStreamStream>, Status> {
         let mut incoming = req.into_inner();
-        // Drain what the client sends; our side ends when the client's does.
+        // Drain what the client sends; our side ends when the client's does, or at stop.
         let (tx, rx) = mpsc::channel::<Result<gp::ConnInfo, Status>>(1);
+        let stop = self.stop.clone();
         tokio::spawn(async move {
-            while let Ok(Some(_)) = incoming.message().await {}
+            tokio::select! {
+                () = async { while let Ok(Some(_)) = incoming.message().await {} } => {}
+                () = stop.requested() => {}
+            }
             drop(tx);
         });
         let out = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -316,8 +359,8 @@ pub async fn serve() -> anyhow::Result<()> {
         .with_context(|| format!("binding the plugin socket {}", socket.display()))?;
 
     let core = Arc::new(Core::default());
-    let shutdown = core.shutdown.clone();
-    let router = router(protocol, core, shutdown.clone()).await;
+    let stop = core.stop.clone();
+    let router = router(protocol, core, stop.clone()).await;
 
     // Ctrl-C reaches the whole process group; Terraform itself decides when we stop.
     tokio::spawn(async {
@@ -326,13 +369,13 @@ pub async fn serve() -> anyhow::Result<()> {
         }
     });
     // SIGTERM stops serving, so the socket directory is removed.
-    let on_term = shutdown.clone();
+    let on_term = stop.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("watching SIGTERM")?;
     tokio::spawn(async move {
         if term.recv().await.is_some() {
             tracing::debug!("SIGTERM received; stopping");
-            on_term.notify_one();
+            on_term.request();
         }
     });
 
@@ -349,28 +392,42 @@ pub async fn serve() -> anyhow::Result<()> {
     }
     tracing::info!(socket = %socket.display(), protocol, tls = tls.is_some(), "serving");
 
-    let stop = async move { shutdown.notified().await };
-    let served = match tls {
-        Some(tls) => {
-            let incoming = tls_incoming(listener, tokio_rustls::TlsAcceptor::from(tls.config));
-            router.serve_with_incoming_shutdown(incoming, stop).await
+    let signal = {
+        let stop = stop.clone();
+        async move { stop.requested().await }
+    };
+    let serving = async {
+        match tls {
+            Some(tls) => {
+                let incoming = tls_incoming(listener, tokio_rustls::TlsAcceptor::from(tls.config));
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+            None => {
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
         }
-        None => {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            router.serve_with_incoming_shutdown(incoming, stop).await
+    };
+    // The graceful shutdown ends with the last open stream; should a connection keep one
+    // open anyway, the process still exits shortly after the stop (Terraform waits up to
+    // 2 s for it before killing it).
+    let served = tokio::select! {
+        served = serving => served,
+        () = async { stop.requested().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::debug!("connections still open after the shutdown grace; exiting");
+            Ok(())
         }
     };
     drop(socket_dir);
     served.context("serving gRPC")
 }
 
+/// How long in-flight responses may take to finish once the plugin is asked to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The gRPC services: health, go-plugin's controller, stdio and broker, and the provider
 /// on the negotiated protocol.
-async fn router(
-    protocol: u32,
-    core: Arc<Core>,
-    shutdown: Arc<Notify>,
-) -> tonic::transport::server::Router {
+async fn router(protocol: u32, core: Arc<Core>, stop: Stop) -> tonic::transport::server::Router {
     let service = ProviderService::new(core);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -380,10 +437,12 @@ async fn router(
     let router = builder
         .add_service(health)
         .add_service(grpc_controller_server::GrpcControllerServer::new(
-            Controller { shutdown },
+            Controller { stop: stop.clone() },
         ))
-        .add_service(grpc_stdio_server::GrpcStdioServer::new(Stdio))
-        .add_service(grpc_broker_server::GrpcBrokerServer::new(Broker));
+        .add_service(grpc_stdio_server::GrpcStdioServer::new(Stdio {
+            stop: stop.clone(),
+        }))
+        .add_service(grpc_broker_server::GrpcBrokerServer::new(Broker { stop }));
     match protocol {
         6 => router.add_service(tfplugin6::provider_server::ProviderServer::new(service)),
         _ => router.add_service(tfplugin5::provider_server::ProviderServer::new(service)),
@@ -493,6 +552,28 @@ mod tests {
         assert!(v
             .supported_verify_schemes()
             .contains(&SignatureScheme::ECDSA_NISTP521_SHA512));
+    }
+
+    /// The long-lived go-plugin streams end once the plugin is asked to stop, so the
+    /// graceful shutdown does not wait for Terraform to drop its connection.
+    #[tokio::test]
+    async fn open_streams_end_when_the_plugin_stops() {
+        use futures::StreamExt as _;
+        let stop = Stop::default();
+        let mut stream = until_stopped::<gp::StdioData>(&stop);
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(50), stream.next()).await;
+        assert!(waited.is_err(), "the stream ended before the stop");
+        stop.request();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await;
+        assert!(
+            matches!(ended, Ok(None)),
+            "the stream did not end at the stop"
+        );
+        // A waiter that starts after the request sees it too.
+        tokio::time::timeout(std::time::Duration::from_secs(5), stop.requested())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //! - `previous`: digests this resource wrote to the tag before the source moved on (at
 //!   most [`MAX_PREVIOUS`]). Their manifests stay, untagged, so an `id` pinned to them
 //!   still pulls; destroy deletes them with the tag.
+//! - `selected_from`: with `platforms`, the source index digest the selection in
+//!   `source_digest` was made from, so a plan whose source still resolves to it needs no
+//!   read of the source index (what a selection gives is fixed by that digest).
 //!
 //! A state written before ownership was recorded has no `ownership` and no `uploaded`:
 //! its destroy keeps the earlier rule for the tag (delete it while it still points at the
@@ -90,6 +93,8 @@ pub struct Private {
     /// The engine's referrers probe recorded at the last sync that looked at referrers:
     /// a plan compares the source's probe with it (two HEADs).
     pub referrers_probe: Option<String>,
+    /// With `platforms`: the source digest the last sync's selection was made from.
+    pub selected_from: Option<Digest>,
 }
 
 /// The most referrer digests recorded per resource.
@@ -154,6 +159,10 @@ impl Private {
             .and_then(Json::as_str)
             .filter(|s| s.len() <= MAX_PROBE_BYTES)
             .map(str::to_string);
+        let selected_from = v
+            .get("selected_from")
+            .and_then(Json::as_str)
+            .and_then(|s| s.parse().ok());
         Private {
             written,
             ownership,
@@ -162,6 +171,7 @@ impl Private {
             previous,
             referrers,
             referrers_probe,
+            selected_from,
         }
     }
 
@@ -194,6 +204,9 @@ impl Private {
         }
         if let Some(p) = &self.referrers_probe {
             m.insert("referrers_probe".into(), json!(p));
+        }
+        if let Some(d) = &self.selected_from {
+            m.insert("selected_from".into(), json!(d.as_str()));
         }
         Json::Object(m).to_string().into_bytes()
     }
@@ -259,6 +272,7 @@ mod tests {
         let mut p = Private {
             written: Some(digest(7)),
             ownership: Some(Ownership::Adopted),
+            selected_from: Some(digest(9)),
             ..Private::default()
         };
         p.record_uploaded([digest(1), digest(2)]);

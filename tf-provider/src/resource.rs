@@ -55,6 +55,14 @@ pub mod attr {
     pub const REFERRER_TYPES: &str = "referrer_types";
     /// `copied_referrers`.
     pub const COPIED_REFERRERS: &str = "copied_referrers";
+    /// `platforms`.
+    pub const PLATFORMS: &str = "platforms";
+    /// `resync_interval` (Kubernetes mode).
+    pub const RESYNC_INTERVAL: &str = "resync_interval";
+    /// `source_secret_ref` (Kubernetes mode).
+    pub const SOURCE_SECRET_REF: &str = "source_secret_ref";
+    /// `destination_secret_ref` (Kubernetes mode).
+    pub const DESTINATION_SECRET_REF: &str = "destination_secret_ref";
 }
 
 /// The resource's attributes. Each is a [`Value`] so null and unknown survive.
@@ -82,6 +90,14 @@ pub struct Model {
     pub referrer_types: Value,
     /// `copied_referrers` (list of `{digest, artifact_type}`).
     pub copied_referrers: Value,
+    /// `platforms` (list of strings, null when absent).
+    pub platforms: Value,
+    /// `resync_interval` (Kubernetes mode).
+    pub resync_interval: Value,
+    /// `source_secret_ref = { name }` (Kubernetes mode).
+    pub source_secret_ref: Value,
+    /// `destination_secret_ref = { name }` (Kubernetes mode).
+    pub destination_secret_ref: Value,
 }
 
 impl Model {
@@ -102,6 +118,10 @@ impl Model {
             referrers: v.get(attr::REFERRERS).clone(),
             referrer_types: v.get(attr::REFERRER_TYPES).clone(),
             copied_referrers: v.get(attr::COPIED_REFERRERS).clone(),
+            platforms: v.get(attr::PLATFORMS).clone(),
+            resync_interval: v.get(attr::RESYNC_INTERVAL).clone(),
+            source_secret_ref: v.get(attr::SOURCE_SECRET_REF).clone(),
+            destination_secret_ref: v.get(attr::DESTINATION_SECRET_REF).clone(),
         })
     }
 
@@ -125,6 +145,19 @@ impl Model {
             attr::COPIED_REFERRERS.to_string(),
             self.copied_referrers.clone(),
         );
+        m.insert(attr::PLATFORMS.to_string(), self.platforms.clone());
+        m.insert(
+            attr::RESYNC_INTERVAL.to_string(),
+            self.resync_interval.clone(),
+        );
+        m.insert(
+            attr::SOURCE_SECRET_REF.to_string(),
+            self.source_secret_ref.clone(),
+        );
+        m.insert(
+            attr::DESTINATION_SECRET_REF.to_string(),
+            self.destination_secret_ref.clone(),
+        );
         Value::Object(m)
     }
 
@@ -141,6 +174,10 @@ impl Model {
             referrers: Value::Null,
             referrer_types: Value::Null,
             copied_referrers: Value::Null,
+            platforms: Value::Null,
+            resync_interval: Value::Null,
+            source_secret_ref: Value::Null,
+            destination_secret_ref: Value::Null,
         }
     }
 
@@ -188,6 +225,10 @@ impl Model {
             referrers: self.referrer_policy()?,
             referrers_probe: None,
             owned_referrers: Vec::new(),
+            platforms: crate::spec_fields::platforms(&self.platforms)
+                .map_err(|d| d.at(attr::PLATFORMS))?,
+            known: None,
+            kube: crate::spec_fields::KubeSpec::of(self),
         }))
     }
 }
@@ -306,11 +347,14 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
         }
     }
     diags.extend(crate::timeouts::validate(config.get(attr::TIMEOUTS)));
+    if let Some(m) = Model::from_value(config) {
+        diags.extend(crate::spec_fields::validate(&m));
+    }
     diags
 }
 
 /// A DNS-1123 label (`dots` false) or subdomain (`dots` true) of at most `max` bytes.
-fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+pub(crate) fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
     let ok_char =
         |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
     let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -343,11 +387,25 @@ enum Resolved {
     Failed(Box<BackendError>),
 }
 
-/// Resolves the source's digest at plan time. `Err` for a malformed reference.
-async fn plan_source_digest(backend: &dyn Backend, source: &Value) -> Result<Resolved, Diagnostic> {
+/// Resolves the source's digest at plan time (with `platforms`, the selection's digest,
+/// `known` sparing the read of the source index while the source is where it was).
+/// `Err` for a malformed reference.
+async fn plan_source_digest(
+    backend: &dyn Backend,
+    source: &Value,
+    platforms: &[imagesync_engine::Platform],
+    known: Option<&imagesync_engine::Selection>,
+) -> Result<Resolved, Diagnostic> {
     let Some(reference) = parse_ref(source, attr::SOURCE)? else {
         return Ok(Resolved::Digest(Value::Unknown));
     };
+    if !platforms.is_empty() {
+        return Ok(match backend.resolve(&reference, platforms, known).await {
+            Ok(Some(s)) => Resolved::Digest(Value::String(s.digest.to_string())),
+            Ok(None) => Resolved::Missing,
+            Err(e) => Resolved::Failed(Box::new(e)),
+        });
+    }
     if let Some(d) = reference.digest() {
         return Ok(Resolved::Digest(Value::String(d.to_string())));
     }
@@ -369,7 +427,9 @@ fn resolved_digest(
     match resolved {
         Resolved::Digest(v) => Some(v),
         Resolved::Missing => None,
-        Resolved::Failed(e) if existing.is_some() => {
+        // A selection the source cannot give (a platform it lacks) is the
+        // configuration's fault, not the registry's: an error, existing resource or not.
+        Resolved::Failed(e) if existing.is_some() && e.kind() != ErrorKind::InvalidInput => {
             let d = error_diagnostic("Cannot check the source image", &e, Some(attr::SOURCE));
             diags.push(
                 Diagnostic::warning(
@@ -413,12 +473,13 @@ fn planned_id(planned: &Model, destination: Option<&Reference>) -> Value {
 
 /// Plans a change. `prior` is the refreshed state, `proposed` Terraform's proposal.
 pub async fn plan(backend: &dyn Backend, prior: Option<Model>, proposed: Option<Model>) -> Planned {
-    plan_with(backend, prior, proposed, &Private::default()).await
+    plan_with_private(backend, prior, proposed, &Private::default()).await
 }
 
-/// [`plan`], with the prior private state (the referrers probe recorded by the last
-/// apply).
-pub async fn plan_with(
+/// [`plan`] with the prior private state: its record of the last selection spares a plan
+/// with `platforms` the read of the source index while the source is unchanged, and its
+/// referrers probe (recorded by the last apply) tells whether the referrers changed.
+pub async fn plan_with_private(
     backend: &dyn Backend,
     prior: Option<Model>,
     proposed: Option<Model>,
@@ -428,7 +489,7 @@ pub async fn plan_with(
         return Planned::default();
     };
     let prior_for_referrers = prior.clone();
-    let mut out = plan_image(backend, prior, &mut planned).await;
+    let mut out = plan_image(backend, prior, &mut planned, private).await;
     if out.state.is_some() {
         if let Err(d) =
             plan_referrers(backend, prior_for_referrers.as_ref(), &mut planned, private).await
@@ -496,7 +557,12 @@ async fn plan_referrers(
 }
 
 /// The image part of [`plan`].
-async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut Model) -> Planned {
+async fn plan_image(
+    backend: &dyn Backend,
+    prior: Option<Model>,
+    planned: &mut Model,
+    private: &Private,
+) -> Planned {
     let mut out = Planned::default();
     let direct = backend.resolves_at_plan();
     if planned.delete_layers.is_null() {
@@ -511,7 +577,10 @@ async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut M
     };
     out.diags
         .extend(crate::timeouts::validate(&planned.timeouts));
-    if direct {
+    out.diags.extend(crate::spec_fields::validate(planned));
+    if !fill_identity(backend, planned, Value::is_null, Value::Unknown) {
+        out.diags
+            .extend(crate::spec_fields::kube_only_in_direct_mode(planned));
         for a in [attr::NAMESPACE, attr::NAME] {
             let v = if a == attr::NAMESPACE {
                 &planned.namespace
@@ -528,19 +597,17 @@ async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut M
                 );
             }
         }
-    } else {
-        if planned.namespace.is_null() {
-            planned.namespace = Value::string_or_null(backend.namespace());
-        }
-        if planned.name.is_null() {
-            planned.name = match planned.destination.as_str() {
-                Some(d) => Value::String(crate::kube::derive_name(d)),
-                None => Value::Unknown,
-            };
-        }
     }
+    let platforms = match crate::spec_fields::platforms(&planned.platforms) {
+        Ok(p) => p,
+        Err(d) => {
+            out.diags.push(d);
+            return out;
+        }
+    };
+    let known = apply::known_selection(prior.as_ref(), planned, private);
     let resolved = if direct {
-        match plan_source_digest(backend, &planned.source).await {
+        match plan_source_digest(backend, &planned.source, &platforms, known.as_ref()).await {
             Ok(r) => resolved_digest(r, prior.as_ref().map(|p| &p.source_digest), &mut out.diags),
             Err(d) => {
                 out.diags.push(d);
@@ -604,7 +671,14 @@ async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut M
             } else if !direct {
                 // Kubernetes mode: the controller follows the source; a spec change is
                 // applied in place.
-                if planned.source != prior.source || planned.delete_layers != prior.delete_layers {
+                let spec_changed = planned.platforms != prior.platforms
+                    || planned.resync_interval != prior.resync_interval
+                    || planned.source_secret_ref != prior.source_secret_ref
+                    || planned.destination_secret_ref != prior.destination_secret_ref;
+                if planned.source != prior.source
+                    || planned.delete_layers != prior.delete_layers
+                    || spec_changed
+                {
                     planned.id = Value::Unknown;
                     planned.source_digest = Value::Unknown;
                 } else {
@@ -642,18 +716,31 @@ async fn plan_image(backend: &dyn Backend, prior: Option<Model>, planned: &mut M
     out
 }
 
+/// Sets the namespace and name of the backend's object (see [`Backend::identity`]) where
+/// `missing` holds; a name that cannot be derived (unknown destination) becomes
+/// `no_name`. False in direct mode, which has no object.
+fn fill_identity(
+    backend: &dyn Backend,
+    m: &mut Model,
+    missing: fn(&Value) -> bool,
+    no_name: Value,
+) -> bool {
+    let Some(identity) = backend.identity(m.destination.as_str()) else {
+        return false;
+    };
+    if missing(&m.namespace) {
+        m.namespace = Value::String(identity.namespace);
+    }
+    if missing(&m.name) {
+        m.name = identity.name.map_or(no_name, Value::String);
+    }
+    true
+}
+
 /// Refreshes state from the destination (or, in Kubernetes mode, the object's status).
 pub async fn read(backend: &dyn Backend, mut current: Model) -> (Option<Model>, Vec<Diagnostic>) {
-    if !backend.resolves_at_plan() {
-        // Imported in Kubernetes mode: the object's default namespace and name.
-        if current.namespace.is_null() {
-            current.namespace = Value::string_or_null(backend.namespace());
-        }
-        if current.name.is_null() {
-            current.name =
-                Value::string_or_null(current.destination.as_str().map(crate::kube::derive_name));
-        }
-    }
+    // Imported in Kubernetes mode: the object's default namespace and name.
+    fill_identity(backend, &mut current, Value::is_null, Value::Null);
     let target = match current.target() {
         Ok(Some(t)) => t,
         Ok(None) => return (Some(current), Vec::new()),

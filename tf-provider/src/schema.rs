@@ -14,6 +14,8 @@ const BOOL: &[u8] = br#""bool""#;
 const LIST_OF_STRING: &[u8] = br#"["list","string"]"#;
 const LIST_OF_REFERRERS: &[u8] =
     br#"["list",["object",{"artifact_type":"string","digest":"string"}]]"#;
+/// A Secret reference, as the CRD's `sourceSecretRef`: `{ name = "..." }`.
+const SECRET_REF: &[u8] = br#"["object",{"name":"string"}]"#;
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -229,6 +231,36 @@ pub fn resource() -> Schema {
                     false,
                     "Kubernetes mode: name of the `ImageSync` object (default: derived from `destination`). Changing it forces a new resource.",
                 ),
+                attr(
+                    "platforms",
+                    LIST_OF_STRING,
+                    Optional,
+                    false,
+                    "Platforms to copy (`os/architecture[/variant]`, e.g. `linux/amd64`, `linux/arm64/v8`); default: every platform. \
+                     One platform copies that child manifest byte for byte; several write a deterministic index of just those entries. \
+                     `source_digest` and `id` then carry the selection's digest.",
+                ),
+                attr(
+                    "resync_interval",
+                    STRING,
+                    Optional,
+                    false,
+                    "Kubernetes mode: `spec.resyncInterval`, how often the controller re-checks (Go duration, e.g. `5m`).",
+                ),
+                attr(
+                    "source_secret_ref",
+                    SECRET_REF,
+                    Optional,
+                    false,
+                    "Kubernetes mode: `spec.sourceSecretRef`, `{ name = \"...\" }` of a docker-config Secret in the object's namespace for the source registry.",
+                ),
+                attr(
+                    "destination_secret_ref",
+                    SECRET_REF,
+                    Optional,
+                    false,
+                    "Kubernetes mode: `spec.destinationSecretRef`, the same for the destination registry.",
+                ),
             ],
             vec![single_block(
                 "timeouts",
@@ -241,7 +273,7 @@ pub fn resource() -> Schema {
                     "Kubernetes mode: how long to wait for the controller.",
                 ),
             )],
-            "Mirrors one image (all platforms of a multi-arch image) from `source` to `destination`.",
+            "Mirrors one image (all platforms of a multi-arch image, or the `platforms` selected) from `source` to `destination`.",
         )),
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use imagesync_engine::{Engine, Reference, SyncOptions};
+use imagesync_engine::{Engine, Platform, Reference, SyncOptions};
 
 use crate::{output, progress};
 
@@ -12,6 +12,7 @@ pub(super) async fn run(
     engine: &Engine,
     src: &Reference,
     dst: &Reference,
+    platforms: &[Platform],
     no_progress: bool,
     referrers: imagesync_engine::ReferrerPolicy,
 ) -> anyhow::Result<()> {
@@ -20,6 +21,7 @@ pub(super) async fn run(
     let options = SyncOptions {
         progress: Some(display.callback()),
         referrers,
+        platforms: platforms.to_vec(),
         ..SyncOptions::default()
     };
     let result = engine.sync(src, dst, &options).await;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use imagesync_engine::auth::StaticProvider;
 use imagesync_engine::{AddressPolicy, Credential, Engine, InternalAddresses, Limits, Reference};
 use imagesync_flags::LogFormat;
+use secrecy::ExposeSecret as _;
 
 use crate::args::{Args, Command};
 
@@ -22,9 +23,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let no_progress = args.no_progress || args.log.log_format == LogFormat::Json;
     match (args.command, src, dst) {
         (Command::Copy { referrers, .. }, Some(src), Some(dst)) => {
-            copy::run(&engine, &src, &dst, no_progress, referrers.policy()?).await
+            let policy = referrers.policy()?;
+            copy::run(&engine, &src, &dst, &args.platforms, no_progress, policy).await
         }
-        (Command::Digest { .. }, Some(r), _) => digest::run(&engine, &r).await,
+        (Command::Digest { .. }, Some(r), _) => digest::run(&engine, &r, &args.platforms).await,
         (
             Command::Delete {
                 expect_digest,
@@ -58,9 +60,9 @@ fn references(command: &Command) -> anyhow::Result<(Option<Reference>, Option<Re
 /// the CLI's own blob cache, limits and internal-address rule.
 fn engine(args: &Args, src: Option<&Reference>, dst: Option<&Reference>) -> anyhow::Result<Engine> {
     let explicit = explicit_credentials(
-        args.creds.as_deref(),
-        args.src_creds.as_deref(),
-        args.dest_creds.as_deref(),
+        args.creds.as_ref().map(|s| s.expose_secret()),
+        args.src_creds.as_ref().map(|s| s.expose_secret()),
+        args.dest_creds.as_ref().map(|s| s.expose_secret()),
         src,
         dst,
     )?;

@@ -81,9 +81,16 @@ impl Context {
         let Some(store) = self.store.get() else {
             return Ok(Vec::new());
         };
-        let all = store.state();
+        // Only the objects whose destination ends like this one's can name its tag.
+        let tail = ownership::repo_tail(&obj.spec.destination);
+        let candidates: Vec<_> = self
+            .destinations
+            .named(tail)
+            .iter()
+            .filter_map(|r| store.get(r))
+            .collect();
         let mut allowed = Vec::new();
-        for other in ownership::competitors(obj, destination, &all) {
+        for other in ownership::competitors(obj, destination, &candidates) {
             let Ok(source) = Reference::parse(&other.spec.source) else {
                 continue;
             };

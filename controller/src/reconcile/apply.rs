@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagesync_engine::{Digest, Engine, Reference};
+use imagesync_engine::{Digest, Engine, Reference, SyncOptions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::Api;
 use tracing::{info, warn, Span};
@@ -84,15 +85,7 @@ async fn apply_inner(
         );
         return patch_status(api, obj, status).await.map(|()| None);
     }
-    let source = Reference::parse(&spec.source).map_err(|source| Error::InvalidReference {
-        field: "source",
-        source,
-    })?;
-    let destination =
-        Reference::parse(&spec.destination).map_err(|source| Error::InvalidReference {
-            field: "destination",
-            source,
-        })?;
+    let (source, destination) = parse_spec(obj)?;
     // The tenant policy decides before any registry is touched.
     let ambient = ctx.policy_allows(obj, &source, &destination).await?;
     // An earlier object names the same tag: write and delete nothing until it is gone.
@@ -107,15 +100,104 @@ async fn apply_inner(
         return wait_for_holder(obj, ctx, api, status, holder, &key).await;
     }
     let inherited = status.conflict.take();
+    release_if_moved(obj, ctx, status, &source, &destination).await?;
 
-    // The destination moved: clean up the old one (only if this object wrote it and it
-    // still holds what was written).
+    let platforms = imagesync_engine::platform::parse_platforms(&spec.platforms)
+        .map_err(|e| Error::InvalidSpec(format!("spec.platforms: {e}")))?;
+    // Two HEADs when nothing changed, with a selection too (see `known_selection`).
+    let selection = select_platforms(&engine, &source, &platforms, known_selection(status, spec))
+        .await?
+        .ok_or_else(|| Error::SourceNotFound {
+            reference: spec.source.clone(),
+        })?;
+    let source_digest = selection.source_digest.clone();
+    let destination_digest = ctx.head(&engine, &destination, "destination").await?;
+    Span::current().record("source_digest", source_digest.as_str());
+    let check = Check {
+        obj,
+        ctx,
+        key,
+        wanted: selection.digest.clone(),
+        source_digest,
+        platforms,
+        selection,
+        inherited,
+        checked: now(),
+    };
+
+    match decide(
+        status,
+        &spec.destination,
+        check.source_digest.as_str(),
+        check.wanted.as_str(),
+        destination_digest.as_ref().map(Digest::as_str),
+    ) {
+        Decision::UpToDate => {
+            check.found_up_to_date(status).await;
+            check
+                .referrers(&engine, (&source, &destination), status)
+                .await?
+        }
+        Decision::Copy(drift) => {
+            check
+                .copy(api, &engine, (&source, &destination), &drift, status)
+                .await?
+        }
+    }
+
+    let (source_digest, wanted) = (&check.source_digest, &check.wanted);
+    status.write_intent = None;
+    status.source_digest = Some(source_digest.to_string());
+    status.destination_digest = Some(wanted.to_string());
+    status.id = Some(destination.id(wanted));
+    status.selection = (!spec.platforms.is_empty()).then(|| crate::api::SelectionRecord {
+        platforms: spec.platforms.clone(),
+        source_digest: source_digest.to_string(),
+        digest: wanted.to_string(),
+    });
+    status.synced_destination = Some(spec.destination.clone());
+    status.observed_generation = generation;
+    status.last_check_time = Some(check.checked);
+    set_ready(
+        status,
+        true,
+        reasons::SYNCED,
+        &format!("{} holds {}", spec.destination, wanted),
+        generation,
+    );
+    patch_status(api, obj, status).await.map(|()| None)
+}
+
+/// `spec.source` and `spec.destination` as references.
+#[allow(clippy::result_large_err)] // the crate's one error type, as every async fn here returns
+fn parse_spec(obj: &ImageSync) -> Result<(Reference, Reference)> {
+    let source = Reference::parse(&obj.spec.source).map_err(|source| Error::InvalidReference {
+        field: "source",
+        source,
+    })?;
+    let destination =
+        Reference::parse(&obj.spec.destination).map_err(|source| Error::InvalidReference {
+            field: "destination",
+            source,
+        })?;
+    Ok((source, destination))
+}
+
+/// The destination moved: clean up the old one (only if this object wrote it and it
+/// still holds what was written), and forget it.
+async fn release_if_moved(
+    obj: &ImageSync,
+    ctx: &Context,
+    status: &mut ImageSyncStatus,
+    source: &Reference,
+    destination: &Reference,
+) -> Result<()> {
     if let (Some(old), Some(digest)) = (
         status.synced_destination.clone(),
         status.destination_digest.clone(),
     ) {
-        if !same_image_reference(&old, &destination) {
-            release_old_destination(obj, ctx, status, &source, &old, &digest).await?;
+        if !same_image_reference(&old, destination) {
+            release_old_destination(obj, ctx, status, source, &old, &digest).await?;
             status.destination_digest = None;
             status.id = None;
             status.synced_destination = None;
@@ -124,159 +206,173 @@ async fn apply_inner(
             status.uploaded_blobs = None;
         }
     }
+    Ok(())
+}
 
-    let source_digest =
-        ctx.head(&engine, &source, "source")
-            .await?
-            .ok_or_else(|| Error::SourceNotFound {
-                reference: spec.source.clone(),
-            })?;
-    let destination_digest = ctx.head(&engine, &destination, "destination").await?;
-    Span::current().record("source_digest", source_digest.as_str());
-    let checked = now();
+/// What a check of source and destination found, for the up-to-date and copy paths.
+struct Check<'a> {
+    obj: &'a ImageSync,
+    ctx: &'a Context,
+    /// The destination's canonical key.
+    key: String,
+    source_digest: Digest,
+    /// What the destination must hold: the source digest, or the selection's.
+    wanted: Digest,
+    /// `spec.platforms`, parsed.
+    platforms: Vec<imagesync_engine::Platform>,
+    /// What the source resolved to under `platforms`.
+    selection: imagesync_engine::Selection,
+    /// What the previous holder of the destination handed over, if it was one.
+    inherited: Option<ConflictRecord>,
+    checked: Time,
+}
 
-    match decide(
-        status,
-        &spec.destination,
-        source_digest.as_str(),
-        destination_digest.as_ref().map(Digest::as_str),
-    ) {
-        Decision::UpToDate => {
-            ctx.metrics.check("up_to_date");
-            let first = status.destination_digest.as_deref() != Some(source_digest.as_str())
-                || status.synced_destination.as_deref() != Some(spec.destination.as_str());
-            if first {
-                status.last_sync_time = Some(checked.clone());
-                if !obj.is_ready() {
-                    info!(digest = %source_digest, "destination already up to date");
-                }
+impl Check<'_> {
+    /// The destination already holds the source digest: record who owns it.
+    async fn found_up_to_date(&self, status: &mut ImageSyncStatus) {
+        let (obj, ctx, inherited) = (self.obj, self.ctx, self.inherited.as_ref());
+        let wanted = &self.wanted;
+        ctx.metrics.check("up_to_date");
+        let first = status.destination_digest.as_deref() != Some(wanted.as_str())
+            || status.synced_destination.as_deref() != Some(obj.spec.destination.as_str());
+        if first {
+            status.last_sync_time = Some(self.checked.clone());
+            if !obj.is_ready() {
+                info!(digest = %wanted, "destination already up to date");
             }
-            let found = ownership::ownership_when_found(
-                status,
-                &key,
-                source_digest.as_str(),
-                inherited.as_ref(),
-            );
-            let handed = inherited.as_ref().and_then(|c| c.uploaded_blobs.as_deref());
-            if let (true, Some(h)) = (
-                ownership::inherits(inherited.as_ref(), source_digest.as_str()),
-                handed,
-            ) {
-                // The previous holder's uploads come with its tag.
-                status.uploaded_blobs = Some(ownership::merge_uploaded(
-                    status.uploaded_blobs.as_deref(),
-                    h,
-                ));
-            }
-            if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
-                report_adopted(obj, ctx, status, &source_digest).await;
-            }
-            status.ownership = Some(found);
-            check_referrers(
-                obj,
-                ctx,
-                &engine,
-                (&source, &destination),
-                &source_digest,
-                status,
-            )
-            .await?;
         }
-        Decision::Copy(drift) => {
-            ctx.metrics
-                .check(if drift.is_empty() { "copy" } else { "drift" });
-            for d in &drift {
-                report_drift(obj, ctx, d, &spec.destination).await;
-            }
-            let mut syncing = status.clone();
-            syncing.observed_generation = generation;
-            syncing.write_intent =
-                Some(ownership::intent(&spec.destination, source_digest.as_str()));
-            set_ready(
-                &mut syncing,
-                false,
-                reasons::SYNCING,
-                &format!(
-                    "copying {} ({}) to {}",
-                    spec.source, source_digest, spec.destination
-                ),
-                generation,
-            );
-            patch_status(api, obj, &syncing).await?;
-            *status = syncing;
-
-            let started = Instant::now();
-            let outcome = engine
-                .sync(
-                    &source,
-                    &destination,
-                    &crate::referrers::sync_options(obj, source_digest.clone()),
-                )
-                .await;
-            let outcome = match outcome {
-                Ok(o) => {
-                    ctx.metrics
-                        .sync_done("synced", o.bytes_uploaded, started.elapsed());
-                    o
-                }
-                Err(source) => {
-                    ctx.metrics.sync_done("failed", 0, started.elapsed());
-                    return Err(Error::Engine {
-                        context: format!("copy {} to {}", spec.source, spec.destination),
-                        source,
-                    });
-                }
-            };
-            info!(
-                digest = %outcome.destination_digest,
-                bytes = outcome.bytes_uploaded,
-                blobs_uploaded = outcome.blobs_uploaded,
-                blobs_skipped = outcome.blobs_skipped,
-                blobs_mounted = outcome.blobs_mounted,
-                elapsed = ?started.elapsed(),
-                "synced"
-            );
-            ctx.events
-                .publish(
-                    obj,
-                    EventType::Normal,
-                    reasons::SYNCED,
-                    "Sync",
-                    &format!(
-                        "copied {} to {} ({}, {} bytes uploaded)",
-                        spec.source,
-                        spec.destination,
-                        outcome.destination_digest,
-                        outcome.bytes_uploaded
-                    ),
-                )
-                .await;
-            crate::referrers::record(status, &outcome, spec.referrers);
-            status.last_sync_time = Some(checked.clone());
-            status.ownership = Some(Ownership::Written);
-            status.uploaded_blobs = Some(uploaded_record(
-                status,
-                inherited.as_ref(),
-                &uploaded_by(&outcome),
+        let found = ownership::ownership_when_found(status, &self.key, wanted.as_str(), inherited);
+        let handed = inherited.and_then(|c| c.uploaded_blobs.as_deref());
+        if let (true, Some(h)) = (ownership::inherits(inherited, wanted.as_str()), handed) {
+            // The previous holder's uploads come with its tag.
+            status.uploaded_blobs = Some(ownership::merge_uploaded(
+                status.uploaded_blobs.as_deref(),
+                h,
             ));
         }
+        if found == Ownership::Adopted && (first || status.ownership != Some(found)) {
+            report_adopted(obj, ctx, status, wanted).await;
+        }
+        status.ownership = Some(found);
     }
 
-    status.write_intent = None;
-    status.source_digest = Some(source_digest.to_string());
-    status.destination_digest = Some(source_digest.to_string());
-    status.id = Some(destination.id(&source_digest));
-    status.synced_destination = Some(spec.destination.clone());
-    status.observed_generation = generation;
-    status.last_check_time = Some(checked);
-    set_ready(
-        status,
-        true,
-        reasons::SYNCED,
-        &format!("{} holds {}", spec.destination, source_digest),
-        generation,
-    );
-    patch_status(api, obj, status).await.map(|()| None)
+    /// Copies `source` to `destination` (reporting `drift`), with `Syncing` and the write
+    /// intent in status first.
+    async fn copy(
+        &self,
+        api: &Api<ImageSync>,
+        engine: &Engine,
+        (source, destination): (&Reference, &Reference),
+        drift: &[Drift],
+        status: &mut ImageSyncStatus,
+    ) -> Result<()> {
+        let (obj, ctx, spec) = (self.obj, self.ctx, &self.obj.spec);
+        let source_digest = &self.source_digest;
+        let generation = obj.metadata.generation;
+        ctx.metrics
+            .check(if drift.is_empty() { "copy" } else { "drift" });
+        for d in drift {
+            report_drift(obj, ctx, d, &spec.destination).await;
+        }
+        let mut syncing = status.clone();
+        syncing.observed_generation = generation;
+        syncing.write_intent = Some(ownership::intent(&spec.destination, self.wanted.as_str()));
+        set_ready(
+            &mut syncing,
+            false,
+            reasons::SYNCING,
+            &format!(
+                "copying {} ({}) to {}",
+                spec.source, source_digest, spec.destination
+            ),
+            generation,
+        );
+        patch_status(api, obj, &syncing).await?;
+        *status = syncing;
+
+        let started = Instant::now();
+        let outcome = engine.sync(source, destination, &self.sync_options()).await;
+        let outcome = match outcome {
+            Ok(o) => {
+                ctx.metrics
+                    .sync_done("synced", o.bytes_uploaded, started.elapsed());
+                o
+            }
+            Err(source) => {
+                ctx.metrics.sync_done("failed", 0, started.elapsed());
+                return Err(Error::Engine {
+                    context: format!("copy {} to {}", spec.source, spec.destination),
+                    source,
+                });
+            }
+        };
+        info!(
+            digest = %outcome.destination_digest,
+            bytes = outcome.bytes_uploaded,
+            blobs_uploaded = outcome.blobs_uploaded,
+            blobs_skipped = outcome.blobs_skipped,
+            blobs_mounted = outcome.blobs_mounted,
+            elapsed = ?started.elapsed(),
+            "synced"
+        );
+        ctx.events
+            .publish(
+                obj,
+                EventType::Normal,
+                reasons::SYNCED,
+                "Sync",
+                &format!(
+                    "copied {} to {} ({}, {} bytes uploaded)",
+                    spec.source,
+                    spec.destination,
+                    outcome.destination_digest,
+                    outcome.bytes_uploaded
+                ),
+            )
+            .await;
+        crate::referrers::record(status, &outcome, spec.referrers);
+        status.last_sync_time = Some(self.checked.clone());
+        status.ownership = Some(Ownership::Written);
+        status.uploaded_blobs = Some(uploaded_record(
+            status,
+            self.inherited.as_ref(),
+            &uploaded_by(&outcome),
+        ));
+        Ok(())
+    }
+}
+
+/// What `source` resolves to under `platforms`: a HEAD, plus a GET of the source index
+/// only when its digest is not the one `known` was made from.
+async fn select_platforms(
+    engine: &imagesync_engine::Engine,
+    source: &Reference,
+    platforms: &[imagesync_engine::Platform],
+    known: Option<imagesync_engine::Selection>,
+) -> Result<Option<imagesync_engine::Selection>> {
+    engine
+        .resolve(source, platforms, known.as_ref())
+        .await
+        .map_err(|e| Error::Engine {
+            context: format!("check source {source}"),
+            source: e,
+        })
+}
+
+/// The selection recorded at the last sync, when `spec.platforms` is still the one it was
+/// made with.
+fn known_selection(
+    status: &ImageSyncStatus,
+    spec: &crate::api::ImageSyncSpec,
+) -> Option<imagesync_engine::Selection> {
+    let record = status.selection.as_ref()?;
+    if spec.platforms.is_empty() || record.platforms != spec.platforms {
+        return None;
+    }
+    Some(imagesync_engine::Selection {
+        source_digest: record.source_digest.parse().ok()?,
+        digest: record.digest.parse().ok()?,
+    })
 }
 
 /// The blobs a copy uploaded (not skipped, not mounted).
@@ -401,18 +497,34 @@ async fn report_drift(obj: &ImageSync, ctx: &Context, drift: &Drift, destination
     ctx.metrics.drift(kind);
     ctx.events.publish(obj, type_, reason, "Check", &note).await;
 }
+impl Check<'_> {
+    /// The sync options: the source digest checked, the selection, the referrers.
+    fn sync_options(&self) -> SyncOptions {
+        crate::referrers::sync_options(
+            self.obj,
+            self.source_digest.clone(),
+            self.platforms.clone(),
+            Some(self.selection.clone()),
+        )
+    }
 
-/// An up-to-date image: the referrers probe (two HEADs); when it changed, the sync that
-/// copies the new referrers, an Event `ReferrersChanged`, and the status record.
-async fn check_referrers(
-    obj: &ImageSync,
-    ctx: &Context,
-    engine: &Engine,
-    (source, destination): (&Reference, &Reference),
-    digest: &Digest,
-    status: &mut ImageSyncStatus,
-) -> Result<()> {
-    let found = crate::referrers::check(engine, obj, source, destination, digest)
+    /// An up-to-date image: the referrers probe (two HEADs, of the digest the destination
+    /// holds); when it changed, the sync that
+    /// copies the new referrers, an Event `ReferrersChanged`, and the status record.
+    async fn referrers(
+        &self,
+        engine: &Engine,
+        (source, destination): (&Reference, &Reference),
+        status: &mut ImageSyncStatus,
+    ) -> Result<()> {
+        let (obj, ctx) = (self.obj, self.ctx);
+        let found = crate::referrers::check(
+            engine,
+            source,
+            destination,
+            &self.wanted,
+            self.sync_options(),
+        )
         .await
         .map_err(|source| Error::Engine {
             context: format!(
@@ -421,17 +533,17 @@ async fn check_referrers(
             ),
             source,
         })?;
-    let Some(outcome) = found else {
-        if !obj.spec.referrers {
-            crate::referrers::clear(status);
-        }
-        return Ok(());
-    };
-    let before = status.referrer_count.unwrap_or(0);
-    crate::referrers::record(status, &outcome, true);
-    let written = outcome.referrers.iter().filter(|r| r.written).count();
-    if written > 0 {
-        ctx.events
+        let Some(outcome) = found else {
+            if !obj.spec.referrers {
+                crate::referrers::clear(status);
+            }
+            return Ok(());
+        };
+        let before = status.referrer_count.unwrap_or(0);
+        crate::referrers::record(status, &outcome, true);
+        let written = outcome.referrers.iter().filter(|r| r.written).count();
+        if written > 0 {
+            ctx.events
             .publish(
                 obj,
                 EventType::Normal,
@@ -445,6 +557,7 @@ async fn check_referrers(
                 ),
             )
             .await;
+        }
+        Ok(())
     }
-    Ok(())
 }

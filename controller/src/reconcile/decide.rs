@@ -62,21 +62,26 @@ pub enum Decision {
     Copy(Vec<Drift>),
 }
 
-/// Compares what HEAD found with what status recorded.
+/// Compares what HEAD found with what status recorded. `wanted` is the digest the
+/// destination must hold: `source_digest`, or with `spec.platforms` the selection's. A
+/// source that moved while the selection stayed (a platform not selected was added) is
+/// no `SourceChanged`.
 pub fn decide(
     status: &ImageSyncStatus,
     destination: &str,
     source_digest: &str,
+    wanted: &str,
     destination_digest: Option<&str>,
 ) -> Decision {
-    if destination_digest == Some(source_digest) {
+    if destination_digest == Some(wanted) {
         return Decision::UpToDate;
     }
     let mut drift = Vec::new();
+    let same_selection = status.destination_digest.as_deref() == Some(wanted);
     if let Some(from) = status
         .source_digest
         .as_deref()
-        .filter(|d| *d != source_digest)
+        .filter(|d| *d != source_digest && !same_selection)
     {
         drift.push(Drift::SourceChanged {
             from: from.to_string(),
@@ -176,11 +181,11 @@ mod tests {
     #[test]
     fn destination_holding_the_source_digest_needs_no_copy() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:1", A, Some(A)),
+            decide(&synced("d:1", A), "d:1", A, A, Some(A)),
             Decision::UpToDate
         );
         assert_eq!(
-            decide(&ImageSyncStatus::default(), "d:1", A, Some(A)),
+            decide(&ImageSyncStatus::default(), "d:1", A, A, Some(A)),
             Decision::UpToDate
         );
     }
@@ -188,7 +193,7 @@ mod tests {
     #[test]
     fn first_sync_copies_without_reporting_drift() {
         assert_eq!(
-            decide(&ImageSyncStatus::default(), "d:1", A, None),
+            decide(&ImageSyncStatus::default(), "d:1", A, A, None),
             Decision::Copy(vec![])
         );
     }
@@ -196,7 +201,7 @@ mod tests {
     #[test]
     fn deleted_destination_is_drift_and_copied_again() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:1", A, None),
+            decide(&synced("d:1", A), "d:1", A, A, None),
             Decision::Copy(vec![Drift::DestinationMissing])
         );
     }
@@ -204,7 +209,7 @@ mod tests {
     #[test]
     fn moved_source_is_reported_with_old_and_new_digest() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:1", B, Some(A)),
+            decide(&synced("d:1", A), "d:1", B, B, Some(A)),
             Decision::Copy(vec![Drift::SourceChanged {
                 from: A.into(),
                 to: B.into()
@@ -213,9 +218,24 @@ mod tests {
     }
 
     #[test]
+    fn a_source_that_moved_with_the_same_selection_is_no_source_change() {
+        // Selected child A: the index moved from B to C (a platform was added).
+        let st = ImageSyncStatus {
+            source_digest: Some(B.into()),
+            ..synced("d:1", A)
+        };
+        assert_eq!(decide(&st, "d:1", C, A, Some(A)), Decision::UpToDate);
+        // The destination was deleted meanwhile: that is the only drift.
+        assert_eq!(
+            decide(&st, "d:1", C, A, None),
+            Decision::Copy(vec![Drift::DestinationMissing])
+        );
+    }
+
+    #[test]
     fn overwritten_destination_is_reported() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:1", A, Some(C)),
+            decide(&synced("d:1", A), "d:1", A, A, Some(C)),
             Decision::Copy(vec![Drift::DestinationOverwritten { found: C.into() }])
         );
     }
@@ -223,7 +243,7 @@ mod tests {
     #[test]
     fn a_new_destination_is_not_drift() {
         assert_eq!(
-            decide(&synced("d:1", A), "d:2", A, None),
+            decide(&synced("d:1", A), "d:2", A, A, None),
             Decision::Copy(vec![])
         );
     }

@@ -81,6 +81,7 @@ fn object(destination_tag: &str, status: Option<ImageSyncStatus>) -> ImageSync {
             suspend: false,
             referrers: true,
             referrer_types: Vec::new(),
+            platforms: Vec::new(),
         },
     );
     obj.metadata.namespace = Some("team-a".into());

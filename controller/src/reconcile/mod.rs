@@ -26,13 +26,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use imagesync_engine::{CredentialProvider, Engine};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, instrument, warn};
 
@@ -46,6 +46,7 @@ mod admit;
 mod apply;
 mod cleanup;
 mod decide;
+mod destinations;
 mod engines;
 mod gate;
 #[cfg(test)]
@@ -92,6 +93,8 @@ pub struct Context {
     /// Every `ImageSync` the controller watches (set by [`run`]): destination conflicts
     /// are found here, without API calls.
     store: OnceLock<Store<ImageSync>>,
+    /// The same objects by destination (kept in step with `store` by [`run`]).
+    destinations: destinations::Destinations,
     /// Reconciles an object at once (an object waiting for the holder of its destination).
     wake: OnceLock<tokio::sync::mpsc::UnboundedSender<()>>,
 }
@@ -118,6 +121,7 @@ impl Context {
             gates: Mutex::new(HashMap::new()),
             engines: Mutex::new(HashMap::new()),
             store: OnceLock::new(),
+            destinations: destinations::Destinations::default(),
             wake: OnceLock::new(),
         }
     }
@@ -294,9 +298,16 @@ pub async fn run(
         rx.changed().await.ok()?;
         Some(((), rx))
     });
-    let controller = Controller::new(api, watcher::Config::default());
-    // Destination conflicts are judged on the controller's own cache of every object.
-    let _ = ctx.store.set(controller.store());
+    // Destination conflicts are judged on the controller's own cache of every object,
+    // and on an index of it by destination fed the same watch events.
+    let writer = reflector::store::Writer::default();
+    let store = writer.as_reader();
+    let _ = ctx.store.set(store.clone());
+    let index = ctx.clone();
+    let objects = reflector(writer, watcher(api, watcher::Config::default()))
+        .inspect_ok(move |event| index.destinations.observe(event))
+        .applied_objects();
+    let controller = Controller::for_stream(objects, store);
     // Waking objects: their gates are opened, then every object is offered (the others'
     // gates skip them without a registry request).
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

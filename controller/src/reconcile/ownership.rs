@@ -24,7 +24,7 @@ pub use imagesync_api::destination_key;
 /// The last repository path component of a reference as written (`app` for
 /// `host:5000/team/app:1`): equal for every spelling of one tag, so it filters the
 /// objects worth parsing.
-fn repo_tail(raw: &str) -> &str {
+pub(super) fn repo_tail(raw: &str) -> &str {
     let last = raw.rsplit('/').next().unwrap_or(raw);
     last.split(['@', ':']).next().unwrap_or(last)
 }
@@ -175,6 +175,7 @@ mod tests {
                 suspend: false,
                 referrers: true,
                 referrer_types: Vec::new(),
+                platforms: Vec::new(),
             },
         );
         o.metadata.namespace = Some(ns.into());

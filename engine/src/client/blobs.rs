@@ -141,6 +141,31 @@ impl Client {
         responses::success(op, &what, resp).await
     }
 
+    /// Reads a small blob (an image config) whole: at most `cap` bytes, checked against
+    /// its digest, retried like any operation.
+    pub async fn get_blob_bytes(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        cap: u64,
+    ) -> Result<bytes::Bytes> {
+        let op = Operation::GetBlob;
+        let what = self.blob_what(repository, digest);
+        self.retrying(op, &what, |_| async {
+            let resp = self.get_blob(repository, digest).await?;
+            let body = self.read_capped(op, &what, resp, cap, "blob body").await?;
+            if Digest::of(&body) != *digest {
+                return Err(Error::DigestMismatch {
+                    reference: what.clone(),
+                    expected: digest.to_string(),
+                    actual: Digest::of(&body).to_string(),
+                });
+            }
+            Ok(body)
+        })
+        .await
+    }
+
     /// Starts an upload in `repository`, mounting from `mount_from` when given.
     /// Returns `(Upload::Mounted, None)` or `(Upload::Session, Some(location))`.
     /// One attempt (see the module docs).

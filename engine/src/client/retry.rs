@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder as _;
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::challenge::{parse_challenge, Scope};
@@ -72,13 +73,20 @@ impl RetryPolicy {
         if let Some(ra) = retry_after {
             return ra.min(self.max_retry_after);
         }
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max_delay);
-        // Full jitter in [exp/2, exp].
-        let half = exp / 2;
-        half + half.mul_f64(jitter())
+        // Exponential from half the base delay, doubled per attempt and capped at half
+        // the longest delay, plus jitter of up to as much again: a delay in
+        // [exp/2, exp), exp = base * 2^(attempt-1) capped at `max_delay`.
+        let steps = attempt.saturating_sub(1).min(16) as usize;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(self.base_delay / 2)
+            .with_max_delay(self.max_delay / 2)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth(steps)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
     }
 
     /// After attempt `attempt` (started at `started`) failed with `err`: the delay
@@ -114,18 +122,6 @@ impl RetryPolicy {
         }
         Ok(delay)
     }
-}
-
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    (h.finish() % 10_000) as f64 / 10_000.0
 }
 
 impl Client {

@@ -1,12 +1,13 @@
 //! The end-to-end test harness: real registries on loopback ([`registry`]), a
 //! fault-injecting proxy ([`proxy`]), a token server for `auth: token` registries
-//! ([`token`]), image fixtures pushed with raw HTTP ([`fixtures`]), and [`bin`] to find
-//! the workspace's binaries.
+//! ([`token`]), image fixtures pushed with raw HTTP ([`fixtures`]), the controller
+//! launcher ([`controller`]), and [`bin`] to find the workspace's binaries.
 //!
 //! Helpers panic with context when the environment is broken: they are for tests.
 
 pub mod buildah;
 pub mod containerd;
+pub mod controller;
 pub mod fixtures;
 pub mod kube;
 pub mod proxy;

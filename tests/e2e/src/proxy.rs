@@ -10,7 +10,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -237,7 +239,7 @@ impl std::fmt::Debug for FaultProxy {
         f.debug_struct("FaultProxy")
             .field("addr", &self.shared.addr)
             .field("upstream", &self.shared.upstream)
-            .field("plan", &*lock(&self.shared.plan))
+            .field("plan", &*self.shared.plan.lock())
             .finish()
     }
 }
@@ -305,14 +307,14 @@ impl FaultProxy {
 
     /// The current plan.
     pub fn plan(&self) -> FaultPlan {
-        *lock(&self.shared.plan)
+        *self.shared.plan.lock()
     }
 
     /// Replaces the plan and resets the counters (not the log).
     pub fn set_plan(&self, plan: FaultPlan) {
-        *lock(&self.shared.plan) = plan;
+        *self.shared.plan.lock() = plan;
         self.shared.candidates.store(0, Ordering::SeqCst);
-        lock(&self.shared.per_request).clear();
+        self.shared.per_request.lock().clear();
     }
 
     /// Faults injected so far.
@@ -327,7 +329,7 @@ impl FaultProxy {
 
     /// Every request handled so far, in arrival order.
     pub fn log(&self) -> Vec<ProxyRecord> {
-        lock(&self.shared.log).clone()
+        self.shared.log.lock().clone()
     }
 
     /// Body bytes of generated hostile answers ([`Fault::Endless`],
@@ -338,20 +340,13 @@ impl FaultProxy {
 
     /// Forgets the log.
     pub fn clear_log(&self) {
-        lock(&self.shared.log).clear();
+        self.shared.log.lock().clear();
     }
 }
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 
@@ -395,7 +390,7 @@ fn draw(seed: u64, key: &str, occurrence: usize, salt: u64) -> u64 {
 fn should_fault(s: &Shared, plan: &FaultPlan, key: &str) -> (bool, usize) {
     let n = s.candidates.fetch_add(1, Ordering::SeqCst);
     let occurrence = {
-        let mut seen = lock(&s.per_request);
+        let mut seen = s.per_request.lock();
         let count = seen.entry(key.to_string()).or_insert(0);
         *count += 1;
         *count
@@ -479,7 +474,7 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> std::result::Result<Response<Body>, std::io::Error> {
     s.requests.fetch_add(1, Ordering::SeqCst);
-    let plan = *lock(&s.plan);
+    let plan = *s.plan.lock();
     let path = req.uri().path().to_string();
     let key = request_key(req.method(), req.uri());
     let (hit, occurrence) = if matches(plan.target, req.method(), &path) {
@@ -604,7 +599,7 @@ fn record(s: &Shared, req: &Request<hyper::body::Incoming>, key: String, fault: 
     if fault.is_some() {
         s.injected.fetch_add(1, Ordering::SeqCst);
     }
-    lock(&s.log).push(ProxyRecord {
+    s.log.lock().push(ProxyRecord {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         key,
@@ -1039,7 +1034,7 @@ impl Canary {
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let s = s.clone();
                             async move {
-                                lock(&s.requests).push(CanaryRequest {
+                                s.requests.lock().push(CanaryRequest {
                                     method: req.method().to_string(),
                                     target: req
                                         .uri()
@@ -1081,7 +1076,7 @@ impl Canary {
 
     /// Requests seen so far.
     pub fn requests(&self) -> Vec<CanaryRequest> {
-        lock(&self.shared.requests).clone()
+        self.shared.requests.lock().clone()
     }
 }
 

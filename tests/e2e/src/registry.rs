@@ -5,7 +5,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -220,7 +222,7 @@ impl Registry {
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
                     if let Some(e) = parse_access_line(&line) {
-                        lock(&access).push(e);
+                        access.lock().push(e);
                     }
                 }
             });
@@ -230,7 +232,7 @@ impl Registry {
             std::thread::spawn(move || {
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
-                    let mut s = lock(&stderr);
+                    let mut s = stderr.lock();
                     if s.len() < 2000 {
                         s.push(line);
                     }
@@ -319,7 +321,7 @@ impl Registry {
     /// Requests seen so far (from the registry's own access log). Lines are written
     /// when a response completes; see [`Registry::access_log_settled`].
     pub fn access_log(&self) -> Vec<AccessEntry> {
-        lock(&self.access).clone()
+        self.access.lock().clone()
     }
 
     /// The access log once no new line arrived for 200 ms (the log is written
@@ -328,7 +330,7 @@ impl Registry {
         let mut last = usize::MAX;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let n = lock(&self.access).len();
+            let n = self.access.lock().len();
             if n == last {
                 return self.access_log();
             }
@@ -338,12 +340,12 @@ impl Registry {
 
     /// Forgets the access log seen so far.
     pub fn clear_access_log(&self) {
-        lock(&self.access).clear();
+        self.access.lock().clear();
     }
 
     /// The registry's stderr so far (its error log).
     pub fn stderr_text(&self) -> String {
-        lock(&self.stderr).join("\n")
+        self.stderr.lock().join("\n")
     }
 
     /// A reqwest client that trusts this registry's CA (plain client otherwise).
@@ -433,13 +435,6 @@ impl Drop for Registry {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -5,7 +5,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -157,7 +159,7 @@ impl TokenServer {
 
     /// Changes how granted requests are answered.
     pub fn set_answer(&self, answer: TokenAnswer) {
-        *lock(&self.answer) = answer;
+        *self.answer.lock() = answer;
     }
 
     /// Body bytes of [`TokenAnswer::Huge`] answers the connection accepted so far.
@@ -172,7 +174,7 @@ impl TokenServer {
 
     /// Every request answered so far.
     pub fn requests(&self) -> Vec<TokenRequest> {
-        lock(&self.log).clone()
+        self.log.lock().clone()
     }
 }
 
@@ -182,19 +184,12 @@ impl Drop for TokenServer {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 /// The answer, with the hostile variants applied.
 fn respond(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response<Body> {
     let normal = answer(state, parts, form);
-    let mode = *lock(&state.answer);
+    let mode = *state.answer.lock();
     if normal.status() != StatusCode::OK || mode == TokenAnswer::Normal {
         return normal.map(BodyExt::boxed_unsync);
     }
@@ -294,7 +289,7 @@ fn answer(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response<
         (None, p) => (true, p.as_ref().map(|(u, _)| u.clone())),
         (Some(want), Some(got)) if want == got => (true, Some(got.0.clone())),
         (Some(_), Some(got)) => {
-            lock(&state.log).push(TokenRequest {
+            state.log.lock().push(TokenRequest {
                 user: Some(got.0.clone()),
                 scopes,
                 issued: false,
@@ -359,7 +354,7 @@ fn answer(state: &State, parts: &http::request::Parts, form: &[u8]) -> Response<
         .iter()
         .map(|(kind, name, actions)| format!("{kind}:{name}:{actions}"))
         .collect();
-    lock(&state.log).push(TokenRequest {
+    state.log.lock().push(TokenRequest {
         user: user.clone(),
         scopes: scopes.clone(),
         issued: true,

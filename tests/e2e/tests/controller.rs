@@ -1,12 +1,11 @@
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use imagesync_api::ImageSync;
 use imagesync_e2e::fixtures::{self, FixtureSpec, Target};
 use imagesync_e2e::kube::{client_for, ApiServer};
 use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, Target as FaultTarget};
-use imagesync_e2e::registry::{free_port, Registry, RegistryOptions};
+use imagesync_e2e::registry::{Registry, RegistryOptions};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
@@ -25,96 +24,36 @@ pub(crate) async fn cluster() -> ApiServer {
     api
 }
 
-/// A running `imagesync-controller` process; SIGKILLed on drop.
-pub(crate) struct ControllerProc {
-    pub(crate) child: Child,
-    pub(crate) metrics_addr: String,
-    pub(crate) log: PathBuf,
+/// A running `imagesync-controller` process (the harness's launcher); SIGKILLed on drop.
+pub(crate) use imagesync_e2e::controller::ControllerProcess as ControllerProc;
+use imagesync_e2e::controller::Launch;
+
+/// Starts the controller for a scenario: logs to `<log_dir>/controller-<label>.log` at
+/// debug level, on a free metrics port, with the resync floor lowered to 1s.
+pub(crate) fn start_controller(
+    kubeconfig: &Path,
+    log_dir: &Path,
+    label: &str,
+    args: &[&str],
+) -> ControllerProc {
+    controller_with_env(kubeconfig, log_dir, label, args, &[])
 }
 
-impl ControllerProc {
-    pub(crate) fn start(
-        kubeconfig: &Path,
-        log_dir: &Path,
-        label: &str,
-        args: &[&str],
-    ) -> ControllerProc {
-        Self::start_with_env(kubeconfig, log_dir, label, args, &[])
-    }
-
-    pub(crate) fn start_with_env(
-        kubeconfig: &Path,
-        log_dir: &Path,
-        label: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> ControllerProc {
-        let port = free_port().unwrap();
-        let metrics_addr = format!("127.0.0.1:{port}");
-        let log = log_dir.join(format!("controller-{label}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(imagesync_e2e::bin("imagesync-controller"))
-            .args(["--metrics-addr", &metrics_addr])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,imagesync_controller=debug")
-            .env_remove("IMAGESYNC_NAMESPACE")
-            .env_remove("POD_NAMESPACE")
-            // The scenarios re-check every 2s; the production floor is 10s.
-            .env("IMAGESYNC_MIN_RESYNC_INTERVAL", "1s")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        ControllerProc {
-            child,
-            metrics_addr,
-            log,
-        }
-    }
-
-    pub(crate) fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub(crate) fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub(crate) async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = reqwest::get(format!("http://{}{path}", self.metrics_addr))
-            .await
-            .ok()?;
-        let status = resp.status().as_u16();
-        Some((status, resp.text().await.ok()?))
-    }
-
-    /// The value of an unlabelled metric (0 when absent).
-    pub(crate) async fn metric(&self, name: &str) -> f64 {
-        let Some((_, text)) = self.get("/metrics").await else {
-            return -1.0;
-        };
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for ControllerProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// [`start_controller`] with extra environment variables.
+pub(crate) fn controller_with_env(
+    kubeconfig: &Path,
+    log_dir: &Path,
+    label: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ControllerProc {
+    let log = log_dir.join(format!("controller-{label}.log"));
+    let launch = Launch::new(kubeconfig, &log)
+        .args(args)
+        .env("RUST_LOG", "info,imagesync_controller=debug")
+        // The scenarios re-check every 2s; the production floor is 10s.
+        .env("IMAGESYNC_MIN_RESYNC_INTERVAL", "1s");
+    env.iter().fold(launch, |l, (k, v)| l.env(k, v)).start()
 }
 
 pub(crate) fn image_sync_yaml(ns: &str, name: &str, src: &str, dst: &str, extra: &str) -> String {
@@ -260,7 +199,7 @@ pub(crate) async fn controller_syncs_heals_follows_and_deletes() {
     let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), ns);
     let first = fixtures::push_index(src.addr(), "app", "1", 1).await;
 
-    let controller = ControllerProc::start(
+    let controller = start_controller(
         api.kubeconfig(),
         api.dir(),
         "main",
@@ -566,7 +505,7 @@ pub(crate) async fn controller_reports_permanent_errors_with_reasons() {
     )
     .await;
     let limited_addr = limited.addr();
-    let controller = ControllerProc::start(
+    let controller = start_controller(
         api.kubeconfig(),
         api.dir(),
         "errors",
@@ -742,7 +681,7 @@ pub(crate) async fn controller_killed_mid_copy_completes_after_restart() {
         "--insecure-registry",
         dst.addr(),
     ];
-    let mut first = ControllerProc::start(api.kubeconfig(), api.dir(), "killed", &args);
+    let first = start_controller(api.kubeconfig(), api.dir(), "killed", &args);
     dst.clear_access_log();
     api.apply_yaml(&image_sync_yaml(
         ns,
@@ -774,7 +713,7 @@ pub(crate) async fn controller_killed_mid_copy_completes_after_restart() {
     let status = isyncs.get("big").await.unwrap();
     assert_eq!(reason(&status).as_deref(), Some("Syncing"));
 
-    let second = ControllerProc::start(api.kubeconfig(), api.dir(), "restarted", &args);
+    let second = start_controller(api.kubeconfig(), api.dir(), "restarted", &args);
     wait_for(
         &isyncs,
         "big",
@@ -817,8 +756,8 @@ pub(crate) async fn leader_election_hands_over_when_the_leader_dies() {
         "--lease-duration",
         "3s",
     ];
-    let mut a = ControllerProc::start(api.kubeconfig(), api.dir(), "a", &args);
-    let mut b = ControllerProc::start(api.kubeconfig(), api.dir(), "b", &args);
+    let mut a = start_controller(api.kubeconfig(), api.dir(), "a", &args);
+    let mut b = start_controller(api.kubeconfig(), api.dir(), "b", &args);
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
 
     // Exactly one leader.
@@ -997,7 +936,7 @@ pub(crate) async fn controller_works_with_exactly_the_chart_rbac() {
     ));
 
     let image = fixtures::push_index(src.addr(), "app", "1", 31).await;
-    let controller = ControllerProc::start(
+    let controller = start_controller(
         &sa_kubeconfig,
         api.dir(),
         "sa",
@@ -1073,7 +1012,7 @@ pub(crate) async fn controller_moves_destinations_and_survives_refused_deletes()
     let ns = "default";
     let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), ns);
     let image = fixtures::push_index(src.addr(), "app", "1", 41).await;
-    let controller = ControllerProc::start(
+    let controller = start_controller(
         api.kubeconfig(),
         api.dir(),
         "moves",
@@ -1238,7 +1177,7 @@ pub(crate) async fn controller_watches_only_its_namespace_with_roles() {
         .service_account_kubeconfig("imagesync-system", "imagesync-controller")
         .await;
     let image = fixtures::push_index(reg.addr(), "app", "1", 61).await;
-    let controller = ControllerProc::start_with_env(
+    let controller = controller_with_env(
         &kubeconfig,
         api.dir(),
         "ns",

@@ -715,7 +715,7 @@ impl ControllerCrash {
     /// rounds the destinations already hold another image), a controller watching only
     /// that namespace, killed at the `n`th destination request; `None` runs to Ready.
     async fn round(&self, r: usize, n: Option<usize>) -> Round {
-        use crate::controller::ControllerProc;
+        use crate::controller::start_controller;
         let round_started = Instant::now();
         let ns = format!("crash-r{r}");
         self.api.create_namespace(&ns).await;
@@ -744,8 +744,8 @@ impl ControllerCrash {
         let a = self.args(&[&proxy], Some(&ns), &[]);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let prepared = round_started.elapsed();
-        let mut c = ControllerProc::start(self.api.kubeconfig(), self.api.dir(), &ns, &a);
-        proxy.set_pid(c.child.id());
+        let c = start_controller(self.api.kubeconfig(), self.api.dir(), &ns, &a);
+        proxy.set_pid(c.pid());
         let deadline = Instant::now() + Duration::from_secs(120);
         let Some(n) = n else {
             while !all_ready(&self.client, &objects, &self.image.digest).await {
@@ -826,7 +826,7 @@ impl ControllerCrash {
 /// object Ready with the source digest and a byte-identical image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn controller_killed_at_22_points_converges() {
-    use crate::controller::{cluster, ControllerProc};
+    use crate::controller::{cluster, start_controller};
     use futures::StreamExt;
 
     let started = Instant::now();
@@ -866,7 +866,7 @@ pub(crate) async fn controller_killed_at_22_points_converges() {
     let proxies: Vec<&KillProxy> = rounds.iter().map(|r| &r.proxy).collect();
     let a = h.args(&proxies, None, &["--concurrency", "16"]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let c = ControllerProc::start(h.api.kubeconfig(), h.api.dir(), "final", &a);
+    let c = start_controller(h.api.kubeconfig(), h.api.dir(), "final", &a);
     let objects: Vec<(String, String)> = rounds.iter().flat_map(|r| r.objects.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !all_ready(&h.client, &objects, &h.image.digest).await {
@@ -907,8 +907,8 @@ pub(crate) async fn controller_killed_at_22_points_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn two_controllers_without_leader_election() {
     use crate::controller::{
-        cluster, event_reasons, image_sync_yaml, ready_with, reason, wait_event, wait_for,
-        wait_gone, ControllerProc,
+        cluster, event_reasons, image_sync_yaml, ready_with, reason, start_controller, wait_event,
+        wait_for, wait_gone,
     };
     use imagesync_api::ImageSync;
     use kube::Api;
@@ -926,8 +926,8 @@ pub(crate) async fn two_controllers_without_leader_election() {
         "--insecure-registry",
         dst.addr(),
     ];
-    let mut c1 = ControllerProc::start(api.kubeconfig(), api.dir(), "one", &args);
-    let mut c2 = ControllerProc::start(api.kubeconfig(), api.dir(), "two", &args);
+    let c1 = start_controller(api.kubeconfig(), api.dir(), "one", &args);
+    let c2 = start_controller(api.kubeconfig(), api.dir(), "two", &args);
     let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "default");
 
     // Six objects, one repository.

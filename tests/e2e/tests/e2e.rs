@@ -16,6 +16,8 @@ mod hostile;
 mod hostile_objects;
 mod image;
 mod ownership;
+mod platforms;
+mod platforms_frontends;
 mod policy;
 mod producers;
 mod ranged;

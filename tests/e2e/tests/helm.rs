@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imagesync_e2e::controller::Launch;
 use imagesync_e2e::kube::ApiServer;
 use serde_json::{json, Value};
 
@@ -1020,43 +1021,6 @@ async fn chart_installs_upgrades_and_uninstalls_on_kube_apiserver_1_20() {
     );
 }
 
-/// The controller binary running as a local process; killed on drop.
-struct ControllerProcess {
-    child: std::sync::Mutex<std::process::Child>,
-    log: PathBuf,
-}
-
-impl ControllerProcess {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&self) {
-        let exited = self
-            .child
-            .lock()
-            .map(|mut c| c.try_wait())
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
-        if let Some(status) = exited {
-            panic!(
-                "imagesync-controller exited ({status}):\n{}",
-                self.log_text()
-            );
-        }
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        if let Ok(child) = self.child.get_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Polls `check` every 250 ms for up to `secs` seconds.
 async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where
@@ -1164,22 +1128,11 @@ async fn controller_works_with_exactly_the_charts_service_account_permissions() 
         "{args:?}"
     );
     let log = kube.server.dir().join("controller.log");
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let controller = ControllerProcess {
-        child: std::sync::Mutex::new(
-            Command::new(imagesync_e2e::bin("imagesync-controller"))
-                .args(&args)
-                .env("KUBECONFIG", &sa_kubeconfig)
-                .env_remove("POD_NAMESPACE")
-                .env_remove("IMAGESYNC_NAMESPACE")
-                .env("RUST_LOG", "info")
-                .stdout(log_file.try_clone().expect("log file"))
-                .stderr(log_file)
-                .spawn()
-                .expect("starting imagesync-controller"),
-        ),
-        log,
-    };
+    let controller = Launch::new(&sa_kubeconfig, &log)
+        .args(&args)
+        .metrics_addr(&metrics_addr)
+        .env("RUST_LOG", "info")
+        .start();
 
     // One object in the watched namespace, one outside it.
     let object = |name: &str, ns: &str| {
@@ -1696,23 +1649,13 @@ async fn charts_policy_is_enforced_with_the_charts_service_account_permissions()
         "{args:?}"
     );
     let log = kube.server.dir().join("controller-policy.log");
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let controller = ControllerProcess {
-        child: std::sync::Mutex::new(
-            Command::new(imagesync_e2e::bin("imagesync-controller"))
-                .args(&args)
-                .env("KUBECONFIG", &sa_kubeconfig)
-                // The chart sets POD_NAMESPACE from the downward API.
-                .env("POD_NAMESPACE", RELEASE_NS)
-                .env_remove("IMAGESYNC_NAMESPACE")
-                .env("RUST_LOG", "info")
-                .stdout(log_file.try_clone().expect("log file"))
-                .stderr(log_file)
-                .spawn()
-                .expect("starting imagesync-controller"),
-        ),
-        log,
-    };
+    let controller = Launch::new(&sa_kubeconfig, &log)
+        .args(&args)
+        .metrics_addr(&metrics_addr)
+        // The chart sets POD_NAMESPACE from the downward API.
+        .env("POD_NAMESPACE", RELEASE_NS)
+        .env("RUST_LOG", "info")
+        .start();
 
     let object = |name: &str, ns: &str, dst: &str| {
         json!({"apiVersion": "imagesync.dev/v1alpha1", "kind": "ImageSync",
@@ -2117,22 +2060,11 @@ async fn secrets_in_listed_namespaces_only_on_kube_apiserver_1_20() {
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let args = rendered_controller_args(&kube, &[("--metrics-addr", &metrics_addr)]).await;
     let log = kube.server.dir().join("controller.log");
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let controller = ControllerProcess {
-        child: std::sync::Mutex::new(
-            Command::new(imagesync_e2e::bin("imagesync-controller"))
-                .args(&args)
-                .env("KUBECONFIG", &sa_kubeconfig)
-                .env_remove("POD_NAMESPACE")
-                .env_remove("IMAGESYNC_NAMESPACE")
-                .env("RUST_LOG", "info")
-                .stdout(log_file.try_clone().expect("log file"))
-                .stderr(log_file)
-                .spawn()
-                .expect("starting imagesync-controller"),
-        ),
-        log,
-    };
+    let controller = Launch::new(&sa_kubeconfig, &log)
+        .args(&args)
+        .metrics_addr(&metrics_addr)
+        .env("RUST_LOG", "info")
+        .start();
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let config = format!(

@@ -12,8 +12,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
 use crate::controller::{
-    cluster, crd_path, event_reasons, ready_with, reason, wait_event, wait_for, wait_gone,
-    ControllerProc,
+    cluster, controller_with_env, crd_path, event_reasons, ready_with, reason, start_controller,
+    wait_event, wait_for, wait_gone,
 };
 
 /// The `resyncInterval` pattern of the CRD before it was tightened (no length or digit
@@ -125,7 +125,7 @@ pub(crate) async fn hostile_resync_intervals_neither_crash_nor_loop_the_controll
         "2s",
     ));
 
-    let mut controller = ControllerProc::start(
+    let controller = start_controller(
         api.kubeconfig(),
         api.dir(),
         "hostile",
@@ -302,14 +302,14 @@ pub(crate) async fn a_dead_reconcile_task_releases_the_lease_and_the_standby_tak
         "--lease-duration",
         "60s",
     ];
-    let mut doomed = ControllerProc::start_with_env(
+    let doomed = controller_with_env(
         api.kubeconfig(),
         api.dir(),
         "doomed",
         &args,
         &[("IMAGESYNC_TEST_PANIC_RECONCILE_LOOP_AFTER", "4s")],
     );
-    let doomed_pid = format!("_{}_", doomed.child.id());
+    let doomed_pid = format!("_{}_", doomed.pid());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !lease_holder(&leases)
         .await
@@ -322,12 +322,12 @@ pub(crate) async fn a_dead_reconcile_task_releases_the_lease_and_the_standby_tak
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut standby = ControllerProc::start(api.kubeconfig(), api.dir(), "standby", &args);
+    let standby = start_controller(api.kubeconfig(), api.dir(), "standby", &args);
 
     // The panic: the process exits with a failure, after releasing the Lease.
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = doomed.child.try_wait().unwrap() {
+        if let Some(status) = doomed.try_wait() {
             break status;
         }
         assert!(
@@ -344,7 +344,7 @@ pub(crate) async fn a_dead_reconcile_task_releases_the_lease_and_the_standby_tak
     assert!(log.contains("released leadership"), "{log}");
 
     // The standby takes over well before the 60s lease would have expired.
-    let standby_pid = format!("_{}_", standby.child.id());
+    let standby_pid = format!("_{}_", standby.pid());
     while !lease_holder(&leases)
         .await
         .is_some_and(|h| h.contains(&standby_pid))
@@ -419,7 +419,7 @@ pub(crate) async fn internal_registries_must_be_listed_by_the_operator() {
         &dst.reference("dst/app:1"),
         "",
     ));
-    let refused = crate::controller::ControllerProc::start_with_env(
+    let refused = crate::controller::controller_with_env(
         api.kubeconfig(),
         api.dir(),
         "internal-refused",
@@ -445,12 +445,8 @@ pub(crate) async fn internal_registries_must_be_listed_by_the_operator() {
 
     let mut args = base.to_vec();
     args.extend(["--allow-internal-registry", "localhost"]);
-    let allowed = crate::controller::ControllerProc::start(
-        api.kubeconfig(),
-        api.dir(),
-        "internal-allowed",
-        &args,
-    );
+    let allowed =
+        crate::controller::start_controller(api.kubeconfig(), api.dir(), "internal-allowed", &args);
     crate::controller::wait_for(
         &objs,
         "app",

@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams};
 use kube::Api;
 
 use crate::controller::{
-    cluster, image_sync_yaml, ready_with, reason, wait_event, wait_for, wait_gone, ControllerProc,
+    cluster, image_sync_yaml, ready_with, reason, start_controller, wait_event, wait_for, wait_gone,
 };
 
 fn ownership_of(obj: &ImageSync) -> Option<Ownership> {
@@ -45,7 +45,7 @@ pub(crate) async fn adopted_tags_survive_deletion() {
     let platform = fixtures::push_index(reg.addr(), "platform/api", "v3", 31).await;
     let args = controller_args(&[&reg, &src]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "own", &args);
+    let controller = start_controller(api.kubeconfig(), api.dir(), "own", &args);
 
     let victim = reg.reference("platform/api:v3");
     api.apply_yaml(&image_sync_yaml("default", "adopt", &victim, &victim, ""));
@@ -217,7 +217,7 @@ pub(crate) async fn the_later_of_two_objects_on_one_tag_waits() {
     let image_b = fixtures::push_index(src.addr(), "b", "1", 42).await;
     let args = controller_args(&[&src, &dst]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "conflict", &args);
+    let controller = start_controller(api.kubeconfig(), api.dir(), "conflict", &args);
     let team_a: Api<ImageSync> = Api::namespaced(client.clone(), "team-a");
     let team_b: Api<ImageSync> = Api::namespaced(client.clone(), "team-b");
     let tag = dst.reference("shared/app:1");
@@ -328,7 +328,7 @@ pub(crate) async fn a_handed_over_tag_is_owned_by_the_next_object() {
     let image = fixtures::push_index(src.addr(), "a", "1", 51).await;
     let args = controller_args(&[&src, &dst]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "handover", &args);
+    let controller = start_controller(api.kubeconfig(), api.dir(), "handover", &args);
     let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "default");
     let tag = dst.reference("app:1");
     let source = src.reference("a:1");
@@ -547,7 +547,7 @@ pub(crate) async fn a_tenant_cannot_mount_another_tenants_layer_by_naming_its_di
     let args = controller_args(&[&private, &dst]);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.extend(["--insecure-registry", liar.addr.as_str()]);
-    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "tenants", &args);
+    let controller = start_controller(api.kubeconfig(), api.dir(), "tenants", &args);
     let team_a: Api<ImageSync> = Api::namespaced(client.clone(), "team-a");
     let team_b: Api<ImageSync> = Api::namespaced(client.clone(), "team-b");
 
@@ -630,7 +630,7 @@ pub(crate) async fn deletion_removes_only_the_blobs_this_object_uploaded() {
     );
     let args = controller_args(&[&src, &dst]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "blobs", &args);
+    let controller = start_controller(api.kubeconfig(), api.dir(), "blobs", &args);
     let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "default");
     api.apply_yaml(&image_sync_yaml(
         "default",

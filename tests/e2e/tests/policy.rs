@@ -13,8 +13,8 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 use crate::controller::{
-    cluster, dockerconfig_secret, event_reasons, image_sync_yaml, ready_with, reason, wait_event,
-    wait_for, wait_gone, ControllerProc,
+    cluster, controller_with_env, dockerconfig_secret, event_reasons, image_sync_yaml, ready_with,
+    reason, start_controller, wait_event, wait_for, wait_gone, ControllerProc,
 };
 
 const CONTROLLER_NS: &str = "imagesync-system";
@@ -209,7 +209,7 @@ pub(crate) async fn teams_get_only_what_their_rule_allows_and_denied_objects_nev
     );
     let docker = ambient_docker_config(api.dir(), private.addr(), USER, PASS);
     let policy_arg = policy.arg();
-    let controller = ControllerProc::start_with_env(
+    let controller = controller_with_env(
         api.kubeconfig(),
         api.dir(),
         "teams",
@@ -428,7 +428,7 @@ pub(crate) async fn policy_reloads_without_restart_and_an_invalid_policy_keeps_t
     };
     let mut policy = PolicyDir::new(api.dir(), &rule("dst/one/*"));
     let policy_arg = policy.arg();
-    let controller = ControllerProc::start_with_env(
+    let controller = controller_with_env(
         api.kubeconfig(),
         api.dir(),
         "reload",
@@ -572,7 +572,7 @@ pub(crate) async fn policy_reloads_without_restart_and_an_invalid_policy_keeps_t
         "rules:\n  - name: x\n    namespaces: [a]\n    sources: ['[']\n    destinations: ['**']\n",
     )
     .unwrap();
-    let refused = ControllerProc::start(
+    let refused = start_controller(
         api.kubeconfig(),
         api.dir(),
         "bad-policy",
@@ -583,7 +583,7 @@ pub(crate) async fn policy_reloads_without_restart_and_an_invalid_policy_keeps_t
         &["--policy-file", "policy rule \"x\": sources: pattern \"[\""],
     )
     .await;
-    let missing = ControllerProc::start(
+    let missing = start_controller(
         api.kubeconfig(),
         api.dir(),
         "missing-policy",
@@ -593,10 +593,10 @@ pub(crate) async fn policy_reloads_without_restart_and_an_invalid_policy_keeps_t
 }
 
 /// Waits (20 s at most) for `proc` to exit unsuccessfully with every `needle` in its log.
-async fn wait_exit_failure(mut proc: ControllerProc, needles: &[&str]) {
+async fn wait_exit_failure(proc: ControllerProc, needles: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = proc.child.try_wait().unwrap() {
+        if let Some(s) = proc.try_wait() {
             break s;
         }
         assert!(Instant::now() < deadline, "still running");
@@ -642,7 +642,7 @@ pub(crate) async fn secrets_must_be_docker_config_types_from_the_objects_own_nam
     );
     let docker = ambient_docker_config(api.dir(), private.addr(), USER, PASS);
     let policy_arg = policy.arg();
-    let controller = ControllerProc::start_with_env(
+    let controller = controller_with_env(
         api.kubeconfig(),
         api.dir(),
         "secrets",
@@ -826,7 +826,7 @@ rules:
     for i in &insecure {
         args.extend(["--insecure-registry", i.as_str()]);
     }
-    let controller = ControllerProc::start(api.kubeconfig(), api.dir(), "spellings", &args);
+    let controller = start_controller(api.kubeconfig(), api.dir(), "spellings", &args);
     let denied_spellings = [
         format!("127.0.0.1.:{port}/src/app:1"),
         format!("127.0.0.1:0{port}/src/app:1"),

@@ -64,3 +64,57 @@ fn which(tool: &str) -> std::io::Result<PathBuf> {
     }
     Err(std::io::Error::other(format!("{tool} not found")))
 }
+
+/// Issue 16: build-kube-apiserver.sh takes the Debian mirror from the machine's apt
+/// sources (deb822 first, then one-line entries) instead of a hard-coded URL. Checks the
+/// entries it would write (`--print-apt-sources`) for fake /etc/apt trees; nothing is
+/// built or installed.
+#[test]
+fn kube_apiserver_apt_sources_use_the_configured_mirror() {
+    let print = |etc: &Path| {
+        let out = std::process::Command::new("/bin/bash")
+            .arg(script("build-kube-apiserver.sh"))
+            .arg("--print-apt-sources")
+            .env("APT_ETC", etc)
+            .env("DEBIAN_CODENAME", "bookworm")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let uris: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("URIs: "))
+            .map(String::from)
+            .collect();
+        assert_eq!(uris.len(), 2, "{text}");
+        assert!(text.contains("Types: deb-src") && text.contains("Suites: bullseye"));
+        uris
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let deb822 = dir.path().join("deb822");
+    std::fs::create_dir_all(deb822.join("sources.list.d")).unwrap();
+    std::fs::write(
+        deb822.join("sources.list.d/debian.sources"),
+        "Types: deb\nURIs: http://mirror.test/debian-security\nSuites: bookworm-security\n\
+         Components: main\n\n# the archive\nTypes: deb\nURIs: https://mirror.test/debian/\n\
+         Suites: bookworm bookworm-updates\nComponents: main\n",
+    )
+    .unwrap();
+    assert_eq!(print(&deb822), ["https://mirror.test/debian"; 2]);
+
+    let one_line = dir.path().join("one-line");
+    std::fs::create_dir_all(&one_line).unwrap();
+    std::fs::write(
+        one_line.join("sources.list"),
+        "# deb http://commented.test/debian bookworm main\n\
+         deb [arch=amd64 signed-by=/k.gpg] http://ftp.test/debian bookworm main\n",
+    )
+    .unwrap();
+    assert_eq!(print(&one_line), ["http://ftp.test/debian"; 2]);
+
+    // Nothing configured: Debian's own redirector, with a warning.
+    assert_eq!(
+        print(&dir.path().join("empty")),
+        ["http://deb.debian.org/debian"; 2]
+    );
+}

@@ -812,15 +812,8 @@ fn imagesync_e2e_cookie() -> &'static str {
     "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2"
 }
 
-/// A running `imagesync-controller`; killed on drop.
-pub(crate) struct Controller(std::process::Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A running `imagesync-controller` (the harness's launcher); killed on drop.
+pub(crate) use imagesync_e2e::controller::ControllerProcess as Controller;
 
 /// The ImageSync objects in `default`, as JSON.
 pub(crate) fn imagesyncs(api: &ApiServer) -> Vec<serde_json::Value> {
@@ -837,31 +830,15 @@ pub(crate) async fn kube_controller(api: &ApiServer, a: &Registry, b: &Registry)
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/imagesyncs.imagesync.dev.yaml"),
     )
     .await;
-    let log = std::fs::File::create(api.dir().join("controller.log")).unwrap();
-    Controller(
-        std::process::Command::new(imagesync_e2e::bin("imagesync-controller"))
-            .args([
-                "--insecure-registry",
-                a.addr(),
-                "--insecure-registry",
-                b.addr(),
-            ])
-            .args(["--default-resync-interval", "2s"])
-            .args([
-                "--metrics-addr",
-                &format!(
-                    "127.0.0.1:{}",
-                    imagesync_e2e::registry::free_port().unwrap()
-                ),
-            ])
-            .env("KUBECONFIG", api.kubeconfig())
-            .env_remove("IMAGESYNC_NAMESPACE")
-            .env_remove("POD_NAMESPACE")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    imagesync_e2e::controller::Launch::new(api.kubeconfig(), &api.dir().join("controller.log"))
+        .args([
+            "--insecure-registry",
+            a.addr(),
+            "--insecure-registry",
+            b.addr(),
+        ])
+        .args(["--default-resync-interval", "2s"])
+        .start()
 }
 
 /// Kubernetes mode against a real kube-apiserver v1.20.2 and the real controller: apply

@@ -59,15 +59,12 @@ fn needs_sync(prior: &Model, planned: &Model) -> bool {
 
 /// The target of a sync, with the Kubernetes-mode defaults filled in.
 fn sync_target(backend: &dyn Backend, planned: &mut Model) -> Result<Target, Diagnostic> {
-    if !backend.resolves_at_plan() {
-        if planned.namespace.is_unknown() || planned.namespace.is_null() {
-            planned.namespace = Value::string_or_null(backend.namespace());
-        }
-        if planned.name.is_unknown() || planned.name.is_null() {
-            planned.name =
-                Value::string_or_null(planned.destination.as_str().map(crate::kube::derive_name));
-        }
-    }
+    super::fill_identity(
+        backend,
+        planned,
+        |v| v.is_unknown() || v.is_null(),
+        Value::Null,
+    );
     planned
         .target()?
         .ok_or_else(|| Diagnostic::error("source and destination must be known at apply time", ""))
@@ -116,7 +113,25 @@ fn record_sync(
     if !synced.adopted {
         private.record_uploaded(synced.uploaded.iter().cloned());
     }
+    private.selected_from = synced.selected_from.clone();
     private
+}
+
+/// The selection the prior state holds (its `source_digest`, made from the source digest
+/// in private state), when `planned` selects the same platforms.
+pub(crate) fn known_selection(
+    prior: Option<&Model>,
+    planned: &Model,
+    private: &Private,
+) -> Option<imagesync_engine::Selection> {
+    let prior = prior?;
+    if prior.platforms != planned.platforms || planned.platforms.is_null() {
+        return None;
+    }
+    Some(imagesync_engine::Selection {
+        source_digest: private.selected_from.clone()?,
+        digest: prior.source_digest.as_str()?.parse().ok()?,
+    })
 }
 
 async fn sync(
@@ -141,6 +156,7 @@ async fn sync(
     } else {
         private.referrers_probe.clone()
     };
+    target.known = known_selection(prior.as_ref(), &planned, &private);
     let expect = planned
         .source_digest
         .as_str()

@@ -142,6 +142,7 @@ impl Backend for Fake {
                 vec![uploaded_blob()]
             },
             referrers: Default::default(),
+            selected_from: None,
         })
     }
 
@@ -203,6 +204,10 @@ fn config(source: Value, destination: &str) -> Model {
         referrers: Value::Null,
         referrer_types: Value::Null,
         copied_referrers: Value::Unknown,
+        platforms: Value::Null,
+        resync_interval: Value::Null,
+        source_secret_ref: Value::Null,
+        destination_secret_ref: Value::Null,
     }
 }
 
@@ -821,5 +826,87 @@ async fn earlier_images_on_a_registry_without_deletes_do_not_block_destroy() {
             .any(|d| d.summary.contains("Earlier image")),
         "{:?}",
         gone.diags
+    );
+}
+
+/// A fake Kubernetes-mode backend (no API server) naming objects like the real one.
+#[derive(Debug)]
+struct FakeKube;
+
+#[async_trait]
+impl Backend for FakeKube {
+    fn resolves_at_plan(&self) -> bool {
+        false
+    }
+
+    fn identity(&self, destination: Option<&str>) -> Option<crate::backend::Identity> {
+        Some(crate::backend::Identity {
+            namespace: "team".into(),
+            name: destination.map(crate::kube::derive_name),
+        })
+    }
+
+    async fn digest(&self, _: &Reference) -> Result<Option<Digest>, BackendError> {
+        Ok(None)
+    }
+
+    async fn observe(&self, _: &Target) -> Result<Option<Observed>, BackendError> {
+        Ok(Some(Observed {
+            id: String::new(),
+            source_digest: None,
+        }))
+    }
+
+    async fn sync(&self, _: &Target, _: Option<Digest>) -> Result<Synced, BackendError> {
+        Err(BackendError::Timeout("not used by this test".into()))
+    }
+
+    async fn delete(&self, _: &Target, _: Option<Digest>) -> Result<Deleted, BackendError> {
+        Err(BackendError::Timeout("not used by this test".into()))
+    }
+}
+
+/// The backend gives the object's namespace and name (plan, and read after an import);
+/// direct mode, which has no object, refuses them.
+#[tokio::test]
+async fn the_backend_names_kubernetes_objects_and_direct_mode_refuses_names() {
+    let dst = "127.0.0.1:6000/dst/app:1";
+    let proposed = Model {
+        source: Value::String("127.0.0.1:5000/src/app:1".into()),
+        destination: Value::String(dst.into()),
+        ..Model::empty()
+    };
+    let planned = plan(&FakeKube, None, Some(proposed.clone())).await;
+    assert!(planned.diags.is_empty(), "{:?}", planned.diags);
+    let state = planned.state.unwrap();
+    assert_eq!(state.namespace, Value::String("team".into()));
+    assert_eq!(state.name, Value::String(crate::kube::derive_name(dst)));
+
+    let unknown = Model {
+        destination: Value::Unknown,
+        ..proposed.clone()
+    };
+    let planned = plan(&FakeKube, None, Some(unknown)).await;
+    assert_eq!(planned.state.unwrap().name, Value::Unknown);
+
+    let imported = import(&format!("127.0.0.1:5000/src/app:1,{dst}")).unwrap();
+    let (state, diags) = read(&FakeKube, imported).await;
+    assert!(diags.is_empty(), "{diags:?}");
+    let state = state.unwrap();
+    assert_eq!(state.namespace, Value::String("team".into()));
+    assert_eq!(state.name, Value::String(crate::kube::derive_name(dst)));
+
+    let named = Model {
+        name: Value::String("mine".into()),
+        ..proposed
+    };
+    let planned = plan(&Fake::default(), None, Some(named)).await;
+    assert!(
+        planned
+            .diags
+            .iter()
+            .any(|d| d.summary.contains("only used in Kubernetes mode")),
+        "{:?}",
+        planned.diags
     );
 }
