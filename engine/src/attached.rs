@@ -98,8 +98,16 @@ impl<'a> Hook<'a> {
         // selected child or the new index of the selected entries, not the source index.
         // Referrers follow the manifests that were copied.
         let top = outcome.destination_digest.clone();
-        // Taken before discovery: a referrer added meanwhile changes the next probe.
-        outcome.referrers_probe = probe(self.src, source, &top, policy).await?;
+        // Taken before discovery: a referrer added meanwhile changes the next probe. A
+        // new index (several platforms selected) is not at the source, so it has no
+        // tags there: its probe is known without a request. Referrers added later to
+        // its children are copied when the image changes or a full look is asked for
+        // (a recorded probe that differs), not found by the probe.
+        outcome.referrers_probe = if is_new_index(&top, outcome, options) {
+            Some(EMPTY_PROBE.to_string())
+        } else {
+            probe(self.src, source, &top, policy).await?
+        };
         let recorded = options.referrers_probe.as_deref().unwrap_or(EMPTY_PROBE);
         if children.is_none() && outcome.referrers_probe.as_deref() == Some(recorded) {
             // The image is up to date and its probe unchanged since the recorded sync
@@ -663,6 +671,12 @@ fn subject_of(bytes: &[u8]) -> Option<Digest> {
         .ok()
         .and_then(|m| m.subject)
         .map(|s| s.digest)
+}
+
+/// Whether `top`, the digest the destination got, is a new index of several selected
+/// platforms (which only the destination has) rather than a source manifest.
+pub(crate) fn is_new_index(top: &Digest, outcome: &Outcome, options: &SyncOptions) -> bool {
+    *top != outcome.source_digest && options.platforms.len() > 1
 }
 
 /// The fingerprint of a source without a fallback tag or `.sig` tag.

@@ -538,6 +538,11 @@ async fn plan_referrers(
     ) else {
         return Ok(());
     };
+    if target.platforms.len() > 1 && private.selected_from.as_ref() != Some(&digest) {
+        // A new index of the selected platforms exists only at the destination: the
+        // source has no referrer tags for it to probe (see the engine's probe).
+        return Ok(());
+    }
     target.referrers_probe = private.referrers_probe.clone();
     match backend.referrers_changed(&target, &digest).await {
         Ok(true) => planned.copied_referrers = Value::Unknown,
