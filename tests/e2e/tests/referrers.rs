@@ -29,7 +29,7 @@ const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const SPDX: &str = "text/spdx+json";
 const INTOTO: &str = "application/vnd.in-toto+json";
 
-fn engine(insecure: &[&str]) -> Engine {
+pub(crate) fn engine(insecure: &[&str]) -> Engine {
     Engine::new(EngineConfig {
         insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
         retry: RetryPolicy {
@@ -51,16 +51,16 @@ fn d(s: &str) -> Digest {
     s.parse().unwrap()
 }
 
-fn fallback_tag(digest: &str) -> String {
+pub(crate) fn fallback_tag(digest: &str) -> String {
     digest.replace(':', "-")
 }
 
 /// A manifest pushed by a test: digest and exact bytes.
 #[derive(Clone, Debug)]
-struct Art {
-    digest: String,
-    bytes: Vec<u8>,
-    blobs: Vec<String>,
+pub(crate) struct Art {
+    pub(crate) digest: String,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) blobs: Vec<String>,
 }
 
 /// A cosign-style tag manifest (plain image config, one layer per entry of `layers`:
@@ -137,7 +137,7 @@ fn signature_layer(
 
 /// Signs `subject` the way `cosign sign --key` does without a transparency log: the
 /// `sha256-<hex>.sig` tag with one layer per signature.
-async fn cosign_sign(
+pub(crate) async fn cosign_sign(
     t: &Target,
     repo: &str,
     subject: &str,
@@ -176,7 +176,7 @@ async fn cosign_attach(t: &Target, repo: &str, subject: &str, suffix: &str, seed
 /// An OCI 1.1 artifact with `subject`, pushed by digest, and (unless `index` is false)
 /// added to the subject's `sha256-<hex>` fallback index like an OCI 1.1 client does on a
 /// registry without the referrers API.
-async fn attach_fallback(
+pub(crate) async fn attach_fallback(
     t: &Target,
     repo: &str,
     subject: (&str, &str, usize),
@@ -248,7 +248,7 @@ fn digests(entries: &[Value]) -> Vec<String> {
 /// crate, an independent verifier): at least one signature layer from the `.sig` tag
 /// whose signature the key verifies and whose payload names `digest`. Returns the
 /// identities (`docker-reference`) of the verified layers.
-async fn cosign_verify(
+pub(crate) async fn cosign_verify(
     addr: &str,
     repo: &str,
     digest: &str,
@@ -290,7 +290,7 @@ async fn cosign_verify(
         .collect())
 }
 
-fn new_signer() -> (SigStoreSigner, String) {
+pub(crate) fn new_signer() -> (SigStoreSigner, String) {
     let signer = SigningScheme::ECDSA_P256_SHA256_ASN1
         .create_signer()
         .unwrap();
