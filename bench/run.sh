@@ -19,7 +19,7 @@
 #
 # Environment: RUNS (repetitions, default 3), OBJECTS (controller, default 1000),
 # INTERVAL (controller resync seconds, default 30), OBJECTS_LARGE and INTERVAL_LARGE (the
-# large controller run, default 10000 objects and 60 s), RESOURCES (Terraform sizes, default
+# large controller run, default 10000 objects and 60 s; OBJECTS_LARGE=0 skips it), RESOURCES (Terraform sizes, default
 # "50 500"), ORIGINAL_PROVIDER_SRC (see bench/terraform-bench.sh),
 # BENCH_OUT (folder for results.*, default bench/), and bench.sh's LAYER_MB, BASE_MB,
 # IMAGES, BIG_MB, JOBS.
@@ -86,10 +86,12 @@ OBJECTS="$OBJECTS" INTERVAL="$INTERVAL" CYCLES="$RUNS" PROFILE=release \
   bash "$ROOT/bench/controller-bench.sh" >&2
 fact "load average (after controller)" "$(load)"
 
-log "controller steady state ($OBJECTS_LARGE objects, 1 cycle of ${INTERVAL_LARGE}s)"
-OBJECTS="$OBJECTS_LARGE" INTERVAL="$INTERVAL_LARGE" CYCLES=1 NEW_OBJECTS=0 PROFILE=release \
-  bash "$ROOT/bench/controller-bench.sh" >&2
-fact "load average (after controller, $OBJECTS_LARGE objects)" "$(load)"
+if [ "$OBJECTS_LARGE" -gt 0 ]; then
+  log "controller steady state ($OBJECTS_LARGE objects, 1 cycle of ${INTERVAL_LARGE}s)"
+  OBJECTS="$OBJECTS_LARGE" INTERVAL="$INTERVAL_LARGE" CYCLES=1 NEW_OBJECTS=0 PROFILE=release \
+    bash "$ROOT/bench/controller-bench.sh" >&2
+  fact "load average (after controller, $OBJECTS_LARGE objects)" "$(load)"
+fi
 
 log "terraform ($RESOURCES resources, $RUNS plans)"
 # shellcheck disable=SC2086 # one argument per size

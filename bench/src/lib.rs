@@ -219,6 +219,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The table cell of `tool`: median and spread, or a dash without samples.
+    pub fn cell(&self, tool: &str) -> String {
+        match self.stats(tool) {
+            Some(st) => format_stats(&st, &self.unit),
+            None => "–".to_string(),
+        }
+    }
+
     /// The statistics of one tool.
     pub fn stats(&self, tool: &str) -> Option<Stats> {
         self.tools.get(tool).and_then(|v| Stats::of(v))
@@ -379,10 +387,7 @@ pub fn is_wan(workload: &str) -> bool {
 
 fn write_rows(out: &mut String, rows: &[Summary]) {
     for s in rows {
-        let cell = |tool: &str| match s.stats(tool) {
-            Some(st) => format_stats(&st, &s.unit),
-            None => "–".to_string(),
-        };
+        let cell = |tool: &str| s.cell(tool);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -436,10 +441,7 @@ fn original_section(out: &mut String, m: &Measurements) {
     );
     let _ = writeln!(out, "|---|---|---|---|---|");
     for s in rows {
-        let cell = |tool: &str| match s.stats(tool) {
-            Some(st) => format_stats(&st, &s.unit),
-            None => "–".to_string(),
-        };
+        let cell = |tool: &str| s.cell(tool);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} |",

@@ -427,27 +427,39 @@ pub(crate) fn collect_children<'a>(
             let data = client.get_manifest(&r).await?;
             let held: u64 = out.iter().map(|n| n.data.bytes.len() as u64).sum();
             crate::manifest::check_tree_size(&r.to_string(), held, data.bytes.len())?;
-            if data.bytes.len() as u64 != child.size {
-                return Err(Error::DigestMismatch {
-                    reference: r.to_string(),
-                    expected: format!("{} bytes", child.size),
-                    actual: format!("{} bytes", data.bytes.len()),
-                });
-            }
-            let media_type = if data.media_type.is_empty() {
-                child.media_type.clone()
-            } else {
-                data.media_type.clone()
-            };
-            let parsed = Manifest::parse(&r.to_string(), &media_type, &data.bytes)?;
+            let data = checked_child(&r, child, data)?;
+            let parsed = Manifest::parse(&r.to_string(), &data.media_type, &data.bytes)?;
             collect_children(client, source, &parsed, out, depth + 1).await?;
             out.push(Node {
-                data: ManifestData { media_type, ..data },
+                data,
                 manifest: parsed,
             });
         }
         Ok(())
     })
+}
+
+/// A child manifest `r` as read, checked against its descriptor `child`: the size must
+/// match (the digest was checked by the read), and an answer without a media type takes
+/// the descriptor's.
+pub(crate) fn checked_child(
+    r: &Reference,
+    child: &Descriptor,
+    data: ManifestData,
+) -> Result<ManifestData> {
+    if data.bytes.len() as u64 != child.size {
+        return Err(Error::DigestMismatch {
+            reference: r.to_string(),
+            expected: format!("{} bytes", child.size),
+            actual: format!("{} bytes", data.bytes.len()),
+        });
+    }
+    let media_type = if data.media_type.is_empty() {
+        child.media_type.clone()
+    } else {
+        data.media_type
+    };
+    Ok(ManifestData { media_type, ..data })
 }
 
 /// What one blob transfer works with.

@@ -231,19 +231,7 @@ impl Pick {
         };
         let r = source.with_digest(child.digest.clone());
         let data = client.get_manifest(&r).await?;
-        if data.bytes.len() as u64 != child.size {
-            return Err(Error::DigestMismatch {
-                reference: r.to_string(),
-                expected: format!("{} bytes", child.size),
-                actual: format!("{} bytes", data.bytes.len()),
-            });
-        }
-        let media_type = if data.media_type.is_empty() {
-            child.media_type
-        } else {
-            data.media_type
-        };
-        Ok(ManifestData { media_type, ..data })
+        crate::copy::checked_child(&r, &child, data)
     }
 }
 
