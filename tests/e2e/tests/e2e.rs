@@ -22,6 +22,7 @@ mod policy;
 mod producers;
 mod ranged;
 mod referrers;
+mod referrers_controller;
 mod referrers_platforms;
 mod reliability;
 mod scripts;
