@@ -25,8 +25,9 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   flag=(); [ "$PROFILE" = release ] && flag=(--release)
   (cd "$ROOT" && cargo build -q "${flag[@]}" -p imagesync-cli -p terraform-provider-imagesync)
 fi
-IMAGESYNC="$ROOT/target/$PROFILE/imagesync"
-PROVIDER="$ROOT/target/$PROFILE/terraform-provider-imagesync"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+IMAGESYNC="$TARGET/$PROFILE/imagesync"
+PROVIDER="$TARGET/$PROFILE/terraform-provider-imagesync"
 
 WORK_PREFIX=imagesync-refbench
 # shellcheck source=../tests/e2e/scripts/registries.sh
@@ -105,7 +106,8 @@ measure() { # WORKLOAD PER command... : runs it, prints and records requests / P
 }
 
 note "referrers on: cold copy" "\`imagesync copy\` of a 2-platform image with a cosign .sig and .att tag and one attestation in its sha256-<hex> fallback index (distribution 2.8, no referrers API) into a fresh repository; requests in both registries' access logs. Referrers off: the same with --no-referrers."
-note "referrers on: terraform plan ($N resources)" "\`terraform plan\` of $N resources in sync, referrers = true (the default): 2 HEADs per resource plus the referrers probe (a GET of the source's sha256-<hex> fallback tag and a HEAD of its .sig tag). Referrers off: referrers = false."
+note "referrers on: no-op re-copy" "\`imagesync copy\` again into the same repository. The CLI keeps no record between runs, so with referrers on it reads every referrer attachment of the index and both children at the source (fallback tags, cosign tags, referrers of referrers) and HEADs each at the mirror; nothing is written. The controller and Terraform keep the probe in status or state instead (the plan row)."
+note "referrers on: terraform plan ($N resources)" "\`terraform plan\` of $N resources in sync, referrers = true (the default): 2 HEADs per resource plus the referrers probe (2 HEADs: the source's sha256-<hex> fallback tag and its .sig tag, compared with what state recorded). Referrers off: referrers = false."
 
 copy() { "$IMAGESYNC" --insecure-registry "$SRC" --insecure-registry "$DST" --no-progress copy "$@"; }
 echo "referrers-bench: source $SRC, mirror $DST, $RUNS runs, plan of $N resources"

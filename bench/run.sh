@@ -14,6 +14,8 @@
 #                              provider start to exit; against the original provider
 #                              (sHesl/terraform-provider-imagesync v0.0.8) when
 #                              ORIGINAL_PROVIDER_SRC names a checkout of its source
+#   bench/referrers-bench.sh   registry requests with referrers on and off: cold copy, no-op
+#                              re-copy, no-change terraform plan of 10 resources
 # Every sample goes to bench/results.tsv; `bench-report` turns it into bench/results.md and
 # bench/results.png. Takes about 15-25 minutes on 2 cores (plus the builds).
 #
@@ -96,6 +98,8 @@ fi
 log "terraform ($RESOURCES resources, $RUNS plans)"
 # shellcheck disable=SC2086 # one argument per size
 PLANS="$RUNS" PROFILE=release bash "$ROOT/bench/terraform-bench.sh" $RESOURCES >&2
+log "referrers (request cost with them on and off)"
+RUNS="$RUNS" PROFILE=release bash "$ROOT/bench/referrers-bench.sh" 10 >&2
 fact "load average (end)" "$(load)"
 minutes() { echo "$(( ($(date +%s) - $1) / 60 )) min $(( ($(date +%s) - $1) % 60 )) s"; }
 fact "benchmark duration" "$(minutes "$BENCH_START")"
