@@ -6,14 +6,16 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use imagesync_api::{destination_key, reasons, ImageSync, ImageSyncSpec, SecretRef, FINALIZER};
-use imagesync_engine::{Digest, Reference};
+use imagesync_engine::{Digest, Reference, Referrer};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, ResourceExt};
 use sha2::Digest as _;
 
-use crate::backend::{Backend, BackendError, Deleted, Identity, Observed, Synced, Target};
+use crate::backend::{
+    Backend, BackendError, Deleted, Identity, Observed, Synced, SyncedReferrers, Target,
+};
 
 /// Field manager of the server-side applies.
 const MANAGER: &str = "terraform-provider-imagesync";
@@ -191,6 +193,37 @@ fn status_of(obj: &ImageSync) -> Option<(String, Option<Digest>, Digest)> {
     Some((id, src, dst))
 }
 
+/// `copied_referrers` from the object's `status.referrers`: what the controller found at
+/// the destination when it became Ready. None is marked written: in Kubernetes mode the
+/// controller owns them and deletes them with the object, so destroy never deletes one
+/// itself. An entry whose digest does not parse is skipped.
+fn referrers_of(obj: &ImageSync, image: &Digest) -> SyncedReferrers {
+    let Some(st) = obj.status.as_ref() else {
+        return SyncedReferrers::default();
+    };
+    if !obj.spec.referrers {
+        return SyncedReferrers::default();
+    }
+    let list = st
+        .referrers
+        .iter()
+        .filter_map(|r| {
+            Some(Referrer {
+                digest: r.digest.parse().ok()?,
+                artifact_type: r.artifact_type.clone(),
+                subject: image.clone(),
+                tag: None,
+                written: false,
+            })
+        })
+        .collect();
+    SyncedReferrers {
+        checked: true,
+        list,
+        probe: None,
+    }
+}
+
 /// The object's spec for `target`.
 fn spec_of(target: &Target) -> ImageSyncSpec {
     let secret = |name: &Option<String>| name.clone().map(|name| SecretRef { name });
@@ -301,6 +334,7 @@ impl Backend for Kube {
             }
             if obj.is_ready() {
                 if let Some((id, src, dst)) = status_of(&obj) {
+                    let referrers = referrers_of(&obj, &dst);
                     return Ok(Synced {
                         source_digest: src.unwrap_or_else(|| dst.clone()),
                         destination_digest: dst,
@@ -308,7 +342,7 @@ impl Backend for Kube {
                         adopted: false,
                         uploaded: Vec::new(),
                         selected_from: None,
-                        referrers: Default::default(),
+                        referrers,
                     });
                 }
             }

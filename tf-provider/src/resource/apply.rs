@@ -211,8 +211,9 @@ async fn sync(
     }
 }
 
-/// `copied_referrers` and the referrers record after a sync: the engine's list when it
-/// looked in full, else the prior one; the probe for the next plan; what it wrote.
+/// `copied_referrers` and the referrers record after a sync: the planned value when the
+/// plan knew it; else the list the sync found when it looked in full (direct mode: the
+/// engine's; Kubernetes mode: the object's `status.referrers`), else the prior one; the probe for the next plan; what it wrote.
 fn record_referrers(
     planned: &mut Model,
     prior: Option<&Model>,
@@ -221,7 +222,10 @@ fn record_referrers(
     target: &Target,
 ) {
     let r = &synced.referrers;
-    planned.copied_referrers = if r.checked || !target.referrers.enabled {
+    planned.copied_referrers = if planned.copied_referrers.is_known() {
+        // The plan promised this value; Terraform refuses an apply that changes it.
+        planned.copied_referrers.clone()
+    } else if r.checked || !target.referrers.enabled {
         super::referrers_value(&r.list)
     } else {
         match prior.map(|p| &p.copied_referrers) {
