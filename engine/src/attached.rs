@@ -3,11 +3,8 @@
 //! for byte with the same rules as images: blobs first, then manifests by digest, and
 //! last the tags and fallback-index entries that make them findable.
 //!
-//! Found through, at the source:
-//! - the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`), or where it is
-//!   missing (404, distribution 2.8), the `sha256-<hex>` fallback tag's index;
-//! - cosign's `sha256-<hex>.sig`, `.att` and `.sbom` tags (for the image and its
-//!   children; referrers of referrers are found through the API or fallback tag).
+//! Found at the source by [`crate::discover`]: the OCI 1.1 referrers API or the
+//! `sha256-<hex>` fallback tag's index, and cosign's `sha256-<hex>.sig|.att|.sbom` tags.
 //!
 //! Made findable at the destination:
 //! - a referrer with a `subject`: pushing it is enough where the registry answers the
@@ -19,42 +16,20 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Mutex;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::artifact_types::COSIGN_SIGNATURE;
-use crate::client::{Client, ManifestData};
+use crate::client::Client;
 use crate::copy::{collect_children, transfer_blobs, Emit, Node};
+use crate::discover::{discover, in_order, Found};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fallback;
-use crate::manifest::{check_tree_size, Descriptor, Manifest};
+use crate::manifest::{Descriptor, Manifest};
 use crate::reference::{Digest, Reference};
 use crate::{Engine, Outcome, Referrer, ReferrerPolicy, SyncOptions};
 
-/// Subject, referrer, referrer of a referrer: how deep referrers are followed.
-const MAX_DEPTH: usize = 3;
-/// Referrers of one image followed at most.
-const MAX_FOUND: usize = 512;
-/// Cosign's tag suffixes.
-const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
-/// Config media types that say nothing about an artifact's type.
-const GENERIC_CONFIGS: [&str; 3] = [
-    "application/vnd.oci.image.config.v1+json",
-    "application/vnd.docker.container.image.v1+json",
-    "application/vnd.oci.empty.v1+json",
-];
-
-/// A referrer found at the source.
-struct Found {
-    subject: Digest,
-    data: ManifestData,
-    manifest: Manifest,
-    artifact_type: String,
-    /// Its descriptor as the source listed it (for the destination's fallback index).
-    entry: Value,
-    /// The cosign tag it is under.
-    tag: Option<String>,
-}
+/// Destination reads and writes of referrers in flight at once.
+const PARALLEL: usize = 8;
 
 /// What the copy of an image hands to the referrer copy.
 pub(crate) struct Hook<'a> {
@@ -176,18 +151,25 @@ impl<'a> Hook<'a> {
         found: &[Found],
         outcome: &mut Outcome,
     ) -> Result<Vec<Pushed>> {
-        let mut missing = Vec::new();
-        for (i, f) in found.iter().enumerate() {
-            match self
-                .dst
-                .resolve(&destination.with_digest(f.data.digest.clone()))
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => missing.push(i),
-                Err(e) => return Err(e),
-            }
-        }
+        let present: Vec<bool> = in_order(
+            found
+                .iter()
+                .map(|f| async move {
+                    match self
+                        .dst
+                        .resolve(&destination.with_digest(f.data.digest.clone()))
+                        .await
+                    {
+                        Ok(_) => Ok(true),
+                        Err(e) if e.is_not_found() => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                })
+                .collect(),
+            PARALLEL,
+        )
+        .await?;
+        let missing: Vec<usize> = (0..found.len()).filter(|&i| !present[i]).collect();
         let mut children: Vec<Node> = Vec::new();
         for &i in &missing {
             collect_children(self.src, source, &found[i].manifest, &mut children, 0).await?;
@@ -215,15 +197,26 @@ impl<'a> Hook<'a> {
         outcome.blobs_skipped += stats.count_skipped;
         outcome.blobs_mounted += stats.count_mounted;
         outcome.uploaded.extend(stats.uploaded);
-        for c in &children {
-            let r = destination.with_digest(c.data.digest.clone());
-            if self.dst.resolve(&r).await.is_err() {
-                self.dst
-                    .put_manifest(&r, &c.data.media_type, c.data.bytes.clone())
-                    .await?;
-                outcome.uploaded.push(c.data.digest.clone());
-            }
-        }
+        let pushed_children: Vec<Option<Digest>> = in_order(
+            children
+                .iter()
+                .map(|c| async move {
+                    let r = destination.with_digest(c.data.digest.clone());
+                    if self.dst.resolve(&r).await.is_ok() {
+                        return Ok(None);
+                    }
+                    self.dst
+                        .put_manifest(&r, &c.data.media_type, c.data.bytes.clone())
+                        .await?;
+                    Ok::<_, Error>(Some(c.data.digest.clone()))
+                })
+                .collect(),
+            PARALLEL,
+        )
+        .await?;
+        outcome
+            .uploaded
+            .extend(pushed_children.into_iter().flatten());
         outcome.uploaded.sort();
         outcome.uploaded.dedup();
         let mut pushed = vec![Pushed::default(); found.len()];
@@ -256,14 +249,25 @@ impl<'a> Hook<'a> {
         found: &[Found],
         pushed: &[Pushed],
     ) -> Result<Vec<Referrer>> {
+        let tagged: Vec<Option<Option<bool>>> = in_order(
+            found
+                .iter()
+                .map(|f| async move {
+                    match &f.tag {
+                        Some(tag) => self.put_cosign_tag(destination, tag, f).await.map(Some),
+                        None => Ok(None),
+                    }
+                })
+                .collect(),
+            PARALLEL,
+        )
+        .await?;
         let mut out = Vec::new();
         let mut by_subject: BTreeMap<Digest, Vec<usize>> = BTreeMap::new();
         for (i, f) in found.iter().enumerate() {
-            let written = match &f.tag {
-                Some(tag) => match self.put_cosign_tag(destination, tag, f).await? {
-                    Some(w) => w,
-                    None => continue,
-                },
+            let written = match tagged[i] {
+                Some(Some(w)) => w,
+                Some(None) => continue,
                 None => {
                     if !pushed[i].api {
                         by_subject.entry(f.subject.clone()).or_default().push(i);
@@ -273,14 +277,17 @@ impl<'a> Hook<'a> {
             };
             out.push(referrer(f, written));
         }
-        let mut api_known: Option<bool> = None;
-        for (subject, list) in by_subject {
-            let wrote_entries = self
-                .merge_fallback(destination, &subject, &list, found, &mut api_known)
-                .await?;
-            for r in out.iter_mut() {
-                if wrote_entries.contains(&r.digest) {
-                    r.written = true;
+        if let Some(first) = by_subject.keys().next() {
+            if !self.indexes_referrers(destination, first).await? {
+                // Each subject has its own fallback tag: the merges (each with its
+                // re-check wait) run at once.
+                let merges = by_subject
+                    .iter()
+                    .map(|(subject, list)| self.merge_fallback(destination, subject, list, found));
+                for wrote in futures::future::try_join_all(merges).await? {
+                    for r in out.iter_mut().filter(|r| wrote.contains(&r.digest)) {
+                        r.written = true;
+                    }
                 }
             }
         }
@@ -288,30 +295,29 @@ impl<'a> Hook<'a> {
         Ok(out)
     }
 
-    /// Merges the entries of `list` into `subject`'s fallback index at the destination,
-    /// unless the destination has the referrers API. Returns the digests it added.
+    /// Whether the destination has the referrers API (then it indexes referrers itself
+    /// and no fallback index is written), asked with `subject`'s listing.
+    async fn indexes_referrers(&self, destination: &Reference, subject: &Digest) -> Result<bool> {
+        match self
+            .dst
+            .referrer_entries(destination.repository(), subject, None)
+            .await
+        {
+            Ok(a) => Ok(a.is_some()),
+            Err(e) if e.kind() == ErrorKind::Unsupported => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Merges the entries of `list` into `subject`'s fallback index at the destination.
+    /// Returns the digests it added.
     async fn merge_fallback(
         &self,
         destination: &Reference,
         subject: &Digest,
         list: &[usize],
         found: &[Found],
-        api_known: &mut Option<bool>,
     ) -> Result<BTreeSet<Digest>> {
-        if api_known.is_none() {
-            let answer = self
-                .dst
-                .referrer_entries(destination.repository(), subject, None)
-                .await;
-            *api_known = Some(match answer {
-                Ok(a) => a.is_some(),
-                Err(e) if e.kind() == ErrorKind::Unsupported => false,
-                Err(e) => return Err(e),
-            });
-        }
-        if *api_known == Some(true) {
-            return Ok(BTreeSet::new());
-        }
         let ours: Vec<Value> = list.iter().map(|&i| found[i].entry.clone()).collect();
         let added: Mutex<BTreeSet<Digest>> = Mutex::new(BTreeSet::new());
         let edit = |entries: &mut Vec<Value>| {
@@ -388,16 +394,26 @@ impl<'a> Hook<'a> {
         destination: &Reference,
         found: Vec<Found>,
     ) -> Result<Vec<Found>> {
-        let mut out = Vec::with_capacity(found.len());
-        for f in found {
-            if let Some(tag) = &f.tag {
-                if self.tag_state(destination, tag, &f).await? == TagState::Theirs {
-                    continue;
-                }
-            }
-            out.push(f);
-        }
-        Ok(out)
+        let theirs: Vec<bool> = in_order(
+            found
+                .iter()
+                .map(|f| async move {
+                    match &f.tag {
+                        Some(tag) => {
+                            Ok(self.tag_state(destination, tag, f).await? == TagState::Theirs)
+                        }
+                        None => Ok(false),
+                    }
+                })
+                .collect(),
+            PARALLEL,
+        )
+        .await?;
+        Ok(found
+            .into_iter()
+            .zip(theirs)
+            .filter_map(|(f, theirs)| (!theirs).then_some(f))
+            .collect())
     }
 }
 
@@ -449,230 +465,6 @@ fn referrer(f: &Found, written: bool) -> Referrer {
     }
 }
 
-/// Every referrer of `subjects` at the source, to [`MAX_DEPTH`], that `policy` wants.
-async fn discover(
-    src: &Client,
-    source: &Reference,
-    subjects: Vec<Digest>,
-    policy: &ReferrerPolicy,
-) -> Result<Vec<Found>> {
-    let mut found: Vec<Found> = Vec::new();
-    let mut seen: HashSet<(Digest, Option<String>)> = HashSet::new();
-    let mut asked: HashSet<Digest> = HashSet::new();
-    let mut held = 0u64;
-    let mut wave = subjects;
-    for depth in 0..MAX_DEPTH {
-        let mut next = Vec::new();
-        for subject in wave {
-            if !asked.insert(subject.clone()) {
-                continue;
-            }
-            for f in referrers_of(src, source, &subject, policy, depth == 0).await? {
-                check_tree_size(&source.to_string(), held, f.data.bytes.len())?;
-                held = held.saturating_add(f.data.bytes.len() as u64);
-                if !seen.insert((f.data.digest.clone(), f.tag.clone())) {
-                    continue;
-                }
-                if found.len() >= MAX_FOUND {
-                    return Err(Error::Limit {
-                        operation: "GET referrers",
-                        reference: source.to_string(),
-                        what: "referrers of one image".into(),
-                        limit: MAX_FOUND as u64,
-                    });
-                }
-                next.push(f.data.digest.clone());
-                found.push(f);
-            }
-        }
-        if next.is_empty() {
-            break;
-        }
-        wave = next;
-    }
-    Ok(found)
-}
-
-/// The referrers of one subject: the API's (or the fallback index's) and, with
-/// `cosign`, those under cosign tags.
-async fn referrers_of(
-    src: &Client,
-    source: &Reference,
-    subject: &Digest,
-    policy: &ReferrerPolicy,
-    cosign: bool,
-) -> Result<Vec<Found>> {
-    let mut out = Vec::new();
-    for entry in listed(src, source, subject, policy).await? {
-        if let Some(f) = fetch_listed(src, source, subject, entry, policy).await? {
-            out.push(f);
-        }
-    }
-    if !cosign {
-        return Ok(out);
-    }
-    for suffix in COSIGN_SUFFIXES {
-        let tag = format!("{}.{suffix}", fallback::tag_of(subject));
-        let r = source.with_tag(&tag)?;
-        let data = match src.get_manifest(&r).await {
-            Ok(d) => d,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        let manifest = Manifest::parse(&r.to_string(), &data.media_type, &data.bytes)?;
-        let artifact_type = artifact_type(None, &data.bytes);
-        if !policy.wants(&artifact_type) {
-            continue;
-        }
-        let entry = serde_json::json!({
-            "mediaType": data.media_type,
-            "digest": data.digest.as_str(),
-            "size": data.bytes.len(),
-        });
-        out.push(Found {
-            subject: subject.clone(),
-            data,
-            manifest,
-            artifact_type,
-            entry,
-            tag: Some(tag),
-        });
-    }
-    Ok(out)
-}
-
-/// The descriptors the referrers API lists for `subject`, or where the source has no
-/// API, its fallback index's entries. A fallback tag that is not an index is skipped.
-async fn listed(
-    src: &Client,
-    source: &Reference,
-    subject: &Digest,
-    policy: &ReferrerPolicy,
-) -> Result<Vec<Value>> {
-    let filter = match policy.artifact_types.as_slice() {
-        [one] => Some(one.as_str()),
-        _ => None,
-    };
-    match src
-        .referrer_entries(source.repository(), subject, filter)
-        .await
-    {
-        Ok(Some(entries)) => return Ok(entries),
-        Ok(None) => {}
-        Err(e) if e.kind() == ErrorKind::Unsupported => {}
-        Err(e) => return Err(e),
-    }
-    match fallback::read(src, source, subject).await {
-        Ok(Some(index)) => Ok(index.entries),
-        Ok(None) => Ok(Vec::new()),
-        Err(e @ Error::UnsupportedManifest { .. }) => {
-            tracing::warn!(%source, %subject, error = %e, "skipping the source's fallback tag");
-            Ok(Vec::new())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Reads the manifest a listing names, verified against the listed digest and size.
-/// `None` when the policy does not want it or it names another subject.
-async fn fetch_listed(
-    src: &Client,
-    source: &Reference,
-    subject: &Digest,
-    entry: Value,
-    policy: &ReferrerPolicy,
-) -> Result<Option<Found>> {
-    let desc: Descriptor =
-        serde_json::from_value(entry.clone()).map_err(|e| Error::BadResponse {
-            operation: "GET referrers",
-            reference: format!("{source}@{subject}"),
-            status: 200,
-            reason: format!("a referrer entry is not a descriptor: {e}"),
-            transient: false,
-        })?;
-    let declared = entry.get("artifactType").and_then(Value::as_str);
-    if declared.is_some_and(|t| !policy.wants(t)) {
-        return Ok(None);
-    }
-    let r = source.with_digest(desc.digest.clone());
-    let data = src.get_manifest(&r).await?;
-    if data.bytes.len() as u64 != desc.size {
-        return Err(Error::DigestMismatch {
-            reference: r.to_string(),
-            expected: format!("{} bytes", desc.size),
-            actual: format!("{} bytes", data.bytes.len()),
-        });
-    }
-    let media_type = if data.media_type.is_empty() {
-        desc.media_type.clone()
-    } else {
-        data.media_type.clone()
-    };
-    let manifest = Manifest::parse(&r.to_string(), &media_type, &data.bytes)?;
-    if subject_of(&data.bytes).is_some_and(|s| s != *subject) {
-        tracing::warn!(referrer = %r, %subject, "listed as a referrer of another manifest; skipped");
-        return Ok(None);
-    }
-    let artifact_type = artifact_type(declared, &data.bytes);
-    if !policy.wants(&artifact_type) {
-        return Ok(None);
-    }
-    Ok(Some(Found {
-        subject: subject.clone(),
-        data: ManifestData { media_type, ..data },
-        manifest,
-        artifact_type,
-        entry,
-        tag: None,
-    }))
-}
-
-#[derive(Deserialize, Default)]
-struct Typed {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-}
-
-#[derive(Deserialize, Default)]
-struct ArtifactFields {
-    #[serde(rename = "artifactType", default)]
-    artifact_type: Option<String>,
-    #[serde(default)]
-    config: Option<Typed>,
-    #[serde(default)]
-    layers: Option<Vec<Typed>>,
-    #[serde(default)]
-    subject: Option<Descriptor>,
-}
-
-/// See [`Referrer::artifact_type`].
-fn artifact_type(declared: Option<&str>, bytes: &[u8]) -> String {
-    if let Some(t) = declared.filter(|t| !t.is_empty()) {
-        return t.to_string();
-    }
-    let m: ArtifactFields = serde_json::from_slice(bytes).unwrap_or_default();
-    if let Some(t) = m.artifact_type.filter(|t| !t.is_empty()) {
-        return t;
-    }
-    if let Some(c) = m
-        .config
-        .filter(|c| !c.media_type.is_empty() && !GENERIC_CONFIGS.contains(&c.media_type.as_str()))
-    {
-        return c.media_type;
-    }
-    m.layers
-        .and_then(|l| l.into_iter().next())
-        .map(|l| l.media_type)
-        .unwrap_or_default()
-}
-
-fn subject_of(bytes: &[u8]) -> Option<Digest> {
-    serde_json::from_slice::<ArtifactFields>(bytes)
-        .ok()
-        .and_then(|m| m.subject)
-        .map(|s| s.digest)
-}
-
 /// Whether `top`, the digest the destination got, is a new index of several selected
 /// platforms (which only the destination has) rather than a source manifest.
 pub(crate) fn is_new_index(top: &Digest, outcome: &Outcome, options: &SyncOptions) -> bool {
@@ -683,7 +475,8 @@ pub(crate) fn is_new_index(top: &Digest, outcome: &Outcome, options: &SyncOption
 pub(crate) const EMPTY_PROBE: &str = "fallback=-;sig=-";
 
 /// [`Engine::referrers_probe`]: HEADs of `digest`'s `sha256-<hex>` fallback tag and (when
-/// the policy wants signatures) its cosign `.sig` tag. `None` with the policy off.
+/// the policy wants signatures) its cosign `.sig` tag, sent together. `None` with the
+/// policy off.
 pub(crate) async fn probe(
     client: &Client,
     source: &Reference,
@@ -700,12 +493,15 @@ pub(crate) async fn probe(
             Err(e) => Err(e),
         }
     };
-    let fallback = head(fallback::tag_of(digest)).await?;
-    let sig = if policy.wants(COSIGN_SIGNATURE) {
-        head(format!("{}.sig", fallback::tag_of(digest))).await?
-    } else {
-        "-".to_string()
+    let sig = async {
+        if policy.wants(COSIGN_SIGNATURE) {
+            head(format!("{}.sig", fallback::tag_of(digest))).await
+        } else {
+            Ok("-".to_string())
+        }
     };
+    // One round trip: both HEADs at once.
+    let (fallback, sig) = futures::try_join!(head(fallback::tag_of(digest)), sig)?;
     Ok(Some(format!("fallback={fallback};sig={sig}")))
 }
 
@@ -765,22 +561,6 @@ pub(crate) async fn detach_owned(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn artifact_types_come_from_the_manifest_or_cosign_layers() {
-        assert_eq!(artifact_type(Some("a/b"), b"{}"), "a/b");
-        let oci11 = br#"{"artifactType":"application/spdx+json","config":{"mediaType":"application/vnd.oci.empty.v1+json"}}"#;
-        assert_eq!(artifact_type(None, oci11), "application/spdx+json");
-        let cosign = br#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json"}]}"#;
-        assert_eq!(artifact_type(None, cosign), COSIGN_SIGNATURE);
-        let typed_config =
-            br#"{"config":{"mediaType":"application/vnd.example.sbom"},"layers":[]}"#;
-        assert_eq!(
-            artifact_type(None, typed_config),
-            "application/vnd.example.sbom"
-        );
-        assert_eq!(artifact_type(None, b"not json"), "");
-    }
 
     #[test]
     fn a_cosign_tag_is_replaced_only_by_a_superset_of_its_layers() {

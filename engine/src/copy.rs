@@ -49,18 +49,26 @@ pub(crate) async fn sync(
         Some(d) => source.with_digest(d.clone()),
         None => source.clone(),
     };
-    let source_digest = source_digest(&src_client, &source).await?;
-    let (target, pick) = selection_digest(
-        &src_client,
-        &source,
-        &source_digest,
-        &options.platforms,
-        options.known.as_ref(),
-    )
-    .await?;
+    // The source's side (its digest, the selection) and the destination's HEAD do not
+    // depend on each other: both go out at once, so a no-op costs one round trip.
+    let source_side = async {
+        let source_digest = source_digest(&src_client, &source).await?;
+        let (target, pick) = selection_digest(
+            &src_client,
+            &source,
+            &source_digest,
+            &options.platforms,
+            options.known.as_ref(),
+        )
+        .await?;
+        Ok::<_, Error>((source_digest, target, pick))
+    };
+    let (source_side, current) =
+        tokio::join!(source_side, destination_digest(&dst_client, destination));
+    let (source_digest, target, pick) = source_side?;
     check_destination_pin(destination, &target)?;
     let id = destination.id(&target);
-    if destination_up_to_date(&dst_client, destination, &target).await? {
+    if destination_up_to_date(destination, current?.as_ref(), &target) {
         tracing::info!(%source, %destination, digest = %target, "destination up to date");
         let mut outcome = Outcome {
             source_digest,
@@ -209,23 +217,34 @@ async fn read_top(
     pick.manifest(src_client, source).await
 }
 
-/// The no-op check, by HEAD only: the destination already resolves to `digest`.
-async fn destination_up_to_date(
+/// What the destination resolves to now, by HEAD; `None` when it is missing.
+async fn destination_digest(
     dst_client: &Client,
     destination: &Reference,
-    digest: &Digest,
-) -> Result<bool> {
+) -> Result<Option<Digest>> {
     match dst_client.resolve(destination).await {
-        Ok(d) if d == *digest => Ok(true),
-        Ok(d) => {
-            tracing::info!(%destination, current = %d, wanted = %digest, "destination differs");
-            Ok(false)
-        }
-        Err(e) if e.is_not_found() => {
-            tracing::debug!(%destination, "destination missing");
-            Ok(false)
-        }
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether the destination's `current` digest is the wanted one.
+fn destination_up_to_date(
+    destination: &Reference,
+    current: Option<&Digest>,
+    digest: &Digest,
+) -> bool {
+    match current {
+        Some(d) if d == digest => true,
+        Some(d) => {
+            tracing::info!(%destination, current = %d, wanted = %digest, "destination differs");
+            false
+        }
+        None => {
+            tracing::debug!(%destination, "destination missing");
+            false
+        }
     }
 }
 

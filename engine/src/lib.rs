@@ -23,6 +23,7 @@ pub mod client;
 pub mod config;
 mod copy;
 mod delete;
+mod discover;
 pub mod duration;
 pub mod error;
 mod fallback;

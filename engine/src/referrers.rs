@@ -46,13 +46,17 @@ impl Client {
     /// The referrers API's descriptors for `digest` as served (every field kept, e.g.
     /// `artifactType` and `annotations`), optionally asking the registry to filter by
     /// `artifact_type` (a registry may ignore the filter; callers filter again).
-    /// `Ok(None)` when the registry has no referrers API (404 on the endpoint).
+    /// `Ok(None)` when the registry has no referrers API (404 on the endpoint); after
+    /// such an answer this client does not ask the registry again.
     pub async fn referrer_entries(
         &self,
         repository: &str,
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Option<Vec<serde_json::Value>>> {
+        if self.lacks_referrers_api() {
+            return Ok(None);
+        }
         let what = format!("{repository}@{digest}");
         let scopes = [Scope::pull(repository)];
         let mut url = self.url(&format!("/v2/{repository}/referrers/{digest}"));
@@ -76,7 +80,10 @@ impl Client {
                 .await;
             let answer = match page {
                 Ok(a) => a,
-                Err(e) if e.status() == Some(404) && out.is_empty() => return Ok(None),
+                Err(e) if e.status() == Some(404) && out.is_empty() => {
+                    self.set_lacks_referrers_api();
+                    return Ok(None);
+                }
                 Err(e) => return Err(e),
             };
             let status = answer.status;

@@ -18,7 +18,7 @@ mod tags;
 mod target;
 mod transport;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -82,6 +82,9 @@ struct ClientInner {
     auth: Mutex<challenge::AuthState>,
     /// Set once the registry refused a monolithic upload; then chunked PATCH is used.
     chunked_only: AtomicBool,
+    /// Set once the registry answered 404 on the referrers API: it has none (a registry
+    /// with the API never answers 404 there), so it is not asked again.
+    no_referrers_api: AtomicBool,
     observer: Option<RequestObserver>,
 }
 
@@ -119,9 +122,20 @@ impl Client {
                 network,
                 auth: Mutex::new(challenge::AuthState::default()),
                 chunked_only: AtomicBool::new(false),
+                no_referrers_api: AtomicBool::new(false),
                 observer,
             }),
         }
+    }
+
+    /// The registry answered 404 on the referrers API before.
+    pub(crate) fn lacks_referrers_api(&self) -> bool {
+        self.inner.no_referrers_api.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that the registry has no referrers API.
+    pub(crate) fn set_lacks_referrers_api(&self) {
+        self.inner.no_referrers_api.store(true, Ordering::Relaxed);
     }
 
     /// `base` + `path` (an absolute path of the registry API).
