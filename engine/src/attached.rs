@@ -20,12 +20,13 @@ use serde_json::Value;
 
 use crate::artifact_types::COSIGN_SIGNATURE;
 use crate::client::Client;
-use crate::copy::{collect_children, transfer_blobs, Emit, Node};
+use crate::copy::{collect_children, Emit, Node};
 use crate::discover::{discover, in_order, Found};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fallback;
 use crate::manifest::{Descriptor, Manifest};
 use crate::reference::{Digest, Reference};
+use crate::transfer::transfer_blobs;
 use crate::{Engine, Outcome, Referrer, ReferrerPolicy, SyncOptions};
 
 /// Destination reads and writes of referrers in flight at once.

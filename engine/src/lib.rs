@@ -34,6 +34,7 @@ pub mod progress;
 mod ranged;
 pub mod reference;
 mod referrers;
+mod transfer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -1,0 +1,405 @@
+//! Blob transfer: every blob of a copy, `Engine::jobs()` at a time, each by the cheapest
+//! way the destination allows (already there, a cross-repository mount, or an upload
+//! streamed from the source with its digest verified on the way), retried as a whole on
+//! transient failures. Large blobs come in ranged parts ([`crate::ranged`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use sha2::Digest as _;
+
+use crate::blobs::BlobLocations;
+use crate::client::{Client, Upload};
+use crate::copy::Emit;
+use crate::error::{Error, Result};
+use crate::manifest::Descriptor;
+use crate::progress::{BlobAction, Progress, ProgressEvent};
+use crate::reference::{Digest, Reference};
+use crate::Engine;
+
+/// What the blob transfers did.
+#[derive(Default)]
+pub(crate) struct BlobStats {
+    pub(crate) bytes: u64,
+    pub(crate) count_uploaded: usize,
+    pub(crate) count_skipped: usize,
+    pub(crate) count_mounted: usize,
+    pub(crate) uploaded: Vec<Digest>,
+}
+
+/// Copies every blob, `engine.jobs()` at a time; the first failure fails the copy.
+pub(crate) async fn transfer_blobs(
+    engine: &Engine,
+    src_client: &Client,
+    dst_client: &Client,
+    source: &Reference,
+    destination: &Reference,
+    blobs: BTreeMap<Digest, Descriptor>,
+    emit: &Emit,
+) -> Result<BlobStats> {
+    let (src_repo, dst_repo) = (source.repository(), destination.repository());
+    let same_registry = source.api_host() == destination.api_host() && src_repo != dst_repo;
+    // Cleared for the rest of this copy once the registry refuses a mount.
+    let mounts = AtomicBool::new(true);
+    let stats = Mutex::new(BlobStats::default());
+    let job = BlobJob {
+        src: src_client,
+        dst: dst_client,
+        src_host: source.api_host(),
+        dst_host: destination.api_host(),
+        src_repo,
+        dst_repo,
+        same_registry,
+        mounts: &mounts,
+        known: engine.blobs(),
+        emit,
+    };
+    futures::stream::iter(blobs.into_values().map(|desc| {
+        let (job, stats) = (&job, &stats);
+        async move {
+            let (action, bytes) = copy_blob(job, &desc).await?;
+            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+            s.bytes = s.bytes.saturating_add(bytes);
+            match action {
+                BlobAction::Uploaded => {
+                    s.count_uploaded += 1;
+                    s.uploaded.push(desc.digest.clone());
+                }
+                BlobAction::Skipped => s.count_skipped += 1,
+                BlobAction::Mounted => s.count_mounted += 1,
+            }
+            drop(s);
+            job.emit.send(ProgressEvent::Blob {
+                digest: desc.digest.clone(),
+                size: desc.size,
+                action,
+            });
+            Ok::<(), Error>(())
+        }
+    }))
+    .buffer_unordered(engine.jobs())
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(stats.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// What one blob transfer works with.
+struct BlobJob<'a> {
+    src: &'a Client,
+    dst: &'a Client,
+    src_host: &'a str,
+    dst_host: &'a str,
+    src_repo: &'a str,
+    dst_repo: &'a str,
+    /// Source and destination are repositories of one registry.
+    same_registry: bool,
+    /// Cleared once the registry refuses a mount: upload for the rest of the copy.
+    mounts: &'a AtomicBool,
+    known: &'a BlobLocations,
+    emit: &'a Emit,
+}
+
+/// Copies one blob, retrying the whole transfer (fresh GET, fresh upload session) on
+/// transient failures. While mounts are allowed it first tries a cross-repository
+/// mount: from the source repository on the same registry, or from a repository of the
+/// destination registry the engine saw holding the blob. A mount the registry refuses
+/// for lack of access (tokens that never grant pull on another repository) turns mounts
+/// off and the blob is uploaded instead. Returns how it got there and the bytes uploaded.
+async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, u64)> {
+    let BlobJob {
+        src,
+        dst,
+        src_repo,
+        dst_repo,
+        emit,
+        ..
+    } = *job;
+    let digest = &desc.digest;
+    if dst.blob_exists(dst_repo, digest).await? {
+        job.known.remember(job.dst_host, dst_repo, digest);
+        return Ok((BlobAction::Skipped, 0));
+    }
+    let mut candidate = if job.same_registry {
+        Some(src_repo.to_string())
+    } else {
+        job.known.lookup(job.dst_host, digest, dst_repo)
+    };
+    if candidate.is_some() && !job.same_registry && job.mounts.load(Ordering::Relaxed) {
+        // Mount from elsewhere only what this copy's own source holds: a manifest naming
+        // someone else's blob must not pull it out of a repository its source never had.
+        if !src.blob_exists(src_repo, digest).await? {
+            candidate = None;
+        }
+    }
+    let what = format!("{dst_repo}@{digest}");
+    let started = Instant::now();
+    let mut attempt = 0;
+    let mut try_mount = job.mounts.load(Ordering::Relaxed) && candidate.is_some();
+    loop {
+        attempt += 1;
+        let mount_from = if try_mount {
+            candidate.as_deref()
+        } else {
+            None
+        };
+        let result = async {
+            // Without a mount to try, the source GET opens while the upload session
+            // starts: one round trip per blob less on a far link. Its body waits (flow
+            // control) until the upload streams it.
+            let (started, source) = if mount_from.is_none() {
+                let (started, source) = tokio::join!(
+                    dst.start_upload(dst_repo, digest, None),
+                    crate::ranged::open(src, src_repo, desc)
+                );
+                match (started, source) {
+                    (Ok(started), Ok(source)) => (started, Some(source)),
+                    (Ok((_, Some(location))), Err(e)) => {
+                        // No session left open at the destination for a failed read.
+                        dst.cancel_upload(dst_repo, &location, digest).await;
+                        return Err(e);
+                    }
+                    (Err(e), _) | (_, Err(e)) => return Err(e),
+                }
+            } else {
+                (dst.start_upload(dst_repo, digest, mount_from).await?, None)
+            };
+            let (how, location) = started;
+            if how == Upload::Mounted {
+                job.known.remember(job.dst_host, dst_repo, digest);
+                return Ok((BlobAction::Mounted, 0));
+            }
+            if let Some(from) = mount_from {
+                tracing::debug!(%digest, from, "mount not possible (202); uploading");
+                if !job.same_registry {
+                    job.known.forget(job.dst_host, from, digest);
+                }
+            }
+            let location = location.unwrap_or_default();
+            let source = match source {
+                Some(source) => source,
+                None => crate::ranged::open(src, src_repo, desc).await?,
+            };
+            let mismatch = Arc::new(AtomicBool::new(false));
+            let body = verified_stream(source, desc.clone(), mismatch.clone(), emit.0.clone());
+            let put = dst
+                .put_blob(dst_repo, &location, &desc.digest, desc.size, body)
+                .await;
+            if mismatch.load(Ordering::Relaxed) {
+                return Err(Error::DigestMismatch {
+                    reference: format!("{src_repo}@{}", desc.digest),
+                    expected: format!("{} ({} bytes)", desc.digest, desc.size),
+                    actual: "different content from the source registry".into(),
+                });
+            }
+            if let Err(e) = put {
+                return Err(damaged_in_transit(e));
+            }
+            job.known.remember(job.dst_host, dst_repo, digest);
+            job.known.remember(job.src_host, src_repo, digest);
+            Ok((BlobAction::Uploaded, desc.size))
+        }
+        .await;
+        match result {
+            Ok(r) => return Ok(r),
+            Err(e) if mount_from.is_some() && mount_refused(&e) => {
+                tracing::info!(%digest, from = mount_from, error = %e, "cross-repository mount refused; uploading instead");
+                job.mounts.store(false, Ordering::Relaxed);
+                try_mount = false;
+                // Not a failed attempt: the upload is the normal path.
+                attempt -= 1;
+            }
+            Err(e) => {
+                try_mount = false;
+                // Reported only once the retry layer decided there is another attempt.
+                let error = e.to_string();
+                dst.backoff("copy blob", &what, attempt, started, e).await?;
+                emit.send(ProgressEvent::Retry {
+                    what: what.clone(),
+                    error,
+                    attempt,
+                });
+            }
+        }
+    }
+}
+
+/// A mount request refused for lack of access to the repository mounted from.
+fn mount_refused(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Registry {
+            operation: "POST upload",
+            kind: crate::error::ErrorKind::Unauthorized | crate::error::ErrorKind::Denied,
+            ..
+        }
+    )
+}
+
+/// Our bytes matched the digest on their way out (`verified_stream` fails the upload
+/// otherwise), so a registry that computed another digest or size got them damaged in
+/// transit: worth another try, within the retry budget.
+fn damaged_in_transit(e: Error) -> Error {
+    match e {
+        Error::Registry {
+            operation,
+            reference,
+            status,
+            code: Some(code),
+            message,
+            retry_after,
+            ..
+        } if code == "DIGEST_INVALID" || code == "SIZE_INVALID" => Error::Registry {
+            kind: crate::error::ErrorKind::Transient,
+            operation,
+            reference,
+            status,
+            code: Some(code),
+            message: format!("{message} (the bytes sent were verified; damaged in transit)"),
+            retry_after,
+        },
+        e => e,
+    }
+}
+
+/// The blob body, hashed on the way through: the last chunk is replaced by an error if
+/// the bytes do not match the descriptor, so the upload fails instead of completing.
+fn verified_stream(
+    source: crate::ranged::BlobStream,
+    desc: Descriptor,
+    mismatch: Arc<AtomicBool>,
+    progress: Option<Arc<dyn Progress>>,
+) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static
+{
+    struct State {
+        inner: crate::ranged::BlobStream,
+        hasher: sha2::Sha256,
+        seen: u64,
+        desc: Descriptor,
+        mismatch: Arc<AtomicBool>,
+        progress: Option<Arc<dyn Progress>>,
+        done: bool,
+        verified: bool,
+    }
+    let state = State {
+        inner: source,
+        hasher: sha2::Sha256::new(),
+        seen: 0,
+        desc,
+        mismatch,
+        progress,
+        done: false,
+        verified: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        match st.inner.next().await {
+            Some(Ok(chunk)) => {
+                st.hasher.update(&chunk);
+                st.seen += chunk.len() as u64;
+                if st.seen > st.desc.size {
+                    st.mismatch.store(true, Ordering::Relaxed);
+                    st.done = true;
+                    return Some((
+                        Err(std::io::Error::other("blob larger than its descriptor")),
+                        st,
+                    ));
+                }
+                if st.seen == st.desc.size {
+                    // Verify before the last byte goes out: with a Content-Length upload the
+                    // registry commits (or rejects) as soon as it has every byte, so a
+                    // check at end-of-stream would come too late to flag the mismatch.
+                    let hasher = std::mem::replace(&mut st.hasher, sha2::Sha256::new());
+                    if Digest::from_hasher(hasher) != st.desc.digest {
+                        st.mismatch.store(true, Ordering::Relaxed);
+                        st.done = true;
+                        return Some((Err(std::io::Error::other("blob digest mismatch")), st));
+                    }
+                    st.verified = true;
+                }
+                if let Some(p) = &st.progress {
+                    p.event(ProgressEvent::Bytes(chunk.len() as u64));
+                }
+                Some((Ok(chunk), st))
+            }
+            Some(Err(e)) => {
+                st.done = true;
+                Some((Err(std::io::Error::other(e)), st))
+            }
+            None => {
+                st.done = true;
+                if st.verified {
+                    return None;
+                }
+                let hasher = std::mem::replace(&mut st.hasher, sha2::Sha256::new());
+                let got = Digest::from_hasher(hasher);
+                if st.seen < st.desc.size {
+                    // Truncated: a network problem, retried by the caller.
+                    return Some((Err(std::io::Error::other("blob body ended early")), st));
+                }
+                if got != st.desc.digest {
+                    st.mismatch.store(true, Ordering::Relaxed);
+                    return Some((Err(std::io::Error::other("blob digest mismatch")), st));
+                }
+                None
+            }
+        }
+    })
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn registry_error(status: u16, code: &str) -> Error {
+        Error::Registry {
+            kind: crate::error::classify(status, Some(code)),
+            operation: "PUT blob",
+            reference: "r@sha256:x".into(),
+            status,
+            code: Some(code.into()),
+            message: "provided digest did not match uploaded content".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn only_a_refused_mount_request_falls_back_to_uploading() {
+        let mut e = registry_error(401, "UNAUTHORIZED");
+        if let Error::Registry { operation, .. } = &mut e {
+            *operation = "POST upload";
+        }
+        assert!(mount_refused(&e));
+        let mut denied = registry_error(403, "DENIED");
+        if let Error::Registry { operation, .. } = &mut denied {
+            *operation = "POST upload";
+        }
+        assert!(mount_refused(&denied));
+        // The same answer to the blob PUT (no push access at all) is an error.
+        assert!(!mount_refused(&registry_error(401, "UNAUTHORIZED")));
+        let mut transient = registry_error(503, "UNAVAILABLE");
+        if let Error::Registry { operation, .. } = &mut transient {
+            *operation = "POST upload";
+        }
+        assert!(!mount_refused(&transient));
+    }
+
+    #[test]
+    fn a_registry_digest_complaint_about_verified_bytes_is_retried() {
+        let before = registry_error(400, "DIGEST_INVALID");
+        assert!(!before.is_retryable());
+        let after = damaged_in_transit(before);
+        assert_eq!(after.kind(), ErrorKind::Transient);
+        assert!(after.is_retryable());
+        assert_eq!(after.code(), Some("DIGEST_INVALID"));
+        assert!(after.to_string().contains("damaged in transit"), "{after}");
+        // Anything else is left alone.
+        let denied = damaged_in_transit(registry_error(403, "DENIED"));
+        assert_eq!(denied.kind(), ErrorKind::Denied);
+        assert!(!denied.is_retryable());
+    }
+}
