@@ -456,3 +456,49 @@ async fn terraform_1_11_4_data_sources_in_kubernetes_mode() {
     assert_eq!(output(&tf, "tags").await, json!(["1.0.0", "1.1.0"]));
     assert_eq!(output(&tf, "edge").await, digests["edge"].as_str());
 }
+
+/// A repository of 1,201 tags: all of them listed, `latest` finds the highest among them,
+/// and a read costs one tag-list request per page. (Debian's distribution 2.8 ignores
+/// `n` and answers in one page; following `Link` pages, and their caps, is covered against
+/// a proxy whose pages link on forever, `hostile::an_endless_tag_list_stops_at_the_page_cap_and_a_cycle_is_detected`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_11_4_a_repository_of_1201_tags() {
+    use futures::StreamExt as _;
+    let a = Registry::start().await;
+    let image = fixtures::push_image(a.addr(), "src/app", "0.1.0", spec(600)).await;
+    let target = Target::plain(a.addr());
+    let tags: Vec<String> = (0..1200).map(|i| format!("1.{}.0", i)).collect();
+    futures::stream::iter(tags.iter())
+        .for_each_concurrent(16, |tag| {
+            let (target, image) = (&target, &image);
+            async move {
+                target
+                    .put_manifest("src/app", tag, &image.media_type, &image.manifest)
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    let tf = Tf::new("1.11.4");
+    tf.config(
+        &[&a],
+        &format!(
+            "data \"imagesync_tags\" \"all\" {{\n  repository = \"{repo}\"\n}}\n\ndata \"imagesync_tags\" \"newest\" {{\n  repository = \"{repo}\"\n  latest     = 2\n}}\n\noutput \"count\" {{\n  value = length(data.imagesync_tags.all.tags)\n}}\n\noutput \"newest\" {{\n  value = data.imagesync_tags.newest.tags\n}}\n",
+            repo = a.reference("src/app")
+        ),
+    );
+    tf.init().await;
+    tf.apply(&[]).await;
+    assert_eq!(output(&tf, "count").await, json!(1201));
+    assert_eq!(output(&tf, "newest").await, json!(["1.1199.0", "1.1198.0"]));
+    a.clear_access_log();
+    tf.ok(&["plan", "-input=false", "-no-color"]).await;
+    let pages = a
+        .access_log_settled()
+        .await
+        .into_iter()
+        .filter(|e| e.method == "GET" && e.path.starts_with("/v2/src/app/tags/list"))
+        .count();
+    // Two data sources, one page each.
+    assert_eq!(pages, 2);
+}
