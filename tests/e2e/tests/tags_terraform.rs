@@ -1,6 +1,7 @@
 //! Issue 17, the Terraform half: the `imagesync_tags` and `imagesync_image` data sources
-//! under real Terraform (1.11.4 through `dev_overrides` on protocol 6, 1.0.3 through a
-//! filesystem mirror) against real distribution registries:
+//! under real Terraform (1.11.4 through `dev_overrides`, 1.0.3 through a filesystem
+//! mirror, both on protocol 6; the tag set and `validate` also on 0.13.4, protocol 5)
+//! against real distribution registries:
 //! - a `for_each` over `imagesync_tags` with regex and semver filters mirrors exactly
 //!   the matching tags; a new matching tag at the source is exactly one `create` in the
 //!   next plan, tags that do not match never appear; `latest` follows new versions;
@@ -167,6 +168,12 @@ async fn terraform_1_11_4_for_each_over_a_tag_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_1_0_3_for_each_over_a_tag_set() {
     tag_set("1.0.3").await;
+}
+
+/// Protocol 5 (0.13 speaks only 5; the later versions pick 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_0_13_4_for_each_over_a_tag_set_protocol_5() {
+    tag_set("0.13.4").await;
 }
 
 fn image_config(names: &[(&str, String)]) -> String {
@@ -431,6 +438,11 @@ async fn terraform_1_11_4_invalid_filters_fail_validate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_1_0_3_invalid_filters_fail_validate() {
     invalid_filters("1.0.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_0_13_4_invalid_filters_fail_validate_protocol_5() {
+    invalid_filters("0.13.4").await;
 }
 
 /// Kubernetes mode: the data sources still read the registry directly, with the
