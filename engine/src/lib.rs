@@ -27,6 +27,7 @@ mod discover;
 pub mod duration;
 pub mod error;
 mod fallback;
+mod inspect;
 pub mod manifest;
 mod observer;
 pub mod platform;
@@ -34,6 +35,7 @@ pub mod progress;
 mod ranged;
 pub mod reference;
 mod referrers;
+pub mod tagset;
 mod transfer;
 
 use std::collections::{BTreeSet, HashMap};
@@ -48,6 +50,7 @@ pub use config::{
     DEFAULT_DEADLINE,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use inspect::{Inspection, PlatformDigest};
 pub use observer::RequestObserver;
 pub use platform::Platform;
 pub use progress::{Progress, ProgressEvent};
