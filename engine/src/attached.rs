@@ -14,8 +14,8 @@
 //!   tag lacks (someone signed the mirror) is left alone, with a warning.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::artifact_types::COSIGN_SIGNATURE;
@@ -327,7 +327,7 @@ impl<'a> Hook<'a> {
                 .filter_map(|e| fallback::entry_digest(e).map(str::to_string))
                 .collect();
             let changed = fallback::add_entries(entries, &ours);
-            let mut a = added.lock().unwrap_or_else(|p| p.into_inner());
+            let mut a = added.lock();
             for e in &ours {
                 if let Some(d) = fallback::entry_digest(e).filter(|d| !before.contains(*d)) {
                     if let Ok(d) = d.parse::<Digest>() {
@@ -338,7 +338,7 @@ impl<'a> Hook<'a> {
             changed
         };
         fallback::update(self.dst, destination, subject, &edit).await?;
-        Ok(added.into_inner().unwrap_or_else(|p| p.into_inner()))
+        Ok(added.into_inner())
     }
 
     /// Writes cosign tag `tag` at the destination. `Some(true)`: written; `Some(false)`:

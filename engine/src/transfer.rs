@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
 use sha2::Digest as _;
 
 use crate::blobs::BlobLocations;
@@ -61,7 +62,7 @@ pub(crate) async fn transfer_blobs(
         let (job, stats) = (&job, &stats);
         async move {
             let (action, bytes) = copy_blob(job, &desc).await?;
-            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = stats.lock();
             s.bytes = s.bytes.saturating_add(bytes);
             match action {
                 BlobAction::Uploaded => {
@@ -83,7 +84,7 @@ pub(crate) async fn transfer_blobs(
     .buffer_unordered(engine.jobs())
     .try_collect::<Vec<()>>()
     .await?;
-    Ok(stats.into_inner().unwrap_or_else(|p| p.into_inner()))
+    Ok(stats.into_inner())
 }
 
 /// What one blob transfer works with.
