@@ -32,6 +32,25 @@ use crate::{Engine, Outcome, Referrer, ReferrerPolicy, SyncOptions};
 /// Destination reads and writes of referrers in flight at once.
 const PARALLEL: usize = 8;
 
+/// The image whose referrers follow it.
+pub(crate) struct Image {
+    /// The digest the destination's tag holds (with a selection, not the source's).
+    pub(crate) top: Digest,
+    /// The source's digest.
+    pub(crate) source_digest: Digest,
+}
+
+/// What [`Hook::look`] found.
+#[derive(Default)]
+pub(crate) struct Looked {
+    /// The probe to record ([`Outcome::referrers_probe`]).
+    probe: Option<String>,
+    /// The source was looked at in full ([`Outcome::referrers_checked`]).
+    checked: bool,
+    /// The referrers to copy.
+    found: Vec<Found>,
+}
+
 /// What the copy of an image hands to the referrer copy.
 pub(crate) struct Hook<'a> {
     engine: &'a Engine,
@@ -57,7 +76,7 @@ impl<'a> Hook<'a> {
 
     /// Copies the referrers of the image `outcome` describes (and of its `children`;
     /// `None`: the image was up to date, read them from the source unless the probe is
-    /// unchanged) and records them in `outcome`.
+    /// unchanged) and records them in `outcome`: [`Hook::look`], then [`Hook::write`].
     pub(crate) async fn follow(
         &self,
         source: &Reference,
@@ -66,51 +85,89 @@ impl<'a> Hook<'a> {
         options: &SyncOptions,
         outcome: &mut Outcome,
     ) -> Result<()> {
+        let image = Image {
+            top: outcome.destination_digest.clone(),
+            source_digest: outcome.source_digest.clone(),
+        };
+        let looked = self
+            .look(source, destination, &image, children, options)
+            .await?;
+        self.write(source, destination, looked, outcome).await
+    }
+
+    /// Finds the referrers to copy, reading the source only (and, for an up-to-date new
+    /// index of several platforms, the destination's copy of it). A cold copy runs this
+    /// while its blobs are in flight; nothing is written until [`Hook::write`].
+    pub(crate) async fn look(
+        &self,
+        source: &Reference,
+        destination: &Reference,
+        image: &Image,
+        children: Option<Vec<Digest>>,
+        options: &SyncOptions,
+    ) -> Result<Looked> {
         let policy = &options.referrers;
         if !policy.enabled {
-            return Ok(());
+            return Ok(Looked::default());
         }
         // The manifest the destination's tag holds: with a platform selection, the
         // selected child or the new index of the selected entries, not the source index.
         // Referrers follow the manifests that were copied.
-        let top = outcome.destination_digest.clone();
+        let top = &image.top;
         // Taken before discovery: a referrer added meanwhile changes the next probe. A
         // new index (several platforms selected) is not at the source, so it has no
         // tags there: its probe is known without a request. Referrers added later to
         // its children are copied when the image changes or a full look is asked for
         // (a recorded probe that differs), not found by the probe.
-        outcome.referrers_probe = if is_new_index(&top, outcome, options) {
+        let probe = if is_new_index(top, &image.source_digest, options) {
             Some(EMPTY_PROBE.to_string())
         } else {
-            probe(self.src, source, &top, policy).await?
+            probe(self.src, source, top, policy).await?
         };
         let recorded = options.referrers_probe.as_deref().unwrap_or(EMPTY_PROBE);
-        if children.is_none() && outcome.referrers_probe.as_deref() == Some(recorded) {
+        if children.is_none() && probe.as_deref() == Some(recorded) {
             // The image is up to date and its probe unchanged since the recorded sync
             // (or, without a record, the source has neither tag): HEADs only.
             tracing::debug!(%source, "referrers probe unchanged; not looking further");
-            return Ok(());
+            return Ok(Looked {
+                probe,
+                ..Looked::default()
+            });
         }
-        outcome.referrers_checked = true;
         let children = match children {
             Some(c) => c,
-            None => {
-                self.copied_children(source, destination, &top, outcome)
-                    .await?
-            }
+            None => self.copied_children(source, destination, image).await?,
         };
         // A new index (several platforms selected) exists only at the destination: it
         // has no referrers at the source, so only its children are looked up there.
         let mut subjects = Vec::new();
-        if top == outcome.source_digest || children.is_empty() {
-            subjects.push(top);
+        if *top == image.source_digest || children.is_empty() {
+            subjects.push(top.clone());
         }
         subjects.extend(children);
         let found = discover(self.src, source, subjects, policy).await?;
-        if found.is_empty() {
+        Ok(Looked {
+            probe,
+            checked: true,
+            found,
+        })
+    }
+
+    /// Copies what [`Hook::look`] found (the image is complete at the destination by
+    /// now) and records it in `outcome`.
+    pub(crate) async fn write(
+        &self,
+        source: &Reference,
+        destination: &Reference,
+        looked: Looked,
+        outcome: &mut Outcome,
+    ) -> Result<()> {
+        outcome.referrers_probe = looked.probe;
+        outcome.referrers_checked = looked.checked;
+        if looked.found.is_empty() {
             return Ok(());
         }
-        let found = self.without_foreign_tags(destination, found).await?;
+        let found = self.without_foreign_tags(destination, looked.found).await?;
         tracing::info!(%source, %destination, referrers = found.len(), "copying referrers");
         let present = self
             .copy_contents(source, destination, &found, outcome)
@@ -128,15 +185,16 @@ impl<'a> Hook<'a> {
         &self,
         source: &Reference,
         destination: &Reference,
-        top: &Digest,
-        outcome: &Outcome,
+        image: &Image,
     ) -> Result<Vec<Digest>> {
-        let (client, at) = if *top == outcome.source_digest {
+        let (client, at) = if image.top == image.source_digest {
             (self.src, source)
         } else {
             (self.dst, destination)
         };
-        let data = client.get_manifest(&at.with_digest(top.clone())).await?;
+        let data = client
+            .get_manifest(&at.with_digest(image.top.clone()))
+            .await?;
         let m = Manifest::parse(&at.to_string(), &data.media_type, &data.bytes)?;
         Ok(m.children().iter().map(|c| c.digest.clone()).collect())
     }
@@ -468,8 +526,8 @@ fn referrer(f: &Found, written: bool) -> Referrer {
 
 /// Whether `top`, the digest the destination got, is a new index of several selected
 /// platforms (which only the destination has) rather than a source manifest.
-pub(crate) fn is_new_index(top: &Digest, outcome: &Outcome, options: &SyncOptions) -> bool {
-    *top != outcome.source_digest && options.platforms.len() > 1
+pub(crate) fn is_new_index(top: &Digest, source_digest: &Digest, options: &SyncOptions) -> bool {
+    top != source_digest && options.platforms.len() > 1
 }
 
 /// The fingerprint of a source without a fallback tag or `.sig` tag.

@@ -102,18 +102,37 @@ pub(crate) async fn sync(
     });
     tracing::info!(%source, %destination, blobs = blobs.len(), bytes = total_bytes, manifests, "copying");
 
-    let stats = transfer_blobs(
-        engine,
-        &src_client,
-        &dst_client,
+    // The image's referrers are looked up at the source while its blobs are in flight
+    // (reads only); they are written after the image is complete.
+    let hook = crate::attached::Hook::new(engine, &src_client, &dst_client, &emit);
+    let image = crate::attached::Image {
+        top: target.clone(),
+        source_digest: source_digest.clone(),
+    };
+    let looking = hook.look(
         &source,
         destination,
-        blobs,
-        &emit,
-    )
-    .await?;
-    let (written, mut uploaded) =
-        push_manifests(&dst_client, destination, &tree, &target, &emit).await?;
+        &image,
+        Some(tree.child_digests()),
+        options,
+    );
+    let copying = async {
+        let stats = transfer_blobs(
+            engine,
+            &src_client,
+            &dst_client,
+            &source,
+            destination,
+            blobs,
+            &emit,
+        )
+        .await?;
+        let pushed = push_manifests(&dst_client, destination, &tree, &target, &emit).await?;
+        Ok::<_, Error>((stats, pushed))
+    };
+    let (copied, looked) = tokio::join!(copying, looking);
+    let (stats, (written, mut uploaded)) = copied?;
+    let looked = looked?;
     uploaded.extend(stats.uploaded);
     uploaded.sort();
     tracing::info!(
@@ -137,9 +156,7 @@ pub(crate) async fn sync(
         referrers_checked: false,
     };
     // Signatures, attestations and SBOMs follow, after the image is complete.
-    let hook = crate::attached::Hook::new(engine, &src_client, &dst_client, &emit);
-    let children = tree.child_digests();
-    hook.follow(&source, destination, Some(children), options, &mut outcome)
+    hook.write(&source, destination, looked, &mut outcome)
         .await?;
     Ok(outcome)
 }
