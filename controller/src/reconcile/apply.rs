@@ -15,7 +15,9 @@ use crate::events::EventType;
 use crate::{Error, Result};
 
 use super::cleanup::release_old_destination;
-use super::decide::{check_time, decide, now, ready_label, same_image_reference, set_ready, Decision, Drift};
+use super::decide::{
+    check_time, decide, now, ready_label, same_image_reference, set_ready, Decision, Drift,
+};
 use super::gate::object_key;
 use super::ownership::destination_key;
 use super::{ownership, patch_status, Context, CONFLICT_POLL};
