@@ -201,7 +201,9 @@ pub struct ImageSyncStatus {
     /// When the destination was last written (or found already up to date after a change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
-    /// When source and destination were last checked.
+    /// When source and destination were last checked. A check that changes nothing else
+    /// in status refreshes it only once it is 10 minutes old (no status write per
+    /// re-check): it is less than 10 minutes behind the last check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_time: Option<Time>,
     /// Whether this object's own copy wrote the tag at `syncedDestination`

@@ -15,7 +15,9 @@ use crate::events::EventType;
 use crate::{Error, Result};
 
 use super::cleanup::release_old_destination;
-use super::decide::{decide, now, ready_label, same_image_reference, set_ready, Decision, Drift};
+use super::decide::{
+    check_time, decide, now, ready_label, same_image_reference, set_ready, Decision, Drift,
+};
 use super::gate::object_key;
 use super::ownership::destination_key;
 use super::{ownership, patch_status, Context, CONFLICT_POLL};
@@ -157,7 +159,6 @@ async fn apply_inner(
     });
     status.synced_destination = Some(spec.destination.clone());
     status.observed_generation = generation;
-    status.last_check_time = Some(check.checked);
     set_ready(
         status,
         true,
@@ -165,6 +166,8 @@ async fn apply_inner(
         &format!("{} holds {}", spec.destination, wanted),
         generation,
     );
+    // An unchanged check writes no status until lastCheckTime is CHECK_TIME_REFRESH old.
+    status.last_check_time = Some(check_time(obj.status.as_ref(), status, check.checked));
     patch_status(api, obj, status).await.map(|()| None)
 }
 

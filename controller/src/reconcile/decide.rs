@@ -15,6 +15,10 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// Longest `Retry-After` honoured.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+/// A check that changes nothing else rewrites `status.lastCheckTime` only once the
+/// recorded time is this old: re-checks of an in-sync object write no status (and cause
+/// no watch event) in between.
+pub const CHECK_TIME_REFRESH: Duration = Duration::from_secs(600);
 
 /// Parses a Go-style duration (`90s`, `5m`, `1h30m`) without panicking; see
 /// [`crate::duration::parse`].
@@ -143,6 +147,27 @@ pub fn set_ready(
     };
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.push(condition);
+}
+
+/// The `lastCheckTime` to record for a check at `now`. `after` is the status the check
+/// leaves, still carrying the recorded `lastCheckTime`; `before` is the stored status.
+/// When the check changed nothing else and the recorded time is less than
+/// [`CHECK_TIME_REFRESH`] old, the recorded time stays (no status write); otherwise
+/// `now`. A recorded time in the future (a clock step, or someone else's edit) is
+/// replaced.
+pub fn check_time(before: Option<&ImageSyncStatus>, after: &ImageSyncStatus, now: Time) -> Time {
+    let Some(recorded) = after.last_check_time.as_ref() else {
+        return now;
+    };
+    if before != Some(after) {
+        return now;
+    }
+    let age = now.0.duration_since(recorded.0);
+    let refresh = k8s_openapi::jiff::SignedDuration::try_from(CHECK_TIME_REFRESH).ok();
+    match refresh {
+        Some(refresh) if !age.is_negative() && age < refresh => recorded.clone(),
+        _ => now,
+    }
 }
 
 pub(super) fn now() -> Time {
@@ -313,6 +338,45 @@ mod tests {
         set_ready(&mut s, false, reasons::SOURCE_NOT_FOUND, "gone", Some(2));
         assert_ne!(s.conditions[0].last_transition_time, first);
         assert_eq!(s.conditions[0].reason, "SourceNotFound");
+    }
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + seconds).unwrap())
+    }
+
+    #[test]
+    fn an_unchanged_check_keeps_a_recent_check_time() {
+        let stored = ImageSyncStatus {
+            last_check_time: Some(at(0)),
+            ..synced("d:1", A)
+        };
+        let after = stored.clone();
+        assert_eq!(check_time(Some(&stored), &after, at(30)), at(0));
+        assert_eq!(check_time(Some(&stored), &after, at(599)), at(0));
+        // Old enough: refreshed (one status write every CHECK_TIME_REFRESH).
+        assert_eq!(check_time(Some(&stored), &after, at(600)), at(600));
+        // A recorded time in the future is not trusted.
+        assert_eq!(check_time(Some(&stored), &after, at(-5)), at(-5));
+    }
+
+    #[test]
+    fn a_check_that_changes_anything_else_records_the_time() {
+        let stored = ImageSyncStatus {
+            last_check_time: Some(at(0)),
+            ..synced("d:1", A)
+        };
+        let moved = ImageSyncStatus {
+            source_digest: Some(B.into()),
+            ..stored.clone()
+        };
+        assert_eq!(check_time(Some(&stored), &moved, at(30)), at(30));
+        let mut ready = stored.clone();
+        set_ready(&mut ready, true, reasons::SYNCED, "ok", Some(1));
+        assert_eq!(check_time(Some(&stored), &ready, at(30)), at(30));
+        // Never recorded, or no stored status: recorded now.
+        let first = synced("d:1", A);
+        assert_eq!(check_time(Some(&first), &first, at(30)), at(30));
+        assert_eq!(check_time(None, &stored, at(30)), at(30));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The per-object gate: our own status writes (and relists) trigger watch events; the
 //! gate skips them, without a registry request or an API call, until the next check is
 //! due or the object really changed (generation, deletion, finalizers) or the tenant
-//! policy changed.
+//! policy changed. The watch stream drops such events before they reach the
+//! `Controller` ([`lifecycle_hash`]); the gate still judges requeues and relists.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use super::Context;
 
 /// What identifies "the object changed" for the gate: our own status writes change none
 /// of these.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct GateKey {
     uid: Option<String>,
     generation: Option<i64>,
@@ -33,6 +34,16 @@ impl GateKey {
             policy_generation,
         }
     }
+}
+
+/// The watch predicate: a hash of what the gate compares except the policy (which wakes
+/// every object by itself). A watch event whose hash is unchanged (a status write, ours
+/// or anyone's, a label or annotation edit) triggers no reconcile.
+pub(super) fn lifecycle_hash(obj: &ImageSync) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    GateKey::of(obj, 0).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 #[derive(Clone, Debug)]

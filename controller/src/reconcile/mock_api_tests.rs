@@ -317,3 +317,48 @@ async fn an_in_sync_object_is_checked_with_two_heads_and_one_status_write() {
     assert_eq!(*heads.lock().unwrap(), 4);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+/// A re-check that finds what status records writes nothing to the API (four HEADs
+/// only), until `lastCheckTime` is `CHECK_TIME_REFRESH` old: then one status write
+/// refreshing it.
+#[tokio::test]
+async fn a_recheck_that_finds_nothing_new_writes_no_status_until_the_check_time_is_old() {
+    let (addr, heads) = fake_registry().await;
+    let first = ImageSyncStatus {
+        source_digest: Some(DIGEST.into()),
+        destination_digest: Some(DIGEST.into()),
+        ownership: Some(crate::api::Ownership::Written),
+        ..ImageSyncStatus::default()
+    };
+    let (ctx, seen) = mock(vec![addr.to_string()]);
+    let obj = at(addr, object("1", Some(first)));
+    reconcile(Arc::new(obj.clone()), Arc::new(ctx))
+        .await
+        .unwrap();
+    let written: ImageSyncStatus =
+        serde_json::from_value(seen.lock().unwrap()[0].body["status"].clone()).unwrap();
+    assert!(written.last_check_time.is_some());
+
+    // The next check (a fresh gate) of the object as stored: nothing to write.
+    let (ctx, seen) = mock(vec![addr.to_string()]);
+    let mut stored = obj.clone();
+    stored.status = Some(written.clone());
+    let action = reconcile(Arc::new(stored.clone()), Arc::new(ctx))
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(*heads.lock().unwrap(), 8, "the check ran");
+    assert_eq!(requests(&seen), []);
+
+    // Recorded 11 minutes ago: refreshed, nothing else changed.
+    let (ctx, seen) = mock(vec![addr.to_string()]);
+    let old = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(660);
+    stored.status.as_mut().unwrap().last_check_time = Some(Time(old));
+    reconcile(Arc::new(stored), Arc::new(ctx)).await.unwrap();
+    assert_eq!(requests(&seen), [(Method::PATCH, STATUS.to_string())]);
+    let refreshed: ImageSyncStatus =
+        serde_json::from_value(seen.lock().unwrap()[0].body["status"].clone()).unwrap();
+    assert!(refreshed.last_check_time.unwrap().0 > old);
+    assert_eq!(refreshed.conditions, written.conditions);
+    assert_eq!(refreshed.destination_digest, written.destination_digest);
+}

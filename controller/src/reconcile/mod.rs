@@ -6,9 +6,12 @@
 //! - Cleanup (finalizer `imagesync.dev/cleanup`): remove the destination tag with the
 //!   engine's safe delete, only while it still points at `status.destinationDigest`.
 //!
-//! Our own status writes trigger watch events; a per-object gate skips those (no
-//! registry request, no API call) until the next check is due or the object really
-//! changed (generation, deletion, finalizers) or the tenant policy changed.
+//! A re-check that finds nothing new writes no status (`lastCheckTime` is refreshed
+//! every 10 minutes, `decide::CHECK_TIME_REFRESH`). Watch events that change no
+//! generation, deletion or finalizer (status writes) are dropped before they reach the
+//! `Controller`; a per-object gate skips the rest that need nothing (relists, requeues
+//! that are not due: no registry request, no API call) until the next check is due or
+//! the object really changed or the tenant policy changed.
 //!
 //! The tenant policy ([`crate::policy`]) is consulted before anything touches a
 //! registry: on apply (source and destination), before removing a previous destination
@@ -304,9 +307,12 @@ pub async fn run(
     let store = writer.as_reader();
     let _ = ctx.store.set(store.clone());
     let index = ctx.clone();
+    // The store sees every event; reconciles only objects whose spec or lifecycle
+    // changed (status writes are skipped here, before the gate).
     let objects = reflector(writer, watcher(api, watcher::Config::default()))
         .inspect_ok(move |event| index.destinations.observe(event))
-        .applied_objects();
+        .applied_objects()
+        .predicate_filter(gate::lifecycle_hash, Default::default());
     let controller = Controller::for_stream(objects, store);
     // Waking objects: their gates are opened, then every object is offered (the others'
     // gates skip them without a registry request).
