@@ -26,6 +26,7 @@ mod delete;
 pub mod duration;
 pub mod error;
 mod fallback;
+mod inspect;
 pub mod manifest;
 mod observer;
 pub mod platform;
@@ -33,6 +34,7 @@ pub mod progress;
 mod ranged;
 pub mod reference;
 mod referrers;
+pub mod tagset;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -46,6 +48,7 @@ pub use config::{
     DEFAULT_DEADLINE,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use inspect::{Inspection, PlatformDigest};
 pub use observer::RequestObserver;
 pub use platform::Platform;
 pub use progress::{Progress, ProgressEvent};

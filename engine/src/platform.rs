@@ -198,6 +198,28 @@ struct Entries {
     manifests: Vec<Entry>,
 }
 
+/// The platforms `index` lists (as [`pick`] sees them: no attestations, no entries
+/// without a platform), each as `os/architecture[/variant]` with its child's digest, in
+/// the index's order. Labels that are not valid [`Platform`]s are left out.
+pub(crate) fn listed(reference: &str, index: &ManifestData) -> Result<Vec<(Platform, Digest)>> {
+    let entries: Entries =
+        serde_json::from_slice(&index.bytes).map_err(|e| Error::UnsupportedManifest {
+            reference: reference.to_string(),
+            media_type: index.media_type.clone(),
+            reason: format!("not a valid index: {e}"),
+        })?;
+    let manifest = Manifest::parse(reference, &index.media_type, &index.bytes)?;
+    Ok(entries
+        .manifests
+        .iter()
+        .zip(manifest.children())
+        .filter_map(|(e, d)| {
+            let p = Platform::parse(&e.platform()?.label()).ok()?;
+            Some((p, d.digest.clone()))
+        })
+        .collect())
+}
+
 /// What the destination's tag is to hold.
 #[derive(Debug, Clone)]
 pub(crate) enum Pick {

@@ -284,6 +284,11 @@ impl Direct {
         )?;
         Ok(Direct { engine })
     }
+
+    /// The engine (data sources read registries with it, in either mode).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
 }
 
 impl Direct {

@@ -10,12 +10,14 @@
 //! - [`backend`]: the [`backend::Direct`] backend over the imagesync engine.
 //! - [`kube`]: the Kubernetes backend (`ImageSync` objects for the controller).
 //! - [`config`]: the provider block.
+//! - [`data`]: the `imagesync_image` and `imagesync_tags` data sources.
 //! - [`provider`]: the tfplugin5/tfplugin6 gRPC services.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod codec;
 pub mod config;
+pub mod data;
 pub mod diag;
 pub mod kube;
 pub mod plugin;

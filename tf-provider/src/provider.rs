@@ -19,6 +19,8 @@ use crate::schema;
 #[derive(Debug, Default)]
 pub struct Core {
     backend: RwLock<Option<Arc<dyn Backend>>>,
+    /// What the data sources read registries with (in either mode).
+    registry: crate::data::Registry,
     /// Requested by `GRPCController.Shutdown` (or SIGTERM).
     pub stop: crate::plugin::Stop,
 }
@@ -77,6 +79,7 @@ impl Core {
         pb::get_provider_schema::Response {
             provider: Some(schema::provider()),
             resource_schemas: [(schema::RESOURCE_TYPE.to_string(), schema::resource())].into(),
+            data_source_schemas: crate::data::schemas().into_iter().collect(),
             ..Default::default()
         }
     }
@@ -105,6 +108,9 @@ impl Core {
             return diags;
         }
         if let Some(kcfg) = cfg.kubernetes {
+            // Data sources read registries directly, with the provider block's settings.
+            let registry = Direct::new(cfg.direct).map(|d| d.engine().clone());
+            self.registry.set(registry.map_err(|e| e.to_string())).await;
             match Kube::new(kcfg).await {
                 Ok(kube) => self.set_backend(Arc::new(kube)).await,
                 Err(e) => diags.push(
@@ -117,7 +123,10 @@ impl Core {
         let cfg = cfg.direct;
         let ca_file = cfg.ca_file.clone();
         match Direct::new(cfg) {
-            Ok(direct) => self.set_backend(Arc::new(direct)).await,
+            Ok(direct) => {
+                self.registry.set(Ok(direct.engine().clone())).await;
+                self.set_backend(Arc::new(direct)).await
+            }
             Err(e) => {
                 let d = Diagnostic::error("Cannot set up the registry client", e.to_string());
                 diags.push(if ca_file.is_some() {
@@ -307,13 +316,30 @@ impl Core {
         }
     }
 
-    fn read_data_source(type_name: &str) -> pb::read_data_source::Response {
-        pb::read_data_source::Response {
-            state: None,
-            diagnostics: diag::to_proto(vec![Diagnostic::error(
-                format!("Unknown data source {type_name:?}"),
-                "This provider has no data sources.",
-            )]),
+    fn validate_data_source(req: &pb::validate_data_resource_config::Request) -> Diags {
+        match decode(req.config.as_ref()) {
+            Ok(v) => crate::data::validate(&req.type_name, &v),
+            Err(d) => vec![d],
+        }
+    }
+
+    async fn read_data_source(
+        &self,
+        req: &pb::read_data_source::Request,
+    ) -> pb::read_data_source::Response {
+        let read = match decode(req.config.as_ref()) {
+            Ok(config) => self.registry.read(&req.type_name, &config).await,
+            Err(d) => Err(vec![d]),
+        };
+        match read.and_then(|state| encode(&state).map_err(|d| vec![d])) {
+            Ok(state) => pb::read_data_source::Response {
+                state: Some(state),
+                diagnostics: Vec::new(),
+            },
+            Err(diags) => pb::read_data_source::Response {
+                state: None,
+                diagnostics: diag::to_proto(diags),
+            },
         }
     }
 }
@@ -369,7 +395,7 @@ impl pb::provider_server::Provider for ProviderService {
         req: Request<pb::validate_data_resource_config::Request>,
     ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
         ok(pb::validate_data_resource_config::Response {
-            diagnostics: Core::read_data_source(&req.get_ref().type_name).diagnostics,
+            diagnostics: diag::to_proto(Core::validate_data_source(req.get_ref())),
         })
     }
 
@@ -421,7 +447,7 @@ impl pb::provider_server::Provider for ProviderService {
         &self,
         req: Request<pb::read_data_source::Request>,
     ) -> Result<Response<pb::read_data_source::Response>, Status> {
-        ok(Core::read_data_source(&req.get_ref().type_name))
+        ok(self.core.read_data_source(req.get_ref()).await)
     }
 
     async fn stop_provider(
@@ -472,6 +498,55 @@ mod tests {
             })
             .await;
         assert_eq!(planned.planned_private, private);
+    }
+
+    /// The data sources are declared, and an unconfigured provider refuses to read them
+    /// rather than answering with an empty state.
+    #[tokio::test]
+    async fn data_sources_are_declared_and_validated() {
+        let schema = Core::schema();
+        let mut names: Vec<&String> = schema.data_source_schemas.keys().collect();
+        names.sort();
+        assert_eq!(names, ["imagesync_image", "imagesync_tags"]);
+        let config = Value::Object(
+            [
+                (
+                    "repository".to_string(),
+                    Value::String("127.0.0.1:5000/a".into()),
+                ),
+                ("semver".to_string(), Value::String("nope".into())),
+            ]
+            .into(),
+        );
+        let diags = Core::validate_data_source(&pb::validate_data_resource_config::Request {
+            type_name: "imagesync_tags".into(),
+            config: Some(encode(&config).unwrap()),
+        });
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].path, vec![PathStep::Attr("semver".into())]);
+        let unknown = Core::validate_data_source(&pb::validate_data_resource_config::Request {
+            type_name: "imagesync_nope".into(),
+            config: Some(encode(&Value::Null).unwrap()),
+        });
+        assert!(unknown[0].summary.contains("Unknown data source"));
+        let read = Core::default()
+            .read_data_source(&pb::read_data_source::Request {
+                type_name: "imagesync_image".into(),
+                config: Some(
+                    encode(&Value::Object(
+                        [(
+                            "reference".to_string(),
+                            Value::String("127.0.0.1:1/a:1".into()),
+                        )]
+                        .into(),
+                    ))
+                    .unwrap(),
+                ),
+                provider_meta: None,
+            })
+            .await;
+        assert!(read.state.is_none());
+        assert_eq!(read.diagnostics[0].summary, "Provider not configured");
     }
 
     #[test]

@@ -9,23 +9,24 @@ pub const RESOURCE_TYPE: &str = "imagesync";
 /// so its states upgrade without a migration.
 pub const RESOURCE_SCHEMA_VERSION: i64 = 1;
 
-const STRING: &[u8] = br#""string""#;
+pub(crate) const STRING: &[u8] = br#""string""#;
 const BOOL: &[u8] = br#""bool""#;
-const LIST_OF_STRING: &[u8] = br#"["list","string"]"#;
+pub(crate) const LIST_OF_STRING: &[u8] = br#"["list","string"]"#;
 const LIST_OF_REFERRERS: &[u8] =
     br#"["list",["object",{"artifact_type":"string","digest":"string"}]]"#;
 /// A Secret reference, as the CRD's `sourceSecretRef`: `{ name = "..." }`.
 const SECRET_REF: &[u8] = br#"["object",{"name":"string"}]"#;
 
+/// Whether an attribute is set by the user, the provider, or either.
 #[derive(Clone, Copy)]
-enum Mode {
+pub(crate) enum Mode {
     Required,
     Optional,
     Computed,
     OptionalComputed,
 }
 
-fn attr(
+pub(crate) fn attr(
     name: &str,
     ty: &[u8],
     mode: Mode,
@@ -45,7 +46,7 @@ fn attr(
     }
 }
 
-fn block(
+pub(crate) fn block(
     attributes: Vec<schema::Attribute>,
     block_types: Vec<schema::NestedBlock>,
     description: &str,

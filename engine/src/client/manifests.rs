@@ -32,6 +32,15 @@ fn digest_header(headers: &HeaderMap) -> Option<Digest> {
         .and_then(|s| s.parse::<Digest>().ok())
 }
 
+/// `Content-Type` without parameters (empty when absent).
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
+        .unwrap_or_default()
+}
+
 fn check_pinned(reference: &Reference, actual: &Digest) -> Result<()> {
     match reference.digest() {
         Some(pinned) if pinned != actual => Err(Error::DigestMismatch {
@@ -54,6 +63,12 @@ impl Client {
 
     /// HEAD the manifest; returns its digest (GET if the header is missing).
     pub async fn resolve(&self, reference: &Reference) -> Result<Digest> {
+        Ok(self.resolve_typed(reference).await?.0)
+    }
+
+    /// [`Client::resolve`], with the media type the registry gave (`Content-Type`
+    /// without parameters; empty when it sent none).
+    pub async fn resolve_typed(&self, reference: &Reference) -> Result<(Digest, String)> {
         let what = reference.to_string();
         let url = self.manifest_url(reference);
         let scopes = [Scope::pull(reference.repository())];
@@ -65,9 +80,12 @@ impl Client {
         match digest_header(resp.headers()) {
             Some(d) => {
                 check_pinned(reference, &d)?;
-                Ok(d)
+                Ok((d, content_type(resp.headers())))
             }
-            None => Ok(self.get_manifest(reference).await?.digest),
+            None => {
+                let m = self.get_manifest(reference).await?;
+                Ok((m.digest, m.media_type))
+            }
         }
     }
 
@@ -88,12 +106,7 @@ impl Client {
             )
             .await?;
         let bytes = answer.body;
-        let media_type = answer
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
-            .unwrap_or_default();
+        let media_type = content_type(&answer.headers);
         let digest = Digest::of(&bytes);
         check_pinned(reference, &digest)?;
         Ok(ManifestData {
