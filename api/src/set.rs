@@ -77,19 +77,19 @@ pub struct ImageSyncSetSpec {
         regex(pattern = r"^([^/@\s]+/)*[^/:@\s]+$")
     )]
     pub destination: String,
-    /// Keep only tags matching this regular expression (Rust `regex` syntax, anchored
-    /// only if you anchor it).
+    /// Keep only tags this regular expression matches as a whole (Rust `regex` syntax,
+    /// anchored: `1\.2.*` does not match `v1.2.0`), as in the data source `imagesync_tags`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub include: Option<String>,
-    /// Drop tags matching this regular expression.
+    /// Drop tags this regular expression matches as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub exclude: Option<String>,
-    /// Keep only tags that are semantic versions (a leading `v` allowed) within this
-    /// constraint, e.g. `>=1.25, <2`.
+    /// Keep only tags that are versions (`1.25.3`, `v1.25.3`, `1.25`) within this
+    /// constraint, e.g. `>=1.25, <2` (Cargo's semver rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 1024))]
     pub semver: Option<String>,
     /// Keep only the highest N semantic versions (after the other filters), 1 to 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]

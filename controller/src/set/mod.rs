@@ -102,7 +102,7 @@ enum Listing {
 
 /// The spec, checked.
 struct Checked {
-    filter: filter::Compiled,
+    filter: imagesync_engine::tagset::CompiledFilter,
     interval: Duration,
     source: Reference,
     destination: Reference,
@@ -225,10 +225,7 @@ impl SetContext {
             .rc
             .engine_for(&probe, &checked.source, &checked.destination, ambient)
             .await?;
-        let listed = engine
-            .client(&checked.source)
-            .list_tags(checked.source.repository())
-            .await;
+        let listed = engine.list_tags(&checked.source).await;
         let tags = match listed {
             Ok(t) => t,
             Err(source) => {
