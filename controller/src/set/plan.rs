@@ -67,8 +67,8 @@ pub fn plan(set: &ImageSyncSet, matched: &[String], children: &[ImageSync]) -> R
     Ok(out)
 }
 
-/// How many of the children `set` owns (and still wants) are `Ready`, and how many have
-/// failed (`Ready=False` with a reason other than `Syncing`).
+/// How many children `set` owns (not being deleted), how many of them are `Ready`, and
+/// how many have failed (`Ready=False` with a reason other than `Syncing`).
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
 pub struct Counts {
     /// Owned children.
@@ -83,10 +83,9 @@ pub struct Counts {
 pub fn counts(set: &ImageSyncSet, children: &[ImageSync]) -> Counts {
     let uid = set.uid().unwrap_or_default();
     let mut out = Counts::default();
-    for c in children
-        .iter()
-        .filter(|c| !uid.is_empty() && is_owned_by(c, &uid))
-    {
+    for c in children.iter().filter(|c| {
+        !uid.is_empty() && is_owned_by(c, &uid) && c.metadata.deletion_timestamp.is_none()
+    }) {
         out.children += 1;
         match c.ready_condition() {
             Some(r) if r.status == "True" => out.ready += 1,
