@@ -605,3 +605,55 @@ pub(crate) async fn a_check_costs_one_tag_list_per_interval_plus_the_childrens_h
         "a re-check that copies nothing reads no manifest or blob: {log:?}"
     );
 }
+
+/// A tag list that fails (the source registry is gone: connection refused) is never
+/// taken for "no tags": under `Delete`, the children and their destination tags stay,
+/// and the set reports the error.
+#[tokio::test]
+pub(crate) async fn a_failed_tag_list_deletes_no_child() {
+    let (api, src, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
+    let client = api.client().await;
+    let sets: Api<ImageSyncSet> = Api::namespaced(client.clone(), "default");
+    let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "default");
+    push_tags(&src, "src/app", &["1.0.0", "1.1.0"], 700).await;
+    let args = insecure(&[&src, &dst]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = start_controller(api.kubeconfig(), api.dir(), "set-fail", &args);
+    let yaml = set_yaml(
+        "web",
+        &src.reference("src/app"),
+        &dst.reference("mirror/app"),
+        "deletionPolicy: Delete",
+    );
+    api.apply_yaml(&yaml);
+    let set = wait_set(&sets, "web", "2 children Ready", &controller, |s| {
+        synced_with(s, 2)
+    })
+    .await;
+
+    drop(src);
+    let set_now = wait_set(&sets, "web", "the list error", &controller, |s| {
+        reason(s).as_deref() == Some("RegistryError")
+    })
+    .await;
+    assert!(
+        message(&set_now).contains("list the tags of"),
+        "{}",
+        message(&set_now)
+    );
+    // Several intervals later: nothing was deleted.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let kids = children(&isyncs, &set).await;
+    assert_eq!(tags_of(&kids), ["1.0.0", "1.1.0"]);
+    assert!(kids
+        .iter()
+        .all(|(_, c)| c.metadata.deletion_timestamp.is_none()));
+    for tag in ["1.0.0", "1.1.0"] {
+        assert_eq!(
+            fixtures::manifest_status(dst.addr(), "mirror/app", tag).await,
+            200
+        );
+    }
+    let set_now = sets.get("web").await.unwrap();
+    assert_eq!(set_now.status.as_ref().and_then(|s| s.matched), Some(2));
+}
