@@ -156,6 +156,7 @@ impl SetContext {
     }
 
     /// What the CRD schema cannot check.
+    #[allow(clippy::result_large_err)] // the crate's one error type, as every async fn here returns
     fn check_spec(&self, set: &ImageSyncSet) -> Result<Checked> {
         let interval = self.interval(set).map_err(Error::InvalidSpec)?;
         let t = &set.spec.template;
@@ -351,6 +352,7 @@ impl SetContext {
 }
 
 /// `value` as a repository (no tag, no digest); the schema checks the shape too.
+#[allow(clippy::result_large_err)] // the crate's one error type
 fn repository(value: &str, field: &'static str) -> Result<Reference> {
     let last = value.rsplit('/').next().unwrap_or_default();
     if value.contains('@') || last.contains(':') {
