@@ -72,6 +72,8 @@ pub struct SetContext {
     children: OnceLock<Store<ImageSync>>,
     /// The last tag list of each set, by uid.
     lists: Mutex<HashMap<String, Listed>>,
+    /// Every set (set by [`run`]): the lists of sets that are gone are dropped.
+    sets: OnceLock<Store<ImageSyncSet>>,
 }
 
 /// A set's last tag list (or failure), and when the next is due.
@@ -115,6 +117,7 @@ impl SetContext {
             rc,
             children: OnceLock::new(),
             lists: Mutex::new(HashMap::new()),
+            sets: OnceLock::new(),
         }
     }
 
@@ -240,6 +243,7 @@ impl SetContext {
         self.rc.metrics.set_tag_list("ok");
         debug!(tags = tags.len(), "listed the source's tags");
         let due = now.checked_add(checked.interval).unwrap_or(now);
+        self.forget_gone_sets();
         self.lists().insert(
             uid,
             Listed {
@@ -250,6 +254,16 @@ impl SetContext {
             },
         );
         Ok(Listing::Fresh(tags))
+    }
+
+    /// Drops the lists of sets no longer in the cache (deleted without our seeing it).
+    fn forget_gone_sets(&self) {
+        let Some(store) = self.sets.get() else {
+            return;
+        };
+        let live: std::collections::HashSet<String> =
+            store.state().iter().filter_map(|s| s.uid()).collect();
+        self.lists().retain(|uid, _| live.contains(uid));
     }
 
     /// The wait after a failure of `set` (its failures counted; its next list due then).
@@ -529,7 +543,9 @@ pub async fn run(
         rx.changed().await.ok()?;
         Some(((), rx))
     });
-    Controller::new(sets, watcher::Config::default())
+    let controller = Controller::new(sets, watcher::Config::default());
+    let _ = ctx.sets.set(controller.store());
+    controller
         .owns_stream(child_events)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .reconcile_all_on(policy_changes)

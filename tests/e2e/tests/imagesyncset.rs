@@ -604,6 +604,13 @@ pub(crate) async fn a_check_costs_one_tag_list_per_interval_plus_the_childrens_h
         reads, 0,
         "a re-check that copies nothing reads no manifest or blob: {log:?}"
     );
+    // The children's status writes re-trigger the set without a rewrite of any child.
+    let created = "imagesync_set_children_total{result=\"created\"}";
+    assert_eq!(controller.metric(created).await, N as f64);
+    let updated = "imagesync_set_children_total{result=\"updated\"}";
+    assert_eq!(controller.metric(updated).await, 0.0);
+    let failed = "imagesync_set_tag_lists_total{result=\"error\"}";
+    assert_eq!(controller.metric(failed).await, 0.0);
 }
 
 /// A tag list that fails (the source registry is gone: connection refused) is never
