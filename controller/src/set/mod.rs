@@ -496,9 +496,17 @@ async fn check_children(
     }
     let (conflicts, pending) = ctx.apply(set, api, &plan, children).await?;
     if !conflicts.is_empty() {
+        let mut names = conflicts
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if conflicts.len() > 10 {
+            names.push_str(&format!(" and {} more", conflicts.len() - 10));
+        }
         let message = format!(
-            "ImageSync objects this set does not own have its children's names, and are left alone: {}",
-            conflicts.join(", ")
+            "ImageSync objects this set does not own have its children's names, and are left alone: {names}"
         );
         return Ok((
             Verdict::not_ready(set_reasons::NAME_CONFLICT, message),
