@@ -2,7 +2,8 @@
 //! kube-apiserver v1.20.2 with real `docker-registry` instances and the controller
 //! binary. Covers tags gained and lost under both deletion policies, the tenant policy
 //! on the set and on each child, filters rejected by the CRD schema or reported as
-//! `InvalidSpec`, forged children left alone, and the registry requests a check costs.
+//! `InvalidSpec`, forged children left alone, a failed tag list, the chart's RBAC, and the
+//! registry requests a check costs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -663,4 +664,60 @@ pub(crate) async fn a_failed_tag_list_deletes_no_child() {
     }
     let set_now = sets.get("web").await.unwrap();
     assert_eq!(set_now.status.as_ref().and_then(|s| s.matched), Some(2));
+}
+
+/// The controller as a ServiceAccount with exactly the chart's RBAC: it reads sets,
+/// writes their status, creates and deletes their children.
+#[tokio::test]
+pub(crate) async fn a_set_works_with_exactly_the_chart_rbac() {
+    let (api, src, dst) = tokio::join!(cluster(), Registry::start(), Registry::start());
+    let client = api.client().await;
+    let sets: Api<ImageSyncSet> = Api::namespaced(client.clone(), "default");
+    let isyncs: Api<ImageSync> = Api::namespaced(client.clone(), "default");
+    api.create_namespace("imagesync-system").await;
+    api.apply_yaml(crate::controller::CHART_RBAC);
+    let sa_kubeconfig = api
+        .service_account_kubeconfig("imagesync-system", "imagesync-controller")
+        .await;
+    push_tags(&src, "src/app", &["1.0.0", "1.1.0"], 800).await;
+    let args = insecure(&[&src, &dst]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = start_controller(&sa_kubeconfig, api.dir(), "set-rbac", &args);
+    let source = src.reference("src/app");
+    let dst_repo = dst.reference("mirror/app");
+    let policy = "deletionPolicy: Delete";
+    api.apply_yaml(&set_yaml("web", &source, &dst_repo, policy));
+    let set = wait_set(&sets, "web", "2 children Ready", &controller, |s| {
+        synced_with(s, 2)
+    })
+    .await;
+
+    api.apply_yaml(&set_yaml(
+        "web",
+        &source,
+        &dst_repo,
+        &format!("{policy}\ninclude: \"1\\\\.1\\\\..*\""),
+    ));
+    wait_set(&sets, "web", "1 child Ready", &controller, |s| {
+        synced_with(s, 1)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tags_of(&children(&isyncs, &set).await) != ["1.1.0"]
+        || fixtures::manifest_status(dst.addr(), "mirror/app", "1.0.0").await != 404
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the 1.0.0 child and its tag were not deleted\n{}",
+            controller.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let note = crate::controller::wait_event(&client, "default", "web", "ChildCreated").await;
+    assert!(note.contains("1.0.0") || note.contains("1.1.0"), "{note}");
+    assert!(
+        !controller.log_text().contains("Forbidden"),
+        "a request was forbidden:\n{}",
+        controller.log_text()
+    );
 }
