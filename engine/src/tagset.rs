@@ -36,8 +36,10 @@
 //! Every field comes from tenants' objects and Terraform attributes, so it is capped:
 //! patterns and constraints at [`MAX_PATTERN_LEN`] characters, compiled expressions at
 //! [`REGEX_SIZE_LIMIT`] bytes (a huge repetition such as `(a{1000}){1000}` is refused
-//! when compiled, in microseconds), `latest` at [`MAX_LATEST`]. Matching itself is linear
-//! in the tag's length (the `regex` crate has no backtracking).
+//! when compiled, in milliseconds), `latest` at [`MAX_LATEST`]. Matching itself is linear
+//! in the tag's length (the `regex` crate has no backtracking). Unicode classes are large
+//! (`\w{30}` is over the limit); tags are ASCII, so `[A-Za-z0-9_]{30}` or `(?-u:\w){30}`
+//! say the same in little space.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -551,6 +553,29 @@ mod tests {
         // A reasonable pattern at the length cap still compiles.
         let ok = "a?".repeat(MAX_PATTERN_LEN / 2);
         assert!(filter(Some(&ok), None, None, None).compile().is_ok());
+    }
+
+    /// The limits leave room for the patterns people write for tags.
+    #[test]
+    fn usual_patterns_fit_the_limits() {
+        for p in [
+            ".*",
+            ".{128}",
+            "[0-9a-f]{40}",
+            "[A-Za-z0-9_]{128}",
+            r"(?-u:\w){128}",
+            r"\w+",
+            r"\d{20}",
+            r"v?[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?",
+            r"sha256-[0-9a-f]{64}\.(sig|att|sbom)",
+        ] {
+            assert!(
+                filter(Some(p), Some(p), None, None).compile().is_ok(),
+                "{p}"
+            );
+        }
+        let unicode = filter(Some(r"\w{30}"), None, None, None).compile();
+        assert!(unicode.is_err_and(|e| e.to_string().contains("size limit")));
     }
 
     /// Matching is linear: a classic catastrophic-backtracking pattern against a long

@@ -26,4 +26,5 @@ mod referrers;
 mod referrers_platforms;
 mod reliability;
 mod scripts;
+mod tags_terraform;
 mod terraform;
