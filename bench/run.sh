@@ -10,6 +10,8 @@
 #                              and the WAN workloads over a modelled far link (bench/wan.sh)
 #   bench/controller-bench.sh  controller steady state with 1,000 objects, and once with
 #                              10,000 (one cycle: peak RSS and CPU per cycle at scale)
+#   bench/set-bench.sh         the registry requests of an ImageSyncSet's check (SET_TAGS
+#                              tags, default 200): tag-list pages and the children's HEADs
 #   bench/terraform-bench.sh   terraform apply and no-change plan with 50 and 500 resources,
 #                              provider start to exit; against the original provider
 #                              (sHesl/terraform-provider-imagesync v0.0.8) when
@@ -94,6 +96,9 @@ if [ "$OBJECTS_LARGE" -gt 0 ]; then
     bash "$ROOT/bench/controller-bench.sh" >&2
   fact "load average (after controller, $OBJECTS_LARGE objects)" "$(load)"
 fi
+
+log "ImageSyncSet check (${SET_TAGS:-200} tags, $RUNS checks)"
+TAGS="${SET_TAGS:-200}" CYCLES="$RUNS" PROFILE=release bash "$ROOT/bench/set-bench.sh" >&2
 
 log "terraform ($RESOURCES resources, $RUNS plans)"
 # shellcheck disable=SC2086 # one argument per size

@@ -1,4 +1,5 @@
-//! The `ImageSync` custom resource (`imagesync.dev/v1alpha1`).
+//! The `ImageSync` custom resource (`imagesync.dev/v1alpha1`), and the `ImageSyncSet`
+//! that keeps one `ImageSync` per matching tag of a repository ([`set`]).
 //!
 //! The CRD YAML in `crds/` is generated from these types by the `crdgen` binary
 //! ([`crd_yaml`]); a test fails when the committed file (or the chart's copy) differs.
@@ -11,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 mod crd;
 mod key;
-pub use crd::crd_yaml;
+pub mod set;
+pub use crd::{all_crds, crd_yaml, set_crd_yaml};
 pub use key::destination_key;
+pub use set::{ImageSyncSet, ImageSyncSetSpec, ImageSyncSetStatus, ImageSyncTemplate};
 
 /// The finalizer that makes deletion remove the destination tag first.
 pub const FINALIZER: &str = "imagesync.dev/cleanup";

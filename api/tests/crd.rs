@@ -1,5 +1,6 @@
 //! The committed CRD YAML must be exactly what `crdgen` prints
-//! (regenerate with `cargo run -p imagesync-api --bin crdgen > crds/imagesyncs.imagesync.dev.yaml`),
+//! (regenerate with `cargo run -p imagesync-api --bin crdgen > crds/imagesyncs.imagesync.dev.yaml`
+//! and `... crdgen imagesyncsets > crds/imagesyncsets.imagesync.dev.yaml`),
 //! and the Helm chart ships byte-identical copies of `crds/` (no Helm needed to check).
 
 use std::path::{Path, PathBuf};
@@ -9,26 +10,42 @@ fn repo_root() -> PathBuf {
 }
 
 #[test]
-fn committed_crd_matches_the_rust_types() {
-    let path = repo_root().join("crds/imagesyncs.imagesync.dev.yaml");
-    let committed = std::fs::read_to_string(path).unwrap();
-    let generated = imagesync_api::crd_yaml().unwrap();
-    assert!(
-        committed == generated,
-        "crds/imagesyncs.imagesync.dev.yaml is stale; regenerate it with \
-         `cargo run -p imagesync-api --bin crdgen > crds/imagesyncs.imagesync.dev.yaml`"
-    );
+fn committed_crds_match_the_rust_types() {
+    for (file, generated) in imagesync_api::all_crds().unwrap() {
+        let path = repo_root().join("crds").join(file);
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let plural = file.split('.').next().unwrap();
+        assert!(
+            committed == generated,
+            "crds/{file} is stale; regenerate it with \
+             `cargo run -p imagesync-api --bin crdgen {plural} > crds/{file}`"
+        );
+    }
 }
 
 #[test]
-fn crd_has_no_cel_and_keeps_the_status_subresource() {
-    let generated = imagesync_api::crd_yaml().unwrap();
-    assert!(
-        !generated.contains("x-kubernetes-validations"),
-        "CEL needs Kubernetes 1.25+"
-    );
-    assert!(generated.contains("status: {}"));
-    assert!(generated.contains("- isync"));
+fn crds_have_no_cel_and_keep_the_status_subresource() {
+    for (file, generated) in imagesync_api::all_crds().unwrap() {
+        assert!(
+            !generated.contains("x-kubernetes-validations"),
+            "{file}: CEL needs Kubernetes 1.25+"
+        );
+        assert!(generated.contains("status: {}"), "{file}");
+    }
+    assert!(imagesync_api::crd_yaml().unwrap().contains("- isync\n"));
+    assert!(imagesync_api::set_crd_yaml()
+        .unwrap()
+        .contains("- isyncset\n"));
+}
+
+/// `kubectl get isyncset` shows the counts.
+#[test]
+fn the_set_crd_prints_its_counts() {
+    let yaml = imagesync_api::set_crd_yaml().unwrap();
+    for column in [".status.matched", ".status.ready", ".status.failed"] {
+        assert!(yaml.contains(&format!("jsonPath: {column}")), "{column}");
+    }
 }
 
 #[test]

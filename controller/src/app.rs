@@ -17,7 +17,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use tracing::{error, info, warn};
 
-use crate::api::ImageSync;
+use crate::api::{ImageSync, ImageSyncSet};
 use crate::args::Args;
 use crate::events::Events;
 use crate::leader::{LeaderElector, LeaseConfig};
@@ -160,9 +160,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         elector = Some(e);
     }
     metrics.leader.set(1);
+    let sets = namespaced_or_all(&client, &args.namespace);
     let watched = Watched {
         ctx,
         api,
+        sets,
         concurrency: args.concurrency,
         metrics,
         healthy,
@@ -174,6 +176,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 struct Watched {
     ctx: Arc<Context>,
     api: Api<ImageSync>,
+    sets: Api<ImageSyncSet>,
     concurrency: u16,
     metrics: Arc<Metrics>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -191,7 +194,7 @@ async fn supervise(
     // but our shutdown (a panic included), /healthz fails, the Lease is released and
     // the process exits non-zero, so a restart or another replica takes over.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut task = tokio::spawn(reconcile_loop(w.ctx, w.api, w.concurrency, stop_rx));
+    let mut task = tokio::spawn(reconcile_loop(w.ctx, w.api, w.sets, w.concurrency, stop_rx));
     let stopped = tokio::select! {
         r = &mut task => Stopped::LoopEnded(loop_end_message(r)),
         lost = hold(elector.as_mut()) => Stopped::LeaseLost(lost),
@@ -409,22 +412,43 @@ async fn start_servers(
     Ok(())
 }
 
-/// The reconcile loop until `stop` fires.
+/// The reconcile loops (`ImageSync`, and `ImageSyncSet` over the same context) until
+/// `stop` fires.
 async fn reconcile_loop(
     ctx: Arc<Context>,
     api: Api<ImageSync>,
+    sets: Api<ImageSyncSet>,
     concurrency: u16,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let run = reconcile::run(ctx, api, concurrency, async move {
+    use futures::FutureExt as _;
+    let stop = async move {
         let _ = stop.await;
-    });
+    }
+    .shared();
+    let set_ctx = Arc::new(crate::set::SetContext::new(ctx.clone()));
+    let run_sets = crate::set::run(set_ctx, sets, api.clone(), concurrency, stop.clone());
+    let run = async move {
+        tokio::join!(reconcile::run(ctx, api, concurrency, stop), run_sets);
+    };
     #[cfg(debug_assertions)]
     if let Some(after) = test_hooks::panic_after() {
         test_hooks::panic_after_delay(run, after).await;
         return;
     }
     run.await;
+}
+
+fn namespaced_or_all<K>(client: &Client, namespace: &str) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    if namespace.is_empty() {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), namespace)
+    }
 }
 
 /// The controller's internal-address rule: specs come from tenants, so even the

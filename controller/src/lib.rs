@@ -6,7 +6,7 @@
 //! (safely) when the object is deleted.
 //!
 //! Layout: [`api`] (the CRD types), [`reconcile`] (reconcile and cleanup under the
-//! finalizer), [`credentials`] (the Secret-backed credential provider), [`events`],
+//! finalizer), [`set`] (`ImageSyncSet`: one child `ImageSync` per matching tag), [`credentials`] (the Secret-backed credential provider), [`events`],
 //! [`leader`] (Lease-based leader election), [`metrics`], [`policy`] (the tenant
 //! policy: who may copy what, with whose credentials), [`server`] (`/metrics`,
 //! `/healthz`, `/readyz`), [`telemetry`], [`args`] (flags)
@@ -25,6 +25,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod referrers;
 pub mod server;
+pub mod set;
 pub mod telemetry;
 
 use imagesync_engine::ErrorKind;

@@ -84,6 +84,10 @@ pub struct Metrics {
     pub policy_generation: Gauge,
     /// 1 for the hash of the policy in force.
     pub policy_info: Family<PolicyLabels, Gauge>,
+    /// ImageSyncSet tag lists by result (`ok`, `error`).
+    pub set_tag_lists: Family<ResultLabels, Counter>,
+    /// Children created, updated and deleted by ImageSyncSets (`result`: what was done).
+    pub set_children: Family<ResultLabels, Counter>,
     ready_by_object: Mutex<HashMap<String, &'static str>>,
 }
 
@@ -111,6 +115,8 @@ impl Metrics {
             policy_reload_errors: Counter::default(),
             policy_generation: Gauge::default(),
             policy_info: Family::default(),
+            set_tag_lists: Family::default(),
+            set_children: Family::default(),
             ready_by_object: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -163,7 +169,35 @@ impl Metrics {
             "1 for the SHA-256 of the tenant policy in force",
             m.policy_info.clone(),
         );
+        registry.register(
+            "set_tag_lists",
+            "ImageSyncSet tag lists of the source repository, by result",
+            m.set_tag_lists.clone(),
+        );
+        registry.register(
+            "set_children",
+            "Child ImageSyncs created, updated and deleted by ImageSyncSets",
+            m.set_children.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts an ImageSyncSet tag list (`ok` or `error`).
+    pub fn set_tag_list(&self, result: &str) {
+        self.set_tag_lists
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a child an ImageSyncSet `created`, `updated` or `deleted`.
+    pub fn set_child(&self, what: &str) {
+        self.set_children
+            .get_or_create(&ResultLabels {
+                result: what.to_string(),
+            })
+            .inc();
     }
 
     /// Records the policy now in force.

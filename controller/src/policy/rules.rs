@@ -151,8 +151,8 @@ impl fmt::Debug for Patterns {
 }
 
 impl Patterns {
-    fn matches(&self, reference: &Reference) -> bool {
-        candidates(reference).iter().any(|c| self.set.is_match(c))
+    fn matches(&self, candidates: &[String]) -> bool {
+        candidates.iter().any(|c| self.set.is_match(c))
     }
 }
 
@@ -378,8 +378,40 @@ impl Policy {
         source: &Reference,
         destination: &Reference,
     ) -> Decision {
-        let src = format!("{}", DisplayRef(source));
-        let dst = format!("{}", DisplayRef(destination));
+        let src = (format!("{}", DisplayRef(source)), candidates(source));
+        let dst = (
+            format!("{}", DisplayRef(destination)),
+            candidates(destination),
+        );
+        self.decide(namespace, labels, src, dst)
+    }
+
+    /// Decides for an `ImageSyncSet` in `namespace` listing the tags of the repository
+    /// of `source` to copy them to the repository of `destination` (their tags are
+    /// ignored): only patterns that match the repositories themselves (`registry/repo`,
+    /// `registry/team/**`) allow it. Each child `ImageSync` is then decided on its own
+    /// tags by [`Policy::evaluate`].
+    pub fn evaluate_repositories(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        source: &Reference,
+        destination: &Reference,
+    ) -> Decision {
+        let src = (source.repo_name(), vec![source.repo_name()]);
+        let dst = (destination.repo_name(), vec![destination.repo_name()]);
+        self.decide(namespace, labels, src, dst)
+    }
+
+    /// The first matching rule's decision for a source and a destination, each given as
+    /// its display text and the strings its patterns are matched against.
+    fn decide(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        (src, source): (String, Vec<String>),
+        (dst, destination): (String, Vec<String>),
+    ) -> Decision {
         let mut near = Vec::new();
         for rule in &self.rules {
             let ns = match &rule.namespaces {
@@ -389,8 +421,8 @@ impl Policy {
             if !ns {
                 continue;
             }
-            let s = rule.sources.matches(source);
-            let d = rule.destinations.matches(destination);
+            let s = rule.sources.matches(&source);
+            let d = rule.destinations.matches(&destination);
             if s && d {
                 return match rule.action {
                     Action::Allow => Decision::Allow {
@@ -478,6 +510,58 @@ mod tests {
             Decision::Deny { message } => message,
             Decision::Allow { .. } => panic!("allowed: {d:?}"),
         }
+    }
+
+    /// An `ImageSyncSet` is decided on its repositories: a rule for the repositories
+    /// (`registry/team/**`) allows it, a tag-only pattern neither allows nor denies it
+    /// (its children are decided on their own tags).
+    #[test]
+    fn a_set_is_decided_on_its_repositories_and_its_children_on_their_tags() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - {name: no-v1, action: Deny, namespaces: ["*"], sources: ["127.0.0.1:5000/team-a/app:v1*"], destinations: ["**"]}
+  - {name: only-tag, namespaces: ["team-b"], sources: ["127.0.0.1:5000/team-b/app:2.*"], destinations: ["127.0.0.1:5001/team-b/**"]}
+  - {name: team-a, namespaces: ["team-a"], sources: ["127.0.0.1:5000/team-a/**"], destinations: ["127.0.0.1:5001/team-a/**"]}
+"#,
+        )
+        .unwrap();
+        let repos = |ns: &str, src: &str, dst: &str| {
+            p.evaluate_repositories(ns, &BTreeMap::new(), &r(src), &r(dst))
+        };
+        let set = repos(
+            "team-a",
+            "127.0.0.1:5000/team-a/app",
+            "127.0.0.1:5001/team-a/app",
+        );
+        assert_eq!(allowed_by(&set), Some("team-a"));
+        let elsewhere = repos(
+            "team-a",
+            "127.0.0.1:5000/team-a/app",
+            "127.0.0.1:5001/team-b/app",
+        );
+        assert!(
+            message(&elsewhere).contains("not the destination"),
+            "{elsewhere:?}"
+        );
+        // A tag pattern does not allow listing the whole repository.
+        let tag_only = repos(
+            "team-b",
+            "127.0.0.1:5000/team-b/app",
+            "127.0.0.1:5001/team-b/app",
+        );
+        assert!(allowed_by(&tag_only).is_none(), "{tag_only:?}");
+        // The children: the denied tag is denied, the others allowed.
+        let child = |tag: &str| {
+            eval(
+                &p,
+                "team-a",
+                &format!("127.0.0.1:5000/team-a/app:{tag}"),
+                &format!("127.0.0.1:5001/team-a/app:{tag}"),
+            )
+        };
+        assert!(message(&child("v1.2")).contains("no-v1"));
+        assert_eq!(allowed_by(&child("v2.0")), Some("team-a"));
     }
 
     /// Issue 12, item 3: every other spelling of a denied registry or image is denied

@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt};
 use tracing::debug;
 
 use crate::api::ImageSync;
-use crate::policy::{Ambient, Decision as PolicyDecision};
+use crate::policy::{Ambient, Decision as PolicyDecision, Policy};
 use crate::{Error, Result};
 
 use super::{ownership, Context};
@@ -23,13 +23,27 @@ impl Context {
         source: &Reference,
         destination: &Reference,
     ) -> Result<PolicyDecision> {
+        let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+        self.namespace_decision(&namespace, |policy, labels| {
+            policy.evaluate(&namespace, labels, source, destination)
+        })
+        .await
+    }
+
+    /// What `decide` says with the policy in force and the labels of `namespace` (read
+    /// only when a rule selects namespaces by label); everything is allowed without a
+    /// policy.
+    pub async fn namespace_decision(
+        &self,
+        namespace: &str,
+        decide: impl FnOnce(&Policy, &BTreeMap<String, String>) -> PolicyDecision,
+    ) -> Result<PolicyDecision> {
         let (Some(policy), _) = self.policy.current() else {
             return Ok(PolicyDecision::ALLOW_ALL);
         };
-        let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
         let labels = if policy.needs_namespace_labels() {
             let api: Api<Namespace> = Api::all(self.client.clone());
-            match api.get_opt(&namespace).await {
+            match api.get_opt(namespace).await {
                 Ok(ns) => ns.and_then(|n| n.metadata.labels).unwrap_or_default(),
                 Err(kube::Error::Api(s)) if s.code == 403 => {
                     return Ok(PolicyDecision::Deny {
@@ -49,7 +63,7 @@ impl Context {
         } else {
             BTreeMap::new()
         };
-        Ok(policy.evaluate(&namespace, &labels, source, destination))
+        Ok(decide(&policy, &labels))
     }
 
     /// Like [`Context::policy_decision`], with a denial as [`Error::PolicyDenied`].

@@ -23,7 +23,7 @@ impl Context {
     /// now, chained before the standard credentials, which the policy may withhold per
     /// registry). Engines are never shared across namespaces, so neither are their blob
     /// locations: a tenant cannot have another tenant's layer mounted into its repository.
-    pub(super) async fn engine_for(
+    pub(crate) async fn engine_for(
         &self,
         obj: &ImageSync,
         source: &Reference,

@@ -15,6 +15,7 @@ mod helm;
 mod hostile;
 mod hostile_objects;
 mod image;
+mod imagesyncset;
 mod ownership;
 mod platforms;
 mod platforms_frontends;

@@ -145,6 +145,14 @@ fn controller_rules() -> Value {
          "verbs": ["get", "patch", "update"]},
         {"apiGroups": ["imagesync.dev"], "resources": ["imagesyncs/finalizers"],
          "verbs": ["update"]},
+        {"apiGroups": ["imagesync.dev"], "resources": ["imagesyncsets"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["imagesync.dev"], "resources": ["imagesyncsets/status"],
+         "verbs": ["patch"]},
+        {"apiGroups": ["imagesync.dev"], "resources": ["imagesyncsets/finalizers"],
+         "verbs": ["update"]},
+        {"apiGroups": ["imagesync.dev"], "resources": ["imagesyncs"],
+         "verbs": ["create", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     ])
@@ -313,8 +321,17 @@ fn default_render_is_hardened_and_cluster_scoped_with_exact_rbac() {
         r.notes
     );
 
-    assert_eq!(r.crds.len(), 1, "the chart ships the ImageSync CRD");
-    assert_eq!(r.crds[0]["metadata"]["name"], "imagesyncs.imagesync.dev");
+    let mut crds: Vec<&str> = r
+        .crds
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    crds.sort_unstable();
+    assert_eq!(
+        crds,
+        ["imagesyncs.imagesync.dev", "imagesyncsets.imagesync.dev"],
+        "the chart ships the ImageSync and ImageSyncSet CRDs"
+    );
 }
 
 #[test]
@@ -1069,6 +1086,11 @@ async fn controller_works_with_exactly_the_charts_service_account_permissions() 
         ("watch", "imagesync.dev", "imagesyncs", "team-a"),
         ("update", "imagesync.dev", "imagesyncs/finalizers", "team-a"),
         ("patch", "imagesync.dev", "imagesyncs/status", "team-a"),
+        ("watch", "imagesync.dev", "imagesyncsets", "team-a"),
+        ("patch", "imagesync.dev", "imagesyncsets/status", "team-a"),
+        // ImageSyncSet children.
+        ("create", "imagesync.dev", "imagesyncs", "team-a"),
+        ("delete", "imagesync.dev", "imagesyncs", "team-a"),
         ("create", "events.k8s.io", "events", "team-a"),
         ("get", "", "secrets", "team-a"),
         ("update", "coordination.k8s.io", "leases", RELEASE_NS),
@@ -1087,8 +1109,11 @@ async fn controller_works_with_exactly_the_charts_service_account_permissions() 
         ("get", "", "configmaps", "team-a"),
         ("create", "", "pods", "team-a"),
         ("create", "", "events", "team-a"),
-        ("create", "imagesync.dev", "imagesyncs", "team-a"),
-        ("delete", "imagesync.dev", "imagesyncs", "team-a"),
+        ("create", "imagesync.dev", "imagesyncsets", "team-a"),
+        ("delete", "imagesync.dev", "imagesyncsets", "team-a"),
+        ("update", "imagesync.dev", "imagesyncsets/status", "team-a"),
+        ("create", "imagesync.dev", "imagesyncs", "default"),
+        ("delete", "imagesync.dev", "imagesyncs", "default"),
         ("list", "imagesync.dev", "imagesyncs", "default"),
         ("get", "imagesync.dev", "imagesyncs", "default"),
         ("create", "coordination.k8s.io", "leases", "team-a"),
