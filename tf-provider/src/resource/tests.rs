@@ -1,5 +1,8 @@
 //! Plan/apply/read logic against a fake backend (the real Terraform runs are in
 //! tests/e2e/tests/terraform.rs).
+//!
+//! Over 600 lines because the two fakes (direct and Kubernetes mode) and the helpers are
+//! shared by every test, and each test spells out one scenario of state, plan and apply.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -9,6 +12,7 @@ use imagesync_engine::{Digest, Reference};
 
 use super::*;
 use crate::backend::{make_id, Backend, BackendError, Deleted, Observed, Synced, Target};
+use crate::codec::Value;
 
 fn digest(n: u8) -> Digest {
     format!("sha256:{}", hex(n)).parse().unwrap()
@@ -83,8 +87,8 @@ fn registry_error(status: u16) -> BackendError {
 
 #[async_trait]
 impl Backend for Fake {
-    fn resolves_at_plan(&self) -> bool {
-        true
+    fn bookkeeper(&self) -> crate::backend::Bookkeeper {
+        crate::backend::Bookkeeper::Resource
     }
 
     async fn digest(&self, r: &Reference) -> Result<Option<Digest>, BackendError> {
@@ -835,8 +839,17 @@ struct FakeKube;
 
 #[async_trait]
 impl Backend for FakeKube {
-    fn resolves_at_plan(&self) -> bool {
-        false
+    fn bookkeeper(&self) -> crate::backend::Bookkeeper {
+        crate::backend::Bookkeeper::Controller
+    }
+
+    async fn plan_source(
+        &self,
+        _: &Reference,
+        _: &[imagesync_engine::Platform],
+        _: Option<&imagesync_engine::Selection>,
+    ) -> crate::backend::SourceAtPlan {
+        crate::backend::SourceAtPlan::Followed
     }
 
     fn identity(&self, destination: Option<&str>) -> Option<crate::backend::Identity> {
