@@ -4,6 +4,10 @@
 //!
 //! Case counts are modest so the whole file runs in seconds; set `PROPTEST_CASES` for a
 //! longer run.
+//!
+//! Over 600 lines because each input family (digests, references, manifests and indexes,
+//! auth challenges and headers) brings its own generators and checkers, kept next to
+//! the properties they feed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,5 +1,9 @@
 //! Where the resource's work happens. The plan/apply/read logic in [`crate::resource`]
-//! is written once against [`Backend`]; [`Direct`] copies in-process with the engine.
+//! is written once against [`Backend`]; [`Direct`] copies in-process with the engine,
+//! [`crate::kube::Kube`] through the controller. What differs between them is asked of
+//! the backend: what a plan learns of the source ([`Backend::plan_source`]), who keeps
+//! the record of what was written ([`Backend::bookkeeper`]) and which object holds the
+//! resource ([`Backend::identity`]).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -160,12 +164,65 @@ pub struct Identity {
     pub name: Option<String>,
 }
 
+/// What a plan learns of the image a source gives.
+#[derive(Debug)]
+pub enum SourceAtPlan {
+    /// The digest it resolves to (with `platforms`, the selection's digest): the plan
+    /// knows the digest and `id` an apply will write, and a moved tag plans a re-sync.
+    Digest(Digest),
+    /// The registry said "not found".
+    Missing,
+    /// The registry could not answer.
+    Failed(Box<BackendError>),
+    /// Plans do not look: whoever syncs follows the source (Kubernetes mode: the
+    /// controller). The digest and `id` are known after apply; only a change of what is
+    /// to be synced (the spec) plans one.
+    Followed,
+}
+
+/// Who keeps the record of what a sync wrote at the destination, which decides whether a
+/// destination can be adopted and what destroy removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bookkeeper {
+    /// The resource, in its private state ([`crate::private`]; direct mode): a
+    /// destination that already held the image is adopted (a warning; destroy leaves
+    /// it), and destroy deletes only the blobs and referrers recorded.
+    Resource,
+    /// The controller, in the object it syncs (Kubernetes mode): destroy deletes the
+    /// object and the controller removes what it wrote.
+    Controller,
+}
+
 /// What the resource needs from wherever images are copied.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
-    /// Whether plans resolve the source digest (direct mode). In Kubernetes mode the
-    /// controller follows the source itself, so plans do not.
-    fn resolves_at_plan(&self) -> bool;
+    /// Who keeps the record of what a sync wrote.
+    fn bookkeeper(&self) -> Bookkeeper;
+
+    /// What a plan learns of `source` under `platforms` (see [`SourceAtPlan`]). This
+    /// default looks it up: a reference pinning a digest (without `platforms`) needs no
+    /// lookup, else [`Backend::digest`], or with `platforms` [`Backend::resolve`].
+    async fn plan_source(
+        &self,
+        source: &Reference,
+        platforms: &[Platform],
+        known: Option<&Selection>,
+    ) -> SourceAtPlan {
+        let found = if !platforms.is_empty() {
+            self.resolve(source, platforms, known)
+                .await
+                .map(|s| s.map(|s| s.digest))
+        } else if let Some(d) = source.digest() {
+            Ok(Some(d.clone()))
+        } else {
+            self.digest(source).await
+        };
+        match found {
+            Ok(Some(d)) => SourceAtPlan::Digest(d),
+            Ok(None) => SourceAtPlan::Missing,
+            Err(e) => SourceAtPlan::Failed(Box::new(e)),
+        }
+    }
 
     /// The Kubernetes object a resource writing `destination` is kept in (`None`: direct
     /// mode, which has no object). Its name is `None` while the destination is unknown.
@@ -336,8 +393,8 @@ impl Direct {
 
 #[async_trait]
 impl Backend for Direct {
-    fn resolves_at_plan(&self) -> bool {
-        true
+    fn bookkeeper(&self) -> Bookkeeper {
+        Bookkeeper::Resource
     }
 
     async fn digest(&self, reference: &Reference) -> Result<Option<Digest>, BackendError> {

@@ -14,7 +14,8 @@ use kube::{Api, Client, ResourceExt};
 use sha2::Digest as _;
 
 use crate::backend::{
-    Backend, BackendError, Deleted, Identity, Observed, Synced, SyncedReferrers, Target,
+    Backend, BackendError, Bookkeeper, Deleted, Identity, Observed, SourceAtPlan, Synced,
+    SyncedReferrers, Target,
 };
 
 /// Field manager of the server-side applies.
@@ -244,8 +245,18 @@ fn spec_of(target: &Target) -> ImageSyncSpec {
 
 #[async_trait]
 impl Backend for Kube {
-    fn resolves_at_plan(&self) -> bool {
-        false
+    fn bookkeeper(&self) -> Bookkeeper {
+        Bookkeeper::Controller
+    }
+
+    async fn plan_source(
+        &self,
+        _source: &Reference,
+        _platforms: &[imagesync_engine::Platform],
+        _known: Option<&imagesync_engine::Selection>,
+    ) -> SourceAtPlan {
+        // The controller holds the registry credentials and follows the source.
+        SourceAtPlan::Followed
     }
 
     fn identity(&self, destination: Option<&str>) -> Option<Identity> {
@@ -256,7 +267,7 @@ impl Backend for Kube {
     }
 
     async fn digest(&self, _reference: &Reference) -> Result<Option<Digest>, BackendError> {
-        // The controller holds the registry credentials; plans do not look.
+        // Not asked: plans do not look (see `plan_source`).
         Ok(None)
     }
 

@@ -142,7 +142,6 @@ fn normalize(os: &str, architecture: &str, variant: Option<&str>) -> (String, St
     (os.to_string(), arch.to_string(), variant.to_string())
 }
 
-/// An index entry's `platform` (OCI image index, Docker manifest list).
 mod select;
 pub(crate) use select::{listed, pick, Pick};
 

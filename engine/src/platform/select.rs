@@ -10,6 +10,8 @@ use crate::client::{Client, ManifestData, MAX_MANIFEST_BYTES};
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
 use crate::reference::{Digest, Reference};
+
+/// An index entry's `platform` (OCI image index, Docker manifest list).
 #[derive(Deserialize)]
 struct EntryPlatform {
     #[serde(default)]

@@ -1,3 +1,12 @@
+//! End-to-end tests: the controller binary against the real kube-apiserver and registries
+//! (sync, heal, follow and delete; permanent errors and their reasons; a kill mid-copy;
+//! leader election; the chart's RBAC; moved destinations and refused deletes; watches
+//! scoped to one namespace), and the cluster helpers other modules share.
+//!
+//! Over 600 lines because it is one module per area (the controller's behaviours): each
+//! test is one scenario against real components, and its set-up is spelled out so a failure
+//! reads alone.
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

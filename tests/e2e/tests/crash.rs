@@ -6,6 +6,10 @@
 //! sees it, SIGKILLs the copying process, and lets held requests fail only after the
 //! process is reaped. So the registry's view at a kill point is exactly "requests
 //! 1..N-1 (and whatever was already in flight)", whatever the machine's load.
+//!
+//! Over 600 lines because it is one module per area (the kill points and races): each test
+//! is one scenario against real components, and its set-up is spelled out so a failure
+//! reads alone.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};

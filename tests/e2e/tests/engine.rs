@@ -1,3 +1,11 @@
+//! End-to-end tests: the engine library against real distribution registries (exact copies
+//! of images, indexes and artifacts; no-op and mounted copies; faults; TLS, basic, token
+//! and anonymous-bearer auth; Docker config credentials; deletes and their layer rules).
+//!
+//! Over 600 lines because it is one module per area (the engine's operations): each test is
+//! one scenario against real components, and its set-up is spelled out so a failure reads
+//! alone.
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,9 @@
 //! End-to-end tests: the Helm chart in `charts/imagesync`, driven by the real Helm library
 //! (PyPI `helm-python-sdk`, Helm v4's Go SDK) through `tests/e2e/helm/helmctl.py`.
+//!
+//! Over 600 lines because it is one module per area (the chart's settings): each test is
+//! one scenario against real components, and its set-up is spelled out so a failure reads
+//! alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

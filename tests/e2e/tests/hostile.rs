@@ -4,6 +4,10 @@
 //! retry budget that holds per request. Every attack runs on loopback: real
 //! distribution registries, the fault proxy's hostile answers and the token server's,
 //! and canary listeners that must not be reached (or only without credentials).
+//!
+//! Over 600 lines because it is one module per area (the attacks): each test is one
+//! scenario against real components, and its set-up is spelled out so a failure reads
+//! alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

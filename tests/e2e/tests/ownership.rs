@@ -1,6 +1,10 @@
 //! Ownership of destination tags (issue 12, item 1): an object deletes only what its own
 //! copy wrote, and of two objects naming one tag only the earlier one writes. Real
 //! kube-apiserver, real `docker-registry`, the controller binary.
+//!
+//! Over 600 lines because it is one module per area (the ownership cases): each test is one
+//! scenario against real components, and its set-up is spelled out so a failure reads
+//! alone.
 
 use std::time::Duration;
 

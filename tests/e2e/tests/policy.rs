@@ -1,5 +1,9 @@
 //! Controller tenant safety (issue 8): the policy file, Secret rules and secret hygiene,
 //! against the real kube-apiserver and registry.
+//!
+//! Over 600 lines because it is one module per area (the policy rules): each test is one
+//! scenario against real components, and its set-up is spelled out so a failure reads
+//! alone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -3,6 +3,10 @@
 //! verified at the mirror by an independent cosign verifier (the sigstore crate). The
 //! OCI 1.1 referrers API path runs against the harness's referrers-serving layer
 //! ([`imagesync_e2e::referrers_layer`]), since no registry here implements the API.
+//!
+//! Over 600 lines because it is one module per area (the referrer kinds and paths): each
+//! test is one scenario against real components, and its set-up is spelled out so a failure
+//! reads alone.
 
 use std::time::Duration;
 

@@ -7,6 +7,10 @@
 //! the destination tag absent; no manifest or blob whose bytes differ from its digest
 //! may ever be readable at the destination; and the requests per logical operation must
 //! stay within the retry budget of the engine's [`RetryPolicy`].
+//!
+//! Over 600 lines because it is one module per area (the faults and registry kinds): each
+//! test is one scenario against real components, and its set-up is spelled out so a failure
+//! reads alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,10 @@
 //! End-to-end tests: the Terraform provider under the real Terraform CLI (1.11.4 through
 //! `dev_overrides`, 1.0.3 and 0.13.4 through a filesystem mirror; 0.13 speaks plugin
 //! protocol 5, the others 6) against real registries.
+//!
+//! Over 600 lines because it is one module per area (the Terraform versions and
+//! lifecycles): each test is one scenario against real components, and its set-up is
+//! spelled out so a failure reads alone.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 use imagesync_engine::{Digest, ErrorKind, Reference};
 
 use super::{attr, error_diagnostic, id_digest, Model, Ownership, Private};
-use crate::backend::{Backend, BackendError, Synced, Target};
+use crate::backend::{Backend, BackendError, Bookkeeper, Synced, Target};
 use crate::codec::Value;
 use crate::diag::Diagnostic;
 
@@ -201,7 +201,8 @@ async fn sync(
     if planned.delete_layers.is_unknown() || planned.delete_layers.is_null() {
         planned.delete_layers = Value::Bool(true);
     }
-    if private.ownership == Some(Ownership::Adopted) && backend.resolves_at_plan() {
+    if private.ownership == Some(Ownership::Adopted) && backend.bookkeeper() == Bookkeeper::Resource
+    {
         diags.push(adopted_warning(&target.destination, "was adopted"));
     }
     Applied {
@@ -258,19 +259,21 @@ fn adopted_warning(destination: &Reference, what: &str) -> Diagnostic {
     )
 }
 
-/// What destroy may remove, from the record: the blobs this resource uploaded. Without a
-/// record (an earlier provider version, or an import) no blob is a candidate.
+/// What destroy may remove. When the resource keeps the record: the referrers and the
+/// blobs it wrote; without a record (an earlier provider version, or an import) no blob
+/// is a candidate. When the controller keeps it, the controller decides.
 fn destroy_target(
     mut target: Target,
     private: &Private,
-    direct: bool,
+    bookkeeper: Bookkeeper,
 ) -> (Target, Vec<Diagnostic>) {
     let mut diags = Vec::new();
-    if direct {
-        // The referrers this resource wrote go with the image (layers kept or not).
-        target.owned_referrers = private.referrers.clone();
+    if bookkeeper == Bookkeeper::Controller {
+        return (target, diags);
     }
-    if !direct || !target.delete_layers {
+    // The referrers this resource wrote go with the image (layers kept or not).
+    target.owned_referrers = private.referrers.clone();
+    if !target.delete_layers {
         return (target, diags);
     }
     let recorded = private.uploaded.clone().unwrap_or_default();
@@ -307,8 +310,8 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
             }
         }
     };
-    let direct = backend.resolves_at_plan();
-    if direct && private.ownership == Some(Ownership::Adopted) {
+    let bookkeeper = backend.bookkeeper();
+    if bookkeeper == Bookkeeper::Resource && private.ownership == Some(Ownership::Adopted) {
         tracing::info!(destination = %target.destination, "adopted, not written by us: left in place");
         return Applied {
             state: None,
@@ -316,7 +319,7 @@ async fn destroy(backend: &dyn Backend, prior: Model, private: Private) -> Appli
             diags: vec![adopted_warning(&target.destination, "left in place")],
         };
     }
-    let (target, mut diags) = destroy_target(target, &private, direct);
+    let (target, mut diags) = destroy_target(target, &private, bookkeeper);
     if let Err(e) = delete_previous(backend, &target, &private, &mut diags).await {
         return Applied {
             state: Some(prior),
