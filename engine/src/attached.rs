@@ -18,16 +18,15 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::artifact_types::COSIGN_SIGNATURE;
 use crate::client::Client;
 use crate::copy::{collect_children, Emit, Node};
-use crate::discover::{discover, in_order, Found};
+use crate::discover::{discover, in_order, is_new_index, probe, Found, EMPTY_PROBE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fallback;
 use crate::manifest::{Descriptor, Manifest};
 use crate::reference::{Digest, Reference};
 use crate::transfer::transfer_blobs;
-use crate::{Engine, Outcome, Referrer, ReferrerPolicy, SyncOptions};
+use crate::{Engine, Outcome, Referrer, SyncOptions};
 
 /// Destination reads and writes of referrers in flight at once.
 const PARALLEL: usize = 8;
@@ -524,60 +523,6 @@ fn referrer(f: &Found, written: bool) -> Referrer {
     }
 }
 
-/// Whether `top`, the digest the destination got, is a new index of several selected
-/// platforms (which only the destination has) rather than a source manifest.
-pub(crate) fn is_new_index(top: &Digest, source_digest: &Digest, options: &SyncOptions) -> bool {
-    top != source_digest && options.platforms.len() > 1
-}
-
-/// The fingerprint of a source without a fallback tag or `.sig` tag.
-pub(crate) const EMPTY_PROBE: &str = "fallback=-;sig=-";
-
-/// [`Engine::referrers_probe`]: HEADs of `digest`'s `sha256-<hex>` fallback tag and (when
-/// the policy wants signatures) its cosign `.sig` tag, sent together. `None` with the
-/// policy off.
-pub(crate) async fn probe(
-    client: &Client,
-    source: &Reference,
-    digest: &Digest,
-    policy: &ReferrerPolicy,
-) -> Result<Option<String>> {
-    if !policy.enabled {
-        return Ok(None);
-    }
-    let head = |tag: String| async move {
-        match client.resolve(&source.with_tag(&tag)?).await {
-            Ok(d) => Ok(d.to_string()),
-            Err(e) if e.is_not_found() => Ok("-".to_string()),
-            Err(e) => Err(e),
-        }
-    };
-    let sig = async {
-        if policy.wants(COSIGN_SIGNATURE) {
-            head(format!("{}.sig", fallback::tag_of(digest))).await
-        } else {
-            Ok("-".to_string())
-        }
-    };
-    // One round trip: both HEADs at once.
-    let (fallback, sig) = futures::try_join!(head(fallback::tag_of(digest)), sig)?;
-    Ok(Some(format!("fallback={fallback};sig={sig}")))
-}
-
-/// [`Engine::referrers_changed`].
-pub(crate) async fn changed(
-    client: &Client,
-    source: &Reference,
-    digest: &Digest,
-    recorded: Option<&str>,
-    policy: &ReferrerPolicy,
-) -> Result<bool> {
-    let Some(now) = probe(client, source, digest, policy).await? else {
-        return Ok(false);
-    };
-    Ok(now != recorded.unwrap_or(EMPTY_PROBE))
-}
-
 /// Delete: removes the referrers the owner wrote (`owned`) of the manifests `subjects`
 /// (the image's and the owned referrers themselves): their entries in fallback indexes
 /// (other entries stay), then the manifests by digest, which also drops a cosign tag that
@@ -620,6 +565,8 @@ pub(crate) async fn detach_owned(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::artifact_types::COSIGN_SIGNATURE;
+    use crate::ReferrerPolicy;
 
     #[test]
     fn a_cosign_tag_is_replaced_only_by_a_superset_of_its_layers() {

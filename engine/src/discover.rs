@@ -2,7 +2,8 @@
 //! each child of an index), the OCI 1.1 referrers API, or where it is missing (404,
 //! distribution 2.8) the `sha256-<hex>` fallback tag's index, and cosign's
 //! `sha256-<hex>.sig|.att|.sbom` tags; then the referrers of those referrers, to
-//! [`MAX_DEPTH`].
+//! [`MAX_DEPTH`]. Also the drift probe ([`probe`]): two HEADs that say whether a full look
+//! is needed.
 //!
 //! Round trips decide the time over a far link, so the lookups of one level run
 //! concurrently ([`PARALLEL`] at a time): every subject of a level, and for each subject
@@ -18,12 +19,13 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::artifact_types::COSIGN_SIGNATURE;
 use crate::client::{Client, ManifestData};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fallback;
 use crate::manifest::{check_tree_size, Descriptor, Manifest};
 use crate::reference::{Digest, Reference};
-use crate::ReferrerPolicy;
+use crate::{ReferrerPolicy, SyncOptions};
 
 /// Subject, referrer, referrer of a referrer: how deep referrers are followed.
 const MAX_DEPTH: usize = 3;
@@ -276,6 +278,60 @@ async fn fetch_listed(
     }))
 }
 
+/// Whether `top`, the digest the destination got, is a new index of several selected
+/// platforms (which only the destination has) rather than a source manifest.
+pub(crate) fn is_new_index(top: &Digest, source_digest: &Digest, options: &SyncOptions) -> bool {
+    top != source_digest && options.platforms.len() > 1
+}
+
+/// The fingerprint of a source without a fallback tag or `.sig` tag.
+pub(crate) const EMPTY_PROBE: &str = "fallback=-;sig=-";
+
+/// [`Engine::referrers_probe`]: HEADs of `digest`'s `sha256-<hex>` fallback tag and (when
+/// the policy wants signatures) its cosign `.sig` tag, sent together. `None` with the
+/// policy off.
+pub(crate) async fn probe(
+    client: &Client,
+    source: &Reference,
+    digest: &Digest,
+    policy: &ReferrerPolicy,
+) -> Result<Option<String>> {
+    if !policy.enabled {
+        return Ok(None);
+    }
+    let head = |tag: String| async move {
+        match client.resolve(&source.with_tag(&tag)?).await {
+            Ok(d) => Ok(d.to_string()),
+            Err(e) if e.is_not_found() => Ok("-".to_string()),
+            Err(e) => Err(e),
+        }
+    };
+    let sig = async {
+        if policy.wants(COSIGN_SIGNATURE) {
+            head(format!("{}.sig", fallback::tag_of(digest))).await
+        } else {
+            Ok("-".to_string())
+        }
+    };
+    // One round trip: both HEADs at once.
+    let (fallback, sig) = futures::try_join!(head(fallback::tag_of(digest)), sig)?;
+    Ok(Some(format!("fallback={fallback};sig={sig}")))
+}
+
+/// [`Engine::referrers_changed`].
+pub(crate) async fn changed(
+    client: &Client,
+    source: &Reference,
+    digest: &Digest,
+    recorded: Option<&str>,
+    policy: &ReferrerPolicy,
+) -> Result<bool> {
+    let Some(now) = probe(client, source, digest, policy).await? else {
+        return Ok(false);
+    };
+    Ok(now != recorded.unwrap_or(EMPTY_PROBE))
+}
+
 #[derive(Deserialize, Default)]
 struct Typed {
     #[serde(rename = "mediaType", default)]
@@ -325,7 +381,6 @@ fn subject_of(bytes: &[u8]) -> Option<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifact_types::COSIGN_SIGNATURE;
 
     #[test]
     fn artifact_types_come_from_the_manifest_or_cosign_layers() {

@@ -476,7 +476,7 @@ impl Engine {
         digest: &Digest,
         policy: &ReferrerPolicy,
     ) -> Result<Option<String>> {
-        attached::probe(&self.client(source), source, digest, policy).await
+        discover::probe(&self.client(source), source, digest, policy).await
     }
 
     /// Whether the probe ([`Engine::referrers_probe`]) now differs from `recorded` (the
@@ -492,7 +492,7 @@ impl Engine {
         recorded: Option<&str>,
         policy: &ReferrerPolicy,
     ) -> Result<bool> {
-        attached::changed(&self.client(source), source, digest, recorded, policy).await
+        discover::changed(&self.client(source), source, digest, recorded, policy).await
     }
 
     /// Removes `destination`'s tag safely, then (optionally) its unshared blobs.
