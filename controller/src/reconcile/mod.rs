@@ -264,12 +264,29 @@ async fn patch_status(
     obj: &ImageSync,
     status: &ImageSyncStatus,
 ) -> Result<()> {
-    if obj.status.as_ref() == Some(status) {
+    apply_status(api, obj, obj.status.as_ref(), status, "patch status").await
+}
+
+/// Writes `status` on `obj` by server-side apply of the status subresource, unless it is
+/// what `obj` already has (`current`), so our own writes do not loop; an object deleted
+/// meanwhile is fine.
+pub(crate) async fn apply_status<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+    context: &str,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
         return Ok(());
     }
     let patch = serde_json::json!({
-        "apiVersion": ImageSync::api_version(&()),
-        "kind": ImageSync::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     match api
@@ -283,7 +300,7 @@ async fn patch_status(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(source) => Err(Error::Kube {
-            context: "patch status".into(),
+            context: context.into(),
             source,
         }),
     }

@@ -3,13 +3,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::Api;
 
 use crate::api::set::set_reasons;
 use crate::api::{ImageSyncSet, ImageSyncSetStatus, READY};
-use crate::reconcile::FIELD_MANAGER;
-use crate::{Error, Result};
+use crate::Result;
 
 use super::plan::Counts;
 
@@ -98,29 +96,14 @@ pub async fn write(
     set: &ImageSyncSet,
     status: &ImageSyncSetStatus,
 ) -> Result<()> {
-    if set.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": ImageSyncSet::api_version(&()),
-        "kind": ImageSyncSet::kind(&()),
-        "status": status,
-    });
-    match api
-        .patch_status(
-            &set.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error::Kube {
-            context: "patch ImageSyncSet status".into(),
-            source,
-        }),
-    }
+    crate::reconcile::apply_status(
+        api,
+        set,
+        set.status.as_ref(),
+        status,
+        "patch ImageSyncSet status",
+    )
+    .await
 }
 
 #[cfg(test)]
