@@ -224,8 +224,18 @@ async fn supervise(
         }
         Stopped::Shutdown => {
             let _ = stop_tx.send(());
-            if let Err(e) = task.await {
-                warn!(error = %e, "controller task ended abnormally");
+            // Reconciles in flight (a copy) may finish; the kubelet's SIGKILL comes after
+            // the pod's grace period (30s by default), so stop waiting before it.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "controller task ended abnormally"),
+                Err(_) => {
+                    warn!(
+                        grace = ?SHUTDOWN_GRACE,
+                        "reconciles still running after the shutdown grace; exiting without them"
+                    );
+                    task.abort();
+                }
             }
             if let Some(e) = &elector {
                 e.release().await;
@@ -234,6 +244,10 @@ async fn supervise(
         }
     }
 }
+
+/// How long a shutdown waits for the reconciles in flight (below the kubelet's default
+/// 30s grace period, so the Lease is still released).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// The reporting controller of the controller's Events.
 const EVENTS_CONTROLLER: &str = "imagesync.dev/imagesync-controller";

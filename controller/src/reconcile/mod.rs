@@ -37,7 +37,7 @@ use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::Store;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::api::{reasons, ImageSync, ImageSyncStatus, FINALIZER};
 use crate::events::{EventType, Events};
@@ -311,7 +311,7 @@ pub async fn run(
     ctx: Arc<Context>,
     api: Api<ImageSync>,
     concurrency: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     // A new policy re-evaluates every object at once (the gate sees the new generation).
     let policy_changes = futures::stream::unfold(ctx.policy.subscribe(), |mut rx| async move {
@@ -323,6 +323,7 @@ pub async fn run(
     let writer = reflector::store::Writer::default();
     let store = writer.as_reader();
     let _ = ctx.store.set(store.clone());
+    let unready = stopped_unready(shutdown.clone(), store.clone(), "ImageSync");
     let index = ctx.clone();
     // The store sees every event; reconciles only objects whose spec or lifecycle
     // changed (status writes are skipped here, before the gate).
@@ -339,7 +340,7 @@ pub async fn run(
         rx.recv().await?;
         Some(((), rx))
     });
-    controller
+    let run = controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .reconcile_all_on(futures::stream::select(policy_changes, wakes))
         .graceful_shutdown_on(shutdown)
@@ -349,6 +350,32 @@ pub async fn run(
                 Ok((obj, _)) => debug!(object = %obj, "reconciled"),
                 Err(error) => debug!(%error, "controller event"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = run => {}
+        () = unready => {}
+    }
+}
+
+/// Completes when `shutdown` does while `store` has not had its first list (its watch
+/// failing: the CRD not installed, or no permission to list). A kube-runtime `Controller`
+/// starts no reconcile before that list, and its graceful shutdown would wait for it
+/// forever; with nothing in flight, it can stop at once. Otherwise never completes.
+pub(crate) async fn stopped_unready<K>(
+    shutdown: impl std::future::Future<Output = ()>,
+    store: Store<K>,
+    kind: &str,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt as _;
+    shutdown.await;
+    if store.wait_until_ready().now_or_never().is_some() {
+        return futures::future::pending().await;
+    }
+    info!(
+        kind,
+        "stopping: never listed these objects (their watch kept failing)"
+    );
 }

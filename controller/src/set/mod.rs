@@ -538,7 +538,7 @@ pub async fn run(
     sets: Api<ImageSyncSet>,
     children: Api<ImageSync>,
     concurrency: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let writer = reflector::store::Writer::default();
     let _ = ctx.children.set(writer.as_reader());
@@ -553,7 +553,9 @@ pub async fn run(
     });
     let controller = Controller::new(sets, watcher::Config::default());
     let _ = ctx.sets.set(controller.store());
-    controller
+    let unready =
+        crate::reconcile::stopped_unready(shutdown.clone(), controller.store(), "ImageSyncSet");
+    let run = controller
         .owns_stream(child_events)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .reconcile_all_on(policy_changes)
@@ -564,6 +566,9 @@ pub async fn run(
                 Ok((obj, _)) => debug!(object = %obj, "reconciled ImageSyncSet"),
                 Err(error) => debug!(%error, "ImageSyncSet controller event"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = run => {}
+        () = unready => {}
+    }
 }

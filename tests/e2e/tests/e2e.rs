@@ -27,5 +27,6 @@ mod referrers_controller;
 mod referrers_platforms;
 mod reliability;
 mod scripts;
+mod shutdown;
 mod tags_terraform;
 mod terraform;

@@ -23,7 +23,7 @@ use kube::{Api, ResourceExt};
 
 use crate::controller::{image_sync_yaml, start_controller, ControllerProc};
 
-fn set_crd_path() -> PathBuf {
+pub(crate) fn set_crd_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/imagesyncsets.imagesync.dev.yaml")
 }
 
