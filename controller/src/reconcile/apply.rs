@@ -106,14 +106,17 @@ async fn apply_inner(
 
     let platforms = imagesync_engine::platform::parse_platforms(&spec.platforms)
         .map_err(|e| Error::InvalidSpec(format!("spec.platforms: {e}")))?;
-    // Two HEADs when nothing changed, with a selection too (see `known_selection`).
-    let selection = select_platforms(&engine, &source, &platforms, known_selection(status, spec))
-        .await?
-        .ok_or_else(|| Error::SourceNotFound {
-            reference: spec.source.clone(),
-        })?;
+    // Two HEADs when nothing changed, with a selection too (see `known_selection`), sent
+    // together: one round trip, and one wake-up of the runtime for both answers.
+    let (selection, destination_digest) = tokio::join!(
+        select_platforms(&engine, &source, &platforms, known_selection(status, spec)),
+        ctx.head(&engine, &destination, "destination"),
+    );
+    let selection = selection?.ok_or_else(|| Error::SourceNotFound {
+        reference: spec.source.clone(),
+    })?;
     let source_digest = selection.source_digest.clone();
-    let destination_digest = ctx.head(&engine, &destination, "destination").await?;
+    let destination_digest = destination_digest?;
     Span::current().record("source_digest", source_digest.as_str());
     let check = Check {
         obj,
