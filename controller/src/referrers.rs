@@ -96,15 +96,21 @@ pub async fn check(
     destination: &Reference,
     digest: &Digest,
     options: SyncOptions,
+    probed: Option<imagesync_engine::Result<bool>>,
 ) -> imagesync_engine::Result<Option<Outcome>> {
     if !options.referrers.enabled {
         return Ok(None);
     }
-    let recorded = options.referrers_probe.as_deref();
-    if !engine
-        .referrers_changed(source, digest, recorded, &options.referrers)
-        .await?
-    {
+    let changed = match probed {
+        Some(changed) => changed?,
+        None => {
+            let recorded = options.referrers_probe.as_deref();
+            engine
+                .referrers_changed(source, digest, recorded, &options.referrers)
+                .await?
+        }
+    };
+    if !changed {
         return Ok(None);
     }
     tracing::info!(%source, %destination, "the source's referrers changed; copying");

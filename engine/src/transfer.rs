@@ -58,7 +58,24 @@ pub(crate) async fn transfer_blobs(
         known: engine.blobs(),
         emit,
     };
-    futures::stream::iter(blobs.into_values().map(|desc| {
+    // Uploads before mounts, largest first: the longest transfer starts on the connection
+    // already open (a new one costs a handshake), and the rest fill the jobs around it.
+    let mut order: Vec<(bool, Descriptor)> = blobs
+        .into_values()
+        .map(|d| {
+            let mount = same_registry
+                || engine
+                    .blobs()
+                    .lookup(destination.api_host(), &d.digest, dst_repo)
+                    .is_some();
+            (mount, d)
+        })
+        .collect();
+    order.sort_by(|(ma, a), (mb, b)| {
+        (ma, std::cmp::Reverse(a.size), &a.digest).cmp(&(mb, std::cmp::Reverse(b.size), &b.digest))
+    });
+    let order = order.into_iter().map(|(_, d)| d);
+    futures::stream::iter(order.map(|desc| {
         let (job, stats) = (&job, &stats);
         async move {
             let (action, bytes) = copy_blob(job, &desc).await?;
@@ -119,19 +136,31 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
         ..
     } = *job;
     let digest = &desc.digest;
-    if dst.blob_exists(dst_repo, digest).await? {
-        job.known.remember(job.dst_host, dst_repo, digest);
-        return Ok((BlobAction::Skipped, 0));
-    }
     let mut candidate = if job.same_registry {
         Some(src_repo.to_string())
     } else {
         job.known.lookup(job.dst_host, digest, dst_repo)
     };
-    if candidate.is_some() && !job.same_registry && job.mounts.load(Ordering::Relaxed) {
-        // Mount from elsewhere only what this copy's own source holds: a manifest naming
-        // someone else's blob must not pull it out of a repository its source never had.
-        if !src.blob_exists(src_repo, digest).await? {
+    // Mount from elsewhere only what this copy's own source holds: a manifest naming
+    // someone else's blob must not pull it out of a repository its source never had. That
+    // HEAD at the source goes out with the one at the destination (one round trip).
+    let ask_source =
+        candidate.is_some() && !job.same_registry && job.mounts.load(Ordering::Relaxed);
+    let (at_destination, at_source) = if ask_source {
+        let (d, s) = tokio::join!(
+            dst.blob_exists(dst_repo, digest),
+            src.blob_exists(src_repo, digest)
+        );
+        (d?, Some(s))
+    } else {
+        (dst.blob_exists(dst_repo, digest).await?, None)
+    };
+    if at_destination {
+        job.known.remember(job.dst_host, dst_repo, digest);
+        return Ok((BlobAction::Skipped, 0));
+    }
+    if let Some(at_source) = at_source {
+        if !at_source? {
             candidate = None;
         }
     }

@@ -106,19 +106,35 @@ async fn apply_inner(
 
     let platforms = imagesync_engine::platform::parse_platforms(&spec.platforms)
         .map_err(|e| Error::InvalidSpec(format!("spec.platforms: {e}")))?;
-    // Two HEADs when nothing changed, with a selection too (see `known_selection`), sent
-    // together: one round trip, and one wake-up of the runtime for both answers.
-    let (selection, destination_digest) = tokio::join!(
+    // Two HEADs when nothing changed, with a selection too (see `known_selection`), and the
+    // referrers probe of the digest the destination was left holding (what an unchanged
+    // image still wants), all sent together: one round trip, and one wake-up of the
+    // runtime for the answers. The probe's answer is used only if that digest is still
+    // the one wanted.
+    let early = early_probe(obj, status, &platforms);
+    let probe = async {
+        match &early {
+            Some((digest, policy)) => Some(
+                engine
+                    .referrers_changed(&source, digest, status.referrers_probe.as_deref(), policy)
+                    .await,
+            ),
+            None => None,
+        }
+    };
+    let (selection, destination_digest, probed) = tokio::join!(
         select_platforms(&engine, &source, &platforms, known_selection(status, spec)),
         ctx.head(&engine, &destination, "destination"),
+        probe,
     );
+    let probed = early.zip(probed).map(|((digest, _), r)| (digest, r));
     let selection = selection?.ok_or_else(|| Error::SourceNotFound {
         reference: spec.source.clone(),
     })?;
     let source_digest = selection.source_digest.clone();
     let destination_digest = destination_digest?;
     Span::current().record("source_digest", source_digest.as_str());
-    let check = Check {
+    let mut check = Check {
         obj,
         ctx,
         key,
@@ -128,6 +144,7 @@ async fn apply_inner(
         selection,
         inherited,
         checked: now(),
+        probed,
     };
 
     match decide(
@@ -172,6 +189,32 @@ async fn apply_inner(
     // An unchanged check writes no status until lastCheckTime is CHECK_TIME_REFRESH old.
     status.last_check_time = Some(check_time(obj.status.as_ref(), status, check.checked));
     patch_status(api, obj, status).await.map(|()| None)
+}
+
+/// The referrers probe worth sending with a check's HEADs: of the digest this object left
+/// at its destination (`spec.referrers` on, the same destination, a probe on record, and
+/// not a new index of selected platforms, which the source has no tags for).
+fn early_probe(
+    obj: &ImageSync,
+    status: &ImageSyncStatus,
+    platforms: &[imagesync_engine::Platform],
+) -> Option<(Digest, imagesync_engine::ReferrerPolicy)> {
+    let policy = crate::referrers::policy(&obj.spec).ok()?;
+    if !policy.enabled || status.referrers_probe.is_none() {
+        return None;
+    }
+    if status.synced_destination.as_deref() != Some(obj.spec.destination.as_str()) {
+        return None;
+    }
+    let digest: Digest = status.destination_digest.as_deref()?.parse().ok()?;
+    let selected_index = status
+        .selection
+        .as_ref()
+        .is_some_and(|s| s.digest != s.source_digest);
+    if selected_index && platforms.len() > 1 {
+        return None;
+    }
+    Some((digest, policy))
 }
 
 /// `spec.source` and `spec.destination` as references.
@@ -231,6 +274,8 @@ struct Check<'a> {
     /// What the previous holder of the destination handed over, if it was one.
     inherited: Option<ConflictRecord>,
     checked: Time,
+    /// The referrers probe sent with the HEADs: of which digest, and whether it changed.
+    probed: Option<(Digest, imagesync_engine::Result<bool>)>,
 }
 
 impl Check<'_> {
@@ -518,7 +563,7 @@ impl Check<'_> {
     /// holds); when it changed, the sync that
     /// copies the new referrers, an Event `ReferrersChanged`, and the status record.
     async fn referrers(
-        &self,
+        &mut self,
         engine: &Engine,
         (source, destination): (&Reference, &Reference),
         status: &mut ImageSyncStatus,
@@ -529,12 +574,17 @@ impl Check<'_> {
             // source has no referrer tags for it to probe (see the engine's probe).
             return Ok(());
         }
+        let changed = match self.probed.take() {
+            Some((digest, changed)) if digest == self.wanted => Some(changed),
+            _ => None,
+        };
         let found = crate::referrers::check(
             engine,
             source,
             destination,
             &self.wanted,
             self.sync_options(),
+            changed,
         )
         .await
         .map_err(|source| Error::Engine {
