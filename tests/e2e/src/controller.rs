@@ -137,6 +137,28 @@ impl ControllerProcess {
         let _ = child.wait();
     }
 
+    /// SIGTERM (what the kubelet sends), then the exit status once it exited; panics with
+    /// the log when it still runs after `within`.
+    pub fn terminate(&self, within: std::time::Duration) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM {}", self.pid());
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the controller did not exit within {within:?} of SIGTERM; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -10,29 +10,8 @@ use imagesync_e2e::fixtures;
 use imagesync_e2e::registry::Registry;
 use kube::Api;
 
-use crate::controller::{cluster, image_sync_yaml, start_controller, wait_for, ControllerProc};
+use crate::controller::{cluster, image_sync_yaml, start_controller, wait_for};
 use crate::imagesyncset::set_crd_path;
-
-/// SIGTERM, then the exit status within `within` (panics with the log otherwise).
-fn terminate(controller: &ControllerProc, within: Duration) -> std::process::ExitStatus {
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &controller.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = controller.try_wait() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the controller did not exit within {within:?} of SIGTERM; log:\n{}",
-            controller.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[tokio::test]
 async fn sigterm_stops_the_controller_with_or_without_the_set_crd() {
@@ -65,7 +44,7 @@ async fn sigterm_stops_the_controller_with_or_without_the_set_crd() {
         |o| o.is_ready(),
     )
     .await;
-    let status = terminate(&first, Duration::from_secs(10));
+    let status = first.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status}: {}", first.log_text());
     let log = first.log_text();
     assert!(log.contains("shutting down"), "{log}");
@@ -87,7 +66,7 @@ async fn sigterm_stops_the_controller_with_or_without_the_set_crd() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let status = terminate(&second, Duration::from_secs(10));
+    let status = second.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status}: {}", second.log_text());
     let log = second.log_text();
     assert!(
