@@ -1,9 +1,11 @@
 //! The copy: walk the source (index, children, blobs), transfer the blobs
 //! ([`crate::transfer`]), then push manifests bottom up, the tag last.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
+
+use futures::StreamExt as _;
 
 use crate::client::{Client, ManifestData};
 use crate::error::{Error, Result};
@@ -13,6 +15,9 @@ use crate::progress::{Progress, ProgressEvent};
 use crate::reference::{Digest, Reference};
 use crate::transfer::transfer_blobs;
 use crate::{Engine, Outcome, Selection, SyncOptions};
+
+/// Manifest reads, HEADs and writes of one copy sent at a time.
+const MANIFESTS_AT_ONCE: usize = 8;
 
 pub(crate) struct Emit(pub(crate) Option<Arc<dyn Progress>>);
 
@@ -59,8 +64,13 @@ pub(crate) async fn sync(
         .await?;
         Ok::<_, Error>((source_digest, target, pick))
     };
-    let (source_side, current) =
-        tokio::join!(source_side, destination_digest(&dst_client, destination));
+    // With referrers the probe's two HEADs at the source follow at once: the second
+    // connection they need opens meanwhile.
+    let (source_side, current) = after_first_poll(
+        async { tokio::join!(source_side, destination_digest(&dst_client, destination)) },
+        || src_client.warm(usize::from(options.referrers.enabled)),
+    )
+    .await;
     let (source_digest, target, pick) = source_side?;
     check_destination_pin(destination, &target)?;
     let id = destination.id(&target);
@@ -88,7 +98,13 @@ pub(crate) async fn sync(
         return Ok(outcome);
     }
 
-    let top = read_top(&src_client, &source, &source_digest, &target, pick, options).await?;
+    // A copy: the blobs' GETs (a job each, after their HEADs at the destination) and the
+    // referrers lookup find their connections to the source open.
+    let top = after_first_poll(
+        read_top(&src_client, &source, &source_digest, &target, pick, options),
+        || src_client.warm(engine.jobs()),
+    )
+    .await?;
     let tree = read_source(&src_client, &dst_client, &source, destination, top).await?;
     let blobs = tree.blobs();
     let total_bytes = blobs
@@ -159,6 +175,19 @@ pub(crate) async fn sync(
     hook.write(&source, destination, looked, &mut outcome)
         .await?;
     Ok(outcome)
+}
+
+/// Polls `fut` once, runs `then`, and awaits the rest of `fut`: the requests `fut` sends
+/// at once take the connections already open, before `then` (a [`Client::warm`]) opens
+/// more.
+async fn after_first_poll<F: std::future::Future>(fut: F, then: impl FnOnce()) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let first = futures::poll!(fut.as_mut());
+    then();
+    match first {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => fut.await,
+    }
 }
 
 /// The source's digest: pinned, or resolved by HEAD.
@@ -311,17 +340,32 @@ async fn read_source(
     let pinned = source.with_digest(top.digest.clone());
     let top_manifest = Manifest::parse(&pinned.to_string(), &top.media_type, &top.bytes)?;
     let mut children: Vec<Node> = Vec::new();
-    collect_children(src_client, source, &top_manifest, &mut children, 0).await?;
-    // Children already at the destination have all their blobs there.
+    // Children already at the destination have all their blobs there. The index names its
+    // children's digests, so their HEADs at the destination go out with their GETs at the
+    // source (one round trip for a one-level index, not two per child).
+    let direct: Vec<Digest> = top_manifest
+        .children()
+        .iter()
+        .map(|c| c.digest.clone())
+        .collect();
+    let (collected, present) = tokio::join!(
+        collect_children(src_client, source, &top_manifest, &mut children, 0),
+        present_at(dst_client, destination, &direct)
+    );
+    collected?;
+    let mut present = present?;
+    let nested: Vec<Digest> = children
+        .iter()
+        .map(|c| c.data.digest.clone())
+        .filter(|d| !direct.contains(d))
+        .collect();
+    present.extend(present_at(dst_client, destination, &nested).await?);
     let mut missing_children = Vec::new();
     for child in children {
-        let r = destination.with_digest(child.data.digest.clone());
-        match dst_client.resolve(&r).await {
-            Ok(_) => {
-                tracing::debug!(digest = %child.data.digest, "child manifest already at destination")
-            }
-            Err(e) if e.is_not_found() => missing_children.push(child),
-            Err(e) => return Err(e),
+        if present.contains(&child.data.digest) {
+            tracing::debug!(digest = %child.data.digest, "child manifest already at destination");
+        } else {
+            missing_children.push(child);
         }
     }
     Ok(SourceTree {
@@ -329,6 +373,28 @@ async fn read_source(
         top_manifest,
         missing_children,
     })
+}
+
+/// Which of `digests` the destination repository holds, by HEADs sent
+/// [`MANIFESTS_AT_ONCE`] at a time; any error but "not found" fails it.
+async fn present_at(
+    dst_client: &Client,
+    destination: &Reference,
+    digests: &[Digest],
+) -> Result<HashSet<Digest>> {
+    let heads = digests.iter().map(|d| async move {
+        match dst_client
+            .resolve(&destination.with_digest(d.clone()))
+            .await
+        {
+            Ok(_) => Ok(Some(d.clone())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    });
+    let found: Vec<Option<Digest>> =
+        crate::discover::in_order(heads.collect(), MANIFESTS_AT_ONCE).await?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Pushes the missing child manifests by digest, deepest first (collect_children puts
@@ -341,16 +407,37 @@ async fn push_manifests(
     target: &Digest,
     emit: &Emit,
 ) -> Result<(Digest, Vec<Digest>)> {
-    let mut pushed = Vec::new();
+    // A manifest is pushed after every child it names: in rounds by height (an image is 0,
+    // an index one more than its highest missing child), each round's PUTs together.
+    let mut heights: HashMap<&Digest, usize> = HashMap::new();
     for child in &tree.missing_children {
-        let r = destination.with_digest(child.data.digest.clone());
-        dst_client
-            .put_manifest(&r, &child.data.media_type, child.data.bytes.clone())
-            .await?;
-        emit.send(ProgressEvent::Manifest {
-            digest: child.data.digest.clone(),
-        });
-        pushed.push(child.data.digest.clone());
+        let height = child
+            .manifest
+            .children()
+            .iter()
+            .filter_map(|c| heights.get(&c.digest))
+            .max()
+            .map_or(0, |h| h + 1);
+        heights.insert(&child.data.digest, height);
+    }
+    let mut pushed = Vec::new();
+    for height in 0..=heights.values().copied().max().unwrap_or(0) {
+        let round: Vec<_> = tree
+            .missing_children
+            .iter()
+            .filter(|c| heights.get(&c.data.digest) == Some(&height))
+            .map(|child| async move {
+                let r = destination.with_digest(child.data.digest.clone());
+                dst_client
+                    .put_manifest(&r, &child.data.media_type, child.data.bytes.clone())
+                    .await?;
+                emit.send(ProgressEvent::Manifest {
+                    digest: child.data.digest.clone(),
+                });
+                Ok(child.data.digest.clone())
+            })
+            .collect();
+        pushed.extend(crate::discover::in_order(round, MANIFESTS_AT_ONCE).await?);
     }
     let written = dst_client
         .put_manifest(destination, &tree.top.media_type, tree.top.bytes.clone())
@@ -385,21 +472,41 @@ pub(crate) fn collect_children<'a>(
             });
         }
         let mut seen: HashSet<Digest> = out.iter().map(|n| n.data.digest.clone()).collect();
+        // One level's GETs go out together, MANIFESTS_AT_ONCE at a time and taken in
+        // order; what is held stays under the tree cap as each one arrives.
+        // (Collected before the first poll: no closure is held across an await.)
+        let mut reads = Vec::new();
         for child in manifest.children() {
-            if !seen.insert(child.digest.clone()) {
-                continue;
+            if seen.insert(child.digest.clone()) {
+                let r = source.with_digest(child.digest.clone());
+                reads.push(async move {
+                    let data = client.get_manifest(&r).await;
+                    (r, child, data)
+                });
             }
-            let r = source.with_digest(child.digest.clone());
-            let data = client.get_manifest(&r).await?;
-            let held: u64 = out.iter().map(|n| n.data.bytes.len() as u64).sum();
+        }
+        let mut reads = futures::stream::iter(reads).buffered(MANIFESTS_AT_ONCE);
+        let mut level: Vec<Node> = Vec::new();
+        while let Some(read) = reads.next().await {
+            let (r, child, data) = read;
+            let data = data?;
+            let held: u64 = out
+                .iter()
+                .chain(&level)
+                .map(|n| n.data.bytes.len() as u64)
+                .sum();
             crate::manifest::check_tree_size(&r.to_string(), held, data.bytes.len())?;
             let data = checked_child(&r, child, data)?;
             let parsed = Manifest::parse(&r.to_string(), &data.media_type, &data.bytes)?;
-            collect_children(client, source, &parsed, out, depth + 1).await?;
-            out.push(Node {
+            level.push(Node {
                 data,
                 manifest: parsed,
             });
+        }
+        drop(reads);
+        for node in level {
+            collect_children(client, source, &node.manifest, out, depth + 1).await?;
+            out.push(node);
         }
         Ok(())
     })

@@ -18,7 +18,7 @@ mod tags;
 mod target;
 mod transport;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -85,6 +85,8 @@ struct ClientInner {
     /// Set once the registry answered 404 on the referrers API: it has none (a registry
     /// with the API never answers 404 there), so it is not asked again.
     no_referrers_api: AtomicBool,
+    /// How many connections [`Client::warm`] opened in all: the pool keeps them.
+    warmed: AtomicUsize,
     observer: Option<RequestObserver>,
 }
 
@@ -123,6 +125,7 @@ impl Client {
                 auth: Mutex::new(challenge::AuthState::default()),
                 chunked_only: AtomicBool::new(false),
                 no_referrers_api: AtomicBool::new(false),
+                warmed: AtomicUsize::new(0),
                 observer,
             }),
         }
@@ -138,7 +141,53 @@ impl Client {
         self.inner.no_referrers_api.store(true, Ordering::Relaxed);
     }
 
-    /// `base` + `path` (an absolute path of the registry API).
+    /// Has `n` connections to the registry opened in the background while the caller's
+    /// first requests are in flight, so that the parallel requests that follow find them
+    /// in the pool instead of each paying a handshake (one round trip for TCP, more with
+    /// TLS). The means are concurrent `GET /v2/` without credentials; their answers (a 401
+    /// too) are read and dropped, and a failure is only logged. At most `n` in a client's
+    /// life (those opened by earlier calls count): idle connections stay pooled for 60 s.
+    /// Returns at once; needs a Tokio runtime.
+    pub(crate) fn warm(&self, n: usize) {
+        let before = self.inner.warmed.fetch_max(n, Ordering::Relaxed);
+        let n = n.saturating_sub(before);
+        if n == 0 {
+            return;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            let pings = (0..n).map(|_| client.ping());
+            for result in futures::future::join_all(pings).await {
+                if let Err(error) = result {
+                    tracing::debug!(registry = %client.inner.registry, %error, "connection warm-up failed");
+                }
+            }
+        });
+    }
+
+    /// One `GET /v2/` without credentials, its answer read and dropped.
+    async fn ping(&self) -> crate::error::Result<()> {
+        let op = Operation::GetBase;
+        let what = self.inner.registry.as_str();
+        let req = self
+            .inner
+            .http
+            .get(self.url("/v2/"))
+            .build()
+            .map_err(|e| self.transport_error(op, what, e))?;
+        self.check_target(op, what, req.url())?;
+        let resp = self.send_once(op, what, req).await?;
+        self.read_capped(
+            op,
+            what,
+            resp,
+            MAX_ERROR_BODY_BYTES as u64,
+            "base endpoint answer",
+        )
+        .await
+        .map(drop)
+    }
+
     /// Whether the server answers the distribution API's base endpoint `GET /v2/` as a
     /// registry does: anything but 404 (a 401 asks for credentials). Tells "not found"
     /// from "not a registry" in messages.
@@ -156,6 +205,7 @@ impl Client {
         }
     }
 
+    /// `base` + `path` (an absolute path of the registry API).
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.inner.base, path)
     }

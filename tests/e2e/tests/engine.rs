@@ -220,7 +220,8 @@ async fn second_copy_transfers_no_bytes() {
     );
     // The request observer sees the same: two HEADs, one per side (sent together, so in
     // either order), then the referrers probe's two HEADs at the source (its
-    // `sha256-<hex>` and `.sig` tags: none here).
+    // `sha256-<hex>` and `.sig` tags: none here). With them, one `GET /v2/` opens the
+    // probe's second connection to the source (the registry answers it 200).
     let (observer, seen) = recording_observer();
     let observed = Engine::new(EngineConfig {
         insecure_registries: vec![src.addr().to_string(), dst.addr().to_string()],
@@ -237,6 +238,13 @@ async fn second_copy_transfers_no_bytes() {
             .up_to_date
     );
     let mut seen = seen.lock().unwrap().clone();
+    let warm = (src.addr().to_string(), "GET /v2/", Some(200));
+    assert_eq!(
+        seen.iter().filter(|s| **s == warm).count(),
+        1,
+        "one warm-up request at the source: {seen:?}"
+    );
+    seen.retain(|s| *s != warm);
     assert_eq!(seen.len(), 4, "{seen:?}");
     seen[..2].sort();
     let mut sides = vec![
