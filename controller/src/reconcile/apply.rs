@@ -34,7 +34,7 @@ pub(super) async fn apply(
     match result {
         Ok(waiting) => {
             // Waiting for the holder of the destination: sooner while it is being deleted.
-            let interval = waiting.map_or(interval, |w| w.min(interval));
+            let interval = ctx.on_tick(waiting.map_or(interval, |w| w.min(interval)));
             ctx.metrics
                 .set_ready(&object_key(&obj), Some(ready_label(&status)));
             if obj.spec.suspend {

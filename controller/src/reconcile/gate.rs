@@ -46,6 +46,29 @@ pub(super) fn lifecycle_hash(obj: &ImageSync) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// Checks due within a tick of each other run together: a check's next due time is moved
+/// later, by less than this, onto a tick of the controller's clock. Then the runtime wakes
+/// once a tick for every check due in it, instead of once per check: with checks spread
+/// over the interval (steady state), each wake-up and its system calls serve many.
+pub(super) const CHECK_TICK: Duration = Duration::from_secs(1);
+
+/// `wait` from `now`, lengthened by less than `tick` so that it ends on a tick counted
+/// from `epoch` (unchanged if the arithmetic would overflow).
+pub(super) fn on_tick(epoch: Instant, now: Instant, wait: Duration, tick: Duration) -> Duration {
+    let due = now.saturating_duration_since(epoch).saturating_add(wait);
+    let (due_ns, tick_ns) = (due.as_nanos(), tick.as_nanos());
+    if tick_ns == 0 {
+        return wait;
+    }
+    let Some(rounded) = due_ns.div_ceil(tick_ns).checked_mul(tick_ns) else {
+        return wait;
+    };
+    u64::try_from(rounded - due_ns)
+        .ok()
+        .and_then(|extra| wait.checked_add(Duration::from_nanos(extra)))
+        .unwrap_or(wait)
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct Gate {
     key: GateKey,
@@ -104,6 +127,11 @@ impl Context {
         entry.failures
     }
 
+    /// The wait before a check due in `wait`, moved onto the next tick.
+    pub(super) fn on_tick(&self, wait: Duration) -> Duration {
+        on_tick(self.epoch, Instant::now(), wait, self.check_tick)
+    }
+
     pub(super) fn failures(&self, obj: &ImageSync) -> u32 {
         let gates = self.gates();
         gates
@@ -129,5 +157,40 @@ impl Context {
             self.gates().remove(&object_key(o));
         }
         let _ = tx.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_end_on_a_tick() {
+        let epoch = Instant::now();
+        let tick = Duration::from_secs(1);
+        let at = |ms| epoch + Duration::from_millis(ms);
+        // 300 ms after the epoch, a 60 s wait would end at 60.3 s: moved to 61 s.
+        assert_eq!(
+            on_tick(epoch, at(300), Duration::from_secs(60), tick),
+            Duration::from_millis(60_700)
+        );
+        // Already on a tick: unchanged.
+        assert_eq!(
+            on_tick(epoch, at(2_000), Duration::from_secs(30), tick),
+            Duration::from_secs(30)
+        );
+        // Checks due anywhere within one tick end at the same instant.
+        let ends: Vec<Instant> = [1_001, 1_500, 1_999]
+            .into_iter()
+            .map(|ms| at(ms) + on_tick(epoch, at(ms), Duration::from_secs(60), tick))
+            .collect();
+        assert!(ends.iter().all(|e| *e == at(62_000)), "{ends:?}");
+        // Never shorter, never a tick longer, and no overflow at the largest wait.
+        let huge = on_tick(epoch, at(1), Duration::MAX, tick);
+        assert_eq!(huge, Duration::MAX);
+        assert_eq!(
+            on_tick(epoch, at(5), Duration::ZERO, Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

@@ -116,7 +116,11 @@ fn mock(registries: Vec<String>) -> (Context, Arc<Mutex<Vec<Seen>>>) {
     })
     .unwrap();
     let seen = fake_api_server(handle);
-    (context(client, engine), seen)
+    let mut ctx = context(client, engine);
+    // Requeues are the resync interval itself here: moving them onto a tick is
+    // `gate::tests::waits_end_on_a_tick`'s.
+    ctx.check_tick = Duration::ZERO;
+    (ctx, seen)
 }
 
 fn requests(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<(Method, String)> {

@@ -92,6 +92,10 @@ pub struct Context {
     /// Shortest `spec.resyncInterval` accepted (`--min-resync-interval`).
     pub min_resync: Duration,
     gates: Mutex<HashMap<String, Gate>>,
+    /// Where the controller's check ticks are counted from, and their length
+    /// ([`gate::CHECK_TICK`]).
+    epoch: std::time::Instant,
+    check_tick: Duration,
     engines: Mutex<HashMap<String, Engine>>,
     /// Every `ImageSync` the controller watches (set by [`run`]): destination conflicts
     /// are found here, without API calls.
@@ -122,6 +126,8 @@ impl Context {
             policy: Arc::new(PolicyStore::allow_all()),
             min_resync: crate::duration::MIN_RESYNC,
             gates: Mutex::new(HashMap::new()),
+            epoch: std::time::Instant::now(),
+            check_tick: gate::CHECK_TICK,
             engines: Mutex::new(HashMap::new()),
             store: OnceLock::new(),
             destinations: destinations::Destinations::default(),
