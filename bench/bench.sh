@@ -255,9 +255,10 @@ jq -r '.config, .layers[] | "\(.digest) \(.size)"' "$WORK/big-manifest.json" >"$
 
 # --- the tools ---
 imagesync_copy() { "$IMAGESYNC" copy "$1" "$2" --no-progress --insecure-registry "${1%%/*}" --insecure-registry "${2%%/*}" -j "$JOBS"; }
+imagesync_copy_image_only() { "$IMAGESYNC" copy "$1" "$2" --no-referrers --no-progress --insecure-registry "${1%%/*}" --insecure-registry "${2%%/*}" -j "$JOBS"; }
 skopeo_copy() { skopeo copy --all --quiet --src-tls-verify=false --dest-tls-verify=false "docker://$1" "docker://$2"; }
 export IMAGESYNC JOBS WORK ACCEPT
-export -f imagesync_copy skopeo_copy upload_url put_manifest mount_blob
+export -f imagesync_copy imagesync_copy_image_only skopeo_copy upload_url put_manifest mount_blob
 
 # The raw limit: what a copy must at least do, with no checks.
 curl_blob() { # SRCREG SRCREPO DIGEST SIZE DSTREG DSTREPO: GET piped into a monolithic PUT

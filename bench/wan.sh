@@ -5,7 +5,8 @@
 #
 #   cold copy     the 2-platform image, source and destination both behind the link (the
 #                 client sits between two far registries, as a CI runner does)
-#   no-op         the re-copy to that destination
+#   no-op         the re-copy to that destination (and again with --no-referrers: skopeo
+#                 copies no referrers, and without the probe the floor is 2 round trips)
 #   N images      the first WAN_IMAGES of the shared-base images, both ends far
 #   big layer     a WAN_BIG_MB single-layer image from a far source into a near registry
 #                 (the mirror's own region): one stream cannot beat the per-connection cap
@@ -15,13 +16,13 @@
 # the round trips no client can avoid. Each workload's note says which.
 #
 # Environment: WAN_LINKS (default "40:100 150:20", RTT ms : Mbit/s per connection),
-# WAN_RUNS (default 1), WAN_IMAGES (default 10), WAN_BIG_MB (default 128), WAN=0 skips.
+# WAN_RUNS (default 1), WAN_IMAGES (default 50), WAN_BIG_MB (default 1024), WAN=0 skips.
 
 BENCH_LINK="$ROOT/target/release/bench-link"
 WAN_LINKS="${WAN_LINKS:-40:100 150:20}"
 WAN_RUNS="${WAN_RUNS:-1}"
-WAN_IMAGES="${WAN_IMAGES:-10}"
-WAN_BIG_MB="${WAN_BIG_MB:-128}"
+WAN_IMAGES="${WAN_IMAGES:-50}"
+WAN_BIG_MB="${WAN_BIG_MB:-1024}"
 [ -x "$BENCH_LINK" ] || { echo "missing $BENCH_LINK (cargo build --release -p imagesync-bench)" >&2; exit 1; }
 
 start_link() { # NAME UPSTREAM RTT_MS MBIT -> prints host:port
@@ -56,14 +57,16 @@ done
 for link in $WAN_LINKS; do
   rtt="${link%%:*}"; mbit="${link##*:}"
   tag="WAN ${rtt} ms, ${mbit} Mbit/s"
-  W_COLD="$tag: cold copy"; W_NOOP="$tag: no-op re-copy"
+  W_COLD="$tag: cold copy"; W_NOOP="$tag: no-op re-copy"; W_NOOP_IMAGE="$tag: no-op re-copy, image only"
   W_MANY="$tag: $WAN_IMAGES images, shared base"; W_BIG="$tag: ${WAN_BIG_MB} MiB layer"
   note "$W_COLD" "The cold copy's image ($TOTAL_MB MiB) with source and destination behind the link. Bound: the blob bytes over $JOBS capped connections, plus 6 round trips (handshake, index GET, child manifest GET, upload POST, child manifest PUT, index PUT)."
-  note "$W_NOOP" "The re-copy to that destination. Bound: 2 round trips (the handshake, then the two HEADs in parallel)."
+  note "$W_NOOP" "The re-copy to that destination, referrers on (imagesync's default). Bound: 3 round trips (the handshake, the two HEADs in parallel, then the referrers probe's two HEADs of the digest the first answered)."
+  note "$W_NOOP_IMAGE" "The same re-copy with imagesync copy --no-referrers (skopeo copies no referrers either way). Bound: 2 round trips (the handshake, then the two HEADs in parallel)."
   note "$W_MANY" "The first $WAN_IMAGES images of the shared-base workload, one copy after the other, both ends behind the link. Bound: the base layer over one capped connection (one PUT), the other blobs over $JOBS, plus 4 round trips per image (handshake, manifest GET, upload POST, manifest PUT)."
   note "$W_BIG" "One $WAN_BIG_MB MiB layer from a source behind the link into a registry next to the client. Bound: the layer over $JOBS capped connections (ranged reads), plus 3 round trips (handshake, manifest GET, blob GET)."
   raw_wall "$W_COLD" "$(bound "$(over "$COLD_BYTES" "$mbit" "$JOBS")" 6 "$rtt")"
-  raw_wall "$W_NOOP" "$(bound 0 2 "$rtt")"
+  raw_wall "$W_NOOP" "$(bound 0 3 "$rtt")"
+  raw_wall "$W_NOOP_IMAGE" "$(bound 0 2 "$rtt")"
   raw_wall "$W_MANY" "$(bound "$(awk -v a="$(over "$BASE_SIZE" "$mbit" 1)" -v b="$(over "$WAN_OWN_BYTES" "$mbit" "$JOBS")" 'BEGIN { print a + b }')" "$((4 * WAN_IMAGES))" "$rtt")"
   raw_wall "$W_BIG" "$(bound "$(over "$WAN_BIG_BYTES" "$mbit" "$JOBS")" 3 "$rtt")"
 
@@ -75,6 +78,8 @@ for link in $WAN_LINKS; do
       LB="$(start_link "wan-dst-$t-$rtt-$r" "$B" "$rtt" "$mbit")"
       measure "$W_COLD" "$t" "$copy" "$LA/bench/app:1" "$LB/bench/app:1"
       measure "$W_NOOP" "$t" "$copy" "$LA/bench/app:1" "$LB/bench/app:1"
+      case "$t" in imagesync) plain=imagesync_copy_image_only ;; skopeo) plain=skopeo_copy ;; esac
+      measure "$W_NOOP_IMAGE" "$t" "$plain" "$LA/bench/app:1" "$LB/bench/app:1"
       check_digest "$B/bench/app:1" "$INDEX_DIGEST" "WAN $t"
       IMAGES="$WAN_IMAGES" measure "$W_MANY" "$t" tool_many "$copy" "$LA" "$LB"
       check_digest "$B/mirror/img$WAN_IMAGES:1" "sha256:$(sha256sum "$WORK/many/manifest$WAN_IMAGES.json" | cut -d' ' -f1)" "WAN images $t"

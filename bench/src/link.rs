@@ -12,6 +12,9 @@
 //!   as if each TCP stream were limited to that rate (what one stream over a long fat path
 //!   gets in practice). Parallel connections each get the full rate;
 //! - **connection set-up**: the TCP handshake costs one RTT before the first byte moves.
+//!   The client's `connect()` still returns at once (the kernel completes the handshake on
+//!   loopback), so a client that races a new connection against one about to come back to
+//!   its pool finds the new one ready first, where over a real link the pooled one wins.
 //!
 //! It does not model loss, slow start or a shared bottleneck. The model is a delay line: each
 //! chunk read from one side is timestamped, serialised onto the link after the chunks before
