@@ -22,7 +22,8 @@ pub struct EngineConfig {
     pub insecure_registries: Vec<String>,
     /// Extra CA certificates (PEM bundle) trusted in addition to the system roots.
     pub ca_file: Option<PathBuf>,
-    /// Blobs transferred at once per image (default 4).
+    /// Blobs over 1 MiB transferred at once per image (default 4); as many smaller ones
+    /// run beside them.
     pub jobs: usize,
     /// Where credentials come from.
     pub credentials: Arc<dyn CredentialProvider>,
@@ -98,7 +99,7 @@ impl EngineConfigBuilder {
         self
     }
 
-    /// Blobs transferred at once per image.
+    /// Blobs over 1 MiB transferred at once per image (smaller ones run beside them).
     pub fn jobs(mut self, jobs: usize) -> Self {
         self.config.jobs = jobs;
         self

@@ -21,6 +21,9 @@ use crate::progress::{BlobAction, Progress, ProgressEvent};
 use crate::reference::{Digest, Reference};
 use crate::Engine;
 
+/// Blobs up to this size run beside the `jobs` large ones (see [`transfer_blobs`]).
+const SMALL_BLOB: u64 = 1024 * 1024;
+
 /// What the blob transfers did.
 #[derive(Default)]
 pub(crate) struct BlobStats {
@@ -31,7 +34,8 @@ pub(crate) struct BlobStats {
     pub(crate) uploaded: Vec<Digest>,
 }
 
-/// Copies every blob, `engine.jobs()` at a time; the first failure fails the copy.
+/// Copies every blob, `engine.jobs()` large ones at a time and as many small ones beside
+/// them; the first failure fails the copy.
 pub(crate) async fn transfer_blobs(
     engine: &Engine,
     src_client: &Client,
@@ -74,8 +78,14 @@ pub(crate) async fn transfer_blobs(
     order.sort_by(|(ma, a), (mb, b)| {
         (ma, std::cmp::Reverse(a.size), &a.digest).cmp(&(mb, std::cmp::Reverse(b.size), &b.digest))
     });
-    let order = order.into_iter().map(|(_, d)| d);
-    futures::stream::iter(order.map(|desc| {
+    // Small blobs (configs, tiny layers) take no job slot: their time is round trips,
+    // not bytes, so they run beside the large ones (at most `jobs` of them at a time too)
+    // instead of waiting behind them at the end of the copy.
+    let (small, large): (Vec<Descriptor>, Vec<Descriptor>) = order
+        .into_iter()
+        .map(|(_, d)| d)
+        .partition(|d| d.size <= SMALL_BLOB);
+    let one = |desc: Descriptor| {
         let (job, stats) = (&job, &stats);
         async move {
             let (action, bytes) = copy_blob(job, &desc).await?;
@@ -97,10 +107,13 @@ pub(crate) async fn transfer_blobs(
             });
             Ok::<(), Error>(())
         }
-    }))
-    .buffer_unordered(engine.jobs())
-    .try_collect::<Vec<()>>()
-    .await?;
+    };
+    let run = |blobs: Vec<Descriptor>| {
+        futures::stream::iter(blobs.into_iter().map(one))
+            .buffer_unordered(engine.jobs())
+            .try_collect::<Vec<()>>()
+    };
+    futures::try_join!(run(large), run(small))?;
     Ok(stats.into_inner())
 }
 

@@ -25,7 +25,8 @@ pub struct RegistryFlags {
     #[arg(long, value_name = "PATH", global = true, env = "IMAGESYNC_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 
-    /// Blobs transferred at once per image (1 to 256).
+    /// Blobs over 1 MiB transferred at once per image (1 to 256); as many smaller ones run
+    /// beside them.
     #[arg(
         short = 'j',
         long,
