@@ -47,26 +47,30 @@ pub(super) fn lifecycle_hash(obj: &ImageSync) -> Option<u64> {
 }
 
 /// Checks due within a tick of each other run together: a check's next due time is moved
-/// later, by less than this, onto a tick of the controller's clock. Then the runtime wakes
-/// once a tick for every check due in it, instead of once per check: with checks spread
-/// over the interval (steady state), each wake-up and its system calls serve many.
+/// to the nearest tick of the controller's clock (by at most half a tick, either way).
+/// Then the runtime wakes once a tick for every check due in it, instead of once per check:
+/// with checks spread over the interval (steady state), each wake-up and its system calls
+/// serve many. Rounding to the nearest tick, not up, keeps the period `resyncInterval`: a
+/// check starts just after its tick, and rounding up would add almost a tick every time.
 pub(super) const CHECK_TICK: Duration = Duration::from_secs(1);
 
-/// `wait` from `now`, lengthened by less than `tick` so that it ends on a tick counted
-/// from `epoch` (unchanged if the arithmetic would overflow).
+/// `wait` from `now`, changed by at most half a `tick` so that it ends on the nearest tick
+/// counted from `epoch`; unchanged if that tick is already past, or if the arithmetic would
+/// overflow.
 pub(super) fn on_tick(epoch: Instant, now: Instant, wait: Duration, tick: Duration) -> Duration {
-    let due = now.saturating_duration_since(epoch).saturating_add(wait);
-    let (due_ns, tick_ns) = (due.as_nanos(), tick.as_nanos());
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    let due = since.saturating_add(wait.as_nanos());
+    let tick_ns = tick.as_nanos();
     if tick_ns == 0 {
         return wait;
     }
-    let Some(rounded) = due_ns.div_ceil(tick_ns).checked_mul(tick_ns) else {
+    let Some(nearest) = due.checked_add(tick_ns / 2).map(|d| d / tick_ns * tick_ns) else {
         return wait;
     };
-    u64::try_from(rounded - due_ns)
-        .ok()
-        .and_then(|extra| wait.checked_add(Duration::from_nanos(extra)))
-        .unwrap_or(wait)
+    match nearest.checked_sub(since).map(u64::try_from) {
+        Some(Ok(ns)) if nearest > since => Duration::from_nanos(ns),
+        _ => wait,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -165,29 +169,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn waits_end_on_a_tick() {
+    fn waits_end_on_the_nearest_tick() {
         let epoch = Instant::now();
         let tick = Duration::from_secs(1);
         let at = |ms| epoch + Duration::from_millis(ms);
-        // 300 ms after the epoch, a 60 s wait would end at 60.3 s: moved to 61 s.
+        // 300 ms after the epoch, a 60 s wait would end at 60.3 s: moved to 60 s.
         assert_eq!(
             on_tick(epoch, at(300), Duration::from_secs(60), tick),
-            Duration::from_millis(60_700)
+            Duration::from_millis(59_700)
+        );
+        // 700 ms after: 60.7 s, moved to 61 s.
+        assert_eq!(
+            on_tick(epoch, at(700), Duration::from_secs(60), tick),
+            Duration::from_millis(60_300)
         );
         // Already on a tick: unchanged.
         assert_eq!(
             on_tick(epoch, at(2_000), Duration::from_secs(30), tick),
             Duration::from_secs(30)
         );
-        // Checks due anywhere within one tick end at the same instant.
-        let ends: Vec<Instant> = [1_001, 1_500, 1_999]
+        // Checks due anywhere within one tick's window end at the same instant.
+        let ends: Vec<Instant> = [1_001, 1_200, 1_499]
             .into_iter()
             .map(|ms| at(ms) + on_tick(epoch, at(ms), Duration::from_secs(60), tick))
             .collect();
-        assert!(ends.iter().all(|e| *e == at(62_000)), "{ends:?}");
-        // Never shorter, never a tick longer, and no overflow at the largest wait.
-        let huge = on_tick(epoch, at(1), Duration::MAX, tick);
-        assert_eq!(huge, Duration::MAX);
+        assert!(ends.iter().all(|e| *e == at(61_000)), "{ends:?}");
+        // A check that starts just after its tick keeps its period: 3 s, not 4 s.
+        let mut start = at(10_000);
+        for _ in 0..5 {
+            let next = start + on_tick(epoch, start, Duration::from_secs(3), tick);
+            assert_eq!(next.duration_since(start).as_secs_f64().round(), 3.0);
+            start = next + Duration::from_millis(20);
+        }
+        // A tick already past (a wait under half a tick) leaves the wait alone; no
+        // overflow at the largest wait; a zero tick changes nothing.
+        assert_eq!(
+            on_tick(epoch, at(1_000), Duration::from_millis(100), tick),
+            Duration::from_millis(100)
+        );
+        assert_eq!(on_tick(epoch, at(1), Duration::MAX, tick), Duration::MAX);
         assert_eq!(
             on_tick(epoch, at(5), Duration::ZERO, Duration::ZERO),
             Duration::ZERO

@@ -118,7 +118,7 @@ fn mock(registries: Vec<String>) -> (Context, Arc<Mutex<Vec<Seen>>>) {
     let seen = fake_api_server(handle);
     let mut ctx = context(client, engine);
     // Requeues are the resync interval itself here: moving them onto a tick is
-    // `gate::tests::waits_end_on_a_tick`'s.
+    // `gate::tests::waits_end_on_the_nearest_tick`'s.
     ctx.check_tick = Duration::ZERO;
     (ctx, seen)
 }
