@@ -354,10 +354,13 @@ async fn read_source(
     );
     collected?;
     let mut present = present?;
+    // A set: an index may name thousands of children, and a list lookup per child would
+    // cost their square.
+    let asked: HashSet<&Digest> = direct.iter().collect();
     let nested: Vec<Digest> = children
         .iter()
         .map(|c| c.data.digest.clone())
-        .filter(|d| !direct.contains(d))
+        .filter(|d| !asked.contains(d))
         .collect();
     present.extend(present_at(dst_client, destination, &nested).await?);
     let mut missing_children = Vec::new();
