@@ -19,6 +19,7 @@ use super::decide::{
     check_time, decide, now, ready_label, same_image_reference, set_ready, Decision, Drift,
 };
 use super::gate::object_key;
+use super::notices::{report_adopted, report_drift};
 use super::ownership::destination_key;
 use super::{ownership, patch_status, Context, CONFLICT_POLL};
 
@@ -495,59 +496,6 @@ async fn wait_for_holder(
     }))
 }
 
-/// A Normal Event: the destination already held the digest and is adopted (left in place
-/// on deletion and destination moves).
-async fn report_adopted(obj: &ImageSync, ctx: &Context, status: &ImageSyncStatus, digest: &Digest) {
-    let legacy = status.ownership.is_none() && status.synced_destination.is_some();
-    let why = if legacy {
-        "its status was recorded before ownership was tracked, so it is treated as adopted"
-    } else {
-        "it already held that digest, so this object did not write it"
-    };
-    let note = format!(
-        "{} holds {digest}; {why}: deleting this object or changing its destination leaves the tag in place",
-        obj.spec.destination
-    );
-    info!("{note}");
-    ctx.events
-        .publish(obj, EventType::Normal, "Adopted", "Sync", &note)
-        .await;
-}
-
-async fn report_drift(obj: &ImageSync, ctx: &Context, drift: &Drift, destination: &str) {
-    let (kind, type_, reason, note) = match drift {
-        Drift::SourceChanged { from, to } => (
-            "source_changed",
-            EventType::Normal,
-            "SourceChanged",
-            format!(
-                "source {} moved from {from} to {to}; re-syncing",
-                obj.spec.source
-            ),
-        ),
-        Drift::DestinationMissing => (
-            "destination_missing",
-            EventType::Warning,
-            "DestinationMissing",
-            format!("destination {destination} was deleted outside the controller; re-syncing"),
-        ),
-        Drift::DestinationOverwritten { found } => (
-            "destination_overwritten",
-            EventType::Warning,
-            "DestinationOverwritten",
-            format!(
-                "destination {destination} was overwritten (now {found}, not {}); re-syncing",
-                obj.status
-                    .as_ref()
-                    .and_then(|s| s.destination_digest.as_deref())
-                    .unwrap_or("?")
-            ),
-        ),
-    };
-    info!(drift = kind, "{note}");
-    ctx.metrics.drift(kind);
-    ctx.events.publish(obj, type_, reason, "Check", &note).await;
-}
 impl Check<'_> {
     /// The sync options: the source digest checked, the selection, the referrers.
     fn sync_options(&self) -> SyncOptions {

@@ -20,10 +20,10 @@
 //!
 //! Layout: this file (the [`Context`], the entry points [`reconcile`], [`error_policy`]
 //! and [`run`], the status write), `apply` (check and copy), `cleanup` (deletion and
-//! removal of an old destination), `decide` (the pure decisions, unit-tested), `gate`
-//! (the per-object gate), `engines` (the per-credential engine cache), `admit` (what the
-//! tenant policy allows; the objects competing for a destination) and `ownership` (who
-//! owns a destination tag).
+//! removal of an old destination), `decide` (the pure decisions, unit-tested), `notices`
+//! (the Events a check publishes), `gate` (the per-object gate), `engines` (the
+//! per-credential engine cache), `admit` (what the tenant policy allows; the objects
+//! competing for a destination) and `ownership` (who owns a destination tag).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -54,6 +54,7 @@ mod engines;
 mod gate;
 #[cfg(test)]
 mod mock_api_tests;
+mod notices;
 mod ownership;
 
 pub use decide::{
