@@ -11,8 +11,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::reference::Digest;
@@ -25,28 +26,39 @@ struct Table {
     /// `api host` -> digest -> repository.
     #[serde(default)]
     registries: HashMap<String, HashMap<String, String>>,
+    /// Changed since it was loaded or last saved (a call that learned nothing new, such
+    /// as a no-op re-copy, writes no file: serialising a full table costs milliseconds).
+    #[serde(skip)]
+    changed: bool,
 }
 
 /// The engine's blob-location table.
 pub(crate) struct BlobLocations {
-    table: Mutex<Table>,
+    /// Read from `file` on first use: a call that never copies a blob (a no-op re-copy, a
+    /// digest) does not read it at all.
+    table: OnceLock<Mutex<Table>>,
     file: Option<PathBuf>,
 }
 
 impl BlobLocations {
-    /// An empty table, loaded from `file` when it exists and is readable; a missing or
+    /// A table kept in `file` when given: read when first used, where a missing or
     /// damaged file starts empty (it is a cache, never a reason to fail).
     pub(crate) fn new(file: Option<PathBuf>) -> BlobLocations {
-        let table = file.as_deref().map(load).unwrap_or_default();
         BlobLocations {
-            table: Mutex::new(table),
+            table: OnceLock::new(),
             file,
         }
     }
 
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table
+            .get_or_init(|| Mutex::new(self.file.as_deref().map(load).unwrap_or_default()))
+            .lock()
+    }
+
     /// A repository of `registry` known to hold `digest`, other than `except`.
     pub(crate) fn lookup(&self, registry: &str, digest: &Digest, except: &str) -> Option<String> {
-        let table = self.table.lock();
+        let table = self.table();
         table
             .registries
             .get(registry)?
@@ -57,33 +69,52 @@ impl BlobLocations {
 
     /// Records that `repository` of `registry` holds `digest`.
     pub(crate) fn remember(&self, registry: &str, repository: &str, digest: &Digest) {
-        let mut table = self.table.lock();
+        let mut table = self.table();
         let blobs = table.registries.entry(registry.to_string()).or_default();
+        if blobs.get(digest.as_str()).is_some_and(|r| r == repository) {
+            return;
+        }
         if blobs.len() >= MAX_PER_REGISTRY && !blobs.contains_key(digest.as_str()) {
             blobs.clear();
         }
         blobs.insert(digest.to_string(), repository.to_string());
+        table.changed = true;
     }
 
     /// Forgets an entry that turned out wrong (the mount was answered with an upload).
     pub(crate) fn forget(&self, registry: &str, repository: &str, digest: &Digest) {
-        let mut table = self.table.lock();
+        let mut table = self.table();
         if let Some(blobs) = table.registries.get_mut(registry) {
             if blobs.get(digest.as_str()).is_some_and(|r| r == repository) {
                 blobs.remove(digest.as_str());
+                table.changed = true;
             }
         }
     }
 
-    /// Writes the table to its file (if any): a temporary file renamed into place, so a
-    /// concurrent reader never sees half a file. Failures are logged, not returned.
+    /// Writes the table to its file (if any) when it changed: a temporary file renamed
+    /// into place, so a concurrent reader never sees half a file. Failures are logged, not
+    /// returned.
     pub(crate) fn save(&self) {
         let Some(path) = &self.file else { return };
-        let json = match serde_json::to_vec(&*self.table.lock()) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::warn!(error = %e, "blob cache not saved");
+        // Never used: nothing learned, nothing to write.
+        let Some(table) = self.table.get() else {
+            return;
+        };
+        let json = {
+            let mut table = table.lock();
+            if !table.changed {
                 return;
+            }
+            match serde_json::to_vec(&*table) {
+                Ok(j) => {
+                    table.changed = false;
+                    j
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "blob cache not saved");
+                    return;
+                }
             }
         };
         if let Err(e) = write_atomically(path, &json) {
@@ -147,6 +178,55 @@ mod tests {
         assert!(again.lookup("r:5000", &digest(1), "b/app").is_some());
         again.forget("r:5000", "a/app", &digest(1));
         assert_eq!(again.lookup("r:5000", &digest(1), "b/app"), None);
+    }
+
+    #[test]
+    fn a_table_that_learned_nothing_new_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blobs.json");
+        let cache = BlobLocations::new(Some(file.clone()));
+        cache.save();
+        assert!(!file.exists(), "an empty, unchanged table wrote a file");
+        cache.remember("r:5000", "a/app", &digest(1));
+        cache.save();
+        assert!(file.exists());
+        // What it already knew (a no-op re-copy, a blob found where it was seen) and
+        // forgetting what it does not hold change nothing: no write.
+        std::fs::remove_file(&file).unwrap();
+        cache.remember("r:5000", "a/app", &digest(1));
+        cache.forget("r:5000", "b/app", &digest(1));
+        cache.save();
+        assert!(!file.exists(), "an unchanged table was written again");
+        let loaded = BlobLocations::new(Some(file.clone()));
+        loaded.save();
+        assert!(!file.exists(), "a table just loaded was written back");
+        // A new location, and a forgotten one, are written.
+        cache.remember("r:5000", "b/app", &digest(1));
+        cache.save();
+        assert!(file.exists());
+        std::fs::remove_file(&file).unwrap();
+        cache.forget("r:5000", "b/app", &digest(1));
+        cache.save();
+        assert!(file.exists());
+        assert_eq!(
+            BlobLocations::new(Some(file)).lookup("r:5000", &digest(1), "x"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_file_is_read_when_the_table_is_first_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blobs.json");
+        let cache = BlobLocations::new(Some(file.clone()));
+        // Written by another process after this engine was made, before its first copy.
+        let other = BlobLocations::new(Some(file.clone()));
+        other.remember("r:5000", "a/app", &digest(1));
+        other.save();
+        assert_eq!(
+            cache.lookup("r:5000", &digest(1), "b/app").as_deref(),
+            Some("a/app")
+        );
     }
 
     #[test]
