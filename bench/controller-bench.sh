@@ -9,7 +9,8 @@
 #                     the referrers probe's two, spec.referrers being on by default; 2
 #                     with REFERRERS=false),
 #                     manifest GET (expect 0), other, status writes (expect 0: an unchanged
-#                     check writes none, lastCheckTime is refreshed every 10 minutes)
+#                     check writes none, lastCheckTime is refreshed every 10 minutes, so
+#                     a long interval or a long run sees those)
 #   CPU/cycle         controller CPU seconds (user+sys) during that interval (also per
 #                     1,000 checks, counting a check as MIN_HEADS manifest HEADs)
 #   peak RSS          controller VmHWM (target under 100 MB)
@@ -44,7 +45,7 @@ record() { # TOOL METRIC UNIT VALUE
   printf 'm\t%s\t%s\t%s\t%s\t%s\n' "$W_NAME" "$@" >>"$BENCH_RESULTS"
 }
 if [ -n "${BENCH_RESULTS:-}" ]; then
-  printf 'note\t%s\t%s\n' "$W_NAME" "imagesync-controller ($PROFILE) with $OBJECTS ImageSync objects (resyncInterval ${INTERVAL}s, concurrency $CONCURRENCY) on kube-apiserver v1.20.2 + etcd, one docker-registry; each sample is one resync interval once steady (the first interval after convergence is skipped), requests from the registry access log, CPU user+sys from /proc, peak RSS is VmHWM. Status writes are the API server's count of ImageSync status PATCHes (apiserver_request_total). spec.referrers: $REFERRERS. Theoretical minimum (raw column): $MIN_HEADS manifest HEADs per object per cycle (source and destination tag, and with spec.referrers the referrers probe: the source's sha256-<hex> fallback tag and .sig tag), no status write, nothing else." >>"$BENCH_RESULTS"
+  printf 'note\t%s\t%s\n' "$W_NAME" "imagesync-controller ($PROFILE) with $OBJECTS ImageSync objects (resyncInterval ${INTERVAL}s, concurrency $CONCURRENCY) on kube-apiserver v1.20.2 + etcd, one docker-registry; each sample is one resync interval once steady (the first interval after convergence is skipped), requests from the registry access log, CPU user+sys from /proc, peak RSS is VmHWM. Status writes are the API server's count of ImageSync status PATCHes (apiserver_request_total); an unchanged check writes none, except that each object's lastCheckTime is refreshed once it is 10 minutes old (none in a run shorter than that; at a 300 s interval, every second or third check). spec.referrers: $REFERRERS. Theoretical minimum (raw column): $MIN_HEADS manifest HEADs per object per cycle (source and destination tag, and with spec.referrers the referrers probe: the source's sha256-<hex> fallback tag and .sig tag), no status write, nothing else." >>"$BENCH_RESULTS"
 fi
 
 BENCH_NAME=controller-bench BENCH_CRDS=imagesyncs BENCH_TAG=1
