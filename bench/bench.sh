@@ -254,8 +254,10 @@ cp "$WORK/manifest-amd64.json" "$WORK/big-manifest.json"
 jq -r '.config, .layers[] | "\(.digest) \(.size)"' "$WORK/big-manifest.json" >"$WORK/big-blobs.txt"
 
 # --- the tools ---
-imagesync_copy() { "$IMAGESYNC" copy "$1" "$2" --no-progress --insecure-registry "${1%%/*}" --insecure-registry "${2%%/*}" -j "$JOBS"; }
-imagesync_copy_image_only() { "$IMAGESYNC" copy "$1" "$2" --no-referrers --no-progress --insecure-registry "${1%%/*}" --insecure-registry "${2%%/*}" -j "$JOBS"; }
+# The blob-location file is the run's own: what earlier runs left in the user's cache (for
+# registries long gone) neither helps nor slows this one.
+imagesync_copy() { "$IMAGESYNC" copy "$1" "$2" --no-progress --insecure-registry "${1%%/*}" --insecure-registry "${2%%/*}" -j "$JOBS" --blob-cache "$WORK/blobs.json"; }
+imagesync_copy_image_only() { "$IMAGESYNC" copy "$1" "$2" --no-referrers --no-progress --insecure-registry "${1%%/*}" --insecure-registry "${2%%/*}" -j "$JOBS" --blob-cache "$WORK/blobs.json"; }
 skopeo_copy() { skopeo copy --all --quiet --src-tls-verify=false --dest-tls-verify=false "docker://$1" "docker://$2"; }
 export IMAGESYNC JOBS WORK ACCEPT
 export -f imagesync_copy imagesync_copy_image_only skopeo_copy upload_url put_manifest mount_blob

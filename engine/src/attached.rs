@@ -247,6 +247,7 @@ impl<'a> Hook<'a> {
             source,
             destination,
             blobs,
+            false,
             self.emit,
         )
         .await?;

@@ -67,6 +67,14 @@ impl BlobLocations {
             .cloned()
     }
 
+    /// Whether any repository of `registry` is known to hold `digest`.
+    pub(crate) fn holds(&self, registry: &str, digest: &Digest) -> bool {
+        self.table()
+            .registries
+            .get(registry)
+            .is_some_and(|blobs| blobs.contains_key(digest.as_str()))
+    }
+
     /// Records that `repository` of `registry` holds `digest`.
     pub(crate) fn remember(&self, registry: &str, repository: &str, digest: &Digest) {
         let mut table = self.table();

@@ -74,7 +74,11 @@ pub(crate) async fn sync(
     let (source_digest, target, pick) = source_side?;
     check_destination_pin(destination, &target)?;
     let id = destination.id(&target);
-    if destination_up_to_date(destination, current?.as_ref(), &target) {
+    let current = current?;
+    // A destination without the tag is most likely a new repository (see
+    // `transfer::BlobJob::cold`).
+    let cold = current.is_none();
+    if destination_up_to_date(destination, current.as_ref(), &target) {
         tracing::info!(%source, %destination, digest = %target, "destination up to date");
         let mut outcome = Outcome {
             source_digest,
@@ -98,11 +102,16 @@ pub(crate) async fn sync(
         return Ok(outcome);
     }
 
-    // A copy: the blobs' GETs (a job each, after their HEADs at the destination) and the
-    // referrers lookup find their connections to the source open.
+    // A copy: the blobs' GETs (a job each, after or with their HEADs at the destination)
+    // and the referrers lookup find their connections to the source open, and the blobs'
+    // HEADs and upload sessions theirs to the destination, idle while the top manifest is
+    // read.
     let top = after_first_poll(
         read_top(&src_client, &source, &source_digest, &target, pick, options),
-        || src_client.warm(engine.jobs()),
+        || {
+            src_client.warm(engine.jobs());
+            dst_client.warm(engine.jobs());
+        },
     )
     .await?;
     let tree = read_source(&src_client, &dst_client, &source, destination, top).await?;
@@ -140,6 +149,7 @@ pub(crate) async fn sync(
             &source,
             destination,
             blobs,
+            cold,
             &emit,
         )
         .await?;

@@ -35,7 +35,9 @@ pub(crate) struct BlobStats {
 }
 
 /// Copies every blob, `engine.jobs()` large ones at a time and as many small ones beside
-/// them; the first failure fails the copy.
+/// them; the first failure fails the copy. `cold`: the destination tag was missing (see
+/// [`BlobJob::cold`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn transfer_blobs(
     engine: &Engine,
     src_client: &Client,
@@ -43,6 +45,7 @@ pub(crate) async fn transfer_blobs(
     source: &Reference,
     destination: &Reference,
     blobs: BTreeMap<Digest, Descriptor>,
+    cold: bool,
     emit: &Emit,
 ) -> Result<BlobStats> {
     let (src_repo, dst_repo) = (source.repository(), destination.repository());
@@ -58,6 +61,7 @@ pub(crate) async fn transfer_blobs(
         src_repo,
         dst_repo,
         same_registry,
+        cold,
         mounts: &mounts,
         known: engine.blobs(),
         emit,
@@ -127,6 +131,10 @@ struct BlobJob<'a> {
     dst_repo: &'a str,
     /// Source and destination are repositories of one registry.
     same_registry: bool,
+    /// The destination tag was missing, so its repository most likely holds none of the
+    /// blobs: a blob the engine never saw at the destination registry has its upload
+    /// session and source GET sent with its HEAD.
+    cold: bool,
     /// Cleared once the registry refuses a mount: upload for the rest of the copy.
     mounts: &'a AtomicBool,
     known: &'a BlobLocations,
@@ -159,12 +167,40 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
     // HEAD at the source goes out with the one at the destination (one round trip).
     let ask_source =
         candidate.is_some() && !job.same_registry && job.mounts.load(Ordering::Relaxed);
+    // A cold copy's blob that nothing says is at the destination: the upload session and
+    // the source GET go out with the HEAD, one round trip less on a far link. If the HEAD
+    // finds the blob after all, the session is cancelled and the GET dropped unread. Not
+    // for a blob read in ranged parts: its first read is a whole part, and one round trip
+    // is nothing beside its transfer.
+    let speculate = job.cold
+        && candidate.is_none()
+        && desc.size < crate::ranged::MIN_RANGED_SIZE
+        && !job.known.holds(job.dst_host, digest);
+    let mut opened = None;
     let (at_destination, at_source) = if ask_source {
         let (d, s) = tokio::join!(
             dst.blob_exists(dst_repo, digest),
             src.blob_exists(src_repo, digest)
         );
         (d?, Some(s))
+    } else if speculate {
+        let (d, started, source) = tokio::join!(
+            dst.blob_exists(dst_repo, digest),
+            dst.start_upload(dst_repo, digest, None),
+            crate::ranged::open(src, src_repo, desc)
+        );
+        match d {
+            Ok(false) => {
+                opened = Some((started, source));
+                (false, None)
+            }
+            present => {
+                if let Ok((_, Some(location))) = &started {
+                    dst.cancel_upload(dst_repo, location, digest).await;
+                }
+                (present?, None)
+            }
+        }
     } else {
         (dst.blob_exists(dst_repo, digest).await?, None)
     };
@@ -188,24 +224,19 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
         } else {
             None
         };
+        let first = opened.take();
         let result = async {
             // Without a mount to try, the source GET opens while the upload session
-            // starts: one round trip per blob less on a far link. Its body waits (flow
-            // control) until the upload streams it.
-            let (started, source) = if mount_from.is_none() {
+            // starts (or started with the HEAD): one round trip per blob less on a far
+            // link. Its body waits (flow control) until the upload streams it.
+            let (started, source) = if let Some((started, source)) = first {
+                settle(dst, dst_repo, digest, started, source).await?
+            } else if mount_from.is_none() {
                 let (started, source) = tokio::join!(
                     dst.start_upload(dst_repo, digest, None),
                     crate::ranged::open(src, src_repo, desc)
                 );
-                match (started, source) {
-                    (Ok(started), Ok(source)) => (started, Some(source)),
-                    (Ok((_, Some(location))), Err(e)) => {
-                        // No session left open at the destination for a failed read.
-                        dst.cancel_upload(dst_repo, &location, digest).await;
-                        return Err(e);
-                    }
-                    (Err(e), _) | (_, Err(e)) => return Err(e),
-                }
+                settle(dst, dst_repo, digest, started, source).await?
             } else {
                 (dst.start_upload(dst_repo, digest, mount_from).await?, None)
             };
@@ -266,6 +297,25 @@ async fn copy_blob(job: &BlobJob<'_>, desc: &Descriptor) -> Result<(BlobAction, 
                 });
             }
         }
+    }
+}
+
+/// The upload session and the source read of one attempt, both or neither: a session
+/// whose read failed is cancelled, so none is left open at the destination.
+async fn settle(
+    dst: &Client,
+    dst_repo: &str,
+    digest: &Digest,
+    started: Result<(Upload, Option<String>)>,
+    source: Result<crate::ranged::BlobStream>,
+) -> Result<((Upload, Option<String>), Option<crate::ranged::BlobStream>)> {
+    match (started, source) {
+        (Ok(started), Ok(source)) => Ok((started, Some(source))),
+        (Ok((_, Some(location))), Err(e)) => {
+            dst.cancel_upload(dst_repo, &location, digest).await;
+            Err(e)
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
     }
 }
 

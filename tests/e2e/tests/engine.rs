@@ -269,6 +269,59 @@ async fn second_copy_transfers_no_bytes() {
     fixtures::assert_identical(dst.addr(), "app", "2", &pushed).await;
 }
 
+/// A cold copy (destination tag missing) sends each small blob's upload session and
+/// source GET with its HEAD. When the repository holds the blobs after all (written by
+/// someone this engine never saw), nothing is uploaded and every session it opened is
+/// cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_copy_into_a_repository_that_holds_the_blobs_uploads_nothing_and_leaves_no_session()
+{
+    let src = Registry::start().await;
+    let dst = Registry::start().await;
+    let spec = FixtureSpec {
+        seed: 37,
+        ..FixtureSpec::default()
+    };
+    let pushed = fixtures::push_image(src.addr(), "app", "1", spec).await;
+    let s = r(&src.reference("app:1"));
+    engine(&[src.addr(), dst.addr()])
+        .sync(&s, &r(&dst.reference("app:1")), &SyncOptions::default())
+        .await
+        .unwrap();
+    dst.access_log_settled().await;
+    dst.clear_access_log();
+    // A new engine knows nothing of the destination; the tag app:2 is missing.
+    let out = engine(&[src.addr(), dst.addr()])
+        .sync(&s, &r(&dst.reference("app:2")), &SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((out.bytes_uploaded, out.blobs_uploaded), (0, 0), "{out:?}");
+    assert_eq!(out.blobs_skipped, pushed.blobs.len(), "{out:?}");
+    fixtures::assert_identical(dst.addr(), "app", "2", &pushed).await;
+    let log = dst.access_log_settled().await;
+    let sessions = log
+        .iter()
+        .filter(|e| e.method == "POST" && e.path.contains("/blobs/uploads/"))
+        .count();
+    let cancelled = log
+        .iter()
+        .filter(|e| e.method == "DELETE" && e.path.contains("/blobs/uploads/") && e.status == 204)
+        .count();
+    assert!(
+        sessions > 0,
+        "no session was started with the HEADs: {log:?}"
+    );
+    assert_eq!(
+        sessions, cancelled,
+        "an upload session was left open: {log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|e| e.method == "PUT" && e.path.contains("/blobs/uploads/")),
+        "a blob was uploaded: {log:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_copies_of_one_image_into_one_repository_both_succeed() {
     let src = Registry::start().await;
