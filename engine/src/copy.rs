@@ -64,11 +64,17 @@ pub(crate) async fn sync(
         .await?;
         Ok::<_, Error>((source_digest, target, pick))
     };
-    // With referrers the probe's two HEADs at the source follow at once: the second
-    // connection they need opens meanwhile.
+    // The connections that parallel requests after these HEADs need open beside them: the
+    // referrers probe's second HEAD at the source, and a copy's blob requests on both
+    // sides. A handshake and then a `GET /v2/` take two round trips, so opened any later
+    // they would not be ready when the blobs' requests go out. A no-op leaves them unused
+    // (at most `jobs` per registry in a process).
     let (source_side, current) = after_first_poll(
         async { tokio::join!(source_side, destination_digest(&dst_client, destination)) },
-        || src_client.warm(usize::from(options.referrers.enabled)),
+        || {
+            src_client.warm(engine.jobs().max(usize::from(options.referrers.enabled)));
+            dst_client.warm(engine.jobs());
+        },
     )
     .await;
     let (source_digest, target, pick) = source_side?;
@@ -102,18 +108,7 @@ pub(crate) async fn sync(
         return Ok(outcome);
     }
 
-    // A copy: the blobs' GETs (a job each, after or with their HEADs at the destination)
-    // and the referrers lookup find their connections to the source open, and the blobs'
-    // HEADs and upload sessions theirs to the destination, idle while the top manifest is
-    // read.
-    let top = after_first_poll(
-        read_top(&src_client, &source, &source_digest, &target, pick, options),
-        || {
-            src_client.warm(engine.jobs());
-            dst_client.warm(engine.jobs());
-        },
-    )
-    .await?;
+    let top = read_top(&src_client, &source, &source_digest, &target, pick, options).await?;
     let tree = read_source(&src_client, &dst_client, &source, destination, top).await?;
     let blobs = tree.blobs();
     let total_bytes = blobs
