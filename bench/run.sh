@@ -20,7 +20,8 @@
 #   bench/referrers-bench.sh   registry requests with referrers on and off: cold copy, no-op
 #                              re-copy, no-change terraform plan of 10 resources
 # Every sample goes to bench/results.tsv; `bench-report` turns it into bench/results.md and
-# bench/results.png. Takes about 15-25 minutes on 2 cores (plus the builds).
+# bench/results.png. Takes about 80 minutes on 2 cores (plus the builds): the WAN workloads
+# and the 10,000-object controller run take about 25 each.
 #
 # Environment: RUNS (repetitions, default 3), OBJECTS (controller, default 1000),
 # INTERVAL (controller resync seconds, default 30), OBJECTS_LARGE and INTERVAL_LARGE (the
