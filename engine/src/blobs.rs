@@ -127,6 +127,8 @@ impl BlobLocations {
         };
         if let Err(e) = write_atomically(path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "blob cache not saved");
+            // Still to be written: the next save tries again.
+            table.lock().changed = true;
         }
     }
 }
@@ -219,6 +221,25 @@ mod tests {
         assert_eq!(
             BlobLocations::new(Some(file)).lookup("r:5000", &digest(1), "x"),
             None
+        );
+    }
+
+    #[test]
+    fn a_save_that_failed_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // The file's folder is a plain file at first: the write fails.
+        let blocker = dir.path().join("sub");
+        std::fs::write(&blocker, b"").unwrap();
+        let file = blocker.join("blobs.json");
+        let cache = BlobLocations::new(Some(file.clone()));
+        cache.remember("r:5000", "a/app", &digest(1));
+        cache.save();
+        assert!(!file.exists());
+        std::fs::remove_file(&blocker).unwrap();
+        cache.save();
+        assert!(
+            file.exists(),
+            "what a failed save held back was never written"
         );
     }
 
