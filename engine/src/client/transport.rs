@@ -20,6 +20,12 @@ pub(crate) fn build_http(config: &EngineConfig) -> Result<reqwest::Client> {
         .user_agent(config.user_agent.clone())
         .connect_timeout(config.retry.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
+        // HTTP/1.1 only, also where a registry or its blob storage offers HTTP/2 (TLS
+        // registries do, through ALPN): HTTP/2 carries every request to a host over one
+        // TCP connection, so the parallel blob transfers and ranged reads would share one
+        // stream's window and one connection's shaping, the limit they exist to get past.
+        // Each request in flight gets its own connection from the pool instead.
+        .http1_only()
         // Redirects are followed by hand so credentials never leak to blob storage.
         .redirect(reqwest::redirect::Policy::none());
     if config.addresses.mode() != InternalAddresses::Allowed {

@@ -53,6 +53,8 @@ pub struct AccessEntry {
     pub path: String,
     /// Response status.
     pub status: u16,
+    /// The request's protocol as the registry logged it: `HTTP/1.1` or `HTTP/2.0`.
+    pub protocol: String,
 }
 
 impl AccessEntry {
@@ -452,11 +454,13 @@ pub fn parse_access_line(line: &str) -> Option<AccessEntry> {
     let mut request = line[start..end].split(' ');
     let method = request.next()?.to_string();
     let path = request.next()?.to_string();
+    let protocol = request.next()?.to_string();
     let status = line[end + 1..].split_whitespace().next()?.parse().ok()?;
     Some(AccessEntry {
         method,
         path,
         status,
+        protocol,
     })
 }
 
@@ -475,7 +479,8 @@ mod tests {
             AccessEntry {
                 method: "HEAD".into(),
                 path: "/v2/a/manifests/x".into(),
-                status: 200
+                status: 200,
+                protocol: "HTTP/1.1".into(),
             }
         );
         assert!(e.is_manifest() && !e.is_blob());

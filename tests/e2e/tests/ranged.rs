@@ -2,10 +2,12 @@
 //! which serves `Range` on blob GETs. A fault proxy in front of the source logs every
 //! request's `Range` header; its latency fault stands in for a far source (timings stay
 //! in the bench: these tests only look at which requests were made and what arrived).
+//! Over TLS, where the registry offers HTTP/2, the copy's requests must still be
+//! HTTP/1.1, each in flight on a connection of its own.
 
 use imagesync_e2e::fixtures::{self, FixtureSpec, Pushed};
 use imagesync_e2e::proxy::{Fault, FaultPlan, FaultProxy, Mode, ProxyRecord, Target};
-use imagesync_e2e::registry::Registry;
+use imagesync_e2e::registry::{Registry, RegistryOptions};
 use imagesync_engine::{Engine, EngineConfig, Reference, SyncOptions};
 
 /// One 40 MiB layer: over the engine's 32 MiB threshold for ranged reads.
@@ -123,5 +125,89 @@ async fn a_large_blob_from_a_near_source_arrives_whole_in_ranges_that_cover_it_o
             (PART, None),
             "the rest in one open range: {ranges:?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn over_tls_a_copy_speaks_http1_so_parallel_transfers_do_not_share_one_connection() {
+    // A TLS registry offers HTTP/2 through ALPN. Over HTTP/2 every request to a host
+    // rides one TCP connection, so the ranged reads of a large blob and the `jobs`
+    // parallel uploads would share one stream's window and one connection's shaping:
+    // on a far link, no faster than one stream. The engine must ask for HTTP/1.1.
+    let tls = || {
+        Registry::start_with(RegistryOptions {
+            tls: true,
+            ..Default::default()
+        })
+    };
+    let (src, dst) = tokio::join!(tls(), tls());
+    let spec = FixtureSpec {
+        seed: 2121,
+        layers: 4,
+        layer_size: 64 * 1024,
+        ..FixtureSpec::default()
+    };
+    let pushed = src
+        .target()
+        .push_image("app", "1", &spec)
+        .await
+        .expect("pushing the fixture over TLS");
+    // The registry does speak HTTP/2 to a client that offers it (reqwest with `http2`,
+    // as this test crate builds it), and logs it as such.
+    let h2 = src
+        .http_client()
+        .get(format!("{}/v2/", src.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    let logged = src.access_log_settled().await;
+    assert_eq!(
+        logged.last().map(|e| e.protocol.as_str()),
+        Some("HTTP/2.0"),
+        "{logged:?}"
+    );
+    src.clear_access_log();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cas = dir.path().join("cas.pem");
+    let mut pem = std::fs::read(src.ca_pem_path().unwrap()).unwrap();
+    pem.extend(std::fs::read(dst.ca_pem_path().unwrap()).unwrap());
+    std::fs::write(&cas, pem).unwrap();
+    let engine = Engine::new(EngineConfig {
+        ca_file: Some(cas),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let from = Reference::parse(&src.reference("app:1")).unwrap();
+    let to = Reference::parse(&dst.reference("mirror/app:1")).unwrap();
+    let outcome = engine
+        .sync(&from, &to, &SyncOptions::default())
+        .await
+        .unwrap();
+    assert!(outcome.id.ends_with(&pushed.digest), "{}", outcome.id);
+
+    for (name, registry) in [("source", &src), ("destination", &dst)] {
+        let log = registry.access_log_settled().await;
+        assert!(
+            log.iter().any(|e| e.is_blob() || e.is_upload()),
+            "{name}: {log:?}"
+        );
+        let other: Vec<_> = log.iter().filter(|e| e.protocol != "HTTP/1.1").collect();
+        assert!(
+            other.is_empty(),
+            "{name} saw requests not over HTTP/1.1: {other:?}"
+        );
+    }
+    // And the copy is whole: every blob arrived.
+    let check = dst.http_client();
+    for blob in &pushed.blobs {
+        let status = check
+            .head(format!("{}/v2/mirror/app/blobs/{blob}", dst.url()))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "blob {blob}");
     }
 }
