@@ -402,10 +402,13 @@ fn verified_stream(
                         st,
                     ));
                 }
-                if st.seen == st.desc.size {
+                if st.seen == st.desc.size && !st.verified {
                     // Verify before the last byte goes out: with a Content-Length upload the
                     // registry commits (or rejects) as soon as it has every byte, so a
                     // check at end-of-stream would come too late to flag the mismatch.
+                    // Once only: a source may end with an empty chunk (an HTTP/2 server's
+                    // last DATA frame often carries only END_STREAM), which leaves `seen`
+                    // at the size, and the hasher has been consumed by then.
                     let hasher = std::mem::replace(&mut st.hasher, sha2::Sha256::new());
                     if Digest::from_hasher(hasher) != st.desc.digest {
                         st.mismatch.store(true, Ordering::Relaxed);
@@ -479,6 +482,59 @@ mod tests {
             *operation = "POST upload";
         }
         assert!(!mount_refused(&transient));
+    }
+
+    /// Runs `chunks` (a fake source, not a registry) through `verified_stream` for a blob
+    /// of `data`: what came out, and whether a mismatch was flagged.
+    async fn through_verifier(data: &[u8], chunks: Vec<&'static [u8]>) -> (Vec<u8>, bool, bool) {
+        let desc = Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: Digest::of(data),
+            size: data.len() as u64,
+        };
+        let source =
+            futures::stream::iter(chunks.into_iter().map(|c| Ok(bytes::Bytes::from_static(c))))
+                .boxed();
+        let mismatch = Arc::new(AtomicBool::new(false));
+        let out: Vec<_> = verified_stream(source, desc, mismatch.clone(), None)
+            .collect()
+            .await;
+        let failed = out.iter().any(|r| r.is_err());
+        let bytes = out.into_iter().flatten().flatten().collect();
+        (bytes, failed, mismatch.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn an_empty_chunk_after_the_last_byte_is_not_a_mismatch() {
+        // The source's last chunk is empty, as an HTTP/2 server's closing DATA frame is:
+        // with an upload that reads its body to the end (HTTP/2, or chunked), this was
+        // checked against the spent hasher and failed every such copy.
+        let (bytes, failed, mismatch) =
+            through_verifier(b"hello world", vec![b"hello ", b"world", b""]).await;
+        assert_eq!(bytes, b"hello world");
+        assert!(!failed && !mismatch);
+        // Empty chunks anywhere else are harmless too.
+        let (bytes, failed, mismatch) = through_verifier(
+            b"hello world",
+            vec![b"", b"hello ", b"", b"world", b"", b""],
+        )
+        .await;
+        assert_eq!(bytes, b"hello world");
+        assert!(!failed && !mismatch);
+    }
+
+    #[tokio::test]
+    async fn wrong_or_extra_bytes_are_still_a_mismatch() {
+        // Same length, other bytes.
+        let (_, failed, mismatch) = through_verifier(b"hello world", vec![b"hello there"]).await;
+        assert!(failed && mismatch);
+        // Every byte right, then more after the verified end.
+        let (_, failed, mismatch) =
+            through_verifier(b"hello world", vec![b"hello world", b"", b"!"]).await;
+        assert!(failed && mismatch);
+        // Short: an error (retried by the caller), not a mismatch.
+        let (_, failed, mismatch) = through_verifier(b"hello world", vec![b"hello"]).await;
+        assert!(failed && !mismatch);
     }
 
     #[test]
