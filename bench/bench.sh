@@ -68,10 +68,14 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_registry() { # NAME -> prints host:port
-  local name="$1" port
+start_registry() { # NAME [tls] -> prints host:port (tls: HTTPS with $TLS/chain.pem, wan.sh)
+  local name="$1" port tls="" probe=(curl -fs "http://127.0.0.1")
   port="$(free_port)"
   mkdir -p "$WORK/$name/data"
+  if [ "${2:-}" = tls ]; then
+    tls=", tls: {certificate: $TLS/chain.pem, key: $TLS/key.pem}"
+    probe=(curl -fs --cacert "$TLS/ca.pem" "https://127.0.0.1")
+  fi
   cat >"$WORK/$name/config.yml" <<YML
 version: 0.1
 log: {level: error, accesslog: {disabled: true}}
@@ -79,12 +83,12 @@ storage:
   filesystem: {rootdirectory: $WORK/$name/data}
   delete: {enabled: true}
   maintenance: {uploadpurging: {enabled: false}}
-http: {addr: 127.0.0.1:$port, secret: bench}
+http: {addr: 127.0.0.1:$port, secret: bench$tls}
 YML
   docker-registry serve "$WORK/$name/config.yml" >"$WORK/$name/log" 2>&1 &
   echo $! >"$WORK/$name/pid"
   for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && { echo "127.0.0.1:$port"; return; }
+    "${probe[@]}:$port/v2/" >/dev/null && { echo "127.0.0.1:$port"; return; }
     sleep 0.1
   done
   echo "registry $name did not start" >&2; exit 1

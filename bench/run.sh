@@ -7,7 +7,8 @@
 # its own registries (and etcd + kube-apiserver v1.20.2 for the controller):
 #   bench/bench.sh             imagesync vs skopeo vs raw curl: cold copy, same-registry
 #                              copy, no-op re-copy, 50 images sharing a base layer, 1 GiB layer
-#                              and the WAN workloads over a modelled far link (bench/wan.sh)
+#                              and the WAN workloads over a modelled far link (bench/wan.sh),
+#                              the cold copy and no-op also over TLS
 #   bench/controller-bench.sh  controller steady state with 1,000 objects (spec.referrers on,
 #                              the default: 4 HEADs per check; then off: 2 HEADs), and once
 #                              with 10,000 (one cycle: peak RSS and CPU per cycle at scale)

@@ -10,13 +10,17 @@
 #   N images      the first WAN_IMAGES of the shared-base images, both ends far
 #   big layer     a WAN_BIG_MB single-layer image from a far source into a near registry
 #                 (the mirror's own region): one stream cannot beat the per-connection cap
+#   TLS           the cold copy and the no-op again at the first link of WAN_LINKS, every
+#                 registry serving HTTPS with a throw-away CA made here (real registries
+#                 speak TLS, and offer HTTP/2 through ALPN; WAN_TLS=0 skips them)
 #
 # The raw column is a computed lower bound: the bytes over the bandwidth the engine's JOBS
 # parallel connections allow (a single blob uploaded in one PUT gets one connection), plus
 # the round trips no client can avoid. Each workload's note says which.
 #
 # Environment: WAN_LINKS (default "40:100 150:20", RTT ms : Mbit/s per connection),
-# WAN_RUNS (default 1), WAN_IMAGES (default 50), WAN_BIG_MB (default 1024), WAN=0 skips.
+# WAN_RUNS (default 1), WAN_IMAGES (default 50), WAN_BIG_MB (default 1024), WAN_TLS,
+# WAN=0 skips.
 
 BENCH_LINK="$ROOT/target/release/bench-link"
 WAN_LINKS="${WAN_LINKS:-40:100 150:20}"
@@ -100,3 +104,47 @@ for link in $WAN_LINKS; do
     echo "  WAN $rtt ms / $mbit Mbit/s round $r of $WAN_RUNS done" >&2
   done
 done
+
+if [ "${WAN_TLS:-1}" != 0 ]; then
+  link="${WAN_LINKS%% *}"; rtt="${link%%:*}"; mbit="${link##*:}"
+  tag="WAN ${rtt} ms, ${mbit} Mbit/s, TLS"
+  W_COLD="$tag: cold copy"; W_NOOP="$tag: no-op re-copy"
+  export TLS="$WORK/tls"
+  mkdir -p "$TLS/certs.d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=imagesync bench CA" -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$TLS/key.pem" -out "$TLS/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$TLS/ext.cnf"
+  openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" \
+    -CAcreateserial -days 2 -extfile "$TLS/ext.cnf" -out "$TLS/leaf.pem" 2>/dev/null
+  cat "$TLS/leaf.pem" "$TLS/ca.pem" >"$TLS/chain.pem"
+  cp "$TLS/ca.pem" "$TLS/certs.d/ca.crt" # skopeo's --*-cert-dir: *.crt are CAs
+  imagesync_tls_copy() { "$IMAGESYNC" copy "$1" "$2" --no-progress --ca-file "$TLS/ca.pem" -j "$JOBS" --blob-cache "$WORK/blobs.json"; }
+  skopeo_tls_copy() { skopeo copy --all --quiet --src-cert-dir "$TLS/certs.d" --dest-cert-dir "$TLS/certs.d" "docker://$1" "docker://$2"; }
+  export -f imagesync_tls_copy skopeo_tls_copy
+  note "$W_COLD" "The cold copy over HTTPS: every registry serves TLS (TLS 1.3, and HTTP/2 to a client that offers it). Bound: the blob bytes over $JOBS capped connections, plus 8 round trips (the TCP and TLS handshakes, then as without TLS)."
+  note "$W_NOOP" "The no-op re-copy over HTTPS, referrers on. Bound: 4 round trips (the TCP and TLS handshakes, the two HEADs, the referrers probe)."
+  raw_wall "$W_COLD" "$(bound "$(over "$COLD_BYTES" "$mbit" "$JOBS")" 8 "$rtt")"
+  raw_wall "$W_NOOP" "$(bound 0 4 "$rtt")"
+  ST="$(start_registry wan-tls-src tls)"
+  "$IMAGESYNC" copy "$A/bench/app:1" "$ST/bench/app:1" --insecure-registry "$A" \
+    --ca-file "$TLS/ca.pem" --no-progress >/dev/null 2>"$WORK/last.err" ||
+    { echo "seeding the TLS source failed" >&2; cat "$WORK/last.err" >&2; exit 1; }
+  for r in $(seq "$WAN_RUNS"); do
+    LA="$(start_link "wan-tls-src-$r" "$ST" "$rtt" "$mbit")"
+    for t in imagesync skopeo; do
+      B="$(start_registry "wan-tls-$t-$r" tls)"
+      LB="$(start_link "wan-tls-dst-$t-$r" "$B" "$rtt" "$mbit")"
+      measure "$W_COLD" "$t" "${t}_tls_copy" "$LA/bench/app:1" "$LB/bench/app:1"
+      measure "$W_NOOP" "$t" "${t}_tls_copy" "$LA/bench/app:1" "$LB/bench/app:1"
+      got="$("$IMAGESYNC" digest "$B/bench/app:1" --ca-file "$TLS/ca.pem")"
+      [ "$got" = "$INDEX_DIGEST" ] || { echo "WAN TLS $t: $B/bench/app:1 has digest $got, want $INDEX_DIGEST" >&2; exit 1; }
+      stop_registry "wan-tls-dst-$t-$r"
+      stop_registry "wan-tls-$t-$r"
+    done
+    stop_registry "wan-tls-src-$r"
+    echo "  WAN TLS $rtt ms / $mbit Mbit/s round $r of $WAN_RUNS done" >&2
+  done
+  stop_registry wan-tls-src
+fi
