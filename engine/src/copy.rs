@@ -68,11 +68,11 @@ pub(crate) async fn sync(
     // referrers probe's second HEAD at the source, and a copy's blob requests on both
     // sides. A handshake and then a `GET /v2/` take two round trips, so opened any later
     // they would not be ready when the blobs' requests go out. A no-op leaves them unused
-    // (at most `jobs` per registry in a process).
+    // (at most `jobs`, which is at least 1, per registry in a process).
     let (source_side, current) = after_first_poll(
         async { tokio::join!(source_side, destination_digest(&dst_client, destination)) },
         || {
-            src_client.warm(engine.jobs().max(usize::from(options.referrers.enabled)));
+            src_client.warm(engine.jobs());
             dst_client.warm(engine.jobs());
         },
     )
