@@ -318,9 +318,10 @@ curl_big() { # SRCREG DSTREG
 export BASE_DIGEST BASE_SIZE IMAGES
 export -f curl_blob curl_copy curl_mount_copy curl_noop curl_one_image curl_many tool_many curl_big
 
-check_digest() { # REF WANT WHO
-  local got
-  got="$("$IMAGESYNC" digest "$1" --insecure-registry "${1%%/*}")"
+check_digest() { # REF WANT WHO [CA_FILE: the registry serves TLS]
+  local got trust=(--insecure-registry "${1%%/*}")
+  [ -n "${4:-}" ] && trust=(--ca-file "$4")
+  got="$("$IMAGESYNC" digest "$1" "${trust[@]}")"
   [ "$got" = "$2" ] || { echo "$3: $1 has digest $got, want $2" >&2; exit 1; }
 }
 

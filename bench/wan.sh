@@ -138,8 +138,7 @@ if [ "${WAN_TLS:-1}" != 0 ]; then
       LB="$(start_link "wan-tls-dst-$t-$r" "$B" "$rtt" "$mbit")"
       measure "$W_COLD" "$t" "${t}_tls_copy" "$LA/bench/app:1" "$LB/bench/app:1"
       measure "$W_NOOP" "$t" "${t}_tls_copy" "$LA/bench/app:1" "$LB/bench/app:1"
-      got="$("$IMAGESYNC" digest "$B/bench/app:1" --ca-file "$TLS/ca.pem")"
-      [ "$got" = "$INDEX_DIGEST" ] || { echo "WAN TLS $t: $B/bench/app:1 has digest $got, want $INDEX_DIGEST" >&2; exit 1; }
+      check_digest "$B/bench/app:1" "$INDEX_DIGEST" "WAN TLS $t" "$TLS/ca.pem"
       stop_registry "wan-tls-dst-$t-$r"
       stop_registry "wan-tls-$t-$r"
     done
