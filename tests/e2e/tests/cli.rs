@@ -556,3 +556,27 @@ async fn cli_json_logs_are_json_on_every_line_and_text_has_no_colour() {
         stderr(&out)
     );
 }
+
+/// The binaries that start once per call (the CLI, the Terraform provider) are built with
+/// aws-lc's CPU-jitter entropy collector left out (`.cargo/config.toml`): it costs 40-70 ms
+/// of CPU at each process's first random number. The collector's code, with its symbol
+/// names, is absent from such a build; aws-lc itself (its RAND_bytes) is there.
+#[test]
+fn cli_and_provider_are_built_without_the_cpu_jitter_entropy_collector() {
+    for name in ["imagesync", "terraform-provider-imagesync"] {
+        let path = imagesync_e2e::bin(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Searched as text: std's string search is built optimised, a byte loop in a test
+        // build is not (seconds for 100 MB). Symbol names are ASCII and survive the lossy
+        // conversion.
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("RAND_bytes"),
+            "{name}: aws-lc not found in the binary"
+        );
+        assert!(
+            !text.contains("jent_read_entropy"),
+            "{name} was built with aws-lc's CPU-jitter entropy (AWS_LC_SYS_NO_JITTER_ENTROPY unset)"
+        );
+    }
+}
