@@ -311,6 +311,8 @@ pub struct Engine {
 struct EngineInner {
     config: EngineConfig,
     http: reqwest::Client,
+    /// The HTTP client's certificate verifier, to start loading the CA roots early.
+    tls: Arc<client::LazyVerifier>,
     clients: Mutex<HashMap<String, Client>>,
     /// This engine's own table (engines derived with [`Engine::with_credentials`] get a
     /// fresh one, so one credential set never learns where another's blobs are); a blob
@@ -333,12 +335,13 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Builds an engine. Fails on an unreadable or invalid CA file.
     pub fn new(config: EngineConfig) -> Result<Engine> {
-        let http = client::build_http(&config)?;
+        let (http, tls) = client::build_http(&config)?;
         let blobs = Arc::new(blobs::BlobLocations::new(config.blob_cache.clone()));
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 config,
                 http,
+                tls,
                 clients: Mutex::new(HashMap::new()),
                 blobs,
             }),
@@ -358,6 +361,7 @@ impl Engine {
             inner: Arc::new(EngineInner {
                 config,
                 http: self.inner.http.clone(),
+                tls: self.inner.tls.clone(),
                 clients: Mutex::new(HashMap::new()),
                 blobs: Arc::new(blobs::BlobLocations::new(None)),
             }),
@@ -376,6 +380,10 @@ impl Engine {
                     let r = reference::canonical_registry(r).unwrap_or_else(|_| r.clone());
                     r == reference.registry() || r == host
                 });
+                if !insecure {
+                    // HTTPS: the CA roots load while the first connection opens.
+                    self.inner.tls.prefetch();
+                }
                 // A registry the caller named may be on an internal address (unless
                 // the policy only allows listed hosts).
                 config.addresses.learn_registry(&host);

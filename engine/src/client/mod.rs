@@ -16,6 +16,7 @@ mod responses;
 mod retry;
 mod tags;
 mod target;
+mod tls;
 mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +35,7 @@ pub use manifests::ManifestData;
 pub(crate) use responses::next_link;
 pub use responses::parse_retry_after;
 pub(crate) use retry::Operation;
+pub(crate) use tls::LazyVerifier;
 pub(crate) use transport::build_http;
 
 /// The largest manifest (or index) accepted, as containerd and containers/image do.

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{RequestBuilder, Response};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 
 use super::challenge::Scope;
 use super::target::{refused_in, scrub, GuardedResolver};
@@ -15,17 +17,46 @@ use super::{Client, Operation};
 use crate::config::{EngineConfig, InternalAddresses};
 use crate::error::{Error, Result};
 
-pub(crate) fn build_http(config: &EngineConfig) -> Result<reqwest::Client> {
+/// The HTTP client, and its certificate verifier (see [`super::tls`]: the system's CA roots
+/// are loaded when first needed; [`super::tls::LazyVerifier::prefetch`] starts that early).
+pub(crate) fn build_http(
+    config: &EngineConfig,
+) -> Result<(reqwest::Client, Arc<super::tls::LazyVerifier>)> {
+    let mut extra_roots = Vec::new();
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|e| Error::Io {
+            context: format!("reading CA file {}", path.display()),
+            source: e,
+        })?;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            extra_roots.push(cert.map_err(|e| {
+                Error::Config(format!(
+                    "CA file {}: not a PEM certificate bundle: {e}",
+                    path.display()
+                ))
+            })?);
+        }
+        if extra_roots.is_empty() {
+            return Err(Error::Config(format!(
+                "CA file {} contains no PEM certificates",
+                path.display()
+            )));
+        }
+    }
+    let (tls, verifier) = super::tls::client_config(extra_roots)
+        .map_err(|e| Error::Config(format!("building the TLS configuration: {e}")))?;
     let mut builder = reqwest::Client::builder()
         .user_agent(config.user_agent.clone())
         .connect_timeout(config.retry.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         // HTTP/1.1 only, also where a registry or its blob storage offers HTTP/2 (TLS
-        // registries do, through ALPN): HTTP/2 carries every request to a host over one
-        // TCP connection, so the parallel blob transfers and ranged reads would share one
-        // stream's window and one connection's shaping, the limit they exist to get past.
-        // Each request in flight gets its own connection from the pool instead.
+        // registries do, through ALPN; the TLS configuration offers `http/1.1` only):
+        // HTTP/2 carries every request to a host over one TCP connection, so the parallel
+        // blob transfers and ranged reads would share one stream's window and one
+        // connection's shaping, the limit they exist to get past. Each request in flight
+        // gets its own connection from the pool instead.
         .http1_only()
+        .tls_backend_preconfigured(tls)
         // Redirects are followed by hand so credentials never leak to blob storage.
         .redirect(reqwest::redirect::Policy::none());
     if config.addresses.mode() != InternalAddresses::Allowed {
@@ -36,28 +67,10 @@ pub(crate) fn build_http(config: &EngineConfig) -> Result<reqwest::Client> {
                 .with_insecure(&config.insecure_registries),
         }));
     }
-    if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path).map_err(|e| Error::Io {
-            context: format!("reading CA file {}", path.display()),
-            source: e,
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::Config(format!(
-                "CA file {}: not a PEM certificate bundle: {e}",
-                path.display()
-            ))
-        })?;
-        if certs.is_empty() {
-            return Err(Error::Config(format!(
-                "CA file {} contains no PEM certificates",
-                path.display()
-            )));
-        }
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder
+    let http = builder
         .build()
-        .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))
+        .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
+    Ok((http, verifier))
 }
 
 /// A header value that is never logged.
@@ -258,4 +271,33 @@ fn tls_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::
         };
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ca_file(contents: &[u8]) -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, contents).unwrap();
+        let config = EngineConfig::builder().ca_file(Some(path)).build();
+        build_http(&config).map(drop)
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_or_with_a_damaged_one_is_refused_clearly() {
+        let err = with_ca_file(b"not a certificate\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("contains no PEM certificates"), "{err}");
+        let damaged = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        let err = with_ca_file(damaged).unwrap_err().to_string();
+        assert!(err.contains("not a PEM certificate bundle"), "{err}");
+        let err = EngineConfig::builder()
+            .ca_file(Some("/nonexistent-imagesync-ca.pem".into()))
+            .build();
+        let err = build_http(&err).map(drop).unwrap_err().to_string();
+        assert!(err.contains("reading CA file"), "{err}");
+    }
 }
