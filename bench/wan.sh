@@ -19,12 +19,18 @@
 # the round trips no client can avoid. Each workload's note says which.
 #
 # Environment: WAN_LINKS (default "40:100 150:20", RTT ms : Mbit/s per connection),
-# WAN_RUNS (default 1), WAN_IMAGES (default 50), WAN_BIG_MB (default 1024), WAN_TLS,
-# WAN=0 skips.
+# WAN_RUNS (default 1), WAN_NOOP_RUNS (default 5: each no-op is measured that many times
+# per round, it takes a tenth of a second), WAN_IMAGES (default 50), WAN_BIG_MB (default
+# 1024), WAN_TLS, WAN=0 skips.
+#
+# Each no-op is also run straight against the same registries, without the link, right after
+# each run over it: the difference over the RTT is the round trips the call waited for
+# ("round trips beyond loopback"), whatever the process start and the registries cost.
 
 BENCH_LINK="$ROOT/target/release/bench-link"
 WAN_LINKS="${WAN_LINKS:-40:100 150:20}"
 WAN_RUNS="${WAN_RUNS:-1}"
+WAN_NOOP_RUNS="${WAN_NOOP_RUNS:-5}"
 WAN_IMAGES="${WAN_IMAGES:-50}"
 WAN_BIG_MB="${WAN_BIG_MB:-1024}"
 [ -x "$BENCH_LINK" ] || { echo "missing $BENCH_LINK (cargo build --release -p imagesync-bench)" >&2; exit 1; }
@@ -47,6 +53,29 @@ bound() { awk -v b="$1" -v n="$2" -v r="$3" 'BEGIN { printf "%.4f", b + n * r / 
 # over BYTES MBIT CONNECTIONS -> seconds to move BYTES over CONNECTIONS capped connections
 over() { awk -v b="$1" -v m="$2" -v c="$3" 'BEGIN { printf "%.6f", b * 8 / (m * 1e6 * c) }'; }
 raw_wall() { record "$1" raw "wall time" s "$2"; }
+
+ROUNDS_M="round trips beyond loopback"
+# wall_of CMD... -> the wall seconds of one run, timed as measure() times (output dropped)
+wall_of() {
+  local t0 t1
+  t0="$(date +%s%N)"
+  /usr/bin/time -o /dev/null bash -c '"$@"' bash "$@" >/dev/null 2>"$WORK/last.err" || {
+    echo "failed: $*" >&2; cat "$WORK/last.err" >&2; return 1; }
+  t1="$(date +%s%N)"
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'
+}
+# noop_rounds WORKLOAD TOOL RTT_MS CMD FAR_SRC FAR_DST NEAR_SRC NEAR_DST: WAN_NOOP_RUNS
+# times, the no-op over the link (measure: wall, CPU, peak) and then straight to the
+# registries; records each pair's difference in round trips.
+noop_rounds() {
+  local w="$1" t="$2" rtt="$3" cmd="$4" i far near
+  for i in $(seq "$WAN_NOOP_RUNS"); do
+    measure "$w" "$t" "$cmd" "$5" "$6"
+    far="$(awk -F'\t' -v w="$w" -v t="$t" '$1 == "m" && $2 == w && $3 == t && $4 == "wall time" { v = $6 } END { print v }' "$RESULTS")"
+    near="$(wall_of "$cmd" "$7" "$8")"
+    record "$w" "$t" "$ROUNDS_M" count "$(awk -v f="$far" -v n="$near" -v r="$rtt" 'BEGIN { printf "%.2f", (f - n) * 1000 / r }')"
+  done
+}
 
 echo "generating a single-layer image with a $WAN_BIG_MB MiB layer (WAN)" >&2
 push_image "$A" bench/wanbig 1 amd64 1 "$WAN_BIG_MB" >/dev/null
@@ -72,13 +101,15 @@ for link in $WAN_LINKS; do
   W_COLD="$tag: cold copy"; W_NOOP="$tag: no-op re-copy"; W_NOOP_IMAGE="$tag: no-op re-copy, image only"
   W_MANY="$tag: $WAN_IMAGES images, shared base"; W_BIG="$tag: ${WAN_BIG_MB} MiB layer"
   note "$W_COLD" "The cold copy's image ($TOTAL_MB MiB) with source and destination behind the link. Bound: the blob bytes over $JOBS capped connections, plus 7 round trips (handshake, index GET, child manifest GET, upload POST, upload PUT, child manifest PUT, index PUT; distribution 2.8 has no single-POST upload: it answers 202 and keeps nothing)."
-  note "$W_NOOP" "The re-copy to that destination, referrers on (imagesync's default). Bound: 3 round trips (the handshake, the two HEADs in parallel, then the referrers probe's two HEADs of the digest the first answered)."
-  note "$W_NOOP_IMAGE" "The same re-copy with imagesync copy --no-referrers (skopeo copies no referrers either way). Bound: 2 round trips (the handshake, then the two HEADs in parallel)."
+  note "$W_NOOP" "The re-copy to that destination, referrers on (imagesync's default), $WAN_NOOP_RUNS runs a round. Bound: 3 round trips (the handshake, the two HEADs in parallel, then the referrers probe's two HEADs of the digest the first answered). Round trips beyond loopback: each run's wall time less that of the same call straight to the two registries right after, over the RTT."
+  note "$W_NOOP_IMAGE" "The same re-copy with imagesync copy --no-referrers (skopeo copies no referrers either way), $WAN_NOOP_RUNS runs a round. Bound: 2 round trips (the handshake, then the two HEADs in parallel); round trips beyond loopback as above."
   note "$W_MANY" "The first $WAN_IMAGES images of the shared-base workload, one copy after the other, both ends behind the link. Bound: the base layer over one capped connection (one PUT), then per image its largest blob over one connection (the images go one after the other, a blob in one PUT), plus 5 round trips per image (handshake, manifest GET, upload POST, upload PUT, manifest PUT)."
   note "$W_BIG" "One $WAN_BIG_MB MiB layer from a source behind the link into a registry next to the client. Bound: the layer over $JOBS capped connections (ranged reads), plus 3 round trips (handshake, manifest GET, blob GET)."
   raw_wall "$W_COLD" "$(bound "$(over "$COLD_BYTES" "$mbit" "$JOBS")" 7 "$rtt")"
   raw_wall "$W_NOOP" "$(bound 0 3 "$rtt")"
   raw_wall "$W_NOOP_IMAGE" "$(bound 0 2 "$rtt")"
+  record "$W_NOOP" raw "$ROUNDS_M" count 3
+  record "$W_NOOP_IMAGE" raw "$ROUNDS_M" count 2
   raw_wall "$W_MANY" "$(bound "$(awk -v a="$(over "$BASE_SIZE" "$mbit" 1)" -v b="$(own_seconds "$mbit")" 'BEGIN { print a + b }')" "$((5 * WAN_IMAGES))" "$rtt")"
   raw_wall "$W_BIG" "$(bound "$(over "$WAN_BIG_BYTES" "$mbit" "$JOBS")" 3 "$rtt")"
 
@@ -89,9 +120,9 @@ for link in $WAN_LINKS; do
       B="$(start_registry "wan-$t-$rtt-$r")"
       LB="$(start_link "wan-dst-$t-$rtt-$r" "$B" "$rtt" "$mbit")"
       measure "$W_COLD" "$t" "$copy" "$LA/bench/app:1" "$LB/bench/app:1"
-      measure "$W_NOOP" "$t" "$copy" "$LA/bench/app:1" "$LB/bench/app:1"
+      noop_rounds "$W_NOOP" "$t" "$rtt" "$copy" "$LA/bench/app:1" "$LB/bench/app:1" "$A/bench/app:1" "$B/bench/app:1"
       case "$t" in imagesync) plain=imagesync_copy_image_only ;; skopeo) plain=skopeo_copy ;; esac
-      measure "$W_NOOP_IMAGE" "$t" "$plain" "$LA/bench/app:1" "$LB/bench/app:1"
+      noop_rounds "$W_NOOP_IMAGE" "$t" "$rtt" "$plain" "$LA/bench/app:1" "$LB/bench/app:1" "$A/bench/app:1" "$B/bench/app:1"
       check_digest "$B/bench/app:1" "$INDEX_DIGEST" "WAN $t"
       IMAGES="$WAN_IMAGES" measure "$W_MANY" "$t" tool_many "$copy" "$LA" "$LB"
       check_digest "$B/mirror/img$WAN_IMAGES:1" "sha256:$(sha256sum "$WORK/many/manifest$WAN_IMAGES.json" | cut -d' ' -f1)" "WAN images $t"
@@ -124,9 +155,10 @@ if [ "${WAN_TLS:-1}" != 0 ]; then
   skopeo_tls_copy() { skopeo copy --all --quiet --src-cert-dir "$TLS/certs.d" --dest-cert-dir "$TLS/certs.d" "docker://$1" "docker://$2"; }
   export -f imagesync_tls_copy skopeo_tls_copy
   note "$W_COLD" "The cold copy over HTTPS: every registry serves TLS (TLS 1.3, and HTTP/2 to a client that offers it). Bound: the blob bytes over $JOBS capped connections, plus 8 round trips (the TCP and TLS handshakes, then as without TLS)."
-  note "$W_NOOP" "The no-op re-copy over HTTPS, referrers on. Bound: 4 round trips (the TCP and TLS handshakes, the two HEADs, the referrers probe)."
+  note "$W_NOOP" "The no-op re-copy over HTTPS, referrers on, $WAN_NOOP_RUNS runs a round. Bound: 4 round trips (the TCP and TLS handshakes, the two HEADs, the referrers probe); round trips beyond loopback as without TLS."
   raw_wall "$W_COLD" "$(bound "$(over "$COLD_BYTES" "$mbit" "$JOBS")" 8 "$rtt")"
   raw_wall "$W_NOOP" "$(bound 0 4 "$rtt")"
+  record "$W_NOOP" raw "$ROUNDS_M" count 4
   ST="$(start_registry wan-tls-src tls)"
   "$IMAGESYNC" copy "$A/bench/app:1" "$ST/bench/app:1" --insecure-registry "$A" \
     --ca-file "$TLS/ca.pem" --no-progress >/dev/null 2>"$WORK/last.err" ||
@@ -137,7 +169,7 @@ if [ "${WAN_TLS:-1}" != 0 ]; then
       B="$(start_registry "wan-tls-$t-$r" tls)"
       LB="$(start_link "wan-tls-dst-$t-$r" "$B" "$rtt" "$mbit")"
       measure "$W_COLD" "$t" "${t}_tls_copy" "$LA/bench/app:1" "$LB/bench/app:1"
-      measure "$W_NOOP" "$t" "${t}_tls_copy" "$LA/bench/app:1" "$LB/bench/app:1"
+      noop_rounds "$W_NOOP" "$t" "$rtt" "${t}_tls_copy" "$LA/bench/app:1" "$LB/bench/app:1" "$ST/bench/app:1" "$B/bench/app:1"
       check_digest "$B/bench/app:1" "$INDEX_DIGEST" "WAN TLS $t" "$TLS/ca.pem"
       stop_registry "wan-tls-dst-$t-$r"
       stop_registry "wan-tls-$t-$r"
