@@ -10,13 +10,17 @@
 //! one reqwest uses by default, unchanged.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::error::Error;
 
 type Built = Result<Arc<dyn ServerCertVerifier>, rustls::Error>;
 type Build = Box<dyn Fn() -> Built + Send + Sync>;
@@ -137,20 +141,49 @@ impl ServerCertVerifier for LazyVerifier {
     }
 }
 
-/// The client's TLS configuration: TLS 1.2 and 1.3, the lazy platform verifier, ALPN
-/// `http/1.1` only (see `build_http` on why not HTTP/2).
+/// The client's TLS configuration: TLS 1.2 and 1.3, the lazy platform verifier with the
+/// certificates of `ca_file` (PEM) added to the system's roots, ALPN `http/1.1` only (see
+/// `build_http` on why not HTTP/2). Fails on an unreadable CA file or one without valid
+/// certificates.
 pub(crate) fn client_config(
-    extra_roots: Vec<CertificateDer<'static>>,
-) -> Result<(rustls::ClientConfig, Arc<LazyVerifier>), rustls::Error> {
+    ca_file: Option<&Path>,
+) -> crate::error::Result<(rustls::ClientConfig, Arc<LazyVerifier>)> {
+    let extra_roots = match ca_file {
+        Some(path) => read_ca_file(path)?,
+        None => Vec::new(),
+    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(LazyVerifier::platform(extra_roots, provider.clone()));
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("building the TLS configuration: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((config, verifier))
+}
+
+fn read_ca_file(path: &Path) -> crate::error::Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path).map_err(|e| Error::Io {
+        context: format!("reading CA file {}", path.display()),
+        source: e,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Config(format!(
+                "CA file {}: not a PEM certificate bundle: {e}",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "CA file {} contains no PEM certificates",
+            path.display()
+        )));
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]

@@ -8,8 +8,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{RequestBuilder, Response};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::CertificateDer;
 
 use super::challenge::Scope;
 use super::target::{refused_in, scrub, GuardedResolver};
@@ -22,29 +20,7 @@ use crate::error::{Error, Result};
 pub(crate) fn build_http(
     config: &EngineConfig,
 ) -> Result<(reqwest::Client, Arc<super::tls::LazyVerifier>)> {
-    let mut extra_roots = Vec::new();
-    if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path).map_err(|e| Error::Io {
-            context: format!("reading CA file {}", path.display()),
-            source: e,
-        })?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            extra_roots.push(cert.map_err(|e| {
-                Error::Config(format!(
-                    "CA file {}: not a PEM certificate bundle: {e}",
-                    path.display()
-                ))
-            })?);
-        }
-        if extra_roots.is_empty() {
-            return Err(Error::Config(format!(
-                "CA file {} contains no PEM certificates",
-                path.display()
-            )));
-        }
-    }
-    let (tls, verifier) = super::tls::client_config(extra_roots)
-        .map_err(|e| Error::Config(format!("building the TLS configuration: {e}")))?;
+    let (tls, verifier) = super::tls::client_config(config.ca_file.as_deref())?;
     let mut builder = reqwest::Client::builder()
         .user_agent(config.user_agent.clone())
         .connect_timeout(config.retry.connect_timeout)
