@@ -123,18 +123,26 @@ note() { # WORKLOAD TEXT
   printf 'note\t%s\t%s\n' "$1" "$2" >>"$RESULTS"
 }
 
-# measure WORKLOAD TOOL CMD...: runs CMD once under GNU time; records wall time, CPU
-# (user+sys, children included) and peak RSS (largest single process).
-measure() {
-  local w="$1" t="$2" t0 t1 u s k
-  shift 2
+# timed CMD...: runs CMD once under GNU time (output dropped); sets WALL (seconds) and
+# leaves "user sys peak-KiB" in $WORK/time.out. Fails with the command's stderr.
+timed() {
+  local t0 t1
   t0="$(date +%s%N)"
   # Through bash so that the exported shell functions below can be measured too.
   /usr/bin/time -f '%U %S %M' -o "$WORK/time.out" bash -c '"$@"' bash "$@" >/dev/null 2>"$WORK/last.err" || {
     echo "failed: $*" >&2; cat "$WORK/last.err" "$WORK/time.out" >&2; return 1; }
   t1="$(date +%s%N)"
+  WALL="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')"
+}
+
+# measure WORKLOAD TOOL CMD...: runs CMD once (timed); records wall time, CPU (user+sys,
+# children included) and peak RSS (largest single process).
+measure() {
+  local w="$1" t="$2" u s k
+  shift 2
+  timed "$@" || return 1
   read -r u s k <"$WORK/time.out"
-  record "$w" "$t" "wall time" s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')"
+  record "$w" "$t" "wall time" s "$WALL"
   record "$w" "$t" "CPU (user+sys)" s "$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')"
   record "$w" "$t" "peak RSS" MiB "$(awk -v k="$k" 'BEGIN { printf "%.1f", k / 1024 }')"
 }

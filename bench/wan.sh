@@ -55,15 +55,6 @@ over() { awk -v b="$1" -v m="$2" -v c="$3" 'BEGIN { printf "%.6f", b * 8 / (m * 
 raw_wall() { record "$1" raw "wall time" s "$2"; }
 
 ROUNDS_M="round trips beyond loopback"
-# wall_of CMD... -> the wall seconds of one run, timed as measure() times (output dropped)
-wall_of() {
-  local t0 t1
-  t0="$(date +%s%N)"
-  /usr/bin/time -o /dev/null bash -c '"$@"' bash "$@" >/dev/null 2>"$WORK/last.err" || {
-    echo "failed: $*" >&2; cat "$WORK/last.err" >&2; return 1; }
-  t1="$(date +%s%N)"
-  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'
-}
 # noop_rounds WORKLOAD TOOL RTT_MS CMD FAR_SRC FAR_DST NEAR_SRC NEAR_DST: WAN_NOOP_RUNS
 # times, the no-op over the link (measure: wall, CPU, peak) and then straight to the
 # registries; records each pair's difference in round trips.
@@ -71,8 +62,9 @@ noop_rounds() {
   local w="$1" t="$2" rtt="$3" cmd="$4" i far near
   for i in $(seq "$WAN_NOOP_RUNS"); do
     measure "$w" "$t" "$cmd" "$5" "$6"
-    far="$(awk -F'\t' -v w="$w" -v t="$t" '$1 == "m" && $2 == w && $3 == t && $4 == "wall time" { v = $6 } END { print v }' "$RESULTS")"
-    near="$(wall_of "$cmd" "$7" "$8")"
+    far="$WALL"
+    timed "$cmd" "$7" "$8"
+    near="$WALL"
     record "$w" "$t" "$ROUNDS_M" count "$(awk -v f="$far" -v n="$near" -v r="$rtt" 'BEGIN { printf "%.2f", (f - n) * 1000 / r }')"
   done
 }
